@@ -1,0 +1,271 @@
+"""Sketch datasets: the sketch-rnn `.npz` format (loaded without running pickles) and QuickDraw
+`.ndjson` (simplified and raw), single- and multi-class."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sketchkit import strokes
+from sketchkit.errors import DataError
+from sketchkit.io import atomic_write
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Dataset:
+    """Three splits of stroke-3 sketches; `labels[split][i]` indexes `classes` (multi-class)."""
+
+    train: list[np.ndarray]
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+    classes: list[str] = field(default_factory=list)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[np.ndarray]:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r} (choose from {', '.join(SPLITS)})")
+        return getattr(self, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# .npz without pickle execution
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and dtypes, and refuses every other global a pickle names."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_npy(raw: bytes, key: str) -> np.ndarray:
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # type: ignore[attr-defined]
+    if not dtype.hasobject:
+        f.seek(0)
+        return np.lib.format.read_array(f, allow_pickle=False)
+    try:
+        arr = _ArrayOnlyUnpickler(f, encoding="latin1").load()  # latin1: Python 2 era files
+    except pickle.UnpicklingError as e:
+        raise DataError(f"unsafe or corrupt object array {key!r}: {e}") from None
+    except Exception as e:  # truncated pickles raise EOFError, ValueError, ...
+        raise DataError(f"corrupt object array {key!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{key!r} is not an array")
+    return arr
+
+
+def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """All arrays of an `.npz`; object arrays are rebuilt by an unpickler that only knows numpy."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            out = {}
+            for name in z.namelist():
+                key = name[:-4] if name.endswith(".npy") else name
+                out[key] = _read_npy(z.read(name), key)
+            return out
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    except ValueError as e:
+        raise DataError(f"{path}: corrupt .npz member ({e})") from None
+
+
+def _as_sketches(arr: np.ndarray, key: str) -> list[np.ndarray]:
+    if arr.dtype == object:
+        items = list(arr)
+    elif arr.ndim == 3 and arr.shape[2] == 3:  # a dense [n, T, 3] array (all same length)
+        items = list(arr)
+    else:
+        raise DataError(f"{key!r}: expected an object array of (n, 3) sketches, got {arr.dtype} {arr.shape}")
+    out = []
+    for i, s in enumerate(items):
+        out.append(strokes.check_stroke3(s, name=f"{key}[{i}]"))
+    return out
+
+
+def load_npz(path: str | os.PathLike[str]) -> Dataset:
+    """A sketch-rnn `.npz` (keys train/valid/test of stroke-3 arrays), safely."""
+    arrays = load_npz_arrays(path)
+    missing = [k for k in SPLITS if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)} (a sketch-rnn .npz has train, valid, test)")
+    splits = {k: _as_sketches(arrays[k], k) for k in SPLITS}
+    ds = Dataset(**splits)
+    if "classes" in arrays and all(f"{k}_labels" in arrays for k in SPLITS):
+        ds.classes = [str(c) for c in arrays["classes"]]
+        ds.labels = {k: arrays[f"{k}_labels"].astype(np.int64) for k in SPLITS}
+    return ds
+
+
+def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
+    """Write the sketch-rnn format (int16 stroke-3 object arrays), atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    for k in SPLITS:
+        split = ds.split(k)
+        obj = np.empty(len(split), dtype=object)
+        for i, s in enumerate(split):
+            obj[i] = np.rint(np.asarray(s)).astype(np.int16)
+        arrays[k] = obj
+    if ds.classes:
+        arrays["classes"] = np.array(ds.classes)
+        for k in SPLITS:
+            arrays[f"{k}_labels"] = ds.labels[k]
+    with atomic_write(path) as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+
+
+def concat(datasets: Sequence[Dataset], names: Sequence[str]) -> Dataset:
+    """Several single-class datasets as one multi-class dataset; each sketch keeps its label."""
+    out = Dataset([], [], [], classes=list(names))
+    for k in SPLITS:
+        labels = []
+        for label, ds in enumerate(datasets):
+            out.split(k).extend(ds.split(k))
+            labels.append(np.full(len(ds.split(k)), label, dtype=np.int64))
+        out.labels[k] = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# QuickDraw .ndjson
+
+
+@dataclass
+class Drawing:
+    """One QuickDraw drawing: its class word, key and absolute polylines (timestamps dropped)."""
+
+    word: str
+    key_id: str
+    polylines: list[np.ndarray]
+    raw: bool
+
+
+def _parse_drawing(line: str, where: str) -> Drawing:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict) or "drawing" not in obj:
+        raise DataError(f"{where}: no 'drawing' field")
+    lines = []
+    raw = False
+    for k, stroke in enumerate(obj["drawing"]):
+        if not isinstance(stroke, list) or len(stroke) not in (2, 3):
+            raise DataError(f"{where}: stroke {k} is not [[xs], [ys]] or [[xs], [ys], [ts]]")
+        raw = raw or len(stroke) == 3
+        try:
+            xs = np.asarray(stroke[0], dtype=np.float64)
+            ys = np.asarray(stroke[1], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: stroke {k} has non-numeric coordinates") from None
+        if xs.ndim != 1 or xs.shape != ys.shape:
+            raise DataError(f"{where}: stroke {k} has {xs.size} xs but {ys.size} ys")
+        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            raise DataError(f"{where}: stroke {k} has NaN or infinite coordinates")
+        if xs.size:
+            lines.append(np.stack([xs, ys], axis=1))
+    if not lines:
+        raise DataError(f"{where}: empty drawing")
+    return Drawing(str(obj.get("word", "")), str(obj.get("key_id", "")), lines, raw)
+
+
+def read_ndjson(path: str | os.PathLike[str]) -> list[Drawing]:
+    """Every drawing of a QuickDraw `.ndjson` file; a bad line is reported with its number."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                out.append(_parse_drawing(line, f"{path}:{number}"))
+    if not out:
+        raise DataError(f"{path}: no drawings")
+    return out
+
+
+def normalize_raw(polylines: Sequence[np.ndarray], epsilon: float = 2.0) -> list[np.ndarray]:
+    """Google's 'simplified' pipeline for raw drawings: align to the top-left, scale uniformly so
+    the longer side is 255, resample at 1 px spacing, then RDP with `epsilon`, round to integers."""
+    xy = np.concatenate(polylines)
+    lo = xy.min(axis=0)
+    extent = float((xy.max(axis=0) - lo).max()) or 1.0
+    out = []
+    for p in polylines:
+        q = (p - lo) * (255.0 / extent)
+        q = _resample(q, 1.0)
+        out.append(np.rint(strokes.rdp(q, epsilon)))
+    return out
+
+
+def _resample(p: np.ndarray, spacing: float) -> np.ndarray:
+    if len(p) < 2:
+        return p
+    seg = np.hypot(*np.diff(p, axis=0).T)
+    dist = np.concatenate([[0.0], np.cumsum(seg)])
+    if dist[-1] == 0:
+        return p[:1]
+    t = np.arange(0.0, dist[-1], spacing)
+    t = np.append(t, dist[-1]) if t[-1] < dist[-1] else t
+    return np.stack([np.interp(t, dist, p[:, 0]), np.interp(t, dist, p[:, 1])], axis=1)
+
+
+def drawing_to_stroke3(d: Drawing, epsilon: float = 2.0) -> np.ndarray:
+    """A drawing as stroke-3: raw drawings go through `normalize_raw`; simplified ones get RDP."""
+    lines = normalize_raw(d.polylines, epsilon) if d.raw else [strokes.rdp(p, epsilon) for p in d.polylines]
+    return strokes.from_polylines(lines)
+
+
+def ndjson_to_dataset(
+    paths: Iterable[str | os.PathLike[str]],
+    epsilon: float = 2.0,
+    split: tuple[float, float, float] = (0.9, 0.05, 0.05),
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Dataset:
+    """Convert one or more `.ndjson` files into a (multi-class) Dataset, shuffled and split."""
+    per_class: list[Dataset] = []
+    names = []
+    rng = np.random.default_rng(seed)
+    for path in paths:
+        drawings = read_ndjson(path)
+        sketches = []
+        for d in drawings:
+            try:
+                sketches.append(drawing_to_stroke3(d, epsilon))
+            except DataError:
+                pass  # single-point drawings carry no stroke
+            if progress:
+                progress(1)
+        order = rng.permutation(len(sketches))
+        sketches = [sketches[i] for i in order]
+        n_train = int(round(split[0] * len(sketches)))
+        n_valid = int(round(split[1] * len(sketches)))
+        per_class.append(Dataset(sketches[:n_train], sketches[n_train : n_train + n_valid], sketches[n_train + n_valid :]))
+        names.append(drawings[0].word or Path(path).stem)
+    if len(per_class) == 1:
+        return per_class[0]
+    return concat(per_class, names)
