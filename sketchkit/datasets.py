@@ -19,6 +19,8 @@ from sketchkit.errors import DataError
 from sketchkit.io import atomic_write
 
 SPLITS = ("train", "valid", "test")
+INT16_MAX = 32767
+COORD_LIMIT = 1e5  # screen pixels; anything larger is a corrupt drawing, not a big one
 
 
 @dataclass
@@ -112,8 +114,10 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     missing = [k for k in SPLITS if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)} (a sketch-rnn .npz has train, valid, test)")
-    splits = {k: _as_sketches(arrays[k], k) for k in SPLITS}
-    ds = Dataset(**splits)
+    try:
+        ds = Dataset(*(_as_sketches(arrays[k], k) for k in SPLITS))
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
     if "classes" in arrays and all(f"{k}_labels" in arrays for k in SPLITS):
         ds.classes = [str(c) for c in arrays["classes"]]
         ds.labels = {k: arrays[f"{k}_labels"].astype(np.int64) for k in SPLITS}
@@ -127,7 +131,10 @@ def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
         split = ds.split(k)
         obj = np.empty(len(split), dtype=object)
         for i, s in enumerate(split):
-            obj[i] = np.rint(np.asarray(s)).astype(np.int16)
+            s = np.rint(np.asarray(s))
+            if np.abs(s).max(initial=0) > INT16_MAX:  # astype would wrap around silently
+                raise DataError(f"{k}[{i}]: offset {np.abs(s).max():g} does not fit the int16 .npz format")
+            obj[i] = s.astype(np.int16)
         arrays[k] = obj
     if ds.classes:
         arrays["classes"] = np.array(ds.classes)
@@ -168,8 +175,8 @@ def _parse_drawing(line: str, where: str) -> Drawing:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict) or "drawing" not in obj:
-        raise DataError(f"{where}: no 'drawing' field")
+    if not isinstance(obj, dict) or not isinstance(obj.get("drawing"), list):
+        raise DataError(f"{where}: no 'drawing' list")
     lines = []
     raw = False
     for k, stroke in enumerate(obj["drawing"]):
@@ -185,6 +192,8 @@ def _parse_drawing(line: str, where: str) -> Drawing:
             raise DataError(f"{where}: stroke {k} has {xs.size} xs but {ys.size} ys")
         if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
             raise DataError(f"{where}: stroke {k} has NaN or infinite coordinates")
+        if max(np.abs(xs).max(initial=0), np.abs(ys).max(initial=0)) > COORD_LIMIT:
+            raise DataError(f"{where}: stroke {k} has absurd coordinates (beyond {COORD_LIMIT:g})")
         if xs.size:
             lines.append(np.stack([xs, ys], axis=1))
     if not lines:
@@ -198,10 +207,18 @@ def read_ndjson(path: str | os.PathLike[str]) -> list[Drawing]:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                out.append(_parse_drawing(line, f"{path}:{number}"))
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                where = f"{path}:{number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{where}: not UTF-8 text (is this an .ndjson file?)") from None
+                if line.strip():
+                    out.append(_parse_drawing(line, where))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     if not out:
         raise DataError(f"{path}: no drawings")
     return out
@@ -215,9 +232,10 @@ def normalize_raw(polylines: Sequence[np.ndarray], epsilon: float = 2.0) -> list
     extent = float((xy.max(axis=0) - lo).max()) or 1.0
     out = []
     for p in polylines:
-        q = (p - lo) * (255.0 / extent)
-        q = _resample(q, 1.0)
-        out.append(np.rint(strokes.rdp(q, epsilon)))
+        q = strokes.rdp(_resample((p - lo) * (255.0 / extent), 1.0), epsilon)
+        if len(q) == 1:  # a tap: Google's RDP returns (first, last) even for one point
+            q = np.vstack([q, q])
+        out.append(np.rint(q))
     return out
 
 

@@ -86,10 +86,12 @@ def to_stroke3(s5: Stroke5) -> Stroke3:
 
 
 def to_polylines(s: Stroke3, origin: tuple[float, float] = (0.0, 0.0)) -> list[np.ndarray]:
-    """stroke-3 -> absolute polylines; the pen moves (with the pen up) before the first point."""
+    """stroke-3 -> absolute polylines. The pen starts down at `origin` (S_0 = (0, 0, 1, 0, 0)), so
+    the first stroke begins there, as in the data (its first row is a drawn segment) and in
+    sketch-rnn-js; then `from_polylines(to_polylines(s))` gives `s` back."""
     s = np.asarray(s, dtype=np.float64)
-    xy = np.cumsum(s[:, :2], axis=0) + np.asarray(origin)
-    cuts = np.flatnonzero(s[:, 2] > 0.5) + 1
+    xy = np.vstack([np.zeros((1, 2)), np.cumsum(s[:, :2], axis=0)]) + np.asarray(origin)
+    cuts = np.flatnonzero(s[:, 2] > 0.5) + 2  # point i + 1 ends a stroke when row i lifts the pen
     return [p for p in np.split(xy, cuts) if len(p)]
 
 
@@ -150,12 +152,8 @@ def rdp(points: np.ndarray, epsilon: float = 2.0) -> np.ndarray:
 
 
 def simplify(s: Stroke3, epsilon: float = 2.0) -> Stroke3:
-    """RDP on every stroke of a stroke-3 sketch; the start position is kept."""
-    lines = to_polylines(np.vstack([[0, 0, 1], np.asarray(s, dtype=np.float64)]))
-    # the leading (0, 0, 1) row makes the origin its own one-point stroke
-    simplified = [lines[0]] + [rdp(p, epsilon) for p in lines[1:]]
-    out = from_polylines(simplified)
-    return out
+    """RDP on every stroke of a stroke-3 sketch; the start position is kept (RDP keeps endpoints)."""
+    return from_polylines([rdp(p, epsilon) for p in to_polylines(s)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,319 @@
+"""Triton model repositories as data: one Triton model per graph, generated from the tensor table
+in `sketchkit.graphs` and each model's model.json (no tensor name is written by hand here).
+
+    REPO/<name>_encoder/                 vae only
+    REPO/<name>_decoder_init/            vae only
+    REPO/<name>_decoder_step/            stateless step: the state travels with each request
+        config.pbtxt                     (carries model.json as the parameter "sketchkit_model_info")
+        1/model.onnx                     the exported graph, byte for byte
+        1/model.py                       cpu flavor: templates/python_onnx/model.py
+    REPO/<name>_decoder_step_stateful/   server-held state (see `stateful_step_onnx`)
+
+Flavors: `gpu` serves model.onnx with the onnxruntime backend (NGC container, KIND_GPU, implicit
+state for the stateful step); `cpu` runs the same files with onnxruntime inside a Python-backend
+model.py, which is all the tritonserver in the nvidia-pytriton wheel can load.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sketchkit.errors import ModelError, SketchkitError
+from sketchkit.graphs import Graph, Tensor, concrete_dims, graphs_for
+from sketchkit.modelinfo import ModelInfo
+from sketchkit.runtime_triton import (
+    CONTROL_START,
+    INFO_PARAMETER,
+    STATEFUL_STEP,
+    STATE_IN,
+    STATE_OUT,
+    stateful_graph,
+    triton_name,
+)
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
+
+TEMPLATES = Path(__file__).parent / "templates"
+FLAVORS = ("cpu", "gpu")
+ACCELERATORS = ("none", "tensorrt", "tensorrt-fp16")
+_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
+
+
+@dataclass(frozen=True)
+class RepoOptions:
+    """How the models are served; the defaults suit sketch sampling (small batches, many steps)."""
+
+    flavor: str = "cpu"
+    max_batch_size: int = 256  # rows per execution; the client splits bigger batches
+    queue_delay_us: int = 200  # how long the dynamic batcher waits to merge steps of other clients
+    instances: int = 1  # model instances per device (cpu: per server)
+    accelerator: str = "none"  # gpu: ORT's TensorRT execution provider ("tensorrt-fp16": FP16)
+    cuda_graphs: bool = False  # gpu + tensorrt: capture CUDA graphs (trt_cuda_graph_enable)
+    stateful: bool = True  # also build <name>_decoder_step_stateful
+    sequence_idle_s: float = 60.0  # a stateful sequence idle this long is dropped (Triton's default: 1 s)
+    max_sequences: int = 1024  # stateful sequences in flight per instance before Triton backlogs new ones
+
+    def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise SketchkitError(f"unknown flavor {self.flavor!r} (choose {' or '.join(FLAVORS)})")
+        if self.accelerator not in ACCELERATORS:
+            raise SketchkitError(f"unknown accelerator {self.accelerator!r} (choose {', '.join(ACCELERATORS)})")
+        if self.flavor == "cpu" and (self.accelerator != "none" or self.cuda_graphs):
+            raise SketchkitError("TensorRT and CUDA graphs are gpu-flavor settings")
+        if self.cuda_graphs and self.accelerator == "none":
+            raise SketchkitError("CUDA graphs need the TensorRT accelerator (--accelerator tensorrt[-fp16])")
+        if self.max_batch_size < 1 or self.instances < 1 or self.queue_delay_us < 0 or self.sequence_idle_s <= 0:
+            raise SketchkitError("max batch size and instances must be >= 1, delays >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# config.pbtxt as a ModelConfig protobuf
+
+
+def _pb():
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def _io(msg, t: Tensor, sizes: dict[str, int], batched: bool) -> None:
+    """Fill a ModelInput/ModelOutput: Triton's dims leave out the batch axis when batching."""
+    dims = concrete_dims(t, sizes)
+    msg.name = t.name
+    msg.data_type = _pb().DataType.Value(_TYPES[t.dtype])
+    if batched:
+        dims = dims[1:]
+        if not dims:  # a [B] tensor: [1] on the wire, [] per row inside the batch
+            dims = [1]
+            msg.reshape.SetInParent()
+    msg.dims.extend(dims)
+
+
+def _base(name: str, graph: Graph, info: ModelInfo, opts: RepoOptions, batched: bool) -> model_config_pb2.ModelConfig:
+    pb = _pb()
+    cfg = pb.ModelConfig(name=name, max_batch_size=opts.max_batch_size if batched else 0)
+    cfg.backend = "onnxruntime" if opts.flavor == "gpu" else "python"
+    for t in graph.inputs:
+        _io(cfg.input.add(), t, info.sizes, batched)
+    for t in graph.outputs:
+        _io(cfg.output.add(), t, info.sizes, batched)
+    kind = pb.ModelInstanceGroup.KIND_GPU if opts.flavor == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+    cfg.instance_group.add(count=opts.instances, kind=kind)
+    if opts.flavor == "gpu" and opts.accelerator != "none":
+        _tensorrt(cfg, graph, info, opts)
+    return cfg
+
+
+def _tensorrt(cfg, graph: Graph, info: ModelInfo, opts: RepoOptions) -> None:
+    """ORT's TensorRT EP with an engine cache and one optimisation profile over the batch sizes
+    (and stroke lengths) this model will see."""
+    acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    acc.parameters["precision_mode"] = "FP16" if opts.accelerator == "tensorrt-fp16" else "FP32"
+    acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    acc.parameters["trt_engine_cache_enable"] = "1"
+    acc.parameters["trt_engine_cache_path"] = f"/tmp/sketchkit-trt/{cfg.name}"
+    B, T = opts.max_batch_size, info.max_seq_len
+    free = {"B": (1, min(64, B), B), "T": (1, min(64, T), T), "K": (1, min(64, B), B)}
+    inputs = list(graph.inputs)
+    if graph.name == STATEFUL_STEP:  # the graph also reads the control and the implicit state
+        inputs += [Tensor(CONTROL_START, "int32", ("1",)), Tensor(STATE_IN, "float32", ("K", "S"))]
+    for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
+        shapes = []
+        for t in inputs:
+            dims = [free[d][i] if d in free else n for d, n in zip(t.dims, concrete_dims(t, info.sizes))]
+            shapes.append(f"{t.name}:{'x'.join(map(str, dims))}")
+        acc.parameters[key] = ",".join(shapes)
+    if opts.cuda_graphs:
+        acc.parameters["trt_cuda_graph_enable"] = "1"
+
+
+def graph_config(graph: Graph, info: ModelInfo, opts: RepoOptions) -> model_config_pb2.ModelConfig:
+    """A stateless graph: batched along B, with the dynamic batcher merging other clients' steps."""
+    cfg = _base(triton_name(info.name, graph.name), graph, info, opts, batched=True)
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.queue_delay_us
+    if graph.name == "decoder_step":  # every kind has one: the client reads model.json from it
+        cfg.parameters[INFO_PARAMETER].string_value = info.to_json()
+    return cfg
+
+
+def stateful_config(info: ModelInfo, opts: RepoOptions) -> model_config_pb2.ModelConfig:
+    """The decoder step with the recurrent state kept on the server, one sequence per generation.
+
+    `max_batch_size: 0`: a sequence carries a whole [B, ...] batch (one request per step however
+    many sketches), where a batched sequence model would take batch-1 requests, one sequence per
+    sketch. gpu: Triton's implicit state (onnxruntime backend) feeds `state` and stores
+    `next_state`. cpu: the Python backend cannot do implicit state, so model.py keeps it in a dict
+    keyed by the correlation id (END or `sequence_idle_s` frees it)."""
+    pb = _pb()
+    graph = stateful_graph(info.kind)
+    cfg = _base(triton_name(info.name, STATEFUL_STEP), graph, info, opts, batched=False)
+    seq = cfg.sequence_batching
+    seq.max_sequence_idle_microseconds = int(opts.sequence_idle_s * 1e6)
+    seq.oldest.max_candidate_sequences = opts.max_sequences
+    kinds = pb.ModelSequenceBatching.Control
+    controls = [(CONTROL_START, kinds.CONTROL_SEQUENCE_START)]
+    if opts.flavor == "cpu":
+        controls += [("END", kinds.CONTROL_SEQUENCE_END), ("CORRID", kinds.CONTROL_SEQUENCE_CORRID)]
+    for name, kind in controls:
+        ctl = seq.control_input.add(name=name).control.add(kind=kind)
+        if kind == kinds.CONTROL_SEQUENCE_CORRID:
+            ctl.data_type = pb.TYPE_UINT64
+        else:
+            ctl.int32_false_true.extend([0, 1])
+    state_dims = [-1, info.state_size]  # [rows of the sequence's batch, S]
+    if opts.flavor == "gpu":
+        st = seq.state.add(input_name=STATE_IN, output_name=STATE_OUT, data_type=pb.TYPE_FP32, dims=state_dims)
+        st.initial_state.add(name="zeros", data_type=pb.TYPE_FP32, dims=[1, info.state_size], zero_data=True)
+    else:
+        cfg.parameters["state_input"].string_value = STATE_IN
+        cfg.parameters["state_output"].string_value = STATE_OUT
+        cfg.parameters["state_size"].string_value = str(info.state_size)
+        cfg.parameters["idle_seconds"].string_value = str(opts.sequence_idle_s)
+    return cfg
+
+
+def to_text(cfg: model_config_pb2.ModelConfig) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(cfg)
+
+
+def read_config(path: str | os.PathLike[str]) -> model_config_pb2.ModelConfig:
+    """Parse a config.pbtxt into Triton's own ModelConfig protobuf (a typo'd field fails here)."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(Path(path).read_text(), _pb().ModelConfig())
+    except text_format.ParseError as e:
+        raise ModelError(f"{path}: not a Triton model config ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the stateful step graph
+
+
+def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
+    """decoder_step (and decoder_init) wrapped for server-held state (`stateful_graph`):
+
+        state' = START ? init : Gather(state, rows)      init = decoder_init(z) | zeros
+        params, next_state = decoder_step(prev, z, state')
+
+    `rows` picks the previous step's rows that go on (the sampler drops finished sketches, and
+    `complete` repeats one row k times), so the stored batch follows the client's. At START the
+    state input is Triton's 1-row placeholder and `rows` is all zeros. One graph file serves both
+    flavors: Triton's implicit state (gpu) and model.py's dict (cpu) feed it alike."""
+    import numpy as np
+    import onnx
+    from onnx import compose, helper, numpy_helper
+
+    step = onnx.load(str(model_dir / info.files["decoder_step"]))
+    nodes, inits = [], []
+    step = compose.add_prefix(step, "step/", rename_inputs=False, rename_outputs=False)
+    if info.conditional:
+        init = compose.add_prefix(onnx.load(str(model_dir / info.files["decoder_init"])), "init/", rename_inputs=False)
+        nodes += init.graph.node
+        inits += init.graph.initializer
+        initial = "init/state"
+    else:  # zeros [B, S], B from prev
+        nodes += [
+            helper.make_node("Shape", ["prev"], ["wrap/prev_shape"], end=1),
+            helper.make_node("Concat", ["wrap/prev_shape", "wrap/S"], ["wrap/zeros_shape"], axis=0),
+            helper.make_node("ConstantOfShape", ["wrap/zeros_shape"], ["wrap/zeros"],
+                             value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        ]  # fmt: skip
+        inits.append(numpy_helper.from_array(np.array([info.state_size], np.int64), "wrap/S"))
+        initial = "wrap/zeros"
+    nodes += [
+        helper.make_node("Gather", [STATE_IN, "rows"], ["wrap/gathered"], axis=0),
+        helper.make_node("Cast", [CONTROL_START], ["wrap/start"], to=onnx.TensorProto.BOOL),
+        helper.make_node("Where", ["wrap/start", initial, "wrap/gathered"], ["wrap/state"]),
+    ]
+    # the step reads the selected state instead of its `state` input
+    for node in step.graph.node:
+        node.input[:] = ["wrap/state" if x == STATE_IN else x for x in node.input]
+    nodes += step.graph.node
+    inits += step.graph.initializer
+    graph = stateful_graph(info.kind)
+    tensors = {t.name: t for t in (*graph.inputs, *graph.outputs)}
+    elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32}
+
+    def vi(name: str) -> onnx.ValueInfoProto:
+        t = tensors[name]
+        return helper.make_tensor_value_info(name, elem[t.dtype], [d if not d.isdigit() else int(d) for d in t.dims])
+
+    inputs = [vi(t.name) for t in graph.inputs]
+    inputs += [
+        helper.make_tensor_value_info(CONTROL_START, onnx.TensorProto.INT32, [1]),
+        helper.make_tensor_value_info(STATE_IN, onnx.TensorProto.FLOAT, ["K", info.state_size]),
+    ]
+    outputs = [vi(t.name) for t in graph.outputs]
+    outputs.append(helper.make_tensor_value_info(STATE_OUT, onnx.TensorProto.FLOAT, ["B", info.state_size]))
+    model = helper.make_model(
+        helper.make_graph(nodes, STATEFUL_STEP, inputs, outputs, inits),
+        opset_imports=step.opset_import, ir_version=step.ir_version,
+    )  # fmt: skip
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# the repository
+
+
+def _write_model(repo: Path, cfg, onnx_file: Path | None, template: str | None, writer=None) -> None:
+    version = repo / cfg.name / "1"
+    version.mkdir(parents=True)
+    (repo / cfg.name / "config.pbtxt").write_text(to_text(cfg))
+    if writer is not None:
+        writer(version / "model.onnx")
+    else:
+        shutil.copyfile(onnx_file, version / "model.onnx")
+    if template:
+        shutil.copyfile(TEMPLATES / template / "model.py", version / "model.py")
+
+
+def build_repo(
+    models: list[str | os.PathLike[str]], out: str | os.PathLike[str], options: RepoOptions | None = None,
+    *, force: bool = False,
+) -> list[str]:  # fmt: skip
+    """Write a model repository for `models` (model directories) to `out`; returns the Triton
+    model names. Built in a temp dir beside `out` and renamed into place: never half a repo."""
+    opts = options or RepoOptions()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise SketchkitError(f"{out} exists and is not empty (use --force to replace it)")
+    infos = [(Path(m), ModelInfo.load(m)) for m in models]
+    names = [info.name for _, info in infos]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SketchkitError(f"two models are named {', '.join(dupes)}: Triton model names must be unique")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    built: list[str] = []
+    stateless_template = "python_onnx" if opts.flavor == "cpu" else None
+    try:
+        for model_dir, info in infos:
+            for graph in graphs_for(info.kind):
+                cfg = graph_config(graph, info, opts)
+                _write_model(tmp, cfg, model_dir / info.files[graph.name], stateless_template)
+                built.append(cfg.name)
+            if opts.stateful:
+                cfg = stateful_config(info, opts)
+                template = "python_onnx_stateful" if opts.flavor == "cpu" else None
+                _write_model(tmp, cfg, None, template, writer=lambda p, d=model_dir, i=info: stateful_step_onnx(d, i, p))
+                built.append(cfg.name)
+        for config in tmp.glob("*/config.pbtxt"):
+            read_config(config)  # what we wrote parses back into Triton's ModelConfig
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return built

@@ -1,0 +1,282 @@
+"""Run a real `tritonserver` (the binary in the nvidia-pytriton wheel) on 127.0.0.1 for development
+and CI, as ../shared/TRITON-ON-CPU.md measured it: the bare binary, the Python backend assembled
+into a cache dir, the stub pointed at the right libpython, and every silent failure turned loud.
+
+The wheel bundles only the Python backend, so this serves `--flavor cpu` repositories; the gpu
+flavor runs in the NGC container (serving/docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from sketchkit.errors import SketchkitError
+
+STUB_LIB_ERROR = "error while loading shared libraries"  # a stub that cannot start: Triton hangs
+
+
+class ServerError(SketchkitError):
+    """tritonserver is missing, cannot start, or a model failed to load."""
+
+
+@dataclass(frozen=True)
+class PythonEnv:
+    """The interpreter whose site-packages the Python backend's model.py sees (numpy<2 + onnxruntime)."""
+
+    prefix: Path  # sys.prefix: PATH=<prefix>/bin makes the embedded interpreter use it
+    version: str  # "3.11": picks the matching stub
+    libdir: str  # sysconfig LIBDIR: its libpython must come first on LD_LIBRARY_PATH
+
+    @classmethod
+    def probe(cls, python: str | os.PathLike[str] = sys.executable) -> PythonEnv:
+        """Ask the interpreter about itself, and refuse one the backend would silently misuse."""
+        code = (
+            "import json, sys, sysconfig, importlib.util as u\n"
+            "try:\n import numpy; np = numpy.__version__\nexcept ImportError:\n np = None\n"
+            "print(json.dumps([sys.prefix, '%d.%d' % sys.version_info[:2],"
+            " sysconfig.get_config_var('LIBDIR'), np, u.find_spec('onnxruntime') is not None]))"
+        )
+        try:
+            out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise ServerError(f"cannot run the server's Python {python}: {e}") from None
+        prefix, version, libdir, numpy_version, has_ort = json.loads(out.stdout)
+        if numpy_version is None or not has_ort:
+            raise ServerError(f"{python}: the server's Python needs numpy<2 and onnxruntime installed")
+        if int(numpy_version.split(".")[0]) >= 2:
+            # numpy 2 in the stub's environment makes every output silently empty
+            raise ServerError(f"{python}: numpy {numpy_version} in the server's Python; Triton's Python backend needs numpy<2")
+        return cls(Path(prefix), version, libdir)
+
+
+def pytriton_dir() -> Path:
+    """`<site-packages>/pytriton/tritonserver` of the installed nvidia-pytriton wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    binary = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
+    if binary is None or not (binary / "bin" / "tritonserver").is_file():
+        raise ServerError("tritonserver not found: pip install 'sketchkit[serve]' (the nvidia-pytriton wheel bundles it)")
+    return binary
+
+
+def cache_dir() -> Path:
+    import platformdirs
+
+    return Path(os.environ.get("SKETCHKIT_CACHE") or platformdirs.user_cache_dir("sketchkit"))
+
+
+def backend_dir(triton: Path, python_version: str) -> Path:
+    """A --backend-directory holding python/{libtriton_python.so, triton_python_backend_utils.py}
+    and a symlink to the stub for this Python (a symlink keeps the stub's own library search path)."""
+    stub = triton / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {python_version}")
+    key = hashlib.sha256(str(stub.resolve()).encode()).hexdigest()[:12]  # one per wheel install
+    target = cache_dir() / "triton-backends" / key
+    if (target / "python" / "triton_python_backend_stub").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    (tmp / "python").mkdir()
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(triton / "backends" / "python" / name, tmp / "python" / name)
+    (tmp / "python" / "triton_python_backend_stub").symlink_to(stub)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port the OS just reported free (tests and benchmarks pick theirs at run time)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_repository(repo: Path) -> list[str]:
+    """Model names in a cpu-flavor repository; a clear error for anything this server cannot load."""
+    from serving.repository import read_config
+
+    if not repo.is_dir():
+        raise ServerError(f"{repo}: no such model repository")
+    names = []
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        cfg = read_config(config)
+        if cfg.backend != "python":
+            raise ServerError(
+                f"{config.parent.name} uses the {cfg.backend or cfg.platform!r} backend; the local server bundles "
+                "only the Python backend: build the repository with --flavor cpu"
+            )
+        names.append(cfg.name or config.parent.name)
+    if not names:
+        raise ServerError(f"{repo}: no models (expected <model>/config.pbtxt; see `sketchkit serve build-repo`)")
+    return names
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the parent dies, so a crashed test run leaves no server behind."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def load_failures(log: str) -> list[str]:
+    """Triton's own reasons from its log, one line per model that failed to load."""
+    reasons = []
+    for line in log.splitlines():
+        if "failed to load" in line:
+            reasons.append(line.split("] ", 1)[-1].strip())
+    return reasons
+
+
+class TritonServer:
+    """A tritonserver process serving `repo` on 127.0.0.1; use as a context manager or call stop()."""
+
+    def __init__(
+        self,
+        repo: str | os.PathLike[str],
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        *,
+        python: str | os.PathLike[str] = sys.executable,
+        log_path: str | os.PathLike[str] | None = None,
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        self.repo = Path(repo).resolve()
+        self.http_port, self.grpc_port = http_port, grpc_port
+        self.python = python
+        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"tritonserver-{os.getpid()}-{grpc_port}.log"
+        self.startup_timeout_s = startup_timeout_s
+        self.models: list[str] = []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    def command(self, backends: Path) -> list[str]:
+        return [
+            str(pytriton_dir() / "bin" / "tritonserver"),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={backends}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--exit-timeout-secs=5",
+        ]
+
+    def environment(self, env: PythonEnv, triton: Path) -> dict[str, str]:
+        libs = triton.parents[1] / "nvidia_pytriton.libs"  # <site-packages>/nvidia_pytriton.libs
+        out = dict(os.environ)
+        out.pop("PYTHONPATH", None)  # ignored by the embedded interpreter anyway
+        # the interpreter's own libpython first (else Debian's 3.11.2 gets mixed in), then the wheel's libs
+        out["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")) if p)
+        out["PATH"] = os.pathsep.join((str(env.prefix / "bin"), os.environ.get("PATH", "")))
+        return out
+
+    def start(self) -> TritonServer:
+        self.models = check_repository(self.repo)
+        if self.http_port == self.grpc_port:
+            raise ServerError("the HTTP and gRPC ports must differ")
+        for port in (self.http_port, self.grpc_port):
+            if not port_is_free(port):
+                raise ServerError(f"port {port} on 127.0.0.1 is already in use (pick another with --http-port/--grpc-port)")
+        triton = pytriton_dir()
+        env = PythonEnv.probe(self.python)
+        cmd = self.command(backend_dir(triton, env.version))
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.environment(env, triton), start_new_session=True, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1.0) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        """Poll /v2/health/ready; fail fast on an exited server or a stub that cannot load."""
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.ready():
+                return
+            log = self.log()
+            if STUB_LIB_ERROR in log:
+                line = next(x for x in log.splitlines() if STUB_LIB_ERROR in x)
+                raise ServerError(f"the Python backend stub cannot start: {line.strip()}")
+            if self.process.poll() is not None:
+                reasons = load_failures(log)
+                if reasons:
+                    raise ServerError("a model failed to load: " + " | ".join(reasons))
+                tail = " | ".join(x.strip() for x in log.splitlines()[-3:])
+                raise ServerError(f"tritonserver exited with code {self.process.returncode}: {tail} (log: {self.log_path})")
+            time.sleep(0.1)
+        raise ServerError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s (log: {self.log_path})")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM (Triton exits cleanly in ~2 s), SIGKILL if it does not."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,75 @@
+"""Triton Python-backend model: the stateful decoder step with its state kept in this process.
+
+Triton's implicit state does not work with the Python backend (it never stores the returned
+state), so this file does what the onnxruntime backend's implicit state does on GPU: feed the
+stored state of the request's sequence (CORRID) to the graph's state input, store the state
+output for the next request, drop it at END. At START the graph gets a 1-row zero placeholder,
+as Triton gives it. States idle longer than the config's "idle_seconds" (= the sequence batcher's
+max_sequence_idle_microseconds, after which Triton drops the sequence) are freed.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def session(path, parameters):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(parameters.get("intra_op_threads", "1"))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def control(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.inputs = [t["name"] for t in config["input"]]
+        self.outputs = [t["name"] for t in config["output"]]
+        self.state_in, self.state_out = p["state_input"], p["state_output"]
+        self.placeholder = np.zeros((1, int(p["state_size"])), np.float32)
+        self.idle_s = float(p["idle_seconds"])
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = session(path, p)
+        self.states = {}  # correlation id -> (state [B, S], last used)
+
+    def step(self, request):
+        corrid, start, end = control(request, "CORRID"), control(request, "START"), control(request, "END")
+        if start:
+            state = self.placeholder
+        elif corrid in self.states:
+            state = self.states[corrid][0]
+        else:
+            raise KeyError(f"sequence {corrid} has no state (ended, or idle longer than {self.idle_s:g} s)")
+        feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+        feeds["START"] = np.array([1 if start else 0], np.int32)
+        feeds[self.state_in] = state
+        *outputs, next_state = self.session.run(self.outputs + [self.state_out], feeds)
+        if end:
+            self.states.pop(corrid, None)
+        else:
+            self.states[corrid] = (next_state, time.monotonic())
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outputs)])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self.step(request))
+            except Exception as e:  # one line back to the client, the server stays up
+                msg = str(e).strip("'\"").splitlines()[0]
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(msg)))
+        now = time.monotonic()
+        for corrid in [c for c, (_, used) in self.states.items() if now - used > self.idle_s]:
+            del self.states[corrid]
+        return responses

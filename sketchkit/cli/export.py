@@ -1,0 +1,87 @@
+"""`sketchkit export` and `sketchkit import-magenta`: a checkpoint or a Magenta sketch-rnn-js JSON
+model -> OUT_DIR with the step-wise ONNX graphs and model.json, checked against PyTorch.
+
+torch, onnx and the `export` package are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import click
+
+from sketchkit.errors import SketchkitError
+from sketchkit.modelinfo import ModelInfo
+
+
+def _load(module: str) -> ModuleType:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SketchkitError("export needs torch: pip install 'sketchkit[export]'") from None
+    return importlib.import_module(module)
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _report(info: ModelInfo, diffs: dict[str, float], out_dir: Path) -> None:
+    worst = max(diffs.values())
+    click.echo(
+        f"{info.name}: {info.kind}, {info.cell} H={info.dec_size}, {info.precision} -> {out_dir} "
+        f"(onnxruntime vs PyTorch: max abs diff {worst:.1e})"
+    )
+
+
+fp16_option = click.option(
+    "--fp16", is_flag=True, help="float16 weights and arithmetic (inputs and outputs stay float32)."
+)
+name_option = click.option("--name", default=None, help="Model name in model.json [default: from the input].")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@fp16_option
+@name_option
+def export(checkpoint: Path, out_dir: Path, fp16: bool, name: str | None) -> None:
+    """Export CHECKPOINT (.safetensors) to OUT_DIR: ONNX graphs + model.json, verified."""
+    onnx_export = _load("export.onnx")
+    info, diffs = onnx_export.export_checkpoint(checkpoint, out_dir, fp16=fp16, name=name, progress=_say)
+    _report(info, diffs, out_dir)
+
+
+@click.command("import-magenta")
+@click.argument("model_json", metavar="FILE.json", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--drawings",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="QuickDraw .ndjson of the class: keep the start token under which they are more likely.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also save the weights as a sketchkit checkpoint (.safetensors).",
+)
+@fp16_option
+@name_option
+def import_magenta(
+    model_json: Path,
+    out_dir: Path,
+    drawings: Path | None,
+    checkpoint: Path | None,
+    fp16: bool,
+    name: str | None,
+) -> None:
+    """Convert a Magenta sketch-rnn-js model (FILE.json, gen or vae) to OUT_DIR, verified."""
+    magenta = _load("export.magenta")
+    info, diffs = magenta.import_magenta(
+        model_json, out_dir, name=name, drawings=drawings, fp16=fp16, checkpoint=checkpoint, progress=_say
+    )
+    _report(info, diffs, out_dir)

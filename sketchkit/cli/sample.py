@@ -1,0 +1,313 @@
+"""`sketchkit generate | reconstruct | interpolate | complete`: sampling from a model.
+
+NAME is a zoo model name or a model directory (model.json + graphs). The graphs run in this
+process with onnxruntime unless `--server URL` names a Triton server. Output: a PNG or SVG
+(a grid by default, `--no-grid` for one file per sketch), or stroke-3 JSON with `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from sketchkit.errors import DataError, SketchkitError
+
+DEFAULT_MODEL = "sheep"
+FORMATS = (".png", ".svg", ".json")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared options
+
+
+def sampling_options(tau: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every sampling command takes; `tau` is the command's default temperature."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.argument("name", default=DEFAULT_MODEL, required=False, metavar="[NAME]"),
+            click.option("--tau", type=float, default=tau, show_default=True, help="Temperature in (0, 2] (paper Eq. 8)."),
+            click.option("--seed", type=int, default=None, help="Seed: the same seed gives the same sketches."),
+            click.option("--rule", default=None, metavar="eq8|js", help="Temperature rule [default: the model's]."),
+            click.option("--greedy", is_flag=True, help="Most likely point at every step (the tau -> 0 limit)."),
+            click.option("--max-len", type=int, default=None, help="Stop after this many points [default: the model's N_max]."),
+            click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help="out.png | out.svg | out.json [default: <name>.png]."),
+            click.option("--json", "as_json", is_flag=True, help="Print the sketches as stroke-3 JSON."),
+            click.option("--grid/--no-grid", default=True, show_default=True, help="One image of all sketches, or one file each."),
+            click.option("--cols", type=int, default=None, help="Columns of the grid."),
+            click.option("--server", default=None, metavar="URL", help="Sample through a Triton server instead of in process."),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--rescale", default=None, metavar="auto|none|FACTOR",
+                     help="Rescale input sketches: auto = make their offset std equal the model's scale_factor "
+                          "[default: auto for .ndjson (0..255 units), none for .npz].")(f)
+    f = click.option("--split", default="test", show_default=True, help="Split of an .npz file.")(f)
+    return click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="Input sketches: a sketch-rnn .npz or a QuickDraw .ndjson.")(f)
+
+
+class Session:
+    """A command's model, sampler and options, opened once from the shared options."""
+
+    def __init__(self, name: str, server: str | None, tau: float, seed: int | None, rule: str | None,
+                 greedy: bool, max_len: int | None) -> None:
+        from sketchkit.runtimes import open_runtime
+        from sketchkit.sampling import Sampler, SamplingOptions
+
+        self.options = SamplingOptions(tau=tau, temperature_rule=rule, greedy=greedy, max_len=max_len, seed=seed)
+        self.runtime = open_runtime(name, server)
+        self.info = self.runtime.info
+        self.sampler = Sampler(self.runtime)
+
+    def timed(self, what: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        start = time.perf_counter()
+        out = what()
+        self.seconds = time.perf_counter() - start
+        return out
+
+
+def session_from(kwargs: dict[str, Any]) -> Session:
+    keys = ("name", "server", "tau", "seed", "rule", "greedy", "max_len")
+    return Session(**{k: kwargs[k] for k in keys})
+
+
+# ---------------------------------------------------------------------------------------------
+# input sketches
+
+
+def load_sketches(path: Path | None, split: str, indices: Sequence[int], rescale: str | None,
+                  scale_factor: float) -> list[np.ndarray]:
+    """The sketches at `indices` of an .npz split or an .ndjson file, in the model's units."""
+    from sketchkit import datasets
+    from sketchkit.sampling import rescale as match_scale
+
+    if path is None:
+        raise SketchkitError("this command needs input sketches: --data FILE.npz|FILE.ndjson --index I")
+    if path.suffix == ".ndjson":
+        drawings = datasets.read_ndjson(path)
+        pool = list(range(min(len(drawings), 500)))  # enough drawings for a stable offset std
+        _check_indices(indices, len(drawings), path)
+        convert = {i: datasets.drawing_to_stroke3(drawings[i]) for i in sorted({*indices, *pool})}
+        sketches = [convert[i] for i in indices]
+        reference = [convert[i] for i in pool]
+        rescale = rescale or "auto"
+    elif path.suffix == ".npz":
+        reference = datasets.load_npz(path).split(split)
+        _check_indices(indices, len(reference), path)
+        sketches = [reference[i] for i in indices]
+        rescale = rescale or "none"
+    else:
+        raise DataError(f"{path}: expected a .npz or .ndjson file")
+    sketches = [np.asarray(s, np.float32) for s in sketches]
+    if rescale == "none":
+        return sketches
+    if rescale == "auto":
+        _, factor = match_scale(reference, scale_factor)
+    else:
+        try:
+            factor = float(rescale)
+        except ValueError:
+            raise SketchkitError(f"--rescale must be auto, none or a number, got {rescale!r}") from None
+        if not factor > 0:
+            raise SketchkitError(f"--rescale factor must be > 0, got {rescale}")
+    click.echo(f"rescaled input sketches by x{factor:.3g} (model scale_factor {scale_factor:g})", err=True)
+    return [s * np.array([factor, factor, 1], np.float32) for s in sketches]
+
+
+def _check_indices(indices: Sequence[int], size: int, path: Path) -> None:
+    for i in indices:
+        if not 0 <= i < size:
+            raise DataError(f"{path}: index {i} out of range (0..{size - 1})")
+
+
+def first_strokes(s: np.ndarray, count: int | None) -> np.ndarray:
+    """The first `count` strokes of a sketch (default: half of them, at least one)."""
+    if count is not None and count < 1:
+        raise SketchkitError(f"--strokes must be >= 1, got {count}")
+    ends = np.flatnonzero(s[:, 2] > 0.5)
+    if not len(ends) or ends[-1] != len(s) - 1:
+        ends = np.append(ends, len(s) - 1)  # the last stroke ends with the sketch
+    total = len(ends)
+    count = max(1, total // 2) if count is None else count
+    if count >= total:
+        raise DataError(f"the sketch has {total} strokes: keep fewer than that to leave something to complete")
+    return s[: ends[count - 1] + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def write_output(
+    sketches: list[np.ndarray], *, session: Session, stem: str, output: Path | None, as_json: bool,
+    grid: bool, cols: int | None, captions: list[str] | None = None,
+) -> None:
+    """Print JSON and/or write the picture(s); one line on stderr says what was written."""
+    if output is not None and output.suffix.lower() not in FORMATS:
+        raise SketchkitError(f"{output}: unknown output format (use {', '.join(FORMATS)})")
+    if cols is not None and cols < 1:
+        raise SketchkitError(f"--cols must be >= 1, got {cols}")
+    if as_json or (output is not None and output.suffix.lower() == ".json"):
+        text = _to_json(sketches, session)
+        if output is not None and output.suffix.lower() == ".json":
+            from sketchkit.io import atomic_write
+
+            with atomic_write(output, "w") as f:
+                f.write(text + "\n")
+            _report(len(sketches), session, output)
+        else:
+            click.echo(text)
+        if output is None or output.suffix.lower() == ".json":
+            return
+    from sketchkit import render
+
+    path = output or Path(f"{stem}.png")
+    if grid:
+        cols = cols or _default_cols(len(sketches))
+        render.save(path, render.grid_svg(sketches, cols=cols, captions=captions))
+        _report(len(sketches), session, path)
+    else:
+        width = len(str(len(sketches) - 1))
+        for i, s in enumerate(sketches):
+            render.save(path.with_name(f"{path.stem}-{i:0{width}d}{path.suffix}"), render.to_svg(s))
+        _report(len(sketches), session, path.with_name(f"{path.stem}-*{path.suffix}"))
+
+
+def _default_cols(n: int) -> int:
+    return max(1, min(10, int(np.ceil(np.sqrt(n)))))
+
+
+def _to_json(sketches: list[np.ndarray], session: Session) -> str:
+    o = session.options
+    doc = {
+        "model": session.info.name,
+        "scale_factor": session.info.scale_factor,
+        "tau": None if o.greedy else o.tau,
+        "temperature_rule": o.temperature_rule or session.info.temperature_rule,
+        "seed": o.seed,
+        "format": "stroke-3 (dx, dy, pen_lifted), pixels",
+        "sketches": [np.round(s.astype(np.float64), 2).tolist() for s in sketches],
+    }
+    return json.dumps(doc)
+
+
+def _report(n: int, session: Session, path: Path) -> None:
+    rate = n / session.seconds if session.seconds > 0 else float("inf")
+    click.echo(f"{n} sketches in {session.seconds:.2f} s ({rate:.0f}/s) -> {path}", err=True)
+
+
+def output_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"output": kwargs["output"], "as_json": kwargs["as_json"], "grid": kwargs["grid"], "cols": kwargs["cols"]}
+
+
+def _tau_caption(session: Session) -> str:
+    return "greedy" if session.options.greedy else f"tau {session.options.tau:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+@click.command()
+@click.option("-n", "n", type=int, default=50, show_default=True, help="How many sketches.")
+@sampling_options(tau=0.3)
+def generate(n: int, **kwargs: Any) -> None:
+    """Sample new sketches from model NAME (a zoo name or a model directory) [default: sheep].
+
+    \b
+    sketchkit generate sheep -n 50 --tau 0.3 -o sheep.png
+    """
+    if n < 1:
+        raise SketchkitError(f"n must be >= 1, got {n}")
+    s = session_from(kwargs)
+    sketches = s.timed(lambda: s.sampler.generate(n, options=s.options))
+    write_output(sketches, session=s, stem=s.info.name, **output_args(kwargs))
+
+
+@click.command()
+@data_options
+@click.option("--index", "indices", type=int, multiple=True, default=(0,), show_default=True,
+              help="Sketch(es) to reconstruct; repeat for several.")
+@click.option("-n", "n", type=int, default=4, show_default=True, help="Reconstructions per sketch.")
+@sampling_options(tau=0.3)
+def reconstruct(data: Path | None, split: str, rescale: str | None, indices: tuple[int, ...], n: int, **kwargs: Any) -> None:
+    """Encode sketches and decode them again (vae models): one row per input, the input first."""
+    if n < 1:
+        raise SketchkitError(f"n must be >= 1, got {n}")
+    s = session_from(kwargs)
+    inputs = load_sketches(data, split, indices, rescale, s.info.scale_factor)
+    repeated = [x for x in inputs for _ in range(n)]
+    outs = s.timed(lambda: s.sampler.reconstruct(repeated, s.options))
+    sketches, captions = [], []
+    for k, (i, x) in enumerate(zip(indices, inputs, strict=True)):
+        sketches += [x, *outs[k * n : (k + 1) * n]]
+        captions += [f"input {i}"] + [_tau_caption(s)] * n
+    write_output(sketches, session=s, stem=f"{s.info.name}-reconstruct", captions=captions,
+                 **dict(output_args(kwargs), cols=kwargs["cols"] or n + 1))
+
+
+@click.command()
+@data_options
+@click.option("--index", "indices", type=int, multiple=True, default=(0, 1), show_default=True,
+              help="Two sketches (a path) or four (the corners of a grid: top-left, top-right, bottom-left, bottom-right).")
+@click.option("--corners", type=int, default=2, show_default=True,
+              help="Without --data: 2 or 4 random latent vectors z ~ N(0, I).")
+@click.option("--steps", type=int, default=10, show_default=True, help="Points along the path (or per side of the grid).")
+@click.option("--method", default="slerp", show_default=True, metavar="slerp|lerp", help="Interpolation in latent space.")
+@sampling_options(tau=0.1)
+def interpolate(data: Path | None, split: str, rescale: str | None, indices: tuple[int, ...], corners: int,
+                steps: int, method: str, **kwargs: Any) -> None:
+    """Morph between two sketches in latent space, or fill the paper's 4-corner grid (vae models)."""
+    s = session_from(kwargs)
+    if data is not None:
+        if len(indices) not in (2, 4):
+            raise SketchkitError(f"give 2 or 4 --index values, got {len(indices)}")
+        ends: list[np.ndarray] = load_sketches(data, split, indices, rescale, s.info.scale_factor)
+    else:
+        if corners not in (2, 4):
+            raise SketchkitError(f"--corners must be 2 or 4, got {corners}")
+        if not s.info.conditional:
+            raise SketchkitError(f"{s.info.name} is a decoder-only model: it has no latent space to interpolate")
+        ends = list(np.random.default_rng(kwargs["seed"]).standard_normal((corners, s.info.z_size)).astype(np.float32))
+    if len(ends) == 4:
+        sketches = s.timed(lambda: s.sampler.grid4(ends, steps, method, s.options))
+        cols = steps
+    else:
+        sketches = s.timed(lambda: s.sampler.interpolate(ends[0], ends[1], steps, method, s.options))
+        cols = kwargs["cols"] or min(steps, 10)
+    write_output(sketches, session=s, stem=f"{s.info.name}-interpolate", **dict(output_args(kwargs), cols=cols))
+
+
+@click.command()
+@data_options
+@click.option("--index", type=int, default=0, show_default=True, help="The sketch to cut and complete.")
+@click.option("--strokes", "keep_strokes", type=int, default=None, help="Keep its first K strokes [default: half].")
+@click.option("-k", "k", type=int, default=8, show_default=True, help="How many endings.")
+@sampling_options(tau=0.8)
+def complete(data: Path | None, split: str, rescale: str | None, index: int, keep_strokes: int | None, k: int,
+             **kwargs: Any) -> None:
+    """Continue the beginning of a sketch k ways (paper §5.4); the partial sketch comes first."""
+    if k < 1:
+        raise SketchkitError(f"k must be >= 1, got {k}")
+    s = session_from(kwargs)
+    (sketch,) = load_sketches(data, split, [index], rescale, s.info.scale_factor)
+    partial = first_strokes(sketch, keep_strokes)
+    endings = s.timed(lambda: s.sampler.complete(partial, k, s.options))
+    captions = ["partial"] + [_tau_caption(s)] * k
+    write_output([partial, *endings], session=s, stem=f"{s.info.name}-complete", captions=captions,
+                 **output_args(kwargs))
+

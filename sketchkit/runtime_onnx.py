@@ -1,0 +1,132 @@
+"""The default runtime: the step-wise graphs in this process with onnxruntime.
+
+Each graph is loaded on first use (a decoder-only `generate` never pays for an encoder), and
+checked against the contract in `sketchkit.graphs` so that a wrong or corrupt file fails at load
+with one line instead of deep inside the sampling loop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sketchkit.errors import ModelError
+from sketchkit.graphs import DECODER_INIT, DECODER_STEP, DECODER_STEP_UNCOND, ENCODER, Graph, concrete_dims
+from sketchkit.modelinfo import ModelInfo
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+
+
+def _first_line(e: BaseException) -> str:
+    """onnxruntime's message, without its "[ONNXRuntimeError] : 7 : CODE : Load model from P failed:"."""
+    text = (str(e).strip() or type(e).__name__).splitlines()[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : ", r"\1: ", text)
+    text = re.sub(r"Load model from .* failed:", "", text)
+    return text[:300]
+
+
+class OnnxRuntime:
+    """`Runtime` over onnxruntime InferenceSessions built from a model directory (model.json)."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.info: ModelInfo = ModelInfo.load(self.model_dir)
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.threads = threads
+        self._sessions: dict[str, ort.InferenceSession] = {}
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntime({str(self.model_dir)!r}, providers={self.providers})"
+
+    # -- the Runtime protocol -------------------------------------------------------------------
+
+    def encode(self, strokes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.info.conditional:
+            raise ModelError(f"{self.info.name} is a decoder-only model: it has no encoder")
+        mu, presig = self._run(ENCODER, {"strokes": strokes, "lengths": lengths})
+        return mu, presig
+
+    def init_state(self, z: np.ndarray | None, batch: int) -> np.ndarray:
+        if not self.info.conditional:
+            return np.zeros((batch, self.info.state_size), dtype=np.float32)  # paper §3.3
+        if z is None:
+            raise ModelError(f"{self.info.name} is a vae model: its initial state needs z")
+        (state,) = self._run(DECODER_INIT, {"z": z})
+        return state
+
+    def step(
+        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.info.conditional:
+            if z is None:
+                raise ModelError(f"{self.info.name} is a vae model: its decoder step needs z")
+            params, next_state = self._run(DECODER_STEP, {"prev": prev, "z": z, "state": state})
+        else:
+            params, next_state = self._run(DECODER_STEP_UNCOND, {"prev": prev, "state": state})
+        return params, next_state
+
+    def close(self) -> None:
+        self._sessions.clear()
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def _run(self, graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        session = self._sessions.get(graph.name) or self._load(graph)
+        feeds = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype) for t in graph.inputs}
+        try:
+            return session.run([t.name for t in graph.outputs], feeds)
+        except Exception as e:  # onnxruntime raises its own exception types, all Exception
+            raise ModelError(f"{self.info.name}: {graph.name} failed: {_first_line(e)}") from None
+
+    def _load(self, graph: Graph) -> ort.InferenceSession:
+        import onnxruntime as ort  # here, not at import: `import sketchkit.runtime_onnx` stays cheap
+
+        path = self.model_dir / self.info.files[graph.name]
+        opts = ort.SessionOptions()
+        # small batches, one step at a time: parallelism inside the matrix products only
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.threads or 0  # 0: onnxruntime's default, the physical cores
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors surface as exceptions; no warning chatter on stderr
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=self.providers)
+        except Exception as e:
+            raise ModelError(f"{path}: not a loadable ONNX graph ({_first_line(e)})") from None
+        _check_contract(session, graph, self.info.sizes, path)
+        self._sessions[graph.name] = session
+        return session
+
+
+def _check_contract(session: Any, graph: Graph, sizes: dict[str, int], path: Path) -> None:
+    """The graph file has the tensors `sketchkit.graphs` promises, with model.json's sizes."""
+    have = {t.name: t for t in session.get_inputs()}
+    have.update({t.name: t for t in session.get_outputs()})
+    want = graph.inputs + graph.outputs
+    missing = [t.name for t in want if t.name not in have]
+    if missing:
+        raise ModelError(f"{path}: not a sketchkit {graph.name} graph (no tensor {', '.join(missing)})")
+    extra = [t.name for t in session.get_inputs() if t.name not in {w.name for w in graph.inputs}]
+    if extra:
+        raise ModelError(f"{path}: unexpected input(s) {', '.join(extra)} for {graph.name}")
+    for t in want:
+        got = have[t.name]
+        if got.type != _ORT_TYPES[t.dtype]:
+            raise ModelError(f"{path}: {t.name} is {got.type}, expected {_ORT_TYPES[t.dtype]}")
+        dims = concrete_dims(t, sizes)
+        if len(got.shape) != len(dims) or any(
+            want_d > 0 and isinstance(got_d, int) and got_d != want_d for want_d, got_d in zip(dims, got.shape, strict=True)
+        ):
+            raise ModelError(f"{path}: {t.name} has shape {got.shape}, model.json says {dims}")

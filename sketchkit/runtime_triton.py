@@ -1,0 +1,316 @@
+"""The Runtime protocol over a Triton server (gRPC or HTTP), for services that share one server.
+
+Stateless (default): `<model>_decoder_step` takes the state with each request and returns the next
+one, so any request can go to any instance and Triton's dynamic batcher can merge the steps of
+many clients into one execution. `stateful=True`: `<model>_decoder_step_stateful` keeps the state
+on the server (one Triton sequence per generation); a step sends only `prev` (and z) plus the rows
+that go on. The repository layout is `serving.repository`'s; model.json travels in the step
+model's config, so the client needs nothing but the URL and the model name.
+
+tritonclient is imported when a runtime is made, never by `import sketchkit`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from sketchkit.errors import SketchkitError
+from sketchkit.graphs import DECODER_INIT, DECODER_STEP, ENCODER, Graph, Tensor, graphs_for
+from sketchkit.modelinfo import ModelInfo
+
+INFO_PARAMETER = "sketchkit_model_info"  # config parameter of <model>_decoder_step holding model.json
+STATEFUL_STEP = "decoder_step_stateful"
+STATE_IN = next(t.name for t in DECODER_STEP.inputs if t.dims[-1] == "S")  # "state"
+STATE_OUT = next(t.name for t in DECODER_STEP.outputs if t.dims[-1] == "S")  # "next_state"
+CONTROL_START = "START"
+ROWS = Tensor("rows", "int64", ("B",))
+_WIRE = {"float32": "FP32", "int64": "INT64"}
+
+
+def triton_name(model: str, graph: str) -> str:
+    """The Triton model serving one graph of a sketchkit model."""
+    return f"{model}_{graph}"
+
+
+def stateful_graph(kind: str) -> Graph:
+    """The stateful step's tensors on the wire: the step's inputs without the state, plus `rows`
+    (which rows of the previous step go on); outputs without the next state."""
+    step = graphs_for(kind)[-1]
+    return Graph(
+        STATEFUL_STEP,
+        inputs=tuple(t for t in step.inputs if t.name != STATE_IN) + (ROWS,),
+        outputs=tuple(t for t in step.outputs if t.name != STATE_OUT),
+    )
+
+
+class TritonError(SketchkitError):
+    """The server is down or slow, the model is not served, or an inference failed."""
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """'grpc://host:8001' | 'http://host:8000' | 'host:port' (gRPC) -> (protocol, 'host:port')."""
+    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    if parts.scheme not in ("grpc", "http") or not parts.hostname:
+        raise TritonError(f"bad Triton URL {url!r} (expected grpc://host:8001 or http://host:8000)")
+    port = parts.port or (8001 if parts.scheme == "grpc" else 8000)
+    return parts.scheme, f"{parts.hostname}:{port}"
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+class TritonRuntime:
+    """`sketchkit.runtime.Runtime` over tritonclient; safe to share between threads.
+
+    url: grpc://host:8001 or http://host:8000. model: the sketchkit model name (Triton serves
+    `<model>_<graph>`). info: model.json; None reads it from the server. timeout_s: per request.
+    retries: extra attempts when the server is UNAVAILABLE (connection refused, restarting).
+    """
+
+    def __init__(
+        self,
+        url: str = "grpc://127.0.0.1:8001",
+        model: str = "",
+        info: ModelInfo | None = None,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        stateful: bool = False,
+    ) -> None:
+        if not model:
+            raise TritonError("no model name given for the Triton runtime")
+        self.protocol, self.address = parse_url(url)
+        self.url = f"{self.protocol}://{self.address}"
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.stateful = stateful
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list[Any] = []
+        self._open: dict[int, int] = {}  # thread id -> its last sequence (ended when it starts the next)
+        import tritonclient.utils  # fail here, in one line, if the client library is missing
+
+        self._exception = tritonclient.utils.InferenceServerException
+        config = self._config(triton_name(model, DECODER_STEP.name))
+        self.max_batch_size = int(config["max_batch_size"]) or 1 << 30
+        self.info = info or self._info(config)
+        if stateful:
+            self._config(triton_name(model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
+
+    @classmethod
+    def from_url(cls, url: str, model: str | os.PathLike[str], **kwargs: Any) -> TritonRuntime:
+        """For `--server URL`: `model` is a served model name, or a local model directory (its
+        model.json names the model). `?stateful=1` on the URL selects the stateful step."""
+        parts = urlsplit(url if "://" in url else f"grpc://{url}")
+        if parts.query:
+            if parts.query not in ("stateful", "stateful=1", "stateful=true"):
+                raise TritonError(f"unknown Triton URL option {parts.query!r} (only ?stateful=1)")
+            kwargs.setdefault("stateful", True)
+            url = url.split("?", 1)[0]
+        path = Path(model)
+        if (path / "model.json").is_file():
+            info = ModelInfo.load(path)
+            return cls(url, info.name, kwargs.pop("info", info), **kwargs)
+        return cls(url, str(model), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"TritonRuntime({self.url!r}, {self.model!r}{', stateful=True' if self.stateful else ''})"
+
+    # -- the Runtime protocol -------------------------------------------------------------------
+
+    def encode(self, strokes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.info.conditional:
+            raise TritonError(f"{self.model} is a decoder-only model: it has no encoder")
+        mu, presig = self._run(ENCODER, {"strokes": strokes, "lengths": lengths})
+        return mu, presig
+
+    def init_state(self, z: np.ndarray | None, batch: int) -> np.ndarray:
+        if self.stateful:
+            return self._new_sequence(batch)
+        if not self.info.conditional:
+            return np.zeros((batch, self.info.state_size), dtype=np.float32)  # paper §3.3
+        if z is None:
+            raise TritonError(f"{self.model} is a vae model: its initial state needs z")
+        (state,) = self._run(DECODER_INIT, {"z": z})
+        return state
+
+    def step(self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.info.conditional and z is None:
+            raise TritonError(f"{self.model} is a vae model: its decoder step needs z")
+        if self.stateful:
+            return self._stateful_step(prev, z, state)
+        graph = graphs_for(self.info.kind)[-1]
+        params, next_state = self._run(graph, {"prev": prev, "z": z, "state": state})
+        return params, next_state
+
+    def close(self) -> None:
+        with self._lock:
+            open_sequences, self._open = list(self._open.values()), {}
+        for seq in open_sequences:
+            self._end(seq)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+    # -- server-held state ----------------------------------------------------------------------
+
+    def _new_sequence(self, batch: int) -> np.ndarray:
+        """A handle that the sampler slices like a state: rows of (sequence id, row); row -1 =
+        not started. Ends this thread's previous sequence, so Triton frees its slot."""
+        seq = int.from_bytes(os.urandom(8), "little") >> 2 | 1  # unique across clients; 0 is invalid
+        with self._lock:
+            previous = self._open.pop(threading.get_ident(), None)
+            self._open[threading.get_ident()] = seq
+        if previous is not None:
+            self._end(previous)
+        return np.stack([np.full(batch, seq), np.full(batch, -1)], axis=1).astype(np.int64)
+
+    def _stateful_step(self, prev: np.ndarray, z: np.ndarray | None, handle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        handle = np.asarray(handle)
+        if handle.ndim != 2 or handle.shape[1] != 2 or len(handle) != len(prev) or (handle[:, 0] != handle[0, 0]).any():
+            raise TritonError("stateful Triton runtime: the state is not a handle from this runtime's init_state")
+        seq, rows = int(handle[0, 0]), handle[:, 1]
+        start = bool((rows < 0).all())
+        feeds = {"prev": prev, "z": z, ROWS.name: np.zeros_like(rows) if start else rows}
+        (params,) = self._infer(
+            triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.kind), feeds, batched=False,
+            sequence=(seq, start, False),
+        )  # fmt: skip
+        return params, np.stack([np.full(len(prev), seq), np.arange(len(prev))], axis=1).astype(np.int64)
+
+    def _end(self, seq: int) -> None:
+        """END a sequence (a one-row step whose result is dropped): the server frees its state."""
+        feeds = {"prev": np.zeros((1, 5), np.float32), "z": np.zeros((1, self.info.z_size), np.float32),
+                 ROWS.name: np.zeros(1, np.int64)}  # fmt: skip
+        try:
+            self._infer(triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.kind), feeds,
+                        batched=False, sequence=(seq, False, True))  # fmt: skip
+        except TritonError:
+            pass  # expired or server gone: nothing left to free
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        """One client per thread (the HTTP client is not thread-safe; gRPC channels are cheap)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc":
+                import tritonclient.grpc as tc
+
+                client = tc.InferenceServerClient(self.address)
+            else:
+                import tritonclient.http as tc
+
+                client = tc.InferenceServerClient(
+                    self.address, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _call(self, what: str, fn: Any, idempotent: bool = True) -> Any:
+        """fn(client) with retries while the server is UNAVAILABLE; every failure -> one line."""
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(self._client())
+            except self._exception as e:
+                status, message = str(e.status() or ""), _first_line(e.message() or str(e))
+                unavailable = "UNAVAILABLE" in status or "failed to connect" in message.lower()
+                if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
+                    raise TritonError(f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s") from None
+                if not unavailable:
+                    raise TritonError(f"Triton at {self.url}: {what} failed: {message}") from None
+            except OSError as e:  # the HTTP client's socket errors
+                if isinstance(e, TimeoutError):
+                    raise TritonError(f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s") from None
+                message = _first_line(str(e) or type(e).__name__)
+            if attempt < self.retries:
+                time.sleep(delay)
+                delay *= 2
+        raise TritonError(f"Triton server at {self.url} is unavailable ({message})")
+
+    def _config(self, name: str) -> dict[str, Any]:
+        def get(client: Any) -> dict[str, Any]:
+            if self.protocol == "grpc":
+                return client.get_model_config(name, as_json=True, client_timeout=self.timeout_s)["config"]
+            return client.get_model_config(name)
+
+        try:
+            return self._call(f"reading the config of {name}", get)
+        except TritonError as e:
+            if "unavailable" in str(e) or "timed out" in str(e):
+                raise
+            raise TritonError(f"model {self.model!r} is not served by {self.url}: no {name} ({self._served()})") from None
+
+    def _served(self) -> str:
+        """The sketchkit models a server offers, for error messages."""
+        suffix = "_" + DECODER_STEP.name
+        try:
+            index = self._client().get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
+            names = [m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index)]
+        except Exception:  # only for the message
+            return "cannot list its models"
+        models = sorted(n[: -len(suffix)] for n in names if n.endswith(suffix))
+        return "it serves " + (", ".join(models) if models else "no sketchkit models")
+
+    def _info(self, config: dict[str, Any]) -> ModelInfo:
+        import json
+
+        text = config.get("parameters", {}).get(INFO_PARAMETER, {}).get("string_value")
+        if not text:
+            raise TritonError(f"{self.url}: {config.get('name')} has no {INFO_PARAMETER} (not built by sketchkit serve build-repo)")
+        return ModelInfo.from_dict(json.loads(text))
+
+    def _run(self, graph: Graph, feeds: dict[str, np.ndarray | None]) -> list[np.ndarray]:
+        """A stateless graph; batches bigger than the model's max_batch_size go in chunks."""
+        name = triton_name(self.model, graph.name)
+        n = len(next(v for v in feeds.values() if v is not None))
+        if n <= self.max_batch_size:
+            return self._infer(name, graph, feeds, batched=True)
+        chunks = [
+            self._infer(name, graph, {k: None if v is None else v[i : i + self.max_batch_size] for k, v in feeds.items()}, batched=True)
+            for i in range(0, n, self.max_batch_size)
+        ]
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def _infer(
+        self, name: str, graph: Graph, feeds: dict[str, np.ndarray | None], *, batched: bool,
+        sequence: tuple[int, bool, bool] | None = None,
+    ) -> list[np.ndarray]:  # fmt: skip
+        if self.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        inputs = []
+        for t in graph.inputs:
+            value = feeds[t.name]
+            if value is None:
+                raise TritonError(f"{name}: input {t.name} is missing")
+            array = np.ascontiguousarray(value, dtype=t.dtype)
+            if batched and len(t.dims) == 1:
+                array = array.reshape(-1, 1)  # a [B] tensor is [B, 1] on the wire (config reshape)
+            inp = tc.InferInput(t.name, list(array.shape), _WIRE[t.dtype])
+            inp.set_data_from_numpy(array)
+            inputs.append(inp)
+        outputs = [tc.InferRequestedOutput(t.name) for t in graph.outputs]
+        seq_id, start, end = sequence or (0, False, False)
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+
+        def infer(client: Any) -> Any:
+            return client.infer(name, inputs, outputs=outputs, sequence_id=seq_id, sequence_start=start,
+                                sequence_end=end, **kwargs)  # fmt: skip
+
+        result = self._call(f"inference on {name}", infer)
+        return [result.as_numpy(t.name) for t in graph.outputs]

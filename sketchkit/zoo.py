@@ -1,0 +1,447 @@
+"""The model zoo client: a name becomes a model directory, downloaded, verified and cached.
+
+The table is data (`zoo/registry.json`, like whisper's `_MODELS`); this module adds what whisper
+and timm leave out: the SHA-256 is checked while streaming (or, where upstream publishes none,
+pinned on first download: trust on first use), a download resumes with HTTP Range, a file lock
+keeps two processes from writing the same file, and files appear only by an atomic rename.
+
+Names: `owl` is the best available owl model (ours, else Magenta's vae, else its gen);
+`magenta/owl.gen`, `magenta/owl.vae` (H = 512) and `magenta-large/owl.<gen|vae>` (H = 1024)
+address one exactly. Environment: SKETCHKIT_CACHE (cache directory), SKETCHKIT_ZOO_MIRROR
+(fetch every file from MIRROR/<its name> instead, for air-gapped sites).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sketchkit import __version__
+from sketchkit.errors import ModelError, SketchkitError
+from sketchkit.io import atomic_write, sha256_file
+from sketchkit.modelinfo import ModelInfo
+
+ENV_CACHE = "SKETCHKIT_CACHE"
+ENV_MIRROR = "SKETCHKIT_ZOO_MIRROR"
+TIMEOUT = 30.0  # seconds without a byte before a download counts as interrupted
+RETRIES = 3  # resumed attempts after a download is cut, as long as each one makes progress
+CHUNK = 1 << 16
+
+
+class DownloadError(SketchkitError):
+    """A file could not be fetched, or what arrived is not what the registry promises."""
+
+
+class NotPublished(DownloadError):
+    """Upstream (or the mirror) has no such file: HTTP 404."""
+
+
+# ---- the table --------------------------------------------------------------------------------
+@functools.cache
+def zoo_dir() -> Path:
+    """The `zoo` package's directory (importing `zoo` loads no torch). Found through `__path__`,
+    which also works while an old editable install still sees `zoo` as a namespace package."""
+    import zoo
+
+    found = next((Path(p) for p in zoo.__path__ if Path(p, "registry.json").is_file()), None)
+    if found is None:
+        raise SketchkitError("zoo/registry.json is missing from this installation")
+    return found
+
+
+@functools.cache
+def registry() -> dict[str, Any]:
+    """The table: zoo/registry.json."""
+    return json.loads((zoo_dir() / "registry.json").read_text())
+
+
+def available_models() -> list[str]:
+    """Every model name in the registry, ours first."""
+    return list(registry()["models"])
+
+
+def _row(name: str) -> dict[str, Any]:
+    row = registry()["models"].get(name)
+    if row is None:
+        raise SketchkitError(f"unknown model {name!r}{_did_you_mean(name)}")
+    return row
+
+
+def _did_you_mean(name: str) -> str:
+    names = available_models() + sorted({n.split("/")[-1].split(".")[0] for n in available_models()})
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else " (see `sketchkit zoo list`)"
+
+
+def candidates(name: str) -> list[str]:
+    """The models a name may stand for, best first. An exact name is itself; a class name is ours
+    (when shipped or published), then Magenta's vae, then its gen: the H = 512 set, which is what
+    the sketch-rnn-js demos use and 4x cheaper per step than the large one."""
+    models = registry()["models"]
+    out = [n for n in (name, f"magenta/{name}.vae", f"magenta/{name}.gen") if n in models and _usable(n)]
+    if not out:
+        raise SketchkitError(f"unknown model {name!r}{_did_you_mean(name)}")
+    return out
+
+
+def _usable(name: str) -> bool:
+    """Shipped, or downloadable: our not-yet-published rows are neither."""
+    row = registry()["models"][name]
+    return bool(row.get("shipped") or row["files"])
+
+
+# ---- the cache --------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """SKETCHKIT_CACHE, else the platform's user cache directory / sketchkit."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sketchkit", appauthor=False))
+
+
+def model_dir(name: str) -> Path:
+    """Where a model's directory is (shipped) or goes (cached), whether or not it is there yet."""
+    row = _row(name)
+    if row.get("shipped"):
+        return zoo_dir() / row["shipped"]
+    return cache_dir() / "models" / name
+
+
+def is_cached(name: str) -> bool:
+    """Ready to use: its directory (cached, or shipped) holds a model.json."""
+    return (model_dir(name) / "model.json").is_file()
+
+
+def _local(name: str) -> bool:
+    return bool(_row(name).get("shipped")) or is_cached(name)
+
+
+def local_models() -> list[str]:
+    """Models usable without the network: shipped (with their export) and cached."""
+    return [n for n in available_models() if is_cached(n)]
+
+
+def _download_path(file: dict[str, Any]) -> Path:
+    return cache_dir() / "downloads" / file["name"]
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An inter-process lock for `path`; the lock files live in cache/locks/, out of the way."""
+    from filelock import FileLock
+
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    with FileLock(locks / f"{path.name}-{key}.lock"):
+        yield
+
+
+# ---- pins: trust on first use for files whose SHA-256 upstream does not publish ---------------
+def _pins_path() -> Path:
+    return cache_dir() / "pins.json"
+
+
+def pins() -> dict[str, str]:
+    """URL -> SHA-256 observed on its first download."""
+    try:
+        return json.loads(_pins_path().read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as e:
+        raise SketchkitError(f"{_pins_path()}: corrupt ({e}); fix or delete it") from None
+
+
+def _pin(url: str, digest: str) -> None:
+    path = _pins_path()
+    with _lock(path):
+        table = pins()
+        table[url] = digest
+        with atomic_write(path, "w") as f:
+            json.dump(table, f, indent=1, sort_keys=True)
+
+
+def expected_sha256(file: dict[str, Any]) -> tuple[str | None, str]:
+    """The hash a file must have, and where it comes from: "registry", "pinned" or "unknown"."""
+    if file.get("sha256"):
+        return file["sha256"], "registry"
+    pinned = pins().get(file["url"])
+    return (pinned, "pinned") if pinned else (None, "unknown")
+
+
+# ---- download ---------------------------------------------------------------------------------
+def source_url(file: dict[str, Any]) -> str:
+    mirror = os.environ.get(ENV_MIRROR)
+    if mirror:
+        return f"{mirror.rstrip('/')}/{urllib.parse.quote(file['name'])}"
+    return file["url"]
+
+
+def fetch(file: dict[str, Any], dest: Path | None = None, progress: bool = True) -> Path:
+    """One registry file, verified, at `dest` (default cache/downloads/<name>)."""
+    dest = dest or _download_path(file)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(dest):
+        expected, _ = expected_sha256(file)
+        if dest.is_file():
+            digest = sha256_file(dest)
+            if expected is None:  # verified once, but its pin was lost
+                _pin(file["url"], digest)
+            if digest == (expected or digest):
+                return dest
+            dest.unlink()  # changed on disk since it was verified: fetch it again
+        part = dest.with_name(dest.name + ".part")
+        resumed = part.is_file()
+        digest = _download(source_url(file), part, file.get("size"), file["name"], progress)
+        if expected is not None and digest != expected and resumed:
+            part.unlink()  # maybe a stale part of another version: once more from scratch
+            digest = _download(source_url(file), part, file.get("size"), file["name"], progress)
+        size = part.stat().st_size
+        if file.get("size") is not None and size != file["size"]:
+            part.unlink()
+            raise DownloadError(
+                f"{source_url(file)}: got {size} bytes, expected {file['size']}; nothing kept"
+            )
+        if expected is not None and digest != expected:
+            part.unlink()
+            raise DownloadError(
+                f"{source_url(file)}: SHA-256 mismatch (got {digest[:12]}..., expected {expected[:12]}...); nothing kept"
+            )
+        if expected is None:
+            _pin(file["url"], digest)
+        os.replace(part, dest)
+    return dest
+
+
+def _download(url: str, part: Path, size: int | None, label: str, progress: bool) -> str:
+    """Stream `url` into `part` (resuming what is there with Range); return the SHA-256 of all of it."""
+    h = hashlib.sha256()
+    have = 0
+    if part.is_file():
+        with open(part, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+                have += len(block)
+    for _ in range(RETRIES + 1):
+        start = have
+        headers = {"User-Agent": f"sketchkit/{__version__}", "Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=TIMEOUT
+            ) as resp:
+                if have and resp.status != 206:  # the server ignored Range: start over
+                    have, h = 0, hashlib.sha256()
+                length = resp.headers.get("Content-Length")
+                total = have + int(length) if length is not None else size
+                with open(part, "ab" if have else "wb") as f, _progress(label, total, progress) as update:
+                    update(have)
+                    while chunk := resp.read(CHUNK):
+                        f.write(chunk)
+                        h.update(chunk)
+                        have += len(chunk)
+                        update(len(chunk))
+            if total is None or have >= total:
+                return h.hexdigest()
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # the part is already whole: the checksum decides
+                return h.hexdigest()
+            if e.code == 404:
+                raise NotPublished(f"{url}: not found (HTTP 404)") from None
+            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            if have == start:
+                reason = getattr(e, "reason", None) or e
+                raise DownloadError(f"cannot download {url} ({reason}); {_local_hint()}") from None
+        if have == start:
+            break
+    raise DownloadError(f"download of {url} stopped at {have} bytes; run the same command again to resume")
+
+
+def _local_hint() -> str:
+    local = local_models()
+    return f"available locally: {', '.join(local)}" if local else "no models are available locally"
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled or not total:
+        yield lambda n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+# ---- models -----------------------------------------------------------------------------------
+def pull(name: str, progress: bool = True) -> Path:
+    """The directory of a model, downloaded (and, for Magenta's JSON, converted) if need be. A
+    class name takes the best candidate that is local, else the best one upstream publishes."""
+    found = candidates(name)
+    for c in found:
+        if _local(c):
+            return _pull_one(c, progress)
+    for c, fallback in zip(found, found[1:], strict=False):
+        try:
+            return _pull_one(c, progress)
+        except NotPublished:
+            if progress:
+                click.echo(f"{c} is not published; trying {fallback}", err=True)
+    return _pull_one(found[-1], progress)
+
+
+def _pull_one(name: str, progress: bool) -> Path:
+    row = _row(name)
+    out = model_dir(name)
+    if row.get("shipped"):
+        return _shipped(name, out)
+    if is_cached(name):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        if is_cached(name):  # another process finished it while we waited
+            return out
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed process
+            shutil.rmtree(stale, ignore_errors=True)
+        paths = [fetch(f, progress=progress) for f in row["files"]]
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a shared cache private
+        try:
+            if row["format"] == "magenta-json":
+                say = (
+                    (lambda msg: click.echo(msg.replace(str(tmp), str(out)), err=True)) if progress else None
+                )
+                convert_magenta(paths[0], tmp, name, row, say)
+            else:
+                for f, p in zip(row["files"], paths, strict=True):
+                    shutil.copyfile(p, tmp / f.get("path", f["name"]))
+            ModelInfo.load(tmp)
+            if out.exists():  # a directory without model.json is not a model
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def _shipped(name: str, path: Path) -> Path:
+    if not (path / "model.json").is_file():
+        raise ModelError(
+            f"the shipped model {name} has no ONNX export yet ({path}/model.json is missing): "
+            f"run `sketchkit export` on its checkpoint into {path}"
+        )
+    ModelInfo.load(path)
+    return path
+
+
+def convert_magenta(
+    src: Path, out: Path, name: str, row: dict[str, Any], say: Callable[[str], None] | None = None
+) -> None:
+    """The one seam to the export package: Magenta JSON -> our ONNX model directory (needs torch),
+    checked there against PyTorch. No drawings are passed, so the start token is the paper's S_0."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SketchkitError(
+            f"{name} is a Magenta model and converting it to ONNX needs torch: pip install 'sketchkit[export]'"
+        ) from None
+    try:
+        from export.magenta import import_magenta
+    except ImportError as e:
+        raise SketchkitError(f"cannot convert {name}: the Magenta importer is unavailable ({e})") from None
+    import_magenta(src, out, name=name, source=row["files"][0]["url"], progress=say)
+
+
+def resolve(name_or_path: str | os.PathLike[str], progress: bool = True) -> Path:
+    """A model directory for a path or a name: shipped, cached, or pulled now (first use)."""
+    path = Path(name_or_path).expanduser()
+    if (path / "model.json").is_file():
+        return path
+    if path.name == "model.json" and path.is_file():
+        return path.parent
+    if path.is_dir():
+        raise ModelError(f"{path}: not a model directory (no model.json)")
+    name = str(name_or_path)
+    is_name = name.split("/")[0] in ("magenta", "magenta-large") or not ("/" in name or os.sep in name)
+    if not is_name:
+        raise ModelError(f"{name}: no such model directory")
+    return pull(name, progress)
+
+
+def remove(name: str) -> list[Path]:
+    """Delete a cached model and its downloads (pins stay: they record what upstream served)."""
+    found = candidates(name)
+    target = next((c for c in found if _local(c)), found[0])
+    if _row(target).get("shipped"):
+        raise SketchkitError(f"{target} is shipped with sketchkit; there is nothing to remove")
+    if not is_cached(target):
+        raise SketchkitError(f"{name} is not cached")
+    out = model_dir(target)
+    removed = []
+    with _lock(out):
+        for f in _row(target)["files"]:
+            p = _download_path(f)
+            if p.is_file():
+                p.unlink()
+                removed.append(p)
+        shutil.rmtree(out)
+        removed.append(out)
+    return removed
+
+
+def info(name: str) -> dict[str, Any]:
+    """A registry row, plus where the model is and how each of its files is verified."""
+    found = candidates(name)
+    name = next((c for c in found if _local(c)), found[0])
+    row = dict(_row(name), name=name, cached=is_cached(name), path=str(model_dir(name)))
+    row["files"] = []
+    for f in _row(name)["files"]:
+        digest, how = expected_sha256(f)
+        row["files"].append(dict(f, sha256=digest, verified_by=how))
+    return row
+
+
+# ---- training data ----------------------------------------------------------------------------
+def dataset_classes() -> list[str]:
+    return list(registry()["datasets"]["quickdraw"]["classes"])
+
+
+def pull_data(cls: str, out: Path | None = None, progress: bool = True) -> Path:
+    """QuickDraw's sketch-rnn .npz of one class (e.g. `cat`, `palm tree` or `palm_tree`)."""
+    table = registry()["datasets"]["quickdraw"]
+    by_key = {c.lower().replace("_", " "): c for c in table["classes"]}
+    key = cls.lower().replace("_", " ")
+    if key not in by_key:
+        close = difflib.get_close_matches(key, list(by_key), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(by_key[c] for c in close)}?)" if close else ""
+        raise SketchkitError(f"unknown QuickDraw class {cls!r}{hint}")
+    cls = by_key[key]
+    file = {
+        "url": table["url"].format(**{"class": urllib.parse.quote(cls)}),
+        "name": f"{cls}.npz",
+        "sha256": table["sha256"].get(cls),
+        "size": table["size"].get(cls),
+    }
+    dest = (Path(out) if out else cache_dir() / "data") / file["name"]
+    return fetch(file, dest, progress)

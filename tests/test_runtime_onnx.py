@@ -1,0 +1,147 @@
+"""The in-process onnxruntime runtime and the model/runtime resolution seam."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+from onnx_fixtures import make_model
+
+from sketchkit.errors import ModelError, SketchkitError
+from sketchkit.runtime import Runtime
+from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes import open_runtime, resolve_model
+from sketchkit.sampling import Sampler, SamplingOptions
+
+
+def copy_model(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_satisfies_the_runtime_protocol(tiny_vae, tiny_uncond):
+    assert isinstance(OnnxRuntime(tiny_vae), Runtime)
+    assert isinstance(OnnxRuntime(tiny_uncond), Runtime)
+
+
+def test_shapes_of_every_graph(tiny_vae):
+    rt = OnnxRuntime(tiny_vae, threads=1)
+    info = rt.info
+    B = 3
+    mu, presig = rt.encode(np.zeros((B, 7, 5), np.float32), np.array([7, 2, 1]))
+    assert mu.shape == presig.shape == (B, info.z_size)
+    state = rt.init_state(mu, B)
+    assert state.shape == (B, info.state_size) and state.dtype == np.float32
+    params, nxt = rt.step(np.zeros((B, 5), np.float32), mu, state)
+    assert params.shape == (B, 6 * info.num_mixture + 3) and nxt.shape == state.shape
+
+
+def test_decoder_only_starts_from_zeros_and_has_no_encoder(tiny_uncond):
+    rt = OnnxRuntime(tiny_uncond)
+    np.testing.assert_array_equal(rt.init_state(None, 4), np.zeros((4, rt.info.state_size), np.float32))
+    with pytest.raises(ModelError, match="decoder-only"):
+        rt.encode(np.zeros((1, 3, 5), np.float32), np.array([3]))
+
+
+def test_vae_needs_z(tiny_vae):
+    rt = OnnxRuntime(tiny_vae)
+    with pytest.raises(ModelError, match="needs z"):
+        rt.init_state(None, 2)
+    with pytest.raises(ModelError, match="needs z"):
+        rt.step(np.zeros((1, 5), np.float32), None, np.zeros((1, rt.info.state_size), np.float32))
+
+
+def test_graphs_load_lazily(tiny_vae):
+    rt = OnnxRuntime(tiny_vae)
+    assert rt._sessions == {}
+    Sampler(rt).generate(2, options=SamplingOptions(seed=0, max_len=3))
+    assert set(rt._sessions) == {"decoder_init", "decoder_step"}  # no encoder for generate
+    rt.close()
+    assert rt._sessions == {}
+
+
+def test_corrupt_onnx_is_a_one_line_model_error(tiny_uncond, tmp_path):
+    d = copy_model(tiny_uncond, tmp_path / "corrupt")
+    (d / "decoder_step.onnx").write_bytes(b"\x08\x07this is not a protobuf\xff\xfe" * 20)
+    rt = OnnxRuntime(d)  # graphs load on first use
+    with pytest.raises(ModelError) as e:
+        Sampler(rt).generate(2)
+    assert "not a loadable ONNX graph" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_onnx_is_a_model_error(tiny_vae, tmp_path):
+    d = copy_model(tiny_vae, tmp_path / "truncated")
+    raw = (d / "decoder_init.onnx").read_bytes()
+    (d / "decoder_init.onnx").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ModelError, match="decoder_init.onnx") as e:
+        Sampler(OnnxRuntime(d)).generate(2)
+    assert "\n" not in str(e.value)
+
+
+def test_sizes_that_disagree_with_model_json_are_refused(tiny_uncond, tmp_path):
+    d = copy_model(tiny_uncond, tmp_path / "wrong-size")
+    meta = json.loads((d / "model.json").read_text())
+    meta["state_size"] += 2
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="state has shape"):
+        Sampler(OnnxRuntime(d)).generate(1)
+
+
+def test_a_graph_of_the_other_kind_is_refused(tiny_vae, tiny_uncond, tmp_path):
+    """A vae step graph (with z) in a model.json that says decoder-only."""
+    d = copy_model(tiny_uncond, tmp_path / "mixed")
+    shutil.copy(tiny_vae / "decoder_step.onnx", d / "decoder_step.onnx")
+    with pytest.raises(ModelError, match="unexpected input"):
+        Sampler(OnnxRuntime(d)).generate(1)
+
+
+def test_missing_or_corrupt_model_json(tiny_uncond, tmp_path):
+    with pytest.raises(ModelError, match="no model.json"):
+        OnnxRuntime(tmp_path)
+    d = copy_model(tiny_uncond, tmp_path / "bad-json")
+    (d / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="corrupt JSON"):
+        OnnxRuntime(d)
+    (d / "model.json").write_text(json.dumps(["a", "magenta", "list"]))
+    with pytest.raises(ModelError, match="JSON object"):
+        OnnxRuntime(d)
+
+
+def test_resolve_model_accepts_directories_and_model_json(tiny_uncond):
+    assert resolve_model(tiny_uncond) == tiny_uncond
+    assert resolve_model(tiny_uncond / "model.json") == tiny_uncond
+    assert isinstance(open_runtime(str(tiny_uncond)), OnnxRuntime)
+
+
+def test_a_magenta_json_file_is_not_a_model_directory(tmp_path):
+    f = tmp_path / "owl.gen.json"
+    f.write_text("[{}, [], []]")
+    with pytest.raises(ModelError, match="import-magenta"):
+        resolve_model(f)
+    g = tmp_path / "notes.txt"
+    g.write_text("hello")
+    with pytest.raises(ModelError, match="not a model directory"):
+        resolve_model(g)
+
+
+def test_unknown_model_name_says_how_to_list_models():
+    with pytest.raises(SketchkitError) as e:
+        open_runtime("no-such-model-xyz")
+    assert "\n" not in str(e.value)
+    if importlib.util.find_spec("sketchkit.zoo") is None:
+        assert "sketchkit zoo list" in str(e.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sketchkit.runtime_triton") is not None, reason="Triton runtime exists")
+def test_server_without_triton_runtime(tiny_uncond):
+    with pytest.raises(SketchkitError, match="Triton runtime not available"):
+        open_runtime(str(tiny_uncond), server="localhost:8001")
+
+
+def test_make_model_writes_both_kinds(tmp_path):
+    vae = make_model(tmp_path / "v", "vae", hidden=8, num_mixture=2)
+    assert sorted(p.name for p in vae.iterdir()) == ["decoder_init.onnx", "decoder_step.onnx", "encoder.onnx", "model.json"]
+    assert OnnxRuntime(vae).info.state_size == 16

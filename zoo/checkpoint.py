@@ -1,0 +1,108 @@
+"""Checkpoints: one `.safetensors` file = weights + a JSON header under the key "sketchkit"
+(the HParams config, scale_factor, max_seq_len, dataset_sha256, step, metrics, ...).
+
+The header also holds "sketchkit_sha256", a SHA-256 over the JSON and every tensor's name,
+dtype, shape and bytes, so a flipped bit anywhere is refused with a ModelError rather than
+sampled from. Never pickle: safetensors holds raw tensors only. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from sketchkit.errors import ModelError, SketchkitError
+from sketchkit.io import atomic_write
+from zoo.config import HParams
+from zoo.model import SketchRNN
+
+FORMAT = "sketchkit-checkpoint"
+VERSION = 1
+
+
+def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(header.encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Tensors + JSON metadata as one safetensors file, hashed, written atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = json.dumps(dict(meta, format=FORMAT, version=VERSION), sort_keys=True)
+    data = st_save(tensors, metadata={"sketchkit": header, "sketchkit_sha256": _digest(header, tensors)})
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata of a file written by `write_tensors`, verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such checkpoint")
+    raw = path.read_bytes()
+    try:
+        tensors = st_load(raw)
+        n = int.from_bytes(raw[:8], "little")
+        header_meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as e:
+        raise ModelError(f"{path}: not a readable safetensors checkpoint ({str(e).splitlines()[0]})") from None
+    header, digest = header_meta.get("sketchkit"), header_meta.get("sketchkit_sha256")
+    if header is None or digest is None:
+        raise ModelError(f"{path}: not a sketchkit checkpoint (no 'sketchkit' metadata)")
+    if _digest(header, tensors) != digest:
+        raise ModelError(f"{path}: checksum mismatch: the file was modified or corrupted")
+    meta = json.loads(header)
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ModelError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('version')}")
+    return tensors, meta
+
+
+def save(
+    path: str | os.PathLike[str],
+    model: SketchRNN,
+    hparams: HParams,
+    meta: dict[str, Any],
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Save a model. `meta` should hold scale_factor, max_seq_len, dataset_sha256, step,
+    metrics; `dtype=torch.float16` halves the file (the loader casts back to float32)."""
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    meta = dict(meta, hparams=hparams.to_dict(), dtype=str(dtype).removeprefix("torch."))
+    meta.setdefault("max_seq_len", hparams.max_seq_len)
+    write_tensors(path, tensors, meta)
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SketchRNN, HParams, dict[str, Any]]:
+    """(model in eval mode, float32, hparams, meta) from a checkpoint; any inconsistency is a
+    ModelError with a one-line message."""
+    tensors, meta = read_tensors(path)
+    try:
+        hp = HParams.from_dict(meta["hparams"])
+    except (KeyError, TypeError) as e:
+        raise ModelError(f"{path}: checkpoint has no usable hparams ({e})") from None
+    except SketchkitError as e:
+        raise ModelError(f"{path}: {e}") from None
+    model = SketchRNN(hp)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if not k.startswith("train.")}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise ModelError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in weights.items():
+        if v.shape != expected[k].shape:
+            raise ModelError(f"{path}: {k} has shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
+    model.load_state_dict(weights)
+    return model.to(device).eval(), hp, meta

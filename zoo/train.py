@@ -1,0 +1,377 @@
+"""Training (paper §3.4, A.2-A.3): Adam, gradient clipping, KL annealing, augmentation,
+validation every `eval_every` steps with the un-annealed Eq. 14, best checkpoint kept, exact
+resume after a kill.
+
+A run directory holds
+    best.safetensors   the best validation loss so far (weights + config + metrics)
+    last.safetensors   the resume state: weights, Adam moments, RNG states, step (train.* tensors)
+    recipe.toml        the HParams of the run
+    metrics.jsonl      one JSON line per log / validation
+    loss.png           the loss curves, redrawn at each validation
+    samples/           sketches drawn at each validation (z ~ N(0, I), tau = 0.5)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchkit import strokes
+from sketchkit.datasets import Dataset, concat, load_npz
+from sketchkit.errors import SketchkitError
+from sketchkit.io import atomic_write, sha256_file
+from zoo import checkpoint
+from zoo.config import HParams
+from zoo.evaluate import evaluate
+from zoo.loss import kl_weight, split_params, train_loss
+from zoo.model import SketchRNN
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class TrainData:
+    """Normalised stroke-3 splits and what a checkpoint must remember about them."""
+
+    train: list[np.ndarray]
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+    scale_factor: float
+    dataset_sha256: str
+    datasets: list[str]
+    classes: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[np.ndarray]:
+        if name not in ("train", "valid", "test"):
+            raise SketchkitError(f"unknown split {name!r} (choose from train, valid, test)")
+        return getattr(self, name)
+
+
+def load_data(hp: HParams, scale_factor: float | None = None) -> TrainData:
+    """Load the recipe's datasets (several = multi-class), clamp offsets to +-offset_limit (as
+    magenta's loader), drop sketches longer than max_seq_len, and normalise by the scale factor
+    = std of all train offsets (paper A.1), or by `scale_factor` when given (evaluation)."""
+    if not hp.dataset:
+        raise SketchkitError("the recipe names no dataset")
+    parts = [load_npz(p) for p in hp.dataset]
+    names = [Path(p).stem for p in hp.dataset]
+    ds: Dataset = parts[0] if len(parts) == 1 else concat(parts, names)
+    hashes = [sha256_file(p) for p in hp.dataset]
+    digest = hashes[0] if len(hashes) == 1 else _sha256_text("\n".join(hashes))
+
+    def prep(split: list[np.ndarray]) -> list[np.ndarray]:
+        return strokes.filter_by_length([strokes.clamp(s, hp.offset_limit) for s in split], hp.max_seq_len)
+
+    train, valid, test = prep(ds.train), prep(ds.valid), prep(ds.test)
+    if not train or not valid:
+        raise SketchkitError(f"no train or valid sketches of at most {hp.max_seq_len} points")
+    factor = strokes.scale_factor(train) if scale_factor is None else float(scale_factor)
+    return TrainData(
+        train=[strokes.normalize(s, factor) for s in train],
+        valid=[strokes.normalize(s, factor) for s in valid],
+        test=[strokes.normalize(s, factor) for s in test],
+        scale_factor=factor,
+        dataset_sha256=digest,
+        datasets=[Path(p).name for p in hp.dataset],
+        classes=ds.classes or names,
+    )
+
+
+def _sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def make_batch(
+    sketches: Sequence[np.ndarray], hp: HParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random training batch with magenta's augmentation: scale each axis by
+    U(1 - s, 1 + s) (paper A.3), then drop points in straight runs with augment_prob."""
+    idx = rng.choice(len(sketches), size=hp.batch_size, replace=len(sketches) < hp.batch_size)
+    chosen = []
+    for i in idx:
+        s = sketches[i]
+        if hp.random_scale > 0:
+            s = strokes.random_scale(s, rng, hp.random_scale)
+        if hp.augment_prob > 0:
+            s = strokes.drop_points(s, rng, hp.augment_prob)
+        chosen.append(s)
+    return strokes.to_batch(chosen, hp.max_seq_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling (for the pictures drawn during training; the client samples from ONNX graphs)
+
+
+@torch.no_grad()
+def sample(
+    model: SketchRNN,
+    n: int,
+    tau: float = 0.5,
+    z: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> list[np.ndarray]:
+    """n normalised stroke-3 sketches, temperature as in Eq. 8 (pi and pen logits / tau,
+    sigma^2 * tau); z ~ N(0, I) for a VAE unless given."""
+    model.eval()
+    hp, dev = model.hp, model.head.weight.device
+    if hp.conditional and z is None:
+        z = torch.randn(n, hp.z_size, generator=generator, device=dev)
+    state = model.init_state(z if hp.conditional else None, batch=n)
+    prev = torch.tensor(strokes.START_TOKEN, device=dev).repeat(n, 1)
+    rows = []
+    for _ in range(hp.max_seq_len):
+        params, state = model.step(prev, z if hp.conditional else None, state)
+        pen, pi, mu_x, mu_y, ls_x, ls_y, rho_hat = split_params(params, hp.num_mixture)
+        j = torch.multinomial(torch.softmax(pi / tau, -1), 1, generator=generator)  # (n, 1)
+        pick = [t.gather(1, j).squeeze(1) for t in (mu_x, mu_y, ls_x, ls_y, rho_hat)]
+        mx, my, sx, sy, rho = pick[0], pick[1], pick[2].exp() * math.sqrt(tau), pick[3].exp() * math.sqrt(tau), pick[4].tanh()
+        e = torch.randn(n, 2, generator=generator, device=dev)
+        dx = mx + sx * e[:, 0]
+        dy = my + sy * (rho * e[:, 0] + torch.sqrt(1 - rho * rho) * e[:, 1])
+        k = torch.multinomial(torch.softmax(pen / tau, -1), 1, generator=generator).squeeze(1)
+        prev = torch.cat([dx[:, None], dy[:, None], torch.nn.functional.one_hot(k, 3).float()], 1)
+        rows.append(prev.cpu().numpy())
+    seq = np.stack(rows, 1)  # (n, max_seq_len, 5)
+    return [strokes.to_stroke3(s) for s in seq]
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures (PNG through cairosvg; sketchkit.render draws the client's pictures)
+
+
+def sketches_png(path: Path, sketches: Sequence[np.ndarray], cols: int = 4, cell: int = 160) -> None:
+    """A grid of stroke-3 sketches as one PNG (each sketch fitted to its cell)."""
+    import cairosvg
+
+    rows = max(1, math.ceil(len(sketches) / cols))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * cell}" height="{rows * cell}">',
+             '<rect width="100%" height="100%" fill="white"/>']
+    for n, s in enumerate(sketches):
+        if len(s) == 0:
+            continue
+        x0, x1, y0, y1 = strokes.bounds(s)
+        scale = (cell - 20) / max(x1 - x0, y1 - y0, 1e-6)
+        ox = (n % cols) * cell + 10 + ((cell - 20) - (x1 - x0) * scale) / 2 - x0 * scale
+        oy = (n // cols) * cell + 10 + ((cell - 20) - (y1 - y0) * scale) / 2 - y0 * scale
+        for line in strokes.to_polylines(s):
+            if len(line) > 1:
+                pts = " ".join(f"{ox + x * scale:.1f},{oy + y * scale:.1f}" for x, y in line)
+                parts.append(f'<polyline points="{pts}" fill="none" stroke="black" stroke-width="1.5"/>')
+    parts.append("</svg>")
+    with atomic_write(path) as f:
+        f.write(cairosvg.svg2png(bytestring="".join(parts).encode()))
+
+
+def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
+    """Train and valid loss against step, as a PNG."""
+    import cairosvg
+
+    series = {
+        "train loss": [(r["step"], r["loss"]) for r in records if r["split"] == "train"],
+        "valid L_R": [(r["step"], r["lr"]) for r in records if r["split"] == "valid"],
+        "valid L_KL": [(r["step"], r["kl"]) for r in records if r["split"] == "valid"],
+    }
+    pts = [p for s in series.values() for p in s]
+    if len(pts) < 2:
+        return
+    W, Hh, pad = 640, 400, 50
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys)
+    y1 = y1 if y1 > y0 else y0 + 1
+
+    def sx(x: float) -> float:
+        return pad + (x - x0) / max(x1 - x0, 1) * (W - 2 * pad)
+
+    def sy(y: float) -> float:
+        return Hh - pad - (y - y0) / (y1 - y0) * (Hh - 2 * pad)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{Hh}" font-family="sans-serif" font-size="12">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<line x1="{pad}" y1="{Hh - pad}" x2="{W - pad}" y2="{Hh - pad}" stroke="black"/>',
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{Hh - pad}" stroke="black"/>',
+           f'<text x="{pad}" y="{Hh - pad + 16}">{x0}</text><text x="{W - pad - 40}" y="{Hh - pad + 16}">step {x1}</text>',
+           f'<text x="4" y="{pad}">{y1:.2f}</text><text x="4" y="{Hh - pad}">{y0:.2f}</text>']
+    y_zero = sy(0.0)
+    if pad < y_zero < Hh - pad:
+        out.append(f'<line x1="{pad}" y1="{y_zero:.1f}" x2="{W - pad}" y2="{y_zero:.1f}" stroke="#ccc"/>')
+    for (name, s), colour, k in zip(series.items(), ("#1f77b4", "#d62728", "#2ca02c"), range(3), strict=False):
+        if s:
+            line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
+            out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+            out.append(f'<text x="{W - pad - 110}" y="{pad + 16 * k}" fill="{colour}">{name}</text>')
+    out.append("</svg>")
+    with atomic_write(path) as f:
+        f.write(cairosvg.svg2png(bytestring="".join(out).encode()))
+
+
+# ---------------------------------------------------------------------------------------------
+# resume state
+
+
+def _save_state(path: Path, model: SketchRNN, opt: torch.optim.Adam, rng: np.random.Generator,
+                meta: dict[str, Any]) -> None:
+    tensors = dict(model.state_dict())
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                for k in ("step", "exp_avg", "exp_avg_sq"):
+                    tensors[f"train.adam.{names[id(p)]}.{k}"] = torch.as_tensor(st[k]).float()
+    tensors["train.rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["train.rng.cuda"] = torch.cuda.get_rng_state()
+    meta = dict(meta, numpy_rng=rng.bit_generator.state)
+    checkpoint.write_tensors(path, tensors, dict(meta, hparams=model.hp.to_dict(), dtype="float32"))
+
+
+def _load_state(path: Path, model: SketchRNN, opt: torch.optim.Adam) -> tuple[dict[str, Any], np.random.Generator]:
+    tensors, meta = checkpoint.read_tensors(path)
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
+    for name, p in model.named_parameters():
+        key = f"train.adam.{name}"
+        if f"{key}.exp_avg" in tensors:
+            dev = p.device
+            opt.state[p] = {
+                "step": tensors[f"{key}.step"].clone(),
+                "exp_avg": tensors[f"{key}.exp_avg"].to(dev),
+                "exp_avg_sq": tensors[f"{key}.exp_avg_sq"].to(dev),
+            }
+    torch.set_rng_state(tensors["train.rng.torch"])
+    if torch.cuda.is_available() and "train.rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["train.rng.cuda"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["numpy_rng"]
+    return meta, rng
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def learning_rate(hp: HParams, step: int) -> float:
+    """Constant lr (paper), or magenta's decay (lr - min_lr) * lr_decay^step + min_lr."""
+    return (hp.lr - hp.min_lr) * hp.lr_decay**step + hp.min_lr if hp.lr_decay < 1.0 else hp.lr
+
+
+def train(
+    hp: HParams,
+    out_dir: str | os.PathLike[str],
+    device: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train until hp.num_steps; resume from out_dir/last.safetensors if it exists. Returns the
+    best validation metrics."""
+    out = Path(out_dir)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    data = load_data(hp)
+    torch.manual_seed(hp.seed)
+    model = SketchRNN(hp).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+    rng = np.random.default_rng(hp.seed)
+    step, best = 0, {"loss": math.inf}
+    last = out / "last.safetensors"
+    records: list[dict[str, Any]] = []
+    if resume and last.exists():
+        meta, rng = _load_state(last, model, opt)
+        if HParams.from_dict(meta["hparams"]).to_dict() | {"num_steps": 0} != hp.to_dict() | {"num_steps": 0}:
+            raise SketchkitError(f"{last}: the run was started with other hyperparameters (start a new run directory)")
+        step, best = int(meta["step"]), meta["best"]
+        records = [r for r in _read_jsonl(out / "metrics.jsonl") if r["step"] <= step]
+        _write_jsonl(out / "metrics.jsonl", records)  # forget lines logged after the last save
+    hp.save_toml(out / "recipe.toml")
+    base_meta = {
+        "scale_factor": data.scale_factor, "max_seq_len": hp.max_seq_len,
+        "dataset_sha256": data.dataset_sha256, "datasets": data.datasets, "classes": data.classes,
+    }
+    model.train()
+    window: dict[str, float] = {}
+    t_window = time.perf_counter()
+    bar = _progress(hp.num_steps, step, progress)
+    while step < hp.num_steps:
+        lr = learning_rate(hp, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch, lengths = make_batch(data.train, hp, rng)
+        losses = model(torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device))
+        loss = train_loss(losses, step, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay)  # Eq. 15
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), hp.grad_clip)
+        opt.step()
+        step += 1
+        for k, v in (("loss", loss), ("ls", losses.ls), ("lp", losses.lp), ("kl", losses.kl)):
+            window[k] = window.get(k, 0.0) + float(v)
+        window["n"] = window.get("n", 0) + 1
+        bar.update(1)
+        bar.set_postfix_str(f"L_s {float(losses.ls):.3f} L_p {float(losses.lp):.3f} L_KL {float(losses.kl):.3f}")
+        if step % hp.log_every == 0 or step == hp.num_steps:
+            n = window.pop("n")
+            dt = time.perf_counter() - t_window
+            rec = {"split": "train", "step": step, **{k: v / n for k, v in window.items()},
+                   "eta": kl_weight(step - 1, hp.eta_min, hp.kl_decay), "lr_rate": lr,
+                   "sketches_per_s": n * hp.batch_size / dt, "time": time.time()}
+            records.append(rec)
+            _append_jsonl(out / "metrics.jsonl", rec)
+            window, t_window = {}, time.perf_counter()
+        if step % hp.eval_every == 0 or step == hp.num_steps:
+            metrics = evaluate(model, data.valid, hp, batch_size=hp.batch_size)
+            is_best = metrics["loss"] < best["loss"]
+            if is_best:
+                best = dict(metrics, step=step)
+                checkpoint.save(out / "best.safetensors", model, hp, dict(base_meta, step=step, metrics={"valid": metrics}))
+            rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
+            records.append(rec)
+            _append_jsonl(out / "metrics.jsonl", rec)
+            _save_state(last, model, opt, rng, dict(base_meta, step=step, best=best))
+            loss_curve_png(out / "loss.png", records)
+            gen = torch.Generator(device=device).manual_seed(hp.seed + 1)
+            sketches_png(out / "samples" / f"step_{step:07d}.png", sample(model, hp.num_samples, generator=gen))
+            model.train()
+            bar.write(f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
+                      f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}")
+    bar.close()
+    return best
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True, unit="step")
+
+
+def _append_jsonl(path: Path, rec: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by the kill
+    return out
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    with atomic_write(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
