@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.magenta import import_magenta, read_magenta, to_sketchrnn
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtime_onnx import OnnxRuntime, session_options
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,11 +132,7 @@ def matmul_session(k: int, n: int, threads: int | None) -> ort.InferenceSession:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or 0
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def floor_seconds(session: ort.InferenceSession, k: int, batches: list[int]) -> float:
@@ -201,6 +196,35 @@ def write_section(text: str) -> None:
     RESULTS.write_text(new)
 
 
+def sampler_runs(model_dir: Path, threads: int, n: int, tau: float, runs: int) -> list[dict[str, float]]:
+    """`runs` timed generate() calls (after a warm-up), each with the floor at its batch sizes."""
+    runtime = Schedule(OnnxRuntime(model_dir, threads=threads or None))
+    H = runtime.info.dec_size
+    k = 5 + H
+    floor_session = matmul_session(k, 4 * H, threads or None)
+    sampler = Sampler(runtime)
+    sampler.generate(n, options=SamplingOptions(tau=tau, seed=0))  # warm-up: sessions, allocator, caches
+    floor_seconds(floor_session, k, [n] * 20)
+    out = []
+    for r in range(runs):
+        runtime.batches, runtime.seconds = [], 0.0
+        t = time.perf_counter()
+        sketches = sampler.generate(n, options=SamplingOptions(tau=tau, seed=r))
+        total = time.perf_counter() - t
+        floor = floor_seconds(floor_session, k, runtime.batches)
+        row = dict(total=total, graphs=runtime.seconds, points=sum(len(s) for s in sketches),
+                   steps=len(runtime.batches), floor=floor, np_floor=numpy_floor_seconds(k, 4 * H, runtime.batches),
+                   full_floor=floor_seconds(floor_session, k, [n] * len(runtime.batches)))
+        out.append(row)
+        print(f"threads {threads or 'default'} run {r}: {total:.3f} s, {row['points']} points, {row['steps']} steps, "
+              f"graphs {runtime.seconds:.3f} s, floor {floor:.3f} s ({floor / total:.0%})", file=sys.stderr)
+    return out
+
+
+def median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--magenta", type=Path, default=ROOT.parent / "shared/data/magenta-gen/owl.gen.json",
@@ -211,10 +235,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="sampler and floor repetitions (median)")
     ap.add_argument("--baseline-runs", type=int, default=2)
     ap.add_argument("--cold-runs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads [default: its own]")
+    ap.add_argument("--threads", type=int, nargs="+", default=[0, 1],
+                    help="onnxruntime intra-op thread counts to measure (0 = its default, the physical cores)")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="PyTorch threads for the batch-1 loop [default 1: its fastest here; 0 = torch's default]")
     ap.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
     args = ap.parse_args()
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     model = to_sketchrnn(read_magenta(args.magenta))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
@@ -222,33 +251,11 @@ def main() -> None:
             model_dir = Path(tmp) / args.magenta.name.split(".")[0]
             print(f"exporting {args.magenta} -> {model_dir}", file=sys.stderr)
             import_magenta(args.magenta, model_dir)
-        runtime = OnnxRuntime(model_dir, threads=args.threads)
-        info = runtime.info
-        diff = same_model(model, runtime)
+        info = OnnxRuntime(model_dir).info
+        diff = same_model(model, OnnxRuntime(model_dir))
         assert diff < 1e-4, f"the ONNX graph and the PyTorch model differ by {diff}"
-        H, k = info.dec_size, 5 + info.dec_size
-        floor_session = matmul_session(k, 4 * H, args.threads)
-        sampler = Sampler(Schedule(runtime))
-        load = os.getloadavg()[0]
-
-        options = SamplingOptions(tau=args.tau, seed=0)
-        sampler.generate(args.n, options=options)  # warm-up: sessions, allocator, caches
-        floor_seconds(floor_session, k, [args.n] * 20)
-        runs = []
-        for r in range(args.runs):
-            rt = sampler.runtime
-            rt.batches, rt.seconds = [], 0.0
-            t = time.perf_counter()
-            sketches = sampler.generate(args.n, options=SamplingOptions(tau=args.tau, seed=r))
-            total = time.perf_counter() - t
-            points = sum(len(s) for s in sketches)
-            floor = floor_seconds(floor_session, k, rt.batches)
-            np_floor = numpy_floor_seconds(k, 4 * H, rt.batches)
-            runs.append(dict(total=total, graphs=rt.seconds, points=points, steps=len(rt.batches),
-                             floor=floor, np_floor=np_floor))
-            print(f"sampler run {r}: {total:.3f} s, {points} points, {len(rt.batches)} steps, "
-                  f"graphs {rt.seconds:.3f} s, floor {floor:.3f} s", file=sys.stderr)
-
+        loads = [os.getloadavg()[0]]
+        configs = {th: sampler_runs(model_dir, th, args.n, args.tau, args.runs) for th in args.threads}
         base = []
         for r in range(args.baseline_runs):
             t = time.perf_counter()
@@ -256,47 +263,60 @@ def main() -> None:
             total = time.perf_counter() - t
             base.append(dict(total=total, torch=torch_s, points=sum(lengths)))
             print(f"batch-1 run {r}: {total:.3f} s, {sum(lengths)} points, torch {torch_s:.3f} s", file=sys.stderr)
-        load = max(load, os.getloadavg()[0])
+        loads.append(os.getloadavg()[0])
+        cmd, imp, py = cold_start(model_dir, args.cold_runs)
+        loads.append(os.getloadavg()[0])
 
-    cold_dir = args.model or None
-    with tempfile.TemporaryDirectory() as tmp:
-        if cold_dir is None:
-            cold_dir = Path(tmp) / "m"
-            import_magenta(args.magenta, cold_dir)
-        cmd, imp, py = cold_start(cold_dir, args.cold_runs)
-
-    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
-    s_total, s_points = med(runs, "total"), med(runs, "points")
-    b_total, b_points, b_torch = med(base, "total"), med(base, "points"), med(base, "torch")
-    floor, np_floor, graphs = med(runs, "floor"), med(runs, "np_floor"), med(runs, "graphs")
-    s_rate, b_rate = args.n / s_total, args.n / b_total
-    s_pps, b_pps = s_points / s_total, b_points / b_total
+    b_total, b_points, b_torch = median(base, "total"), median(base, "points"), median(base, "torch")
+    b_rate, b_pps = args.n / b_total, b_points / b_total
+    H, k = info.dec_size, 5 + info.dec_size
+    rows = []
+    for th, runs in configs.items():
+        total, points = median(runs, "total"), median(runs, "points")
+        of_floor = statistics.median(r["floor"] / r["total"] for r in runs)
+        rows.append(
+            f"| in-process sampler, onnxruntime threads {th or 'default (' + str(os.cpu_count()) + ')'} | {total:.3f} s "
+            f"| {args.n / total:.1f} | {points / total:.0f} | **{args.n / total / b_rate:.1f}x** "
+            f"| {points / total / b_pps:.1f}x | **{of_floor:.0%}** (floor {median(runs, 'floor'):.3f} s; "
+            f"graphs {median(runs, 'graphs') / total:.0%} of the time) |"
+        )
+    rows.append(f"| batch-1 PyTorch loop, {torch.get_num_threads()} thread(s), magenta-style sampling | {b_total:.3f} s "
+                f"| {b_rate:.2f} | {b_pps:.0f} | 1x | 1x | |")
+    rows.append(f"| &nbsp;&nbsp;its PyTorch steps alone | {b_torch:.3f} s | | {b_points / b_torch:.0f} | | | |")
+    first = next(iter(configs.values()))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     command = " ".join(["python benchmarks/bench_sampling.py", *sys.argv[1:]])
+    table = "\n".join(rows)
     text = f"""## Sampling
 
-`{command}` — model `{args.magenta.name}` (decoder-only LSTM H={H}, M={info.num_mixture}, N_max={info.max_seq_len}),
-n = {args.n}, tau = {args.tau}, rule {info.temperature_rule}. ONNX and PyTorch weights agree to {diff:.1e} on one step.
-Machine: {cpu}, {os.cpu_count()} CPUs, load average up to {load:.1f} during the run (shared machine);
-onnxruntime {ort.__version__} (intra-op threads {args.threads or 'default'}), torch {torch.__version__}
-({torch.get_num_threads()} threads), numpy {np.__version__}. Medians of {args.runs} sampler runs and
-{args.baseline_runs} baseline runs.
+`{command}`
 
-| | time for {args.n} sketches | sketches/s | points/s | vs batch-1 loop |
-|---|---|---|---|---|
-| in-process sampler (batched, onnxruntime) | {s_total:.3f} s | {s_rate:.1f} | {s_pps:.0f} | **{s_rate / b_rate:.1f}x** (points/s {s_pps / b_pps:.1f}x) |
-| batch-1 PyTorch loop (magenta-style sampling) | {b_total:.3f} s | {b_rate:.2f} | {b_pps:.0f} | 1x |
-| &nbsp;&nbsp;of which PyTorch steps | {b_torch:.3f} s | | | sampler vs these alone: {s_pps / (b_points / b_torch):.1f}x (points/s) |
+Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {H}, M = {info.num_mixture}, N_max = {info.max_seq_len}),
+exported to ONNX; the PyTorch side loads the same JSON and agrees with the graph to {diff:.1e} on one step.
+n = {args.n} sketches at tau = {args.tau} (rule {info.temperature_rule}); medians of {args.runs} sampler runs
+per configuration and {args.baseline_runs} baseline runs, in one process. Machine: {cpu}, {os.cpu_count()} CPUs,
+**shared** (1-min load average {', '.join(f'{x:.1f}' for x in loads)} at start / after the loops / after
+the cold starts); onnxruntime {ort.__version__}, torch {torch.__version__}, numpy {np.__version__}.
 
-Floor (one batched matrix product [B, {k}] x [{k}, {4 * H}] per step, at the sampler's own batch sizes,
-{med(runs, 'steps'):.0f} steps): onnxruntime {floor:.3f} s, numpy {np_floor:.3f} s. The sampler reaches
-**{floor / s_total:.0%} of the onnxruntime floor** (graphs {graphs:.3f} s = {graphs / s_total:.0%} of its time,
-sampling in numpy the rest).
+| | time for {args.n} sketches | sketches/s | points/s | vs batch-1 loop | points/s vs batch-1 | of the floor |
+|---|---|---|---|---|---|---|
+{table}
 
-Cold start of `sketchkit generate DIR -n 50 --tau 0.3 -o x.png` (subprocess, import → load → sample →
-PNG), median of {args.cold_runs}: **{statistics.median(cmd):.2f} s** (runs {', '.join(f'{x:.2f}' for x in cmd)});
-`import sketchkit.cli, sketchkit.cli.sample` {statistics.median(imp):.2f} s, `python -c pass` {statistics.median(py):.2f} s.
+- batch-1 loop: one sketch at a time, `SketchRNN.step` on batch 1 in PyTorch, then magenta's
+  per-step numpy sampling (inverse-CDF index, `multivariate_normal`); its PyTorch steps alone are
+  the row below it.
+- floor: one batched matrix product per step, [B, {k}] x [{k}, {4 * H}] (the LSTM's) in onnxruntime
+  with the same session options, at exactly the batch sizes the sampler ran ({median(first, 'steps'):.0f} steps;
+  finished rows leave the batch); "of the floor" = floor time / sampler time, per run. numpy's
+  matmul for the same schedule: {median(first, 'np_floor'):.3f} s. For context only: the same product
+  at the full batch of {args.n} for every step (a loop that keeps finished rows) takes
+  {median(first, 'full_floor'):.3f} s, i.e. the sampler runs in {statistics.median(r['total'] / r['full_floor'] for r in first):.2f}x that.
+
+Cold start of `sketchkit generate DIR -n 50 --tau 0.3 -o x.png` (subprocess: import, load, sample, PNG),
+median of {args.cold_runs}: **{statistics.median(cmd):.2f} s** (runs {', '.join(f'{x:.2f}' for x in cmd)}).
+For reference `import sketchkit.cli, sketchkit.cli.sample` takes {statistics.median(imp):.2f} s and
+`python -c pass` {statistics.median(py):.2f} s.
 
 Targets: >= 15x the batch-1 loop, >= 70 % of the floor, cold start <= 1.5 s.
 """

@@ -195,7 +195,9 @@ def validate(
     sessions = {name: _session(directory / info.files[name]) for name in graphs}
     diffs: dict[str, float] = {}
 
-    def run(name: str, feed: dict[str, np.ndarray], feed_ort: dict[str, np.ndarray] | None = None):
+    def run(
+        name: str, feed: dict[str, np.ndarray], feed_ort: dict[str, np.ndarray] | None = None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Both sides on `feed` (onnxruntime on `feed_ort` if given); records the max abs diff."""
         g = graphs[name]
         with torch.no_grad():
@@ -238,6 +240,8 @@ def validate(
 def staging_dir(out_dir: Path) -> Iterator[Path]:
     """A temp directory beside `out_dir` that replaces it only if the block succeeds, so a failed
     export leaves nothing half-written. An existing `out_dir` must be a model directory."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"{out_dir}: exists and is not a directory")
     if out_dir.exists() and not (out_dir / "model.json").is_file() and any(out_dir.iterdir()):
         raise ModelError(f"{out_dir}: exists and is not a model directory; refusing to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

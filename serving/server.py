@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -148,12 +149,11 @@ def _die_with_parent() -> None:
 
 
 def load_failures(log: str) -> list[str]:
-    """Triton's own reasons from its log, one line per model that failed to load."""
-    reasons = []
-    for line in log.splitlines():
-        if "failed to load" in line:
-            reasons.append(line.split("] ", 1)[-1].strip())
-    return reasons
+    """Triton's own reasons from its log, "<model>: <first line of the reason>" per failed model."""
+    reasons = {}
+    for match in re.finditer(r"failed to load '([^']+)' version \d+: (.*?)(?:\\n|\"?$)", log, re.MULTILINE):
+        reasons.setdefault(match[1], match[2].strip())
+    return [f"{name}: {reason}" for name, reason in reasons.items()]
 
 
 class TritonServer:

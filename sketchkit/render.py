@@ -29,7 +29,7 @@ _PALETTE_END = 0.85
 
 def stroke_colors(n: int) -> list[str]:
     """`n` colours in stroke order (first stroke dark purple), as `#rrggbb`."""
-    t = np.linspace(0.0, _PALETTE_END, n) if n > 1 else np.zeros(n)
+    t = np.linspace(0.0, _PALETTE_END, n)
     pos = t * (len(_VIRIDIS) - 1)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, len(_VIRIDIS) - 1)

@@ -94,13 +94,7 @@ class OnnxRuntime:
         import onnxruntime as ort  # here, not at import: `import sketchkit.runtime_onnx` stays cheap
 
         path = self.model_dir / self.info.files[graph.name]
-        opts = ort.SessionOptions()
-        # small batches, one step at a time: parallelism inside the matrix products only
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.threads or 0  # 0: onnxruntime's default, the physical cores
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # errors surface as exceptions; no warning chatter on stderr
+        opts = session_options(self.threads)
         try:
             session = ort.InferenceSession(str(path), opts, providers=self.providers)
         except Exception as e:
@@ -108,6 +102,23 @@ class OnnxRuntime:
         _check_contract(session, graph, self.info.sizes, path)
         self._sessions[graph.name] = session
         return session
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options for small batches run one step at a time: parallelism inside the matrix products
+    only, `threads` of it (default: onnxruntime's, the physical cores)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or 0
+    opts.inter_op_num_threads = 1
+    # idle workers sleep instead of spinning: a spinning pool on a busy machine (other
+    # processes, or a PyTorch pool in the same process) made sampling 2x slower here
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # errors surface as exceptions; no warning chatter on stderr
+    return opts
 
 
 def _check_contract(session: Any, graph: Graph, sizes: dict[str, int], path: Path) -> None:

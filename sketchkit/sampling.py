@@ -13,6 +13,7 @@ takes and returns is stroke-3 in pixel units.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,12 +43,14 @@ class SamplingOptions:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 0 < self.tau <= 2:
+        if isinstance(self.tau, bool) or not isinstance(self.tau, numbers.Real) or not 0 < self.tau <= 2:
             raise SketchkitError(f"tau must be in (0, 2], got {self.tau} (use greedy for the tau -> 0 limit)")
         if self.temperature_rule not in (None, *RULES):
             raise SketchkitError(f"unknown temperature rule {self.temperature_rule!r} (choose eq8 or js)")
         if self.max_len is not None and self.max_len < 1:
             raise SketchkitError(f"max_len must be >= 1, got {self.max_len}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0):
+            raise SketchkitError(f"seed must be a non-negative integer, got {self.seed}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,11 +150,12 @@ def sample_points(
     div, sig = temperature(tau, rule)
     pen = (pen_logits / div + draws.gumbel[:, :3]).argmax(axis=1)
     j = (c[:, 0] / div + draws.gumbel[:, 3:]).argmax(axis=1)
-    _, mu_x, mu_y, s_x, s_y, r = c[rows, :, j].T
-    sx, sy, rho = np.exp(s_x) * sig, np.exp(s_y) * sig, np.tanh(r)
+    chosen = c[rows, :, j]  # [B, 6]: Pi-hat, mu_x, mu_y, sigma-hat_x, sigma-hat_y, rho-hat of component j
+    rho = np.tanh(chosen[:, 5])
     e1, e2 = draws.normal.T
     # bivariate normal with correlation rho: y takes rho of x's noise and sqrt(1 - rho^2) of its own
-    return pen, np.stack([mu_x + sx * e1, mu_y + sy * (rho * e1 + np.sqrt(1.0 - rho * rho) * e2)], axis=1)
+    noise = np.stack([e1, rho * e1 + np.sqrt(1.0 - rho * rho) * e2], axis=1)
+    return pen, chosen[:, 1:3] + np.exp(chosen[:, 3:5]) * sig * noise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,14 +212,16 @@ class Sampler:
         options = options or SamplingOptions()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise SketchkitError(f"n must be >= 1, got {n}")
-        z_rng, _ = _rngs(options.seed)
-        if self.info.conditional and z is None:
+        if not self.info.conditional:
+            if z is not None:
+                raise ModelError(f"{self.info.name} is a decoder-only model: it takes no latent vector z")
+            return self._decode_from_start(None, n, options)
+        if z is None:
+            z_rng, _ = _rngs(options.seed)
             z = z_rng.standard_normal((n, self.info.z_size)).astype(np.float32)
-        if z is not None:
-            z = self._check_z(z)
-            if len(z) != n:
-                raise SketchkitError(f"got {len(z)} latent vectors for n = {n}")
-        return self.decode(z, options) if z is not None else self._decode_from_start(None, n, options)
+        if len(self._check_z(z)) != n:
+            raise SketchkitError(f"got {len(z)} latent vectors for n = {n}")
+        return self.decode(z, options)
 
     def decode(self, z: np.ndarray | None, options: SamplingOptions | None = None) -> list[np.ndarray]:
         """One sketch per latent vector z [B, Nz] (the decoder half of the VAE)."""
@@ -318,18 +324,22 @@ class Sampler:
         out = np.zeros((n, max_len, 3), np.float32)  # stroke-3, normalised units
         lengths = np.full(n, max_len)
         rows = np.arange(n)  # the original index of each active batch row
+        one_hot = np.eye(3, dtype=np.float32)
         for t in range(max_len):
             params, state = self.runtime.step(prev, z, state)
             if not np.isfinite(params).all():
                 raise ModelError(f"{self.info.name}: the model produced NaN or infinite parameters at step {t}")
-            # one fixed-shape block per step for all n rows, then the active ones: reproducible
-            draws = None if options.greedy else Draws.draw(rng, n, M)[rows]
+            draws = None
+            if not options.greedy:
+                # one fixed-shape block per step for all n rows, then the active ones: reproducible
+                draws = Draws.draw(rng, n, M)
+                draws = draws if len(rows) == n else draws[rows]
             pen, offset = sample_points(params, options.tau, rule, draws)
             out[rows, t, :2] = offset
             out[rows, t, 2] = pen == 1
-            prev = np.zeros((len(rows), 5), np.float32)
+            prev = np.empty((len(rows), 5), np.float32)
             prev[:, :2] = offset
-            prev[np.arange(len(rows)), 2 + pen] = 1.0
+            prev[:, 2:] = one_hot[pen]
             ended = pen == 2  # p3: the p3 point itself is not part of the sketch
             if ended.any():
                 lengths[rows[ended]] = t
@@ -339,7 +349,7 @@ class Sampler:
                 if len(rows) == 0:
                     break
         out[:, :, :2] *= self.info.scale_factor
-        sketches = [out[i, : lengths[i]] for i in range(n)]
+        sketches = [out[i, : lengths[i]].copy() for i in range(n)]  # own arrays, not views of `out`
         for s in sketches:
             if len(s):
                 s[-1, 2] = 1.0  # the sketch is over: its last stroke ends

@@ -186,9 +186,7 @@ def clamp(s: Stroke3, limit: float = 1000.0) -> Stroke3:
     return out
 
 
-def filter_by_length(
-    sketches: Sequence[Stroke3], max_len: int, min_len: int = 1
-) -> list[Stroke3]:
+def filter_by_length(sketches: Sequence[Stroke3], max_len: int, min_len: int = 1) -> list[Stroke3]:
     return [s for s in sketches if min_len <= len(s) <= max_len]
 
 

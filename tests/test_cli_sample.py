@@ -115,6 +115,8 @@ def test_generate_json_is_reproducible_with_a_seed(run, tiny_vae, tmp_path):
         (("--rule", "magenta"), "temperature rule"),
         (("-o", "x.gif"), "unknown output format"),
         (("--cols", 0), "--cols"),
+        (("--seed", -1), "seed must be"),
+        (("--max-len", 0), "max_len must be"),
     ],
 )
 def test_generate_bad_options_give_one_line(run, tiny_uncond, args, message):

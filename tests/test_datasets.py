@@ -129,6 +129,31 @@ def test_corrupt_member_bytes(tmp_path: Path) -> None:
     one_line_error(datasets.load_npz, path, match="readable .npz|corrupt")
 
 
+@pytest.mark.parametrize("compressed", [True, False])
+def test_damaged_npz_bytes_only_ever_raise_data_error(tmp_path: Path, sheep, compressed: bool) -> None:
+    """Random byte flips and truncations of a small real .npz (zip headers, deflate streams,
+    .npy headers, pickles): every failure is a DataError."""
+    path = tmp_path / "small.npz"
+    small = {k: obj_array(*sheep.split(k)[:3]) for k in datasets.SPLITS}
+    (np.savez_compressed if compressed else np.savez)(path, **small)
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    failures = 0
+    for _ in range(400):
+        damaged = bytearray(data)
+        for _ in range(rng.integers(1, 4)):
+            damaged[rng.integers(len(damaged))] = rng.integers(256)
+        if rng.random() < 0.2:
+            damaged = damaged[: rng.integers(len(damaged))]
+        path.write_bytes(bytes(damaged))
+        try:
+            datasets.load_npz(path)
+        except DataError as e:
+            assert "\n" not in str(e)
+            failures += 1
+    assert failures > 300
+
+
 def test_npz_without_the_three_keys(tmp_path: Path) -> None:
     path = write_npz(tmp_path / "x.npz", train=GOOD, other=GOOD)
     one_line_error(datasets.load_npz, path, match="missing key.*valid, test")
@@ -145,6 +170,8 @@ def test_npz_without_the_three_keys(tmp_path: Path) -> None:
         (obj_array(np.zeros((0, 3), np.int16)), "empty sketch"),
         (obj_array(np.array([[1, 2, 5]], np.int16)), "pen state"),
         (obj_array("not a sketch"), "numeric array"),
+        (np.empty((), dtype=object), "expected an object array"),
+        (np.empty((2, 3), dtype=object), "expected an object array"),
     ],
 )
 def test_bad_arrays_are_refused(tmp_path: Path, train: np.ndarray, message: str) -> None:

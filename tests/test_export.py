@@ -67,7 +67,11 @@ def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, condition
     # and the client's runtime accepts them, at batch sizes the export never saw
     rt = OnnxRuntime(tmp_path / "m")
     for B in (1, 5):
-        z = np.random.default_rng(B).standard_normal((B, info.z_size)).astype(np.float32) if conditional else None
+        z = (
+            np.random.default_rng(B).standard_normal((B, info.z_size)).astype(np.float32)
+            if conditional
+            else None
+        )
         if conditional:
             strokes = np.zeros((B, 7, 5), np.float32)
             strokes[..., 2] = 1
@@ -78,10 +82,8 @@ def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, condition
         assert params.shape == (B, 21) and state.shape == (B, info.state_size)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "hyper"])
-def test_fp16_export(tmp_path: Path, cell: str) -> None:
-    info32, _ = export_tiny(tmp_path / "f32", cell)
-    info16, diffs = export_tiny(tmp_path / "f16", cell, fp16=True)
+def test_fp16_export(tmp_path: Path) -> None:
+    info16, diffs = export_tiny(tmp_path / "f16", "hyper", fp16=True)  # the cell with the most ops
     assert info16.precision == "float16"
     assert max(diffs.values()) <= onnx_export.TOLERANCE["float16"]
     g = onnx.load(str(tmp_path / "f16" / "decoder_step.onnx")).graph
@@ -91,20 +93,41 @@ def test_fp16_export(tmp_path: Path, cell: str) -> None:
 
 def test_dynamic_axes_come_from_the_table() -> None:
     step, = [g for g in graphs_for("decoder-only")]  # fmt: skip
-    assert onnx_export.dynamic_axes(step) == {"prev": {0: "B"}, "state": {0: "B"}, "params": {0: "B"}, "next_state": {0: "B"}}
+    assert onnx_export.dynamic_axes(step) == {
+        "prev": {0: "B"},
+        "state": {0: "B"},
+        "params": {0: "B"},
+        "next_state": {0: "B"},
+    }
     assert onnx_export.dynamic_axes(graphs_for("vae")[0])["strokes"] == {0: "B", 1: "T"}
 
 
 def test_checkpoint_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tiny("layer_norm")
     ckpt = tmp_path / "best.safetensors"
-    checkpoint.save(ckpt, model, model.hp, {"scale_factor": 12.5, "step": 7, "metrics": {"valid_lr": -0.5}, "name": "sheep"})
+    checkpoint.save(
+        ckpt,
+        model,
+        model.hp,
+        {"scale_factor": 12.5, "step": 7, "metrics": {"valid_lr": -0.5}, "name": "sheep"},
+    )
     main(["export", str(ckpt), str(tmp_path / "out")])
     out = capsys.readouterr()
-    assert "exporting encoder.onnx" in out.err and "decoder_step/params" in out.err and "max abs diff" in out.out
+    assert (
+        "exporting encoder.onnx" in out.err and "decoder_step/params" in out.err and "max abs diff" in out.out
+    )
     info = ModelInfo.load(tmp_path / "out")
-    assert (info.name, info.scale_factor, info.max_seq_len, info.metrics) == ("sheep", 12.5, 40, {"valid_lr": -0.5})
-    assert (info.start_token, info.temperature_rule, info.source) == ((0, 0, 1, 0, 0), "eq8", "best.safetensors")
+    assert (info.name, info.scale_factor, info.max_seq_len, info.metrics) == (
+        "sheep",
+        12.5,
+        40,
+        {"valid_lr": -0.5},
+    )
+    assert (info.start_token, info.temperature_rule, info.source) == (
+        (0, 0, 1, 0, 0),
+        "eq8",
+        "best.safetensors",
+    )
     # exporting again replaces the model directory; --fp16 and --name apply
     main(["export", str(ckpt), str(tmp_path / "out"), "--fp16", "--name", "sheep16"])
     info = ModelInfo.load(tmp_path / "out")
@@ -118,7 +141,11 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path: Path, capsys: pytest.Capt
     model = tiny()
     no_scale = tmp_path / "noscale.safetensors"
     checkpoint.save(no_scale, model, model.hp, {"step": 1})
-    for path, message in ((bad, "not a readable safetensors"), (no_scale, "no scale_factor"), (tmp_path / "nope", "no such")):
+    for path, message in (
+        (bad, "not a readable safetensors"),
+        (no_scale, "no scale_factor"),
+        (tmp_path / "nope", "no such"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(["export", str(path), str(tmp_path / "out")])
         err = capsys.readouterr().err
@@ -131,9 +158,9 @@ def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
     monkeypatch.setitem(onnx_export.TOLERANCE, "float32", 0.0)  # any rounding now fails the check
     with pytest.raises(ModelError, match=r"differs from PyTorch by .* \(tolerance 0 for float32\)"):
-        export_tiny(tmp_path / "m", "hyper")
+        export_tiny(tmp_path / "m", "layer_norm")
     with pytest.raises(ModelError):
-        export_tiny(tmp_path / "new", "hyper")
+        export_tiny(tmp_path / "new", "layer_norm")
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before  # the old model is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no new dir, no temp dirs
 

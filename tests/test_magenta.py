@@ -85,7 +85,9 @@ def random_stroke5(rng: np.random.Generator, n: int) -> np.ndarray:
     return x
 
 
-def write_vae_json(path: Path, version: int, H: int = 24, E: int = 12, Nz: int = 6, M: int = 20, seed: int = 0) -> Path:
+def write_vae_json(
+    path: Path, version: int, H: int = 24, E: int = 12, Nz: int = 6, M: int = 20, seed: int = 0
+) -> Path:
     """A Magenta VAE JSON in the published layout, with random weights (|w| well under 10)."""
     rng = np.random.default_rng(seed)
     P = 6 * M + 3
@@ -100,7 +102,13 @@ def write_vae_json(path: Path, version: int, H: int = 24, E: int = 12, Nz: int =
     for s in shapes:
         ints = np.clip(np.round(rng.normal(0.0, 0.4, s) * 3276.7), -32767, 32767).astype("<i2")
         blobs.append(base64.b64encode(ints.tobytes()).decode())
-    info = {"name": f"testvae{version}", "mode": 1, "version": version, "max_seq_len": 40, "scale_factor": 50.0}
+    info = {
+        "name": f"testvae{version}",
+        "mode": 1,
+        "version": version,
+        "max_seq_len": 40,
+        "scale_factor": 50.0,
+    }
     path.write_text(json.dumps([info, shapes, blobs]))
     return path
 
@@ -235,7 +243,12 @@ def test_vae_matches_reference(tmp_path: Path, version: int) -> None:
     path = write_vae_json(tmp_path / f"v{version}.vae.json", version)
     ref = JsModel(json.loads(path.read_text()))
     info, diffs = magenta.import_magenta(path, tmp_path / "vae")
-    assert info.kind == "vae" and (info.dec_size, info.enc_size, info.z_size, info.state_size) == (24, 12, 6, 48)
+    assert info.kind == "vae" and (info.dec_size, info.enc_size, info.z_size, info.state_size) == (
+        24,
+        12,
+        6,
+        48,
+    )
     assert max(diffs.values()) <= 1e-4
     rt = OnnxRuntime(tmp_path / "vae")
     rng = np.random.default_rng(1)
@@ -287,13 +300,20 @@ def test_import_writes_contract_model_dir(owl_dir: Path) -> None:
     lr = info.metrics["start_token_lr"]
     assert info.start_token == (0, 0, 0, 0, 0) and lr["zeros"] < lr["paper"]
     g = onnx.load(str(out / "decoder_step.onnx")).graph
-    assert [i.name for i in g.input] == ["prev", "state"] and [o.name for o in g.output] == ["params", "next_state"]
+    assert [i.name for i in g.input] == ["prev", "state"] and [o.name for o in g.output] == [
+        "params",
+        "next_state",
+    ]
     assert g.input[0].type.tensor_type.shape.dim[0].dim_param == "B"
 
 
 def test_without_drawings_the_start_token_is_the_papers(cat_dir: Path) -> None:
     info = ModelInfo.load(cat_dir)
-    assert info.name == "kitty" and info.start_token == (0.0, 0.0, 1.0, 0.0, 0.0) and "start_token_lr" not in info.metrics
+    assert (
+        info.name == "kitty"
+        and info.start_token == (0.0, 0.0, 1.0, 0.0, 0.0)
+        and "start_token_lr" not in info.metrics
+    )
 
 
 def test_samples_render(tmp_path: Path, magenta_gen_dir: Path) -> None:
@@ -301,7 +321,9 @@ def test_samples_render(tmp_path: Path, magenta_gen_dir: Path) -> None:
     from sketchkit import render
 
     magenta.import_magenta(magenta_gen_dir / "mosquito.gen.json", tmp_path / "mosquito")
-    sketches = Sampler(OnnxRuntime(tmp_path / "mosquito")).generate(4, options=SamplingOptions(tau=0.3, seed=0))
+    sketches = Sampler(OnnxRuntime(tmp_path / "mosquito")).generate(
+        4, options=SamplingOptions(tau=0.3, seed=0)
+    )
     assert all(20 < len(s) <= 148 for s in sketches)
     render.save(tmp_path / "mosquito.png", render.grid_svg(sketches))
     assert (tmp_path / "mosquito.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

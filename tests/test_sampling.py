@@ -71,6 +71,8 @@ def test_bad_rule_and_max_len_are_refused():
         SamplingOptions(temperature_rule="magenta")
     with pytest.raises(SketchkitError, match="max_len"):
         SamplingOptions(max_len=0)
+    with pytest.raises(SketchkitError, match="seed"):
+        SamplingOptions(seed=-1)
     assert SamplingOptions(tau=2).tau == 2
 
 
@@ -308,6 +310,10 @@ def test_encode_refuses_bad_sketches(tiny_vae, tiny_uncond):
         Sampler(OnnxRuntime(tiny_uncond)).reconstruct([random_sketch(np.random.default_rng(0), 5)])
     with pytest.raises(ModelError, match="decoder-only"):
         Sampler(OnnxRuntime(tiny_uncond)).decode(np.zeros((1, 4), np.float32))
+    with pytest.raises(ModelError, match="decoder-only"):
+        Sampler(OnnxRuntime(tiny_uncond)).generate(1, z=np.zeros((1, 4), np.float32))
+    with pytest.raises(SketchkitError, match="2 latent vectors for n = 3"):
+        sampler.generate(3, z=np.zeros((2, sampler.info.z_size), np.float32))
 
 
 def test_reconstruct_decodes_mu(tiny_vae):

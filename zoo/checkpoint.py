@@ -37,7 +37,9 @@ def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def write_tensors(
+    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Tensors + JSON metadata as one safetensors file, hashed, written atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = json.dumps(dict(meta, format=FORMAT, version=VERSION), sort_keys=True)
@@ -57,7 +59,9 @@ def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         n = int.from_bytes(raw[:8], "little")
         header_meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
     except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as e:
-        raise ModelError(f"{path}: not a readable safetensors checkpoint ({str(e).splitlines()[0]})") from None
+        raise ModelError(
+            f"{path}: not a readable safetensors checkpoint ({str(e).splitlines()[0]})"
+        ) from None
     header, digest = header_meta.get("sketchkit"), header_meta.get("sketchkit_sha256")
     if header is None or digest is None:
         raise ModelError(f"{path}: not a sketchkit checkpoint (no 'sketchkit' metadata)")
@@ -65,7 +69,9 @@ def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         raise ModelError(f"{path}: checksum mismatch: the file was modified or corrupted")
     meta = json.loads(header)
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ModelError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('version')}")
+        raise ModelError(
+            f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('version')}"
+        )
     return tensors, meta
 
 
@@ -84,7 +90,9 @@ def save(
     write_tensors(path, tensors, meta)
 
 
-def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SketchRNN, HParams, dict[str, Any]]:
+def load(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[SketchRNN, HParams, dict[str, Any]]:
     """(model in eval mode, float32, hparams, meta) from a checkpoint; any inconsistency is a
     ModelError with a one-line message."""
     tensors, meta = read_tensors(path)
@@ -95,14 +103,20 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tu
     except SketchkitError as e:
         raise ModelError(f"{path}: {e}") from None
     model = SketchRNN(hp)
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if not k.startswith("train.")}
+    weights = {
+        k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if not k.startswith("train.")
+    }
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     if missing or extra:
-        raise ModelError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise ModelError(
+            f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     for k, v in weights.items():
         if v.shape != expected[k].shape:
-            raise ModelError(f"{path}: {k} has shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
+            raise ModelError(
+                f"{path}: {k} has shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}"
+            )
     model.load_state_dict(weights)
     return model.to(device).eval(), hp, meta

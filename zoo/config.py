@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,20 @@ from typing import Any
 from sketchkit.errors import SketchkitError
 from sketchkit.io import atomic_write
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomli backport (pyproject: tomli; python_version < "3.11")
+    import tomli as tomllib
+
 CELLS = ("lstm", "layer_norm", "hyper")
 
 
 @dataclass
 class HParams:
     # --- data -------------------------------------------------------------------------------
-    dataset: list[str] = field(default_factory=list)  # .npz paths; several = multi-class (relative: to the recipe)
+    dataset: list[str] = field(
+        default_factory=list
+    )  # .npz paths; several = multi-class (relative: to the recipe)
     max_seq_len: int = 250  # N_max: sketches longer than this are dropped; L_s, L_p are divided by it
     offset_limit: float = 1000.0  # clamp pixel offsets to +-limit before normalising (magenta's loader)
 
@@ -69,7 +76,9 @@ class HParams:
         if self.cell not in CELLS:
             raise SketchkitError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
         if not 0.0 < self.recurrent_dropout <= 1.0:
-            raise SketchkitError(f"recurrent_dropout is a keep probability in (0, 1], got {self.recurrent_dropout}")
+            raise SketchkitError(
+                f"recurrent_dropout is a keep probability in (0, 1], got {self.recurrent_dropout}"
+            )
         for name in ("enc_size", "dec_size", "z_size", "num_mixture", "max_seq_len", "batch_size"):
             if getattr(self, name) < 1:
                 raise SketchkitError(f"{name} must be positive, got {getattr(self, name)}")

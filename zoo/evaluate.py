@@ -33,7 +33,9 @@ def evaluate(
     for i in range(0, len(sketches), batch_size):
         chunk = sketches[i : i + batch_size]
         batch, lengths = strokes.to_batch(chunk, hp.max_seq_len)
-        losses = model(torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device), generator=gen)
+        losses = model(
+            torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device), generator=gen
+        )
         for k in sums:
             sums[k] += float(getattr(losses, k)) * len(chunk)  # batch means back to sums
     model.train(was_training)
@@ -58,3 +60,51 @@ def evaluate_checkpoint(path: str, split: str = "test", data: list[str] | None =
     out = evaluate(model, ds.split(split), hp)
     out.update(n=len(ds.split(split)), step=int(meta.get("step", 0)))
     return out
+
+
+def ship(
+    ckpt: str,
+    out: str,
+    license: str,
+    source: str = "",
+    samples_png: str | None = None,
+    tau: float = 0.5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Write a checkpoint for the repository: float16 weights, valid and test metrics (float32
+    and float16) in the header, and a grid of samples drawn with z ~ N(0, I) at `tau`."""
+    from pathlib import Path
+
+    from zoo.checkpoint import load, save
+    from zoo.train import load_data, sample, sketches_png
+
+    model, hp, meta = load(ckpt)
+    ds = load_data(hp, scale_factor=meta["scale_factor"])
+    test = evaluate(model, ds.test, hp)
+    keep = {k: v for k, v in meta.items() if k not in ("format", "version", "hparams", "dtype")}
+    metrics = dict(meta.get("metrics", {}), test=test)
+    save(out, model, hp, dict(keep, metrics=metrics, license=license, source=source), dtype=torch.float16)
+    half, _, _ = load(out)
+    metrics["test_float16"] = evaluate(half, ds.test, hp)
+    save(out, model, hp, dict(keep, metrics=metrics, license=license, source=source), dtype=torch.float16)
+    if samples_png:
+        gen = torch.Generator().manual_seed(seed)
+        sketches_png(Path(samples_png), sample(half, 25, tau=tau, generator=gen), cols=5)
+    return metrics["test_float16"]
+
+
+if __name__ == "__main__":  # python -m zoo.evaluate ship CKPT OUT.safetensors --license ... [--samples PNG]
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m zoo.evaluate")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("ship", help="float16 copy with test metrics and a samples grid")
+    sp.add_argument("ckpt")
+    sp.add_argument("out")
+    sp.add_argument("--license", required=True)
+    sp.add_argument("--source", default="")
+    sp.add_argument("--samples")
+    sp.add_argument("--tau", type=float, default=0.5)
+    args = ap.parse_args()
+    print(json.dumps(ship(args.ckpt, args.out, args.license, args.source, args.samples, args.tau), indent=2))

@@ -49,7 +49,10 @@ def mixture_log_prob(params: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -
     one_m_rho2 = 1.0 - rho * rho
     # log N(dx, dy | mu, sigma, rho) of the bivariate normal, with log sigma = sigma-hat (Eq. 6)
     log_n = (
-        -LOG_2PI - ls_x - ls_y - 0.5 * torch.log(one_m_rho2)
+        -LOG_2PI
+        - ls_x
+        - ls_y
+        - 0.5 * torch.log(one_m_rho2)
         - (zx * zx + zy * zy - 2.0 * rho * zx * zy) / (2.0 * one_m_rho2)
     )
     return torch.logsumexp(F.log_softmax(pi, dim=-1) + log_n, dim=-1)  # Eq. 7 for Pi
@@ -83,7 +86,9 @@ def kl_weight(step: int, eta_min: float, decay: float) -> float:
     return 1.0 - (1.0 - eta_min) * decay**step
 
 
-def train_loss(losses: Losses, step: int, w_kl: float, kl_min: float, eta_min: float, decay: float) -> torch.Tensor:
+def train_loss(
+    losses: Losses, step: int, w_kl: float, kl_min: float, eta_min: float, decay: float
+) -> torch.Tensor:
     """Loss_train = L_R + w_KL eta_step max(L_KL, KL_min) (Eq. 15)."""
     eta = kl_weight(step, eta_min, decay)
     return losses.lr + w_kl * eta * torch.clamp(losses.kl, min=kl_min)

@@ -5,7 +5,7 @@ Shapes: B batch, T time (N_max for the decoder), H decoder size, S packed state 
 size, M mixture components, P = 6M + 3 output width.
 
 The step-wise methods (`encode`, `init_state`, `step`) are the ONNX graph contract of
-ARCHITECTURE.md and run in eval mode (no dropout); `forward` is the teacher-forced training pass.
+ARCHITECTURE.md and never drop (whatever the mode); `forward` is the teacher-forced training pass.
 """
 
 from __future__ import annotations
@@ -50,17 +50,19 @@ class Encoder(nn.Module):
         self.presig = nn.Linear(2 * hp.enc_size, hp.z_size)
         self.keep = hp.recurrent_dropout
 
-    def run(self, rnn: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.keep < 1.0:  # recurrent dropout needs the step-by-step cell
+    def run(self, rnn: nn.LSTM, x: torch.Tensor, drop: bool) -> torch.Tensor:
+        if drop and self.keep < 1.0:  # recurrent dropout needs the step-by-step cell
             w = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0)
             return lstm_loop(F.linear(x, w[0], w[2]), w[1], self.keep)
         return rnn(x)[0]  # (B, T, enc)
 
-    def forward(self, strokes: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, strokes: torch.Tensor, lengths: torch.Tensor, drop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = strokes.shape
         lengths = lengths.clamp(min=1)
-        h_fw = self.run(self.fw, strokes)  # (B, T, enc)
-        h_bw = self.run(self.bw, reverse_within_length(strokes, lengths))  # (B, T, enc)
+        h_fw = self.run(self.fw, strokes, drop)  # (B, T, enc)
+        h_bw = self.run(self.bw, reverse_within_length(strokes, lengths), drop)  # (B, T, enc)
         idx = (lengths - 1).view(B, 1, 1).expand(B, 1, h_fw.shape[2])
         h = torch.cat([h_fw.gather(1, idx), h_bw.gather(1, idx)], dim=2).squeeze(1)  # (B, 2 enc)
         return self.mu(h), self.presig(h)  # (B, Nz) each
@@ -71,10 +73,12 @@ class Encoder(nn.Module):
 #
 # Every cell works on a packed state (B, S) and exposes
 #   project(x)            -> the input's contribution, computed for all T steps in one matmul
-#   recur(xw, state)      -> (h (B, H), next_state (B, S)), one step
-#   sequence(x, state)    -> (h (B, T, H), last_state), teacher forcing
+#   recur(xw, state, drop)    -> (h (B, H), next_state (B, S)), one step
+#   sequence(x, state, drop)  -> (h (B, T, H), last_state), teacher forcing
 # Gates are in PyTorch's order (i, f, g, o). Recurrent dropout (keep probability `keep`) drops
-# the candidate g = tanh(.), as magenta's rnn.py does, in training mode only.
+# the candidate g = tanh(.), as magenta's rnn.py does, only when `drop` is set: SketchRNN.forward
+# sets it in training mode; the step-wise methods never drop, whatever the module's mode (an
+# export wrapper left in training mode cannot put dropout into a graph).
 
 
 def init_lstm_(w_ih: torch.Tensor, w_hh: torch.Tensor, *biases: torch.Tensor) -> None:
@@ -91,8 +95,8 @@ def init_lstm_(w_ih: torch.Tensor, w_hh: torch.Tensor, *biases: torch.Tensor) ->
             biases[0][H : 2 * H] = 1.0
 
 
-def _dropout(g: torch.Tensor, keep: float, training: bool) -> torch.Tensor:
-    return F.dropout(g, 1.0 - keep, training=True) if training and keep < 1.0 else g
+def _dropout(g: torch.Tensor, keep: float, drop: bool) -> torch.Tensor:
+    return F.dropout(g, 1.0 - keep, training=True) if drop and keep < 1.0 else g
 
 
 def lstm_loop(xw: torch.Tensor, w_hh: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
@@ -118,17 +122,21 @@ class Cell(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def recur(self, xw: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def recur(
+        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.recur(self.project(x), state)
+        return self.recur(self.project(x), state)  # inference: never drops
 
-    def sequence(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence(
+        self, x: torch.Tensor, state: torch.Tensor, drop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         xw = self.project(x)  # (B, T, ...)
         out = []
         for t in range(xw.shape[1]):
-            h, state = self.recur(xw[:, t], state)
+            h, state = self.recur(xw[:, t], state, drop)
             out.append(h)
         return torch.stack(out, 1), state  # (B, T, H), (B, S)
 
@@ -152,16 +160,20 @@ class LSTMCell(Cell):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0)
 
-    def recur(self, xw: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def recur(
+        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state.chunk(2, 1)  # (B, H) each
         i, f, g, o = (xw + F.linear(h, self.rnn.weight_hh_l0)).chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, self.training)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, drop)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, torch.cat([h, c], 1)
 
-    def sequence(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and self.keep < 1.0:
-            return super().sequence(x, state)
+    def sequence(
+        self, x: torch.Tensor, state: torch.Tensor, drop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if drop and self.keep < 1.0:
+            return super().sequence(x, state, drop)
         h0, c0 = state.chunk(2, 1)
         out, (hn, cn) = self.rnn(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
         return out, torch.cat([hn[0], cn[0]], 1)
@@ -193,11 +205,13 @@ class LayerNormLSTMCell(Cell):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_ih)
 
-    def recur(self, xw: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def recur(
+        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state.chunk(2, 1)
         gates = _layer_norm_gates(xw + F.linear(h, self.weight_hh), self.ln_gates_weight, self.ln_gates_bias)
         i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, self.training)
+        c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, drop)
         h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
         return h, torch.cat([h, c], 1)
 
@@ -248,14 +262,19 @@ class HyperLSTMCell(Cell):
         w = torch.cat([self.weight_ih, self.hyper_ih[:, : self.input_size]], 0)
         return F.linear(x, w)
 
-    def recur(self, xw: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def recur(
+        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         B = xw.shape[0]
         H, Hh, E = self.hidden_size, self.hyper_size, self.embed
         h, c, hh, ch = state.split([H, H, Hh, Hh], 1)
         x_main, x_hyper = xw.split([4 * H, 4 * Hh], 1)
         # hyper LSTM step on [x; h]
         gi, gf, gg, go = (
-            x_hyper + F.linear(h, self.hyper_ih[:, self.input_size :]) + F.linear(hh, self.hyper_hh) + self.hyper_bias
+            x_hyper
+            + F.linear(h, self.hyper_ih[:, self.input_size :])
+            + F.linear(hh, self.hyper_hh)
+            + self.hyper_bias
         ).chunk(4, 1)
         ch = torch.sigmoid(gf) * ch + torch.sigmoid(gi) * torch.tanh(gg)
         hh = torch.sigmoid(go) * torch.tanh(ch)  # (B, Hh)
@@ -267,7 +286,7 @@ class HyperLSTMCell(Cell):
         gates = x_main.view(B, 4, H) * scale_x + rec * scale_h + shift_h + self.bias.view(4, H)
         gates = _layer_norm_gates(gates.reshape(B, 4 * H), self.ln_gates_weight, self.ln_gates_bias)
         i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, self.training)
+        c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, drop)
         h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
         return h, torch.cat([h, c, hh, ch], 1)
 
@@ -349,7 +368,7 @@ class SketchRNN(nn.Module):
         x, target = batch[:, :-1], batch[:, 1:]  # (B, N_max, 5): inputs S_0.., targets S_1..
         if self.encoder is not None and self.init is not None:
             n = int(lengths.max())  # the encoder never reads past the longest sketch: skip the padding
-            mu, presig = self.encoder(target[:, :n], lengths)  # (B, Nz)
+            mu, presig = self.encoder(target[:, :n], lengths, drop=self.training)  # (B, Nz)
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + torch.exp(presig / 2) * eps  # Eq. 2
             state = torch.tanh(self.init(z))
@@ -358,7 +377,7 @@ class SketchRNN(nn.Module):
         else:
             state = batch.new_zeros(B, self.state_size)
             kl = batch.new_zeros(())
-        h, _ = self.cell.sequence(x, state)  # (B, N_max, H)
+        h, _ = self.cell.sequence(x, state, drop=self.training)  # (B, N_max, H)
         ls, lp = reconstruction_loss(self.head(h), target, lengths)
         return Losses(ls=ls, lp=lp, kl=kl)
 

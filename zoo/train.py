@@ -137,7 +137,13 @@ def sample(
         pen, pi, mu_x, mu_y, ls_x, ls_y, rho_hat = split_params(params, hp.num_mixture)
         j = torch.multinomial(torch.softmax(pi / tau, -1), 1, generator=generator)  # (n, 1)
         pick = [t.gather(1, j).squeeze(1) for t in (mu_x, mu_y, ls_x, ls_y, rho_hat)]
-        mx, my, sx, sy, rho = pick[0], pick[1], pick[2].exp() * math.sqrt(tau), pick[3].exp() * math.sqrt(tau), pick[4].tanh()
+        mx, my, sx, sy, rho = (
+            pick[0],
+            pick[1],
+            pick[2].exp() * math.sqrt(tau),
+            pick[3].exp() * math.sqrt(tau),
+            pick[4].tanh(),
+        )
         e = torch.randn(n, 2, generator=generator, device=dev)
         dx = mx + sx * e[:, 0]
         dy = my + sy * (rho * e[:, 0] + torch.sqrt(1 - rho * rho) * e[:, 1])
@@ -149,30 +155,15 @@ def sample(
 
 
 # ---------------------------------------------------------------------------------------------
-# pictures (PNG through cairosvg; sketchkit.render draws the client's pictures)
+# pictures
 
 
 def sketches_png(path: Path, sketches: Sequence[np.ndarray], cols: int = 4, cell: int = 160) -> None:
-    """A grid of stroke-3 sketches as one PNG (each sketch fitted to its cell)."""
-    import cairosvg
+    """A grid of stroke-3 sketches as one PNG (sketchkit.render; each sketch fitted to its cell)."""
+    from sketchkit import render
 
-    rows = max(1, math.ceil(len(sketches) / cols))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * cell}" height="{rows * cell}">',
-             '<rect width="100%" height="100%" fill="white"/>']
-    for n, s in enumerate(sketches):
-        if len(s) == 0:
-            continue
-        x0, x1, y0, y1 = strokes.bounds(s)
-        scale = (cell - 20) / max(x1 - x0, y1 - y0, 1e-6)
-        ox = (n % cols) * cell + 10 + ((cell - 20) - (x1 - x0) * scale) / 2 - x0 * scale
-        oy = (n // cols) * cell + 10 + ((cell - 20) - (y1 - y0) * scale) / 2 - y0 * scale
-        for line in strokes.to_polylines(s):
-            if len(line) > 1:
-                pts = " ".join(f"{ox + x * scale:.1f},{oy + y * scale:.1f}" for x, y in line)
-                parts.append(f'<polyline points="{pts}" fill="none" stroke="black" stroke-width="1.5"/>')
-    parts.append("</svg>")
-    with atomic_write(path) as f:
-        f.write(cairosvg.svg2png(bytestring="".join(parts).encode()))
+    drawable = [s for s in sketches if len(s)] or [np.zeros((1, 3), np.float32)]
+    render.save(path, render.grid_svg(drawable, cols=cols, cell=cell))
 
 
 def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
@@ -198,19 +189,25 @@ def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
     def sy(y: float) -> float:
         return Hh - pad - (y - y0) / (y1 - y0) * (Hh - 2 * pad)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{Hh}" font-family="sans-serif" font-size="12">',
-           '<rect width="100%" height="100%" fill="white"/>',
-           f'<line x1="{pad}" y1="{Hh - pad}" x2="{W - pad}" y2="{Hh - pad}" stroke="black"/>',
-           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{Hh - pad}" stroke="black"/>',
-           f'<text x="{pad}" y="{Hh - pad + 16}">{x0}</text><text x="{W - pad - 40}" y="{Hh - pad + 16}">step {x1}</text>',
-           f'<text x="4" y="{pad}">{y1:.2f}</text><text x="4" y="{Hh - pad}">{y0:.2f}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{Hh}" font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<line x1="{pad}" y1="{Hh - pad}" x2="{W - pad}" y2="{Hh - pad}" stroke="black"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{Hh - pad}" stroke="black"/>',
+        f'<text x="{pad}" y="{Hh - pad + 16}">{x0}</text><text x="{W - pad - 40}" y="{Hh - pad + 16}">step {x1}</text>',
+        f'<text x="4" y="{pad}">{y1:.2f}</text><text x="4" y="{Hh - pad}">{y0:.2f}</text>',
+    ]
     y_zero = sy(0.0)
     if pad < y_zero < Hh - pad:
         out.append(f'<line x1="{pad}" y1="{y_zero:.1f}" x2="{W - pad}" y2="{y_zero:.1f}" stroke="#ccc"/>')
-    for (name, s), colour, k in zip(series.items(), ("#1f77b4", "#d62728", "#2ca02c"), range(3), strict=False):
+    for (name, s), colour, k in zip(
+        series.items(), ("#1f77b4", "#d62728", "#2ca02c"), range(3), strict=False
+    ):
         if s:
             line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
             out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+            if name.startswith("valid"):  # a dot per validation, so the first one shows too
+                out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in s]
             out.append(f'<text x="{W - pad - 110}" y="{pad + 16 * k}" fill="{colour}">{name}</text>')
     out.append("</svg>")
     with atomic_write(path) as f:
@@ -221,8 +218,9 @@ def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
 # resume state
 
 
-def _save_state(path: Path, model: SketchRNN, opt: torch.optim.Adam, rng: np.random.Generator,
-                meta: dict[str, Any]) -> None:
+def _save_state(
+    path: Path, model: SketchRNN, opt: torch.optim.Adam, rng: np.random.Generator, meta: dict[str, Any]
+) -> None:
     tensors = dict(model.state_dict())
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
@@ -238,8 +236,14 @@ def _save_state(path: Path, model: SketchRNN, opt: torch.optim.Adam, rng: np.ran
     checkpoint.write_tensors(path, tensors, dict(meta, hparams=model.hp.to_dict(), dtype="float32"))
 
 
-def _load_state(path: Path, model: SketchRNN, opt: torch.optim.Adam) -> tuple[dict[str, Any], np.random.Generator]:
+def _load_state(
+    path: Path, model: SketchRNN, opt: torch.optim.Adam
+) -> tuple[dict[str, Any], np.random.Generator]:
     tensors, meta = checkpoint.read_tensors(path)
+    if meta["hparams"] | {"num_steps": 0} != model.hp.to_dict() | {"num_steps": 0}:
+        raise SketchkitError(
+            f"{path}: the run was started with other hyperparameters (start a new run directory)"
+        )
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
     for name, p in model.named_parameters():
         key = f"train.adam.{name}"
@@ -289,15 +293,16 @@ def train(
     records: list[dict[str, Any]] = []
     if resume and last.exists():
         meta, rng = _load_state(last, model, opt)
-        if HParams.from_dict(meta["hparams"]).to_dict() | {"num_steps": 0} != hp.to_dict() | {"num_steps": 0}:
-            raise SketchkitError(f"{last}: the run was started with other hyperparameters (start a new run directory)")
         step, best = int(meta["step"]), meta["best"]
         records = [r for r in _read_jsonl(out / "metrics.jsonl") if r["step"] <= step]
         _write_jsonl(out / "metrics.jsonl", records)  # forget lines logged after the last save
     hp.save_toml(out / "recipe.toml")
     base_meta = {
-        "scale_factor": data.scale_factor, "max_seq_len": hp.max_seq_len,
-        "dataset_sha256": data.dataset_sha256, "datasets": data.datasets, "classes": data.classes,
+        "scale_factor": data.scale_factor,
+        "max_seq_len": hp.max_seq_len,
+        "dataset_sha256": data.dataset_sha256,
+        "datasets": data.datasets,
+        "classes": data.classes,
     }
     model.train()
     window: dict[str, float] = {}
@@ -319,13 +324,21 @@ def train(
             window[k] = window.get(k, 0.0) + float(v)
         window["n"] = window.get("n", 0) + 1
         bar.update(1)
-        bar.set_postfix_str(f"L_s {float(losses.ls):.3f} L_p {float(losses.lp):.3f} L_KL {float(losses.kl):.3f}")
+        bar.set_postfix_str(
+            f"L_s {float(losses.ls):.3f} L_p {float(losses.lp):.3f} L_KL {float(losses.kl):.3f}"
+        )
         if step % hp.log_every == 0 or step == hp.num_steps:
             n = window.pop("n")
             dt = time.perf_counter() - t_window
-            rec = {"split": "train", "step": step, **{k: v / n for k, v in window.items()},
-                   "eta": kl_weight(step - 1, hp.eta_min, hp.kl_decay), "lr_rate": lr,
-                   "sketches_per_s": n * hp.batch_size / dt, "time": time.time()}
+            rec = {
+                "split": "train",
+                "step": step,
+                **{k: v / n for k, v in window.items()},
+                "eta": kl_weight(step - 1, hp.eta_min, hp.kl_decay),
+                "lr_rate": lr,
+                "sketches_per_s": n * hp.batch_size / dt,
+                "time": time.time(),
+            }
             records.append(rec)
             _append_jsonl(out / "metrics.jsonl", rec)
             window, t_window = {}, time.perf_counter()
@@ -334,17 +347,26 @@ def train(
             is_best = metrics["loss"] < best["loss"]
             if is_best:
                 best = dict(metrics, step=step)
-                checkpoint.save(out / "best.safetensors", model, hp, dict(base_meta, step=step, metrics={"valid": metrics}))
+                checkpoint.save(
+                    out / "best.safetensors",
+                    model,
+                    hp,
+                    dict(base_meta, step=step, metrics={"valid": metrics}),
+                )
             rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
             records.append(rec)
             _append_jsonl(out / "metrics.jsonl", rec)
             _save_state(last, model, opt, rng, dict(base_meta, step=step, best=best))
             loss_curve_png(out / "loss.png", records)
             gen = torch.Generator(device=device).manual_seed(hp.seed + 1)
-            sketches_png(out / "samples" / f"step_{step:07d}.png", sample(model, hp.num_samples, generator=gen))
+            sketches_png(
+                out / "samples" / f"step_{step:07d}.png", sample(model, hp.num_samples, generator=gen)
+            )
             model.train()
-            bar.write(f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
-                      f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}")
+            bar.write(
+                f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
+                f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}"
+            )
     bar.close()
     return best
 
@@ -352,7 +374,9 @@ def train(
 def _progress(total: int, initial: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True, unit="step")
+    return tqdm(
+        total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True, unit="step"
+    )
 
 
 def _append_jsonl(path: Path, rec: dict[str, Any]) -> None:

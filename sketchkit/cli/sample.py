@@ -72,6 +72,7 @@ class Session:
         self.runtime = open_runtime(name, server)
         self.info = self.runtime.info
         self.sampler = Sampler(self.runtime)
+        self.seconds = 0.0  # time spent sampling (see `timed`)
 
     def timed(self, what: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
         start = time.perf_counter()
@@ -81,6 +82,12 @@ class Session:
 
 
 def session_from(kwargs: dict[str, Any]) -> Session:
+    """Check the output options (before any work), then open the model."""
+    output, cols = kwargs["output"], kwargs["cols"]
+    if output is not None and output.suffix.lower() not in FORMATS:
+        raise SketchkitError(f"{output}: unknown output format (use {', '.join(FORMATS)})")
+    if cols is not None and cols < 1:
+        raise SketchkitError(f"--cols must be >= 1, got {cols}")
     keys = ("name", "server", "tau", "seed", "rule", "greedy", "max_len")
     return Session(**{k: kwargs[k] for k in keys})
 
@@ -157,22 +164,18 @@ def write_output(
     grid: bool, cols: int | None, captions: list[str] | None = None,
 ) -> None:
     """Print JSON and/or write the picture(s); one line on stderr says what was written."""
-    if output is not None and output.suffix.lower() not in FORMATS:
-        raise SketchkitError(f"{output}: unknown output format (use {', '.join(FORMATS)})")
-    if cols is not None and cols < 1:
-        raise SketchkitError(f"--cols must be >= 1, got {cols}")
-    if as_json or (output is not None and output.suffix.lower() == ".json"):
-        text = _to_json(sketches, session)
-        if output is not None and output.suffix.lower() == ".json":
-            from sketchkit.io import atomic_write
+    json_file = output is not None and output.suffix.lower() == ".json"
+    if as_json and not json_file:
+        click.echo(_to_json(sketches, session))
+        if output is None:
+            return  # --json alone: the sketches go to stdout, no picture
+    if json_file and output is not None:
+        from sketchkit.io import atomic_write
 
-            with atomic_write(output, "w") as f:
-                f.write(text + "\n")
-            _report(len(sketches), session, output)
-        else:
-            click.echo(text)
-        if output is None or output.suffix.lower() == ".json":
-            return
+        with atomic_write(output, "w") as f:
+            f.write(_to_json(sketches, session) + "\n")
+        _report(len(sketches), session, output)
+        return
     from sketchkit import render
 
     path = output or Path(f"{stem}.png")

@@ -14,8 +14,8 @@ from sketchkit.errors import SketchkitError
 
 def _need_torch() -> None:
     try:
-        import torch  # noqa: F401
         import safetensors  # noqa: F401
+        import torch  # noqa: F401
     except ImportError:
         raise SketchkitError("needs torch: pip install 'sketchkit[train]'") from None
 
@@ -29,20 +29,41 @@ def _parse_value(text: str) -> Any:
 
 @click.command()
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory (default: runs/<recipe name>).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a hyperparameter, e.g. --set dec_size=256 --set cell=lstm (repeatable).")
-@click.option("--data", "data", multiple=True, type=click.Path(dir_okay=False),
-              help="Dataset .npz (repeatable: multi-class); replaces the recipe's.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory (default: runs/<recipe name>).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a hyperparameter, e.g. --set dec_size=256 --set cell=lstm (repeatable).",
+)
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Dataset .npz (repeatable: multi-class); replaces the recipe's.",
+)
 @click.option("--steps", type=int, help="Train until this many steps.")
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when present).")
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--fresh", is_flag=True, help="Do not resume from RUN/last.safetensors.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
-    recipe: Path | None, out_dir: Path | None, overrides: tuple[str, ...], data: tuple[str, ...],
-    steps: int | None, device: str | None, threads: int | None, fresh: bool, quiet: bool,
+    recipe: Path | None,
+    out_dir: Path | None,
+    overrides: tuple[str, ...],
+    data: tuple[str, ...],
+    steps: int | None,
+    device: str | None,
+    threads: int | None,
+    fresh: bool,
+    quiet: bool,
 ) -> None:
     """Train a sketch-rnn model from a RECIPE.toml (or from flags alone); resumes a killed run."""
     _need_torch()
@@ -67,15 +88,22 @@ def train(
         torch.set_num_threads(threads)
     out = out_dir or Path("runs") / (recipe.stem if recipe else "run")
     best = run(hp, out, device=device, resume=not fresh, progress=not quiet)
-    click.echo(f"best valid loss {best.get('loss', float('nan')):.4f} at step {best.get('step')}; "
-               f"checkpoint {out / 'best.safetensors'}")
+    click.echo(
+        f"best valid loss {best.get('loss', float('nan')):.4f} at step {best.get('step')}; "
+        f"checkpoint {out / 'best.safetensors'}"
+    )
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
-@click.option("--data", "data", multiple=True, type=click.Path(dir_okay=False),
-              help="Dataset .npz (default: the checkpoint's own recipe).")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Dataset .npz (default: the checkpoint's own recipe).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(checkpoint: Path, split: str, data: tuple[str, ...], as_json: bool) -> None:
     """Report L_R and L_KL of a checkpoint on a split, as in the paper's Table 1."""
@@ -88,5 +116,7 @@ def evaluate(checkpoint: Path, split: str, data: tuple[str, ...], as_json: bool)
         return
     click.echo(f"{checkpoint} ({split}, {m['n']} sketches, step {m['step']})")
     click.echo(f"  L_R  {m['lr']:.4f}   (L_s {m['ls']:.4f} + L_p {m['lp']:.4f})")
-    click.echo(f"  L_KL {m['kl']:.4f} raw   {m['kl_floored']:.4f} floored max(L_KL, KL_min) - the paper's Table 1 reports the floored one")
+    click.echo(
+        f"  L_KL {m['kl']:.4f} raw   {m['kl_floored']:.4f} floored max(L_KL, KL_min) - the paper's Table 1 reports the floored one"
+    )
     click.echo(f"  loss {m['loss']:.4f}   (Eq. 14: L_R + w_KL L_KL, raw KL)")

@@ -28,6 +28,15 @@ def session(path, parameters):
 def parameters_of(config):
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
+def check_names(session, inputs, outputs, path):
+    """Fail at load, not at the first request, when config.pbtxt and the graph disagree."""
+    have_in = {t.name for t in session.get_inputs()}
+    have_out = {t.name for t in session.get_outputs()}
+    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    if missing:
+        raise ValueError(f"{path} has no tensor(s) {', '.join(missing)} named in config.pbtxt")
+
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -36,6 +45,7 @@ class TritonPythonModel:
         self.outputs = [t["name"] for t in config["output"]]
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = session(path, parameters_of(config))
+        check_names(self.session, self.inputs, self.outputs, path)
         # a [B] tensor arrives as [B, 1] (config reshape): squeeze it to the graph's rank
         self.ranks = {t.name: len(t.shape) for t in self.session.get_inputs()}
 

@@ -29,6 +29,15 @@ def session(path, parameters):
 def control(request, name):
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
 
+def check_names(session, inputs, outputs, path):
+    """Fail at load, not at the first request, when config.pbtxt and the graph disagree."""
+    have_in = {t.name for t in session.get_inputs()}
+    have_out = {t.name for t in session.get_outputs()}
+    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    if missing:
+        raise ValueError(f"{path} has no tensor(s) {', '.join(missing)} named in config.pbtxt")
+
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -41,6 +50,7 @@ class TritonPythonModel:
         self.idle_s = float(p["idle_seconds"])
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = session(path, p)
+        check_names(self.session, self.inputs, self.outputs, path)
         self.states = {}  # correlation id -> (state [B, S], last used)
 
     def step(self, request):

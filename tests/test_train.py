@@ -1,0 +1,203 @@
+"""zoo.train: a tiny model overfits 8 real sheep, a killed run resumes to the very same
+parameters, the run directory holds what it promises, and the CLI drives it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sketchkit.datasets import Dataset, save_npz  # noqa: E402
+from zoo import checkpoint  # noqa: E402
+from zoo.config import HParams  # noqa: E402
+from zoo.train import learning_rate, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def eight_sheep(sheep, tmp_path: Path) -> Path:
+    """8 real sheep of at most 40 points, as train, valid and test."""
+    few = [s for s in sheep.train if len(s) <= 40][:8]
+    path = tmp_path / "eight_sheep.npz"
+    save_npz(path, Dataset(few, few, few))
+    return path
+
+
+def tiny(dataset: Path, **kw) -> HParams:
+    base = dict(
+        dataset=[str(dataset)],
+        max_seq_len=40,
+        cell="lstm",
+        enc_size=16,
+        dec_size=48,
+        z_size=8,
+        num_mixture=5,
+        recurrent_dropout=1.0,
+        batch_size=8,
+        lr=3e-3,
+        random_scale=0.0,
+        kl_decay=0.99,
+        w_kl=0.5,
+        eval_every=100,
+        log_every=10,
+        num_samples=4,
+        num_steps=300,
+    )
+    return HParams(**{**base, **kw})
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_model_overfits_eight_sheep(eight_sheep: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    best = train(tiny(eight_sheep), run, progress=False)
+    recs = _records(run)
+    first = next(r for r in recs if r["split"] == "train")
+    assert best["step"] == 300
+    assert best["lr"] < first["ls"] + first["lp"] - 1.0, (first, best)  # L_R: ~2.0 -> well below 1.0
+    # the run directory: best + resume state, recipe, metrics, loss curve, sample pictures
+    for name in ("best.safetensors", "last.safetensors", "recipe.toml", "loss.png"):
+        assert (run / name).is_file(), name
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((run / "samples").glob("step_*.png"))) == 3
+    _, hp, meta = checkpoint.load(run / "best.safetensors")
+    assert meta["step"] == 300 and meta["max_seq_len"] == 40 and meta["scale_factor"] > 0
+    assert len(meta["dataset_sha256"]) == 64 and meta["metrics"]["valid"]["loss"] == best["loss"]
+    assert HParams.from_toml(run / "recipe.toml") == hp
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.read_tensors(path)[0]
+
+
+def test_resume_is_exact(eight_sheep: Path, tmp_path: Path) -> None:
+    """Stopping at step 6 and resuming to 12 equals running to 12 (dropout on: RNG restored)."""
+    kw = dict(cell="layer_norm", recurrent_dropout=0.9, eval_every=6, random_scale=0.15, augment_prob=0.2)
+    train(tiny(eight_sheep, num_steps=12, **kw), tmp_path / "a", progress=False)
+    train(tiny(eight_sheep, num_steps=6, **kw), tmp_path / "b", progress=False)
+    train(tiny(eight_sheep, num_steps=12, **kw), tmp_path / "b", progress=False)
+    a, b = _params(tmp_path / "a" / "last.safetensors"), _params(tmp_path / "b" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    valid = [[r for r in _records(tmp_path / x) if r["split"] == "valid"] for x in "ab"]
+    assert [(r["step"], r["loss"]) for r in valid[0]] == [(r["step"], r["loss"]) for r in valid[1]]
+
+
+def test_resume_after_sigkill(eight_sheep: Path, tmp_path: Path) -> None:
+    """A real `sketchkit train` killed with SIGKILL resumes to the parameters of an unkilled run."""
+    hp = tiny(eight_sheep, num_steps=100_000, eval_every=5)
+    recipe = tmp_path / "tiny.toml"
+    hp.save_toml(recipe)
+    run = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sketchkit",
+            "train",
+            str(recipe),
+            "--out",
+            str(run),
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 60
+        while not (run / "last.safetensors").exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.time() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    stopped = int(checkpoint.read_tensors(run / "last.safetensors")[1]["step"])
+    target = stopped + 5
+    torch.set_num_threads(1)
+    train(HParams.from_dict({**hp.to_dict(), "num_steps": target}), run, progress=False)
+    train(HParams.from_dict({**hp.to_dict(), "num_steps": target}), tmp_path / "straight", progress=False)
+    a, b = _params(run / "last.safetensors"), _params(tmp_path / "straight" / "last.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_other_hparams(eight_sheep: Path, tmp_path: Path) -> None:
+    from sketchkit.errors import SketchkitError
+
+    train(tiny(eight_sheep, num_steps=2, eval_every=2), tmp_path / "r", progress=False)
+    with pytest.raises(SketchkitError, match="other hyperparameters"):
+        train(tiny(eight_sheep, num_steps=4, eval_every=2, dec_size=32), tmp_path / "r", progress=False)
+
+
+def test_learning_rate_schedules() -> None:
+    hp = HParams(lr=1e-3, lr_decay=0.9999, min_lr=1e-5)
+    assert learning_rate(hp, 0) == pytest.approx(1e-3)
+    assert learning_rate(hp, 10_000) == pytest.approx((1e-3 - 1e-5) * 0.9999**10_000 + 1e-5)
+    assert learning_rate(hp, 10**7) == pytest.approx(1e-5)
+    assert learning_rate(HParams(lr=1e-4), 10**6) == 1e-4  # the paper: constant
+
+
+def test_cli_train_and_evaluate(eight_sheep: Path, tmp_path: Path) -> None:
+    from sketchkit.cli import main
+
+    recipe = tmp_path / "r.toml"
+    tiny(eight_sheep, num_steps=4, eval_every=2).save_toml(recipe)
+    run = tmp_path / "cli"
+    main(["train", str(recipe), "--out", str(run), "--quiet", "--set", "dec_size=24", "--set", "cell=hyper"])
+    _, hp, _ = checkpoint.load(run / "best.safetensors")
+    assert hp.dec_size == 24 and hp.cell == "hyper"
+    out = subprocess.run(
+        [sys.executable, "-m", "sketchkit", "evaluate", str(run / "best.safetensors"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    m = json.loads(out.stdout)
+    assert m["n"] == 8 and np.isfinite(m["lr"]) and m["kl_floored"] >= 0.2
+    bad = subprocess.run(
+        [sys.executable, "-m", "sketchkit", "train", "--set", "cell=gru"], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and bad.stderr.startswith("error: unknown cell")
+
+
+def test_zoo_and_cli_import_no_torch() -> None:
+    code = "import sys, zoo, zoo.config, sketchkit.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_multi_class_dataset(sheep, eight_sheep: Path, tmp_path: Path) -> None:
+    from sketchkit.io import sha256_file
+    from zoo.train import load_data
+
+    other = [s for s in sheep.valid if len(s) <= 40][:5]
+    second = tmp_path / "more_sheep.npz"
+    save_npz(second, Dataset(other, other, other))
+    hp = tiny(eight_sheep, num_steps=2, eval_every=2)
+    hp.dataset = [str(eight_sheep), str(second)]
+    data = load_data(hp)
+    assert data.classes == ["eight_sheep", "more_sheep"] and len(data.train) == 13
+    assert data.dataset_sha256 not in (sha256_file(eight_sheep), sha256_file(second))
+    best = train(hp, tmp_path / "multi", progress=False)
+    assert np.isfinite(best["loss"])
+    _, _, meta = checkpoint.load(tmp_path / "multi" / "best.safetensors")
+    assert meta["classes"] == ["eight_sheep", "more_sheep"] and meta["datasets"] == ["eight_sheep.npz", "more_sheep.npz"]
