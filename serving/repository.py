@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,9 +31,9 @@ from sketchkit.modelinfo import ModelInfo
 from sketchkit.runtime_triton import (
     CONTROL_START,
     INFO_PARAMETER,
-    STATEFUL_STEP,
     STATE_IN,
     STATE_OUT,
+    STATEFUL_STEP,
     stateful_graph,
     triton_name,
 )
@@ -63,12 +65,19 @@ class RepoOptions:
         if self.flavor not in FLAVORS:
             raise SketchkitError(f"unknown flavor {self.flavor!r} (choose {' or '.join(FLAVORS)})")
         if self.accelerator not in ACCELERATORS:
-            raise SketchkitError(f"unknown accelerator {self.accelerator!r} (choose {', '.join(ACCELERATORS)})")
+            raise SketchkitError(
+                f"unknown accelerator {self.accelerator!r} (choose {', '.join(ACCELERATORS)})"
+            )
         if self.flavor == "cpu" and (self.accelerator != "none" or self.cuda_graphs):
             raise SketchkitError("TensorRT and CUDA graphs are gpu-flavor settings")
         if self.cuda_graphs and self.accelerator == "none":
             raise SketchkitError("CUDA graphs need the TensorRT accelerator (--accelerator tensorrt[-fp16])")
-        if self.max_batch_size < 1 or self.instances < 1 or self.queue_delay_us < 0 or self.sequence_idle_s <= 0:
+        if (
+            self.max_batch_size < 1
+            or self.instances < 1
+            or self.queue_delay_us < 0
+            or self.sequence_idle_s <= 0
+        ):
             raise SketchkitError("max batch size and instances must be >= 1, delays >= 0")
 
 
@@ -95,7 +104,9 @@ def _io(msg, t: Tensor, sizes: dict[str, int], batched: bool) -> None:
     msg.dims.extend(dims)
 
 
-def _base(name: str, graph: Graph, info: ModelInfo, opts: RepoOptions, batched: bool) -> model_config_pb2.ModelConfig:
+def _base(
+    name: str, graph: Graph, info: ModelInfo, opts: RepoOptions, batched: bool
+) -> model_config_pb2.ModelConfig:
     pb = _pb()
     cfg = pb.ModelConfig(name=name, max_batch_size=opts.max_batch_size if batched else 0)
     cfg.backend = "onnxruntime" if opts.flavor == "gpu" else "python"
@@ -126,7 +137,10 @@ def _tensorrt(cfg, graph: Graph, info: ModelInfo, opts: RepoOptions) -> None:
     for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
         shapes = []
         for t in inputs:
-            dims = [free[d][i] if d in free else n for d, n in zip(t.dims, concrete_dims(t, info.sizes))]
+            dims = [
+                free[d][i] if d in free else n
+                for d, n in zip(t.dims, concrete_dims(t, info.sizes), strict=True)
+            ]
             shapes.append(f"{t.name}:{'x'.join(map(str, dims))}")
         acc.parameters[key] = ",".join(shapes)
     if opts.cuda_graphs:
@@ -168,7 +182,9 @@ def stateful_config(info: ModelInfo, opts: RepoOptions) -> model_config_pb2.Mode
             ctl.int32_false_true.extend([0, 1])
     state_dims = [-1, info.state_size]  # [rows of the sequence's batch, S]
     if opts.flavor == "gpu":
-        st = seq.state.add(input_name=STATE_IN, output_name=STATE_OUT, data_type=pb.TYPE_FP32, dims=state_dims)
+        st = seq.state.add(
+            input_name=STATE_IN, output_name=STATE_OUT, data_type=pb.TYPE_FP32, dims=state_dims
+        )
         st.initial_state.add(name="zeros", data_type=pb.TYPE_FP32, dims=[1, info.state_size], zero_data=True)
     else:
         cfg.parameters["state_input"].string_value = STATE_IN
@@ -209,14 +225,22 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
     state input is Triton's 1-row placeholder and `rows` is all zeros. One graph file serves both
     flavors: Triton's implicit state (gpu) and model.py's dict (cpu) feed it alike."""
     import numpy as np
-    import onnx
-    from onnx import compose, helper, numpy_helper
+
+    try:
+        import onnx
+        from onnx import compose, helper, numpy_helper
+    except ModuleNotFoundError:
+        raise SketchkitError(
+            "the stateful step is built with the onnx package: pip install onnx (or --no-stateful)"
+        ) from None
 
     step = onnx.load(str(model_dir / info.files["decoder_step"]))
     nodes, inits = [], []
     step = compose.add_prefix(step, "step/", rename_inputs=False, rename_outputs=False)
     if info.conditional:
-        init = compose.add_prefix(onnx.load(str(model_dir / info.files["decoder_init"])), "init/", rename_inputs=False)
+        init = compose.add_prefix(
+            onnx.load(str(model_dir / info.files["decoder_init"])), "init/", rename_inputs=False
+        )
         nodes += init.graph.node
         inits += init.graph.initializer
         initial = "init/state"
@@ -237,15 +261,18 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
     # the step reads the selected state instead of its `state` input
     for node in step.graph.node:
         node.input[:] = ["wrap/state" if x == STATE_IN else x for x in node.input]
+    # (decoder_init runs on every step, as Where takes both branches: Nz x S multiply-adds per
+    # row, small next to the LSTM's (5 + Nz + H) x 4H)
     nodes += step.graph.node
     inits += step.graph.initializer
     graph = stateful_graph(info.kind)
     tensors = {t.name: t for t in (*graph.inputs, *graph.outputs)}
-    elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32}
+    elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
 
     def vi(name: str) -> onnx.ValueInfoProto:
         t = tensors[name]
-        return helper.make_tensor_value_info(name, elem[t.dtype], [d if not d.isdigit() else int(d) for d in t.dims])
+        dims = [d if n < 0 else n for d, n in zip(t.dims, concrete_dims(t, info.sizes), strict=True)]
+        return helper.make_tensor_value_info(name, elem[t.dtype], dims)
 
     inputs = [vi(t.name) for t in graph.inputs]
     inputs += [
@@ -266,14 +293,11 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
 # the repository
 
 
-def _write_model(repo: Path, cfg, onnx_file: Path | None, template: str | None, writer=None) -> None:
+def _write_model(repo: Path, cfg, write_onnx: Callable[[Path], object], template: str | None) -> None:
     version = repo / cfg.name / "1"
     version.mkdir(parents=True)
     (repo / cfg.name / "config.pbtxt").write_text(to_text(cfg))
-    if writer is not None:
-        writer(version / "model.onnx")
-    else:
-        shutil.copyfile(onnx_file, version / "model.onnx")
+    write_onnx(version / "model.onnx")
     if template:
         shutil.copyfile(TEMPLATES / template / "model.py", version / "model.py")
 
@@ -301,12 +325,13 @@ def build_repo(
         for model_dir, info in infos:
             for graph in graphs_for(info.kind):
                 cfg = graph_config(graph, info, opts)
-                _write_model(tmp, cfg, model_dir / info.files[graph.name], stateless_template)
+                copy = partial(shutil.copyfile, model_dir / info.files[graph.name])
+                _write_model(tmp, cfg, copy, stateless_template)
                 built.append(cfg.name)
             if opts.stateful:
                 cfg = stateful_config(info, opts)
                 template = "python_onnx_stateful" if opts.flavor == "cpu" else None
-                _write_model(tmp, cfg, None, template, writer=lambda p, d=model_dir, i=info: stateful_step_onnx(d, i, p))
+                _write_model(tmp, cfg, partial(stateful_step_onnx, model_dir, info), template)
                 built.append(cfg.name)
         for config in tmp.glob("*/config.pbtxt"):
             read_config(config)  # what we wrote parses back into Triton's ModelConfig

@@ -53,7 +53,9 @@ class PythonEnv:
             " sysconfig.get_config_var('LIBDIR'), np, u.find_spec('onnxruntime') is not None]))"
         )
         try:
-            out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True)
+            out = subprocess.run(
+                [str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True
+            )
         except (OSError, subprocess.SubprocessError) as e:
             raise ServerError(f"cannot run the server's Python {python}: {e}") from None
         prefix, version, libdir, numpy_version, has_ort = json.loads(out.stdout)
@@ -61,7 +63,9 @@ class PythonEnv:
             raise ServerError(f"{python}: the server's Python needs numpy<2 and onnxruntime installed")
         if int(numpy_version.split(".")[0]) >= 2:
             # numpy 2 in the stub's environment makes every output silently empty
-            raise ServerError(f"{python}: numpy {numpy_version} in the server's Python; Triton's Python backend needs numpy<2")
+            raise ServerError(
+                f"{python}: numpy {numpy_version} in the server's Python; Triton's Python backend needs numpy<2"
+            )
         return cls(Path(prefix), version, libdir)
 
 
@@ -69,11 +73,13 @@ def pytriton_dir() -> Path:
     """`<site-packages>/pytriton/tritonserver` of the installed nvidia-pytriton wheel."""
     import importlib.util
 
-    spec = importlib.util.find_spec("pytriton")
-    binary = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
-    if binary is None or not (binary / "bin" / "tritonserver").is_file():
-        raise ServerError("tritonserver not found: pip install 'sketchkit[serve]' (the nvidia-pytriton wheel bundles it)")
-    return binary
+    spec = importlib.util.find_spec("pytriton")  # finds the package without importing it
+    root = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
+    if root is None or not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(
+            "tritonserver not found: pip install 'sketchkit[serve]' (the nvidia-pytriton wheel bundles it)"
+        )
+    return root
 
 
 def cache_dir() -> Path:
@@ -138,19 +144,23 @@ def check_repository(repo: Path) -> list[str]:
             )
         names.append(cfg.name or config.parent.name)
     if not names:
-        raise ServerError(f"{repo}: no models (expected <model>/config.pbtxt; see `sketchkit serve build-repo`)")
+        raise ServerError(
+            f"{repo}: no models (expected <model>/config.pbtxt; see `sketchkit serve build-repo`)"
+        )
     return names
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGKILL when the parent dies, so a crashed test run leaves no server behind."""
+    """In the child: SIGTERM when the parent dies, so a crashed test run leaves no server behind."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(
+            1, signal.SIGTERM
+        )  # PR_SET_PDEATHSIG: Triton then stops its stubs too
 
 
 def load_failures(log: str) -> list[str]:
     """Triton's own reasons from its log, "<model>: <first line of the reason>" per failed model."""
-    reasons = {}
+    reasons: dict[str, str] = {}
     for match in re.finditer(r"failed to load '([^']+)' version \d+: (.*?)(?:\\n|\"?$)", log, re.MULTILINE):
         reasons.setdefault(match[1], match[2].strip())
     return [f"{name}: {reason}" for name, reason in reasons.items()]
@@ -172,7 +182,11 @@ class TritonServer:
         self.repo = Path(repo).resolve()
         self.http_port, self.grpc_port = http_port, grpc_port
         self.python = python
-        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"tritonserver-{os.getpid()}-{grpc_port}.log"
+        self.log_path = (
+            Path(log_path)
+            if log_path
+            else Path(tempfile.gettempdir()) / f"tritonserver-{os.getpid()}-{grpc_port}.log"
+        )
         self.startup_timeout_s = startup_timeout_s
         self.models: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
@@ -205,7 +219,9 @@ class TritonServer:
         out = dict(os.environ)
         out.pop("PYTHONPATH", None)  # ignored by the embedded interpreter anyway
         # the interpreter's own libpython first (else Debian's 3.11.2 gets mixed in), then the wheel's libs
-        out["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")) if p)
+        out["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (env.libdir, str(libs), os.environ.get("LD_LIBRARY_PATH")) if p
+        )
         out["PATH"] = os.pathsep.join((str(env.prefix / "bin"), os.environ.get("PATH", "")))
         return out
 
@@ -215,7 +231,9 @@ class TritonServer:
             raise ServerError("the HTTP and gRPC ports must differ")
         for port in (self.http_port, self.grpc_port):
             if not port_is_free(port):
-                raise ServerError(f"port {port} on 127.0.0.1 is already in use (pick another with --http-port/--grpc-port)")
+                raise ServerError(
+                    f"port {port} on 127.0.0.1 is already in use (pick another with --http-port/--grpc-port)"
+                )
         triton = pytriton_dir()
         env = PythonEnv.probe(self.python)
         cmd = self.command(backend_dir(triton, env.version))
@@ -260,20 +278,28 @@ class TritonServer:
                 if reasons:
                     raise ServerError("a model failed to load: " + " | ".join(reasons))
                 tail = " | ".join(x.strip() for x in log.splitlines()[-3:])
-                raise ServerError(f"tritonserver exited with code {self.process.returncode}: {tail} (log: {self.log_path})")
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode}: {tail} (log: {self.log_path})"
+                )
             time.sleep(0.1)
-        raise ServerError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s (log: {self.log_path})")
+        raise ServerError(
+            f"tritonserver not ready after {self.startup_timeout_s:.0f} s (log: {self.log_path})"
+        )
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM (Triton exits cleanly in ~2 s), SIGKILL if it does not."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM (Triton exits cleanly in ~2 s), SIGKILL if it does not; then SIGKILL whatever
+        is left of its process group (a stub of a model that was still loading survives Triton)."""
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -12,6 +12,7 @@ tritonclient is imported when a runtime is made, never by `import sketchkit`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -117,9 +118,8 @@ class TritonRuntime:
             kwargs.setdefault("stateful", True)
             url = url.split("?", 1)[0]
         path = Path(model)
-        if (path / "model.json").is_file():
-            info = ModelInfo.load(path)
-            return cls(url, info.name, kwargs.pop("info", info), **kwargs)
+        if (path / "model.json").is_file():  # the server's model.json is the one that counts
+            model = ModelInfo.load(path).name
         return cls(url, str(model), **kwargs)
 
     def __repr__(self) -> str:
@@ -143,7 +143,9 @@ class TritonRuntime:
         (state,) = self._run(DECODER_INIT, {"z": z})
         return state
 
-    def step(self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step(
+        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.info.conditional and z is None:
             raise TritonError(f"{self.model} is a vae model: its decoder step needs z")
         if self.stateful:
@@ -152,7 +154,15 @@ class TritonRuntime:
         params, next_state = self._run(graph, {"prev": prev, "z": z, "state": state})
         return params, next_state
 
+    def __enter__(self) -> TritonRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """End the stateful sequences still open (Triton holds them until END or idle timeout, and
+        counts them as in flight at shutdown) and close the clients."""
         with self._lock:
             open_sequences, self._open = list(self._open.values()), {}
         for seq in open_sequences:
@@ -175,10 +185,19 @@ class TritonRuntime:
             self._end(previous)
         return np.stack([np.full(batch, seq), np.full(batch, -1)], axis=1).astype(np.int64)
 
-    def _stateful_step(self, prev: np.ndarray, z: np.ndarray | None, handle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stateful_step(
+        self, prev: np.ndarray, z: np.ndarray | None, handle: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         handle = np.asarray(handle)
-        if handle.ndim != 2 or handle.shape[1] != 2 or len(handle) != len(prev) or (handle[:, 0] != handle[0, 0]).any():
-            raise TritonError("stateful Triton runtime: the state is not a handle from this runtime's init_state")
+        if (
+            handle.ndim != 2
+            or handle.shape[1] != 2
+            or len(handle) != len(prev)
+            or (handle[:, 0] != handle[0, 0]).any()
+        ):
+            raise TritonError(
+                "stateful Triton runtime: the state is not a handle from this runtime's init_state"
+            )
         seq, rows = int(handle[0, 0]), handle[:, 1]
         start = bool((rows < 0).all())
         feeds = {"prev": prev, "z": z, ROWS.name: np.zeros_like(rows) if start else rows}
@@ -190,13 +209,14 @@ class TritonRuntime:
 
     def _end(self, seq: int) -> None:
         """END a sequence (a one-row step whose result is dropped): the server frees its state."""
-        feeds = {"prev": np.zeros((1, 5), np.float32), "z": np.zeros((1, self.info.z_size), np.float32),
-                 ROWS.name: np.zeros(1, np.int64)}  # fmt: skip
-        try:
+        feeds: dict[str, np.ndarray | None] = {
+            "prev": np.zeros((1, 5), np.float32),
+            "z": np.zeros((1, self.info.z_size), np.float32),
+            ROWS.name: np.zeros(1, np.int64),
+        }
+        with contextlib.suppress(TritonError):  # expired or server gone: nothing left to free
             self._infer(triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.kind), feeds,
                         batched=False, sequence=(seq, False, True))  # fmt: skip
-        except TritonError:
-            pass  # expired or server gone: nothing left to free
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -219,7 +239,7 @@ class TritonRuntime:
                 self._clients.append(client)
         return client
 
-    def _call(self, what: str, fn: Any, idempotent: bool = True) -> Any:
+    def _call(self, what: str, fn: Any) -> Any:
         """fn(client) with retries while the server is UNAVAILABLE; every failure -> one line."""
         delay = 0.1
         for attempt in range(self.retries + 1):
@@ -229,12 +249,16 @@ class TritonRuntime:
                 status, message = str(e.status() or ""), _first_line(e.message() or str(e))
                 unavailable = "UNAVAILABLE" in status or "failed to connect" in message.lower()
                 if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
-                    raise TritonError(f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s") from None
+                    raise TritonError(
+                        f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s"
+                    ) from None
                 if not unavailable:
                     raise TritonError(f"Triton at {self.url}: {what} failed: {message}") from None
             except OSError as e:  # the HTTP client's socket errors
                 if isinstance(e, TimeoutError):
-                    raise TritonError(f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s") from None
+                    raise TritonError(
+                        f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s"
+                    ) from None
                 message = _first_line(str(e) or type(e).__name__)
             if attempt < self.retries:
                 time.sleep(delay)
@@ -250,15 +274,19 @@ class TritonRuntime:
         try:
             return self._call(f"reading the config of {name}", get)
         except TritonError as e:
-            if "unavailable" in str(e) or "timed out" in str(e):
+            if "unknown model" not in str(e) and "not found" not in str(e):
                 raise
-            raise TritonError(f"model {self.model!r} is not served by {self.url}: no {name} ({self._served()})") from None
+            raise TritonError(
+                f"model {self.model!r} is not served by {self.url}: no {name} ({self._served()})"
+            ) from None
 
     def _served(self) -> str:
         """The sketchkit models a server offers, for error messages."""
         suffix = "_" + DECODER_STEP.name
         try:
-            index = self._client().get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
+            index = self._client().get_model_repository_index(
+                **({"as_json": True} if self.protocol == "grpc" else {})
+            )
             names = [m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index)]
         except Exception:  # only for the message
             return "cannot list its models"
@@ -270,7 +298,9 @@ class TritonRuntime:
 
         text = config.get("parameters", {}).get(INFO_PARAMETER, {}).get("string_value")
         if not text:
-            raise TritonError(f"{self.url}: {config.get('name')} has no {INFO_PARAMETER} (not built by sketchkit serve build-repo)")
+            raise TritonError(
+                f"{self.url}: {config.get('name')} has no {INFO_PARAMETER} (not built by sketchkit serve build-repo)"
+            )
         return ModelInfo.from_dict(json.loads(text))
 
     def _run(self, graph: Graph, feeds: dict[str, np.ndarray | None]) -> list[np.ndarray]:
@@ -280,10 +310,15 @@ class TritonRuntime:
         if n <= self.max_batch_size:
             return self._infer(name, graph, feeds, batched=True)
         chunks = [
-            self._infer(name, graph, {k: None if v is None else v[i : i + self.max_batch_size] for k, v in feeds.items()}, batched=True)
+            self._infer(
+                name,
+                graph,
+                {k: None if v is None else v[i : i + self.max_batch_size] for k, v in feeds.items()},
+                batched=True,
+            )
             for i in range(0, n, self.max_batch_size)
         ]
-        return [np.concatenate(parts) for parts in zip(*chunks)]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
     def _infer(
         self, name: str, graph: Graph, feeds: dict[str, np.ndarray | None], *, batched: bool,

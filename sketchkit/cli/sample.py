@@ -70,6 +70,7 @@ class Session:
 
         self.options = SamplingOptions(tau=tau, temperature_rule=rule, greedy=greedy, max_len=max_len, seed=seed)
         self.runtime = open_runtime(name, server)
+        click.get_current_context().call_on_close(self.runtime.close)  # a Triton runtime ends its sequences
         self.info = self.runtime.info
         self.sampler = Sampler(self.runtime)
         self.seconds = 0.0  # time spent sampling (see `timed`)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+
 import click
 
 
@@ -14,26 +15,56 @@ def serve() -> None:
 
 @serve.command("build-repo")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
-@click.option("--flavor", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="gpu: onnxruntime backend, KIND_GPU (NGC container). cpu: Python-backend model.py running the same ONNX files.")
+@click.option(
+    "--out", "-o", required=True, type=click.Path(file_okay=False), help="Repository directory to write."
+)
+@click.option(
+    "--flavor",
+    type=click.Choice(["cpu", "gpu"]),
+    default="cpu",
+    show_default=True,
+    help="gpu: onnxruntime backend, KIND_GPU (NGC container). cpu: Python-backend model.py running the same ONNX files.",
+)
 @click.option("--max-batch-size", type=int, default=256, show_default=True, help="Rows per execution.")
-@click.option("--queue-delay-us", type=int, default=200, show_default=True, help="Dynamic batcher's wait to merge requests.")
-@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (per GPU for gpu).")
-@click.option("--accelerator", type=click.Choice(["none", "tensorrt", "tensorrt-fp16"]), default="none", show_default=True,
-              help="gpu: onnxruntime's TensorRT execution provider.")
+@click.option(
+    "--queue-delay-us",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Dynamic batcher's wait to merge requests.",
+)
+@click.option(
+    "--instances", type=int, default=1, show_default=True, help="Model instances (per GPU for gpu)."
+)
+@click.option(
+    "--accelerator",
+    type=click.Choice(["none", "tensorrt", "tensorrt-fp16"]),
+    default="none",
+    show_default=True,
+    help="gpu: onnxruntime's TensorRT execution provider.",
+)
 @click.option("--cuda-graphs", is_flag=True, help="gpu + tensorrt: capture CUDA graphs.")
-@click.option("--stateful/--no-stateful", default=True, show_default=True,
-              help="Also build <name>_decoder_step_stateful (state kept on the server; needs the onnx package).")
-@click.option("--sequence-idle-s", type=float, default=60.0, show_default=True,
-              help="Stateful: drop a sequence idle this long.")
+@click.option(
+    "--stateful/--no-stateful",
+    default=True,
+    show_default=True,
+    help="Also build <name>_decoder_step_stateful (state kept on the server; needs the onnx package).",
+)
+@click.option(
+    "--sequence-idle-s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Stateful: drop a sequence idle this long.",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
                force: bool) -> None:  # fmt: skip
     """Write a Triton model repository for MODELS (model directories or zoo names): one Triton
     model per graph, <name>_encoder, <name>_decoder_init, <name>_decoder_step."""
-    from serving.repository import RepoOptions, build_repo as build
+    from serving.repository import RepoOptions
+    from serving.repository import build_repo as build
     from sketchkit.runtimes import resolve_model
 
     options = RepoOptions(
@@ -48,11 +79,22 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--python", "python", default=sys.executable, show_default="this interpreter",
-              help="Interpreter whose packages model.py uses (numpy<2 and onnxruntime).")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Server log file (default: a temp file).")
-@click.option("--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready.")
-def start(repo: str, http_port: int, grpc_port: int, python: str, log_path: str | None, startup_timeout: float) -> None:
+@click.option(
+    "--python",
+    "python",
+    default=sys.executable,
+    show_default="this interpreter",
+    help="Interpreter whose packages model.py uses (numpy<2 and onnxruntime).",
+)
+@click.option(
+    "--log", "log_path", type=click.Path(dir_okay=False), help="Server log file (default: a temp file)."
+)
+@click.option(
+    "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
+)
+def start(
+    repo: str, http_port: int, grpc_port: int, python: str, log_path: str | None, startup_timeout: float
+) -> None:
     """Run a local tritonserver (from the nvidia-pytriton wheel) on REPO, a cpu-flavor repository,
     on 127.0.0.1 until Ctrl-C or SIGTERM."""
     from serving.server import ServerError, TritonServer
@@ -61,7 +103,9 @@ def start(repo: str, http_port: int, grpc_port: int, python: str, log_path: str 
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    server = TritonServer(repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout)
+    server = TritonServer(
+        repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout
+    )
     try:
         click.echo(f"starting tritonserver on {repo} (log: {server.log_path})", err=True)
         server.start()

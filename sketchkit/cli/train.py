@@ -117,6 +117,6 @@ def evaluate(checkpoint: Path, split: str, data: tuple[str, ...], as_json: bool)
     click.echo(f"{checkpoint} ({split}, {m['n']} sketches, step {m['step']})")
     click.echo(f"  L_R  {m['lr']:.4f}   (L_s {m['ls']:.4f} + L_p {m['lp']:.4f})")
     click.echo(
-        f"  L_KL {m['kl']:.4f} raw   {m['kl_floored']:.4f} floored max(L_KL, KL_min) - the paper's Table 1 reports the floored one"
+        f"  L_KL {m['kl']:.4f} raw   {m['kl_floored']:.4f} floored max(L_KL, KL_min) (magenta's evaluation prints the floored one: compare it with Table 1)"
     )
     click.echo(f"  loss {m['loss']:.4f}   (Eq. 14: L_R + w_KL L_KL, raw KL)")

@@ -28,6 +28,7 @@ def session(path, parameters):
 def parameters_of(config):
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
+
 def check_names(session, inputs, outputs, path):
     """Fail at load, not at the first request, when config.pbtxt and the graph disagree."""
     have_in = {t.name for t in session.get_inputs()}
@@ -35,7 +36,6 @@ def check_names(session, inputs, outputs, path):
     missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
     if missing:
         raise ValueError(f"{path} has no tensor(s) {', '.join(missing)} named in config.pbtxt")
-
 
 
 class TritonPythonModel:
@@ -70,11 +70,16 @@ class TritonPythonModel:
                 results = self.session.run(self.outputs, batch)
             except Exception as e:  # one line back to the client, the server stays up
                 for i in members:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e).splitlines()[0]))
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(str(e).splitlines()[0])
+                    )
                 continue
             offsets = np.cumsum([0] + [len(feeds[i][self.inputs[0]]) for i in members])
             for k, i in enumerate(members):
                 lo, hi = offsets[k], offsets[k + 1]
-                tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r[lo:hi])) for n, r in zip(self.outputs, results)]
+                tensors = [
+                    pb_utils.Tensor(n, np.ascontiguousarray(r[lo:hi]))
+                    for n, r in zip(self.outputs, results, strict=True)
+                ]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses

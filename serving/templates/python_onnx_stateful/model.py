@@ -29,6 +29,7 @@ def session(path, parameters):
 def control(request, name):
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
 
+
 def check_names(session, inputs, outputs, path):
     """Fail at load, not at the first request, when config.pbtxt and the graph disagree."""
     have_in = {t.name for t in session.get_inputs()}
@@ -36,7 +37,6 @@ def check_names(session, inputs, outputs, path):
     missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
     if missing:
         raise ValueError(f"{path} has no tensor(s) {', '.join(missing)} named in config.pbtxt")
-
 
 
 class TritonPythonModel:
@@ -69,7 +69,9 @@ class TritonPythonModel:
             self.states.pop(corrid, None)
         else:
             self.states[corrid] = (next_state, time.monotonic())
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outputs)])
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outputs, strict=True)]
+        )
 
     def execute(self, requests):
         responses = []
