@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -151,7 +152,8 @@ def check_repository(repo: Path) -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGTERM when the parent dies, so a crashed test run leaves no server behind."""
+    """In the child: SIGTERM when the parent dies, so a crashed test run leaves no server behind.
+    (Linux sends it when the *thread* that started the child ends: main-thread starts only.)"""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(
             1, signal.SIGTERM
@@ -240,7 +242,8 @@ class TritonServer:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.environment(env, triton), start_new_session=True, preexec_fn=_die_with_parent,
+                env=self.environment(env, triton), start_new_session=True,
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )  # fmt: skip
         try:
             self.wait_ready()

@@ -247,7 +247,12 @@ class TritonRuntime:
                 return fn(self._client())
             except self._exception as e:
                 status, message = str(e.status() or ""), _first_line(e.message() or str(e))
-                unavailable = "UNAVAILABLE" in status or "failed to connect" in message.lower()
+                # not listening yet, restarting, or still loading its models: worth another try
+                unavailable = (
+                    "UNAVAILABLE" in status
+                    or "failed to connect" in message.lower()
+                    or "no available versions" in message
+                )
                 if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
                     raise TritonError(
                         f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s"

@@ -81,7 +81,7 @@ def test_pull_from_an_unreachable_mirror_is_one_line(tmp_path: Path, monkeypatch
     monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
     err = run("zoo", "pull", "magenta/owl.gen", ok=False).stderr
     assert err.count("\n") == 1 and err.startswith("error: cannot download http://127.0.0.1:9/owl.gen.json (")
-    assert err.endswith("no models are available locally\n")
+    assert err.endswith("available locally: sheep\n")  # the shipped default is always there
 
 
 def test_pull_list_path_rm_generate(zoo_mirror, tmp_path: Path) -> None:
@@ -99,10 +99,10 @@ def test_pull_list_path_rm_generate(zoo_mirror, tmp_path: Path) -> None:
         "magenta-large/owl.gen": "-",
         "magenta-large/owl.vae": "-",
     }
-    assert (
-        run("zoo", "list", "--cached").stdout.splitlines()[1:]
-        == run("zoo", "list", "--cached", "owl.gen").stdout.splitlines()[1:]
-    )
+    cached = [row.split() for row in run("zoo", "list", "--cached").stdout.splitlines()[1:]]
+    assert [row for row in cached if row[0] != "sheep"] == [  # sheep: shipped, always local
+        row.split() for row in run("zoo", "list", "--cached", "owl.gen").stdout.splitlines()[1:]
+    ]
     assert run("zoo", "pull", "magenta/owl.gen").stdout.strip() == str(d)  # cached: no download
     assert [n for n, _ in zoo_mirror.log] == ["owl.vae.json", "owl.gen.json"]
     err = run("zoo", "rm", "owl").stderr

@@ -200,4 +200,23 @@ def test_multi_class_dataset(sheep, eight_sheep: Path, tmp_path: Path) -> None:
     best = train(hp, tmp_path / "multi", progress=False)
     assert np.isfinite(best["loss"])
     _, _, meta = checkpoint.load(tmp_path / "multi" / "best.safetensors")
-    assert meta["classes"] == ["eight_sheep", "more_sheep"] and meta["datasets"] == ["eight_sheep.npz", "more_sheep.npz"]
+    assert meta["classes"] == ["eight_sheep", "more_sheep"] and meta["datasets"] == [
+        "eight_sheep.npz",
+        "more_sheep.npz",
+    ]
+
+
+def test_ship_writes_weights_samples_and_card(eight_sheep: Path, tmp_path: Path) -> None:
+    from zoo.ship import ship
+
+    run = tmp_path / "run"
+    train(tiny(eight_sheep, num_steps=20, eval_every=10), run, progress=False)
+    out = tmp_path / "models" / "tiny"
+    metrics = ship(run, out, "tiny", "CC BY-NC 4.0", "eight sheep", "a test machine")
+    _, hp, meta = checkpoint.load(out / "tiny.safetensors")
+    assert meta["dtype"] == "float16" and meta["license"] == "CC BY-NC 4.0" and meta["step"] == 20
+    assert meta["metrics"]["test"]["lr"] == metrics["test"]["lr"]
+    assert abs(metrics["test_float16"]["lr"] - metrics["test"]["lr"]) < 0.01
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"{metrics['test_float16']['lr']:.4f}" in card and "CC BY-NC 4.0" in card and "20 steps" in card

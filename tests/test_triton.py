@@ -242,7 +242,8 @@ def test_stub_that_cannot_start_fails_fast(small_repo, tmp_path):
     assert time.monotonic() - t < 30
 
 
-def test_cli_start_prints_urls_and_stops_on_sigterm(small_repo, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_cli_start_prints_urls_and_stops_on_signal(small_repo, tmp_path, sig):
     http, grpc = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sketchkit", "serve", "start", str(small_repo), "--http-port", str(http), "--grpc-port", str(grpc),
@@ -252,7 +253,7 @@ def test_cli_start_prints_urls_and_stops_on_sigterm(small_repo, tmp_path):
     try:
         line = proc.stdout.readline()  # blocks until ready (or the command fails)
         assert line.startswith(f"ready: grpc://127.0.0.1:{grpc}  http://127.0.0.1:{http}"), proc.stderr.read()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(30) == 0
         assert "stopped" in proc.stderr.read()
         with pytest.raises(OSError):
@@ -309,3 +310,19 @@ def test_missing_binary_is_one_line(small_repo, monkeypatch):
     )
     with pytest.raises(ServerError, match=r"tritonserver not found: pip install 'sketchkit\[serve\]'"):
         TritonServer(small_repo, free_port(), free_port()).start()
+
+
+def test_retries_ride_out_a_server_that_is_starting(small_repo, tmp_path, local):
+    """UNAVAILABLE (nothing listening yet) is retried with backoff until the server is up."""
+    server = TritonServer(small_repo, free_port(), free_port(), log_path=tmp_path / "log")
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    try:
+        runtime = TritonRuntime(server.grpc_url, "tiny-decoder-only", retries=8, timeout_s=10)
+        assert same(
+            Sampler(runtime).generate(3, options=OPTS), local["tiny-decoder-only"].generate(3, options=OPTS)
+        )
+        runtime.close()
+    finally:
+        starter.join(60)
+        server.stop()

@@ -163,6 +163,7 @@ def shipped_rows(ours: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if (d / "model.json").is_file():
             info = json.loads((d / "model.json").read_text())
             row.update({k: info[k] for k in SIZE_FIELDS}, license=info["license"], metrics=info["metrics"])
+            row["size"] = sum((d / f).stat().st_size for f in info["files"].values())
         rows[d.name] = row
     return rows
 

@@ -45,15 +45,15 @@ class Encoder(nn.Module):
         self.fw = nn.LSTM(5, hp.enc_size, batch_first=True)
         self.bw = nn.LSTM(5, hp.enc_size, batch_first=True)
         for rnn in (self.fw, self.bw):
-            init_lstm_(rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            init_lstm_(*rnn.all_weights[0])
         self.mu = nn.Linear(2 * hp.enc_size, hp.z_size)
         self.presig = nn.Linear(2 * hp.enc_size, hp.z_size)
         self.keep = hp.recurrent_dropout
 
     def run(self, rnn: nn.LSTM, x: torch.Tensor, drop: bool) -> torch.Tensor:
         if drop and self.keep < 1.0:  # recurrent dropout needs the step-by-step cell
-            w = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0)
-            return lstm_loop(F.linear(x, w[0], w[2]), w[1], self.keep)
+            w_ih, w_hh, b_ih, b_hh = rnn.all_weights[0]
+            return lstm_loop(F.linear(x, w_ih, b_ih + b_hh), w_hh, self.keep)
         return rnn(x)[0]  # (B, T, enc)
 
     def forward(
@@ -153,18 +153,18 @@ class LSTMCell(Cell):
     def __init__(self, input_size: int, hidden_size: int, keep: float = 1.0):
         super().__init__()
         self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
-        r = self.rnn
-        init_lstm_(r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0)
+        init_lstm_(*self.rnn.all_weights[0])  # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0
         self.hidden_size, self.state_size, self.keep = hidden_size, 2 * hidden_size, keep
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0)
+        w_ih, _, b_ih, b_hh = self.rnn.all_weights[0]
+        return F.linear(x, w_ih, b_ih + b_hh)
 
     def recur(
         self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state.chunk(2, 1)  # (B, H) each
-        i, f, g, o = (xw + F.linear(h, self.rnn.weight_hh_l0)).chunk(4, 1)
+        i, f, g, o = (xw + F.linear(h, self.rnn.all_weights[0][1])).chunk(4, 1)  # weight_hh_l0
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, drop)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, torch.cat([h, c], 1)

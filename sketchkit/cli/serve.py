@@ -13,7 +13,7 @@ def serve() -> None:
     """Build and run a Triton model repository."""
 
 
-@serve.command("build-repo")
+@serve.command("build-repo", short_help="Write a Triton model repository for models.")
 @click.argument("models", nargs=-1, required=True)
 @click.option(
     "--out", "-o", required=True, type=click.Path(file_okay=False), help="Repository directory to write."
@@ -75,7 +75,7 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     click.echo(f"wrote {out} ({flavor}): {', '.join(names)}")
 
 
-@serve.command("start")
+@serve.command("start", short_help="Run a local tritonserver on a cpu-flavor repository.")
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
@@ -102,7 +102,8 @@ def start(
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # both, explicitly: a shell starts background jobs with SIGINT ignored
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
         repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout
     )
@@ -118,5 +119,6 @@ def start(
         click.echo("stopping", err=True)
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     click.echo("stopped", err=True)

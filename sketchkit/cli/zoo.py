@@ -24,7 +24,7 @@ def zoo(ctx: click.Context) -> None:
 
 
 def _size(row: dict) -> str:
-    sizes = [f.get("size") for f in row["files"]]
+    sizes = [f.get("size") for f in row["files"]] or [row.get("size")]
     if not sizes or None in sizes:
         return "?"
     return f"{sum(sizes) / 1e6:.1f} MB"
@@ -62,7 +62,7 @@ def list_models(pattern: str | None, cached: bool, as_json: bool) -> None:
                 f"{row['cell'] or '?'} {row['dec_size'] or '?'}",
                 _size(row),
                 state,
-                (row["license"] or "?").split(" ")[0],
+                (row["license"] or "?").split(" (")[0],
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

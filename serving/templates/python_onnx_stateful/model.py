@@ -52,9 +52,15 @@ class TritonPythonModel:
         self.session = session(path, p)
         check_names(self.session, self.inputs, self.outputs, path)
         self.states = {}  # correlation id -> (state [B, S], last used)
+        # control tensor names by kind (START is the enum's default, so its kind may be absent)
+        kinds = {c["control"][0].get("kind", "CONTROL_SEQUENCE_START"): c["name"]
+                 for c in config["sequence_batching"]["control_input"]}  # fmt: skip
+        self.start = kinds["CONTROL_SEQUENCE_START"]
+        self.end = kinds["CONTROL_SEQUENCE_END"]
+        self.corrid = kinds["CONTROL_SEQUENCE_CORRID"]
 
     def step(self, request):
-        corrid, start, end = control(request, "CORRID"), control(request, "START"), control(request, "END")
+        corrid, start, end = (control(request, name) for name in (self.corrid, self.start, self.end))
         if start:
             state = self.placeholder
         elif corrid in self.states:
@@ -62,7 +68,7 @@ class TritonPythonModel:
         else:
             raise KeyError(f"sequence {corrid} has no state (ended, or idle longer than {self.idle_s:g} s)")
         feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
-        feeds["START"] = np.array([1 if start else 0], np.int32)
+        feeds[self.start] = np.array([1 if start else 0], np.int32)  # the graph reads START too
         feeds[self.state_in] = state
         *outputs, next_state = self.session.run(self.outputs + [self.state_out], feeds)
         if end:
