@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sketchkit.errors import ModelError, SketchkitError
+from sketchkit.errors import ModelError
 from sketchkit.runtime import Runtime
 
 
@@ -23,24 +23,16 @@ def resolve_model(name: str | os.PathLike[str]) -> Path:
                 f"first: sketchkit import-magenta {path} DIR"
             )
         raise ModelError(f"{path}: not a model directory (expected a directory with model.json)")
-    try:
-        from sketchkit.zoo import resolve  # the zoo client: shipped, cached or downloaded models
-    except ModuleNotFoundError as e:
-        if e.name != "sketchkit.zoo":
-            raise
-        raise ModelError(f"unknown model {str(name)!r}: not a model directory (see `sketchkit zoo list`)") from None
+    from sketchkit.zoo import resolve  # the zoo client: shipped, cached or downloaded models
+
     return resolve(str(name))
 
 
 def open_runtime(model: str | os.PathLike[str], server: str | None = None) -> Runtime:
     """The in-process onnxruntime runtime, or the Triton client when `server` is a URL."""
     if server:
-        try:
-            from sketchkit.runtime_triton import TritonRuntime
-        except ModuleNotFoundError as e:
-            if e.name != "sketchkit.runtime_triton":
-                raise
-            raise SketchkitError("Triton runtime not available") from None
+        from sketchkit.runtime_triton import TritonRuntime  # imports tritonclient: only when asked
+
         return TritonRuntime.from_url(server, str(model))
     from sketchkit.runtime_onnx import OnnxRuntime
 

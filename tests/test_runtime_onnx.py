@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -130,15 +129,7 @@ def test_a_magenta_json_file_is_not_a_model_directory(tmp_path):
 def test_unknown_model_name_says_how_to_list_models():
     with pytest.raises(SketchkitError) as e:
         open_runtime("no-such-model-xyz")
-    assert "\n" not in str(e.value)
-    if importlib.util.find_spec("sketchkit.zoo") is None:
-        assert "sketchkit zoo list" in str(e.value)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("sketchkit.runtime_triton") is not None, reason="Triton runtime exists")
-def test_server_without_triton_runtime(tiny_uncond):
-    with pytest.raises(SketchkitError, match="Triton runtime not available"):
-        open_runtime(str(tiny_uncond), server="localhost:8001")
+    assert "\n" not in str(e.value) and "sketchkit zoo list" in str(e.value)
 
 
 def test_make_model_writes_both_kinds(tmp_path):
