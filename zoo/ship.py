@@ -108,7 +108,8 @@ def model_card(
 A sketch-rnn model (Ha & Eck, 2017) trained with sketchkit's PyTorch implementation (`zoo/`).
 Weights: `{name}.safetensors` (float16; the header holds the
 config, `scale_factor` {meta["scale_factor"]:.4f}, `max_seq_len` {meta["max_seq_len"]}, the dataset
-SHA-256 and the metrics below). Load it with `zoo.checkpoint.load`; export it with `sketchkit export`.
+SHA-256 and the metrics below). Load it with `zoo.checkpoint.load`. The ONNX graphs and `model.json` beside
+it were exported from these float16-rounded weights; they are what `sketchkit generate {name}` runs.
 {
         f'''
 **Status:** {status}
