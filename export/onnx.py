@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch import nn
 
 from sketchkit.errors import ModelError
 from sketchkit.graphs import Graph, Tensor, graphs_for
+from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
 from zoo import checkpoint
 from zoo.model import SketchRNN
@@ -244,21 +243,8 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
         raise ModelError(f"{out_dir}: exists and is not a directory")
     if out_dir.exists() and not (out_dir / "model.json").is_file() and any(out_dir.iterdir()):
         raise ModelError(f"{out_dir}: exists and is not a model directory; refusing to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the published model private
+    with atomic_directory(out_dir) as tmp:
         yield tmp
-        old = tmp.with_suffix(".old")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_model(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.graphs import Graph, Tensor, concrete_dims, graphs_for
+from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.runtime_triton import (
     CONTROL_START,
@@ -317,11 +317,9 @@ def build_repo(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SketchkitError(f"two models are named {', '.join(dupes)}: Triton model names must be unique")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     built: list[str] = []
     stateless_template = "python_onnx" if opts.flavor == "cpu" else None
-    try:
+    with atomic_directory(out) as tmp:
         for model_dir, info in infos:
             for graph in graphs_for(info.kind):
                 cfg = graph_config(graph, info, opts)
@@ -335,10 +333,4 @@ def build_repo(
                 built.append(cfg.name)
         for config in tmp.glob("*/config.pbtxt"):
             read_config(config)  # what we wrote parses back into Triton's ModelConfig
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return built

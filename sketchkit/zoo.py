@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,7 +33,7 @@ import click
 
 from sketchkit import __version__
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.io import atomic_write, sha256_file
+from sketchkit.io import atomic_directory, atomic_write, sha256_file
 from sketchkit.modelinfo import ModelInfo
 
 ENV_CACHE = "SKETCHKIT_CACHE"
@@ -322,11 +321,7 @@ def _pull_one(name: str, progress: bool) -> Path:
         for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed process
             shutil.rmtree(stale, ignore_errors=True)
         paths = [fetch(f, progress=progress) for f in row["files"]]
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a shared cache private
-        try:
+        with atomic_directory(out) as tmp:  # a directory without model.json is not a model
             if row["format"] == "magenta-json":
                 say = (
                     (lambda msg: click.echo(msg.replace(str(tmp), str(out)), err=True)) if progress else None
@@ -336,12 +331,6 @@ def _pull_one(name: str, progress: bool) -> Path:
                 for f, p in zip(row["files"], paths, strict=True):
                     shutil.copyfile(p, tmp / f.get("path", f["name"]))
             ModelInfo.load(tmp)
-            if out.exists():  # a directory without model.json is not a model
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return out
 
 
