@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
-import io
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -13,6 +14,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -61,13 +63,51 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _read_npy(raw: bytes, key: str) -> np.ndarray:
-    f = io.BytesIO(raw)
-    version = np.lib.format.read_magic(f)
-    shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # type: ignore[attr-defined]
+MAX_NPZ_MEMBER_BYTES = int(os.environ.get("SKETCHKIT_MAX_NPZ_BYTES", 4 << 30))
+"""Largest uncompressed `.npz` member we inflate (4 GiB; `SKETCHKIT_MAX_NPZ_BYTES` moves it): a
+zip bomb is refused from its directory entry, before anything is decompressed."""
+
+
+def _npy_header(f: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Parse the documented `.npy` header (magic, version, little-endian length, a dict literal)
+    ourselves: numpy's own parser is private and moved between 1.x and 2.x."""
+    magic = f.read(8)
+    if len(magic) != 8 or magic[:6] != b"\x93NUMPY":
+        raise DataError(f"{key!r}: not a .npy array")
+    major = magic[6]
+    if major not in (1, 2, 3):
+        raise DataError(f"{key!r}: unsupported .npy version {major}.{magic[7]}")
+    size_bytes = f.read(2 if major == 1 else 4)
+    header_len = int.from_bytes(size_bytes, "little")
+    if len(size_bytes) not in (2, 4) or header_len > 1 << 20:
+        raise DataError(f"{key!r}: corrupt .npy header")
+    text = f.read(header_len).decode("utf-8" if major == 3 else "latin1", errors="replace")
+    try:
+        header = ast.literal_eval(text)
+        shape = tuple(int(d) for d in header["shape"])
+        fortran = bool(header["fortran_order"])
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+    except Exception:
+        raise DataError(f"{key!r}: corrupt .npy header") from None
+    if any(d < 0 for d in shape):
+        raise DataError(f"{key!r}: negative dimension in .npy header")
+    return shape, fortran, dtype
+
+
+def _read_npy(f: IO[bytes], size: int, key: str) -> np.ndarray:
+    """One `.npy` member of `size` uncompressed bytes; a plain array's header must account for
+    exactly the bytes that follow it, so a lying shape never reaches an allocation."""
+    shape, fortran, dtype = _npy_header(f, key)
     if not dtype.hasobject:
-        f.seek(0)
-        return np.lib.format.read_array(f, allow_pickle=False)
+        data_bytes = size - f.tell()
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != data_bytes:
+            raise DataError(
+                f"{key!r}: header claims shape {shape} of {dtype} ({expected} bytes) "
+                f"but the member holds {data_bytes} bytes"
+            )
+        arr = np.frombuffer(f.read(data_bytes), dtype=dtype)
+        return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
     try:
         arr = _ArrayOnlyUnpickler(f, encoding="latin1").load()  # latin1: Python 2 era files
     except pickle.UnpicklingError as e:
@@ -83,17 +123,27 @@ def _read_npy(raw: bytes, key: str) -> np.ndarray:
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError)
 
 
-def load_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """All arrays of an `.npz`; object arrays are rebuilt by an unpickler that only knows numpy."""
+def load_npz_arrays(
+    path: str | os.PathLike[str], max_member_bytes: int | None = None
+) -> dict[str, np.ndarray]:
+    """All arrays of an `.npz`; object arrays are rebuilt by an unpickler that only knows numpy.
+    Members larger than `max_member_bytes` (default `MAX_NPZ_MEMBER_BYTES`) are refused unread."""
     path = Path(path)
+    cap = MAX_NPZ_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
         with zipfile.ZipFile(path) as z:
             out = {}
-            for name in z.namelist():
-                key = name[:-4] if name.endswith(".npy") else name
-                out[key] = _read_npy(z.read(name), key)
+            for info in z.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if info.file_size > cap:
+                    raise DataError(
+                        f"{path}: member {key!r} inflates to {info.file_size} bytes, over the "
+                        f"{cap}-byte cap (SKETCHKIT_MAX_NPZ_BYTES)"
+                    )
+                with z.open(info) as f:  # zipfile stops at the declared size, so the cap holds
+                    out[key] = _read_npy(f, info.file_size, key)
             return out
     except _ZIP_ERRORS as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
