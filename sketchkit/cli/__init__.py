@@ -25,6 +25,7 @@ COMMANDS = {
     "export": "sketchkit.cli.export:export",
     "import-magenta": "sketchkit.cli.export:import_magenta",
     "serve": "sketchkit.cli.serve:serve",
+    "playground": "sketchkit.cli.playground:playground",
 }
 
 HELP = {
@@ -40,6 +41,7 @@ HELP = {
     "export": "Export a checkpoint to ONNX graphs (needs the export extra).",
     "import-magenta": "Convert a Magenta sketch-rnn-js JSON model (needs the export extra).",
     "serve": "Build and run a Triton model repository.",
+    "playground": "Draw in the browser and the model finishes it (needs the playground extra).",
 }
 
 

@@ -1,0 +1,129 @@
+"""The models the page offers, each opened once and sampled by one request at a time.
+
+The models named on the command line (default: the shipped sheep) come first and are opened at
+start, so a typo fails there and not in the page. Without `--server` the rest of the zoo follows:
+shipped, cached, then downloadable models, each opened (and downloaded) when first picked. With
+`--server` only the named models are offered, through Triton. A request names a model by its
+entry in this table, never by a path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sketchkit.errors import SketchkitError
+from sketchkit.playground.validate import RequestError
+from sketchkit.runtime import Runtime
+from sketchkit.sampling import Sampler
+
+GROUPS = ("command line", "shipped", "cached", "downloadable", "server")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # what the page shows and sends back
+    group: str  # one of GROUPS
+    kind: str  # "vae", "decoder-only" or "" (not known until opened)
+    license: str
+
+
+class Catalogue:
+    """Model name -> `Sampler`, opened lazily (downloads included) and shared by requests.
+
+    models: zoo names or model directories, opened now; server: a Triton URL (then only `models`
+    are offered); zoo: also offer the rest of the zoo (in process only).
+    """
+
+    def __init__(self, models: Sequence[str] = ("sheep",), server: str | None = None, zoo: bool = True) -> None:
+        from sketchkit.runtimes import open_runtime
+
+        self.server = server
+        self.entries: dict[str, Entry] = {}
+        self._samplers: dict[str, Sampler] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        for name in dict.fromkeys(models):
+            sampler = Sampler(open_runtime(name, server))
+            info = sampler.info
+            self.entries[name] = Entry(name, "server" if server else "command line", info.kind, info.license)
+            self._samplers[name] = sampler
+        if zoo and not server:
+            self._add_zoo()
+        for name in self.entries:
+            self._locks[name] = threading.Lock()
+
+    def _add_zoo(self) -> None:
+        from sketchkit import zoo
+
+        rows = zoo.registry()["models"]
+        found: dict[str, list[Entry]] = {"shipped": [], "cached": [], "downloadable": []}
+        for name in zoo.available_models():
+            row = rows[name]
+            if name in self.entries or not (row.get("shipped") or row["files"]):
+                continue  # offered already, or not published yet
+            group = "shipped" if row.get("shipped") else "cached" if zoo.is_cached(name) else "downloadable"
+            if group == "shipped" and not zoo.is_cached(name):
+                continue  # shipped without its ONNX export: nothing to sample
+            licence = (row.get("license") or "").split(" (")[0]
+            found[group].append(Entry(name, group, row.get("kind") or "", licence))
+        for group in found.values():
+            self.entries.update((e.name, e) for e in group)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """What the model picker shows, in order."""
+        return [
+            {"name": e.name, "group": e.group, "kind": e.kind, "license": e.license, "open": e.name in self._samplers}
+            for e in self.entries.values()
+        ]
+
+    def lock(self, name: str) -> threading.Lock:
+        """Held while a request samples `name`: one request at a time per model."""
+        self._check(name)
+        return self._locks[name]
+
+    def sampler(self, name: str) -> Sampler:
+        """The model's sampler, opened (downloaded, converted) on first use. Call under `lock`."""
+        self._check(name)
+        with self._guard:
+            sampler = self._samplers.get(name)
+        if sampler is None:
+            sampler = Sampler(self._open(name))
+            with self._guard:
+                self._samplers[name] = sampler
+        return sampler
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """The model's card for the page (opens it)."""
+        info = self.sampler(name).info
+        return {
+            "name": name, "kind": info.kind, "cell": info.cell, "dec_size": info.dec_size,
+            "license": info.license, "source": info.source, "max_seq_len": info.max_seq_len,
+            "conditional": info.conditional, "server": self.server,
+        }
+
+    def close(self) -> None:
+        with self._guard:
+            samplers, self._samplers = list(self._samplers.values()), {}
+        for s in samplers:
+            s.runtime.close()
+
+    def _check(self, name: str) -> None:
+        if name not in self.entries:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise RequestError(f"unknown model {shown!r}: pick one from the list", 404)
+
+    def _open(self, name: str) -> Runtime:
+        from sketchkit import zoo
+        from sketchkit.runtimes import open_runtime
+
+        try:
+            path: Path = zoo.pull(name, progress=False)
+        except zoo.DownloadError as e:
+            raise RequestError(f"cannot download {name}: {e}", 502) from None
+        except SketchkitError as e:
+            raise RequestError(f"cannot open {name}: {e}", 422) from None
+        return open_runtime(path)
