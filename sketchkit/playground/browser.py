@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sketchkit import strokes
 from sketchkit.errors import SketchkitError
 
 FLAGS = (
@@ -33,6 +36,20 @@ FLAGS = (
 def find_chromium() -> str | None:
     """The distribution's Chromium, if installed."""
     return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def mouse_lines(sketch: np.ndarray, size: float = 400, fill: float = 0.8, whole: np.ndarray | None = None) -> list[list[tuple[int, int]]]:
+    """A stroke-3 sketch as whole-pixel polylines to draw with the mouse on a `size` canvas:
+    scaled and centred so that `whole` (default: the sketch itself) would fill `fill` of it, with
+    repeated points dropped (a mouse that does not move sends no event)."""
+    x0, x1, y0, y1 = strokes.bounds(sketch if whole is None else whole)
+    scale = fill * size / max(x1 - x0, y1 - y0, 1e-9)
+    shift = np.array([size / 2 - (x0 + x1) / 2 * scale, size / 2 - (y0 + y1) / 2 * scale])
+    out = []
+    for line in strokes.to_polylines(sketch):
+        points = [tuple(int(v) for v in np.rint(p * scale + shift)) for p in line]
+        out.append([p for i, p in enumerate(points) if i == 0 or p != points[i - 1]])
+    return out
 
 
 class Chromium:

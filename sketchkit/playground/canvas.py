@@ -3,10 +3,11 @@
 The mapping is fixed per canvas size, as in the sketch-rnn-js demos, not fitted to the drawing:
 a small circle must stay small to the model. The side of the canvas spans `SPAN` normalised units
 (pixels / scale_factor), so a drawing that fills most of it is as large, to the model, as a
-typical training sketch (median extent / scale_factor: 13 for aaron_sheep, about 9 for QuickDraw).
-Pointer events arrive every few pixels; the training data was simplified with RDP (epsilon 2 in
-QuickDraw's 0..255 box, about 0.08 normalised units), so the drawing is simplified the same way
-before the model reads it. RDP keeps a subset of the drawn points, endpoints included.
+typical training sketch (median extent / scale_factor: 13 for aaron_sheep, about 9 for QuickDraw;
+the shipped sheep is the default, so the span leans its way). Pointer events arrive every few
+pixels; the training data was simplified with RDP (2 pixels: 0.11 normalised units for
+aaron_sheep, about 0.07 for QuickDraw), so the drawing is simplified the same way before the
+model reads it. RDP keeps a subset of the drawn points, endpoints included.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 
 from sketchkit import strokes
 
-SPAN = 12.0  # normalised units across the canvas side
-EPSILON = 0.08  # RDP tolerance, normalised units
+SPAN = 14.0  # normalised units across the canvas side
+EPSILON = 0.1  # RDP tolerance, normalised units
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ class Catalogue:
         info = self.sampler(name).info
         return {
             "name": name, "kind": info.kind, "cell": info.cell, "dec_size": info.dec_size,
-            "license": info.license, "source": info.source, "max_seq_len": info.max_seq_len,
+            "license": info.license, "source": info.source, "max_seq_len": info.max_seq_len, "scale_factor": info.scale_factor,
             "conditional": info.conditional, "server": self.server,
         }
 

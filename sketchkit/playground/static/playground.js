@@ -166,7 +166,7 @@ function sketchSvg(lines, drawn = 0, frame = false) {
   for (const [k, v] of Object.entries({ fill: "none", "stroke-linecap": "round", "stroke-linejoin": "round" })) {
     g.setAttribute(k, v);
   }
-  const width = (side / 180).toFixed(2); // about 2 pixels in a grid cell
+  const width = (side / 150).toFixed(2); // about 2.5 pixels in a grid cell
   lines.forEach((line, i) => {
     const path = document.createElementNS(SVG_NS, "path");
     const pts = line.length > 1 ? line : [line[0], line[0]];
