@@ -1,5 +1,6 @@
 """The playground page in a real headless Chromium (Debian's package), driven by real pointer
-events: draw half a sheep from aaron_sheep stroke by stroke, finish it, turn the temperature.
+events (mouse, pen and touch): draw half a sheep from aaron_sheep stroke by stroke, finish it,
+turn the temperature.
 The last screenshot is kept as a test artefact (SKETCHKIT_ARTIFACTS, default test-artifacts/)."""
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ if find_chromium() is None:
 
 
 @pytest.fixture(scope="module")
-def page():
-    catalogue = Catalogue(["sheep"])
+def page(tiny_uncond: Path):
+    catalogue = Catalogue(["sheep", str(tiny_uncond)])
     with running(create_app(catalogue)) as url, Chromium() as browser:
         browser.goto(url + "/")
         browser.wait_for("window.playground && window.playground.model === 'sheep'")
@@ -57,8 +58,11 @@ def test_draw_half_a_sheep_finish_it_and_turn_the_temperature(page: Chromium, sh
 
     whole = sheep.test[SHEEP_INDEX].astype(np.float32)
     lines = mouse_lines(first_strokes(whole, KEEP_STROKES), whole=whole)
-    page.draw("#canvas", lines)
+    page.evaluate("window.kinds = new Set(); document.getElementById('canvas')"
+                  ".addEventListener('pointerdown', (e) => window.kinds.add(e.pointerType))")
+    page.draw("#canvas", lines, pointers=("mouse", "pen", "touch"))
     assert page.evaluate("window.playground.strokes") == [[list(p) for p in line] for line in lines]
+    assert set(page.evaluate("[...window.kinds]")) == {"mouse", "pen", "touch"}
 
     page.click("#finish")
     page.wait_for("window.playground.timings.length === 1")  # drawn, then timed
@@ -90,6 +94,46 @@ def test_draw_half_a_sheep_finish_it_and_turn_the_temperature(page: Chromium, sh
     assert len(after) == k and json.dumps(after) != before
     shot = page.screenshot(ARTIFACTS / "playground.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _run(page: Chromium, button: str) -> str:
+    """Click a button that asks the server for sketches; the grid's action once they are drawn."""
+    done = page.evaluate("window.playground.timings.length")
+    page.click(button)
+    page.wait_for(f"window.playground.timings.length === {done + 1}")
+    return page.evaluate("document.getElementById('grid').dataset.action")
+
+
+def test_samples_reconstruction_morph_and_svg_download(page: Chromium) -> None:
+    page.click("#clear")
+    box = [(100, 100), (300, 100), (300, 300), (100, 300), (100, 110)]
+    page.draw("#canvas", [box])
+    assert _run(page, "#generate") == "generate" and len(_cells(page)) == 8
+    assert _run(page, "#reconstruct") == "reconstruct" and len(_cells(page)) == 8
+    page.click("#keep-a")
+    page.click("#clear")
+    page.draw("#canvas", [[(80, 200), (200, 120), (320, 200), (200, 280), (90, 205)]])
+    page.click("#keep-b")
+    assert page.evaluate("document.querySelectorAll('#ends svg').length") == 2
+    assert _run(page, "#morph") == "morph" and len(_cells(page)) == 8
+
+    # the SVG button saves the cell as shown: catch the file the page hands to the browser
+    page.evaluate("window.saved = []; HTMLAnchorElement.prototype.click = function () {"
+                  " const name = this.download; fetch(this.href).then(r => r.text()).then(t => window.saved.push([name, t])); }")
+    page.click("#grid figure:nth-child(3) figcaption button")
+    name, svg = page.wait_for("window.saved.length && window.saved[0]")
+    assert re.fullmatch(r"sheep-morph-\d+-2\.svg", name)
+    shown = page.evaluate("document.querySelector('#grid figure:nth-child(3) svg path').getAttribute('d')")
+    assert svg.startswith("<svg") and 'width="256"' in svg and f'd="{shown}"' in svg
+
+
+def test_a_decoder_only_model_disables_the_latent_buttons(page: Chromium, tiny_uncond: Path) -> None:
+    for name, disabled in ((str(tiny_uncond), True), ("sheep", False)):
+        page.evaluate(f"(() => {{ const s = document.getElementById('model'); s.value = {json.dumps(name)};"
+                      " s.dispatchEvent(new Event('change')); })()")
+        page.wait_for(f"window.playground.model === {json.dumps(name)} && window.playground.card.name === {json.dumps(name)}")
+        states = page.evaluate("[...document.querySelectorAll('button.vae')].map(b => b.disabled)")
+        assert states == [disabled] * 4  # reconstruct, keep as A, keep as B, morph
 
 
 def test_a_refused_request_shows_its_one_line_in_the_page(page: Chromium) -> None:

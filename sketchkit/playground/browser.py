@@ -47,7 +47,7 @@ def mouse_lines(sketch: np.ndarray, size: float = 400, fill: float = 0.8, whole:
     shift = np.array([size / 2 - (x0 + x1) / 2 * scale, size / 2 - (y0 + y1) / 2 * scale])
     out = []
     for line in strokes.to_polylines(sketch):
-        points = [tuple(int(v) for v in np.rint(p * scale + shift)) for p in line]
+        points = [(int(x), int(y)) for x, y in np.rint(line * scale + shift)]
         out.append([p for i, p in enumerate(points) if i == 0 or p != points[i - 1]])
     return out
 
@@ -76,6 +76,7 @@ class Chromium:
             self.close()
             raise
         self._ids = itertools.count(1)
+        self._touch_enabled = False
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
     def _port(self) -> int:
@@ -122,10 +123,21 @@ class Chromium:
         self.send("Page.navigate", url=url)
         self.wait_for("document.readyState === 'complete'")
 
-    def mouse(self, kind: str, x: float, y: float, pressed: bool = False) -> None:
-        """A mouse event at viewport (x, y): kind is mousePressed, mouseMoved or mouseReleased."""
-        self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left" if kind != "mouseMoved" or pressed else "none",
-                  buttons=1 if pressed or kind == "mousePressed" else 0, clickCount=1)
+    def mouse(self, kind: str, x: float, y: float, pressed: bool = False, pointer: str = "mouse") -> None:
+        """A mouse (or pen: `pointer="pen"`) event at viewport (x, y); kind is mousePressed,
+        mouseMoved or mouseReleased; `pressed` for moves with the button down."""
+        down = kind == "mousePressed" or (kind == "mouseMoved" and pressed)
+        self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left" if down or kind == "mouseReleased" else "none",
+                  buttons=1 if down else 0, clickCount=1, pointerType=pointer)
+
+    def touch(self, points: Sequence[tuple[float, float]]) -> None:
+        """One finger along viewport points: touchStart, touchMove..., touchEnd."""
+        if not self._touch_enabled:
+            self.send("Emulation.setTouchEmulationEnabled", enabled=True, maxTouchPoints=1)
+            self._touch_enabled = True
+        for i, (x, y) in enumerate(points):
+            self.send("Input.dispatchTouchEvent", type="touchStart" if i == 0 else "touchMove", touchPoints=[{"x": x, "y": y}])
+        self.send("Input.dispatchTouchEvent", type="touchEnd", touchPoints=[])
 
     def box(self, selector: str) -> tuple[float, float, float, float]:
         """(left, top, width, height) of the inside of the first element matching `selector` (its
@@ -144,16 +156,21 @@ class Chromium:
         self.mouse("mousePressed", x, y)
         self.mouse("mouseReleased", x, y)
 
-    def draw(self, selector: str, lines: Sequence[Sequence[Sequence[float]]]) -> None:
-        """Draw polylines (pixels relative to the element's top left) stroke by stroke with the mouse."""
+    def draw(self, selector: str, lines: Sequence[Sequence[Sequence[float]]], pointers: Sequence[str] = ("mouse",)) -> None:
+        """Draw polylines (pixels from the element's inner top left) stroke by stroke; stroke i
+        with `pointers[i % len(pointers)]`: "mouse", "pen" or "touch"."""
         left, top, _, _ = self.box(selector)
-        for line in lines:
-            (x, y), rest = line[0], line[1:]
-            self.mouse("mouseMoved", left + x, top + y)
-            self.mouse("mousePressed", left + x, top + y)
-            for x, y in rest:
-                self.mouse("mouseMoved", left + x, top + y, pressed=True)
-            self.mouse("mouseReleased", left + x, top + y)
+        for i, line in enumerate(lines):
+            points = [(left + x, top + y) for x, y in line]
+            pointer = pointers[i % len(pointers)]
+            if pointer == "touch":
+                self.touch(points)
+                continue
+            self.mouse("mouseMoved", *points[0], pointer=pointer)
+            self.mouse("mousePressed", *points[0], pointer=pointer)
+            for x, y in points[1:]:
+                self.mouse("mouseMoved", x, y, pressed=True, pointer=pointer)
+            self.mouse("mouseReleased", *points[-1], pointer=pointer)
 
     def screenshot(self, path: str | Path) -> Path:
         data = self.send("Page.captureScreenshot", format="png")["data"]

@@ -70,8 +70,8 @@ class Catalogue:
                 continue  # shipped without its ONNX export: nothing to sample
             licence = (row.get("license") or "").split(" (")[0]
             found[group].append(Entry(name, group, row.get("kind") or "", licence))
-        for group in found.values():
-            self.entries.update((e.name, e) for e in group)
+        for entries in found.values():
+            self.entries.update((e.name, e) for e in entries)
 
     def listing(self) -> list[dict[str, Any]]:
         """What the model picker shows, in order."""
