@@ -20,6 +20,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +45,21 @@ def write_section(text: str) -> None:
     RESULTS.write_text(new)
 
 
-def clicks(page: Chromium, lines: list, runs: int, warmup: int) -> list[dict]:
-    """Draw `lines` on a clear canvas, click "finish it" warmup + runs times; the page's timings."""
+def paired_runs(page: Chromium, lines: list, runs: int, warmup: int, direct: Callable[[int], float]) -> list[dict]:
+    """Draw `lines` on a clear canvas, then click "finish it" warmup + runs times; after each
+    counted click, `direct(seed)` times the same work called directly, so each pair shares the
+    machine's load. The page's timings, each with "direct_ms" added."""
     page.click("#clear")
     page.draw("#canvas", lines)
     done = page.evaluate("window.playground.timings.length")
+    out = []
     for i in range(warmup + runs):
         page.click("#finish")
         page.wait_for(f"window.playground.timings.length === {done + i + 1}", timeout=60)
-    return page.evaluate("window.playground.timings")[done + warmup :]
+        if i >= warmup:
+            timing = page.evaluate("window.playground.timings.at(-1)")
+            out.append(dict(timing, direct_ms=direct(timing["seed"])))
+    return out
 
 
 def main() -> None:
@@ -69,40 +76,39 @@ def main() -> None:
     drawings = {n: mouse_lines(first_strokes(whole, n), whole=whole) for n in args.strokes}
     load = [os.getloadavg()[0]]
     catalogue = Catalogue(["sheep"], zoo=False)
+    sampler = catalogue.sampler("sheep")
+    canvas = Canvas(400, sampler.info.scale_factor)
+    rows, medians = [], []
     with running(create_app(catalogue)) as url, Chromium() as page:
         page.goto(url + "/")
         page.wait_for("window.playground && window.playground.model === 'sheep'")
-        timings = {n: clicks(page, lines, args.runs, args.warmup) for n, lines in drawings.items()}
         k = page.evaluate("Number(document.getElementById('k').value)")
         tau = page.evaluate("Number(document.getElementById('tau').value)")
-    load.append(os.getloadavg()[0])
+        for n, lines in drawings.items():
+            partial = canvas.to_model(canvas.simplify([np.array(line, float) for line in lines]))
+            added: list[float] = []
 
-    # the baseline: the same work (same prefix, same seeds), called directly
-    sampler = catalogue.sampler("sheep")
-    canvas = Canvas(400, sampler.info.scale_factor)
-    rows = []
-    for n, lines in drawings.items():
-        partial = canvas.to_model(canvas.simplify([np.array(line, float) for line in lines]))
-        direct, added = [], []
-        for t in timings[n]:
-            start = time.perf_counter()
-            out = sampler.complete(partial, k, SamplingOptions(tau=tau, seed=t["seed"]))
-            direct.append((time.perf_counter() - start) * 1e3)
-            added.append(sum(len(s) - len(partial) for s in out) / k)
-        click = [t["ms"] for t in timings[n]]
-        server = [t["sample_ms"] for t in timings[n]]
-        ratio = statistics.median(click) / statistics.median(direct)
-        rows.append(
-            f"| first {n} stroke{'s' if n > 1 else ''}: {sum(map(len, lines))} pointer points, {len(partial)} after RDP, "
-            f"endings add {statistics.median(added):.0f} | **{statistics.median(click):.0f} ms** "
-            f"({min(click):.0f}-{max(click):.0f}) | {statistics.median(server):.0f} ms | "
-            f"{statistics.median(direct):.0f} ms ({min(direct):.0f}-{max(direct):.0f}) | {ratio:.1f}x |"
-        )
-        print(rows[-1])
-    load.append(os.getloadavg()[0])
+            def direct(seed: int, partial: np.ndarray = partial, added: list[float] = added) -> float:
+                start = time.perf_counter()
+                out = sampler.complete(partial, k, SamplingOptions(tau=tau, seed=seed))
+                added.append(sum(len(s) - len(partial) for s in out) / k)
+                return (time.perf_counter() - start) * 1e3
+
+            timings = paired_runs(page, lines, args.runs, args.warmup, direct)
+            click, server, alone = ([t[key] for t in timings] for key in ("ms", "sample_ms", "direct_ms"))
+            ratio = statistics.median(c / a for c, a in zip(click, alone, strict=True))
+            medians.append(statistics.median(click))
+            rows.append(
+                f"| first {n} stroke{'s' if n > 1 else ''}: {sum(map(len, lines))} pointer points, {len(partial)} after RDP, "
+                f"endings add {statistics.median(added):.0f} | **{statistics.median(click):.0f} ms** "
+                f"({min(click):.0f}-{max(click):.0f}) | {statistics.median(server):.0f} ms | "
+                f"{statistics.median(alone):.0f} ms ({min(alone):.0f}-{max(alone):.0f}) | {ratio:.1f}x |"
+            )
+            print(rows[-1])
+            load.append(os.getloadavg()[0])
     catalogue.close()
 
-    worst = max(statistics.median(t["ms"] for t in ts) for ts in timings.values())
+    worst = max(medians)
     chromium = subprocess.run([find_chromium() or "chromium", "--version"], capture_output=True, text=True).stdout.strip()
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), platform.processor())
@@ -116,9 +122,10 @@ The prefixes are the first strokes of aaron_sheep test sketch {args.index}, draw
 400 px canvas (5 strokes: head and body, the model adds legs; 1 stroke: the model draws most of a sheep).
 Click to drawn is measured in the page: from the click handler to the second animation frame after the
 SVGs are in the DOM (they have been painted); median (min-max) of {args.runs} clicks after {args.warmup} warm-up
-clicks. Baseline, same process: the same seeds through `Sampler.complete` directly.
-Machine: {cpu}, {os.cpu_count()} CPUs, **shared** with other work (1-min load average {load[0]:.1f},
-{load[1]:.1f}, {load[2]:.1f} at start / after the clicks / after the baseline); {chromium}, headless.
+clicks. Baseline, same process: right after each click, the same seed through `Sampler.complete` called
+directly (pairs share the machine's load; the last column is the median of the per-pair ratios).
+Machine: {cpu}, {os.cpu_count()} CPUs, **shared** with other work (1-min load average
+{", ".join(f"{v:.1f}" for v in load)} at start / after each prefix); {chromium}, headless.
 
 | prefix | click to drawn, in the browser | sampling, timed by the server | `Sampler.complete` alone | click / alone |
 |---|---|---|---|---|

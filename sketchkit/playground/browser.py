@@ -55,7 +55,7 @@ def mouse_lines(sketch: np.ndarray, size: float = 400, fill: float = 0.8, whole:
 class Chromium:
     """One headless browser with one page; a context manager."""
 
-    def __init__(self, executable: str | None = None, width: int = 1280, height: int = 860, timeout: float = 30.0) -> None:
+    def __init__(self, executable: str | None = None, width: int = 1280, height: int = 820, timeout: float = 30.0) -> None:
         from websockets.sync.client import connect
 
         exe = executable or find_chromium()
