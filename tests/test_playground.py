@@ -228,3 +228,28 @@ def test_playground_help_loads_no_web_stack() -> None:
 
     code = "from sketchkit.cli import main\ntry:\n    main(['playground', '--help'])\nexcept SystemExit:\n    pass"
     assert not loaded_packages(code) & {"starlette", "uvicorn", "onnxruntime", "torch"}
+
+
+# ---- through Triton -----------------------------------------------------------------------------
+@pytest.mark.triton
+def test_with_server_the_page_gets_the_same_sketches_through_triton(tmp_path: Path) -> None:
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
+    from serving.repository import RepoOptions, build_repo
+    from serving.server import TritonServer, free_port
+    from sketchkit.zoo import resolve
+
+    build_repo([resolve("sheep")], tmp_path / "repo", RepoOptions(flavor="cpu"))
+    body = {"model": "sheep", "drawing": drawing(zigzag()), "k": 3, "tau": 0.6, "seed": 11}
+    local = Catalogue(["sheep"], zoo=False)
+    with TritonServer(tmp_path / "repo", free_port(), grpc_port := free_port(), log_path=tmp_path / "log",
+                      startup_timeout_s=120):
+        remote = Catalogue(["sheep"], server=f"grpc://127.0.0.1:{grpc_port}")
+        with running(create_app(local)) as here, running(create_app(remote)) as there:
+            assert request(there, "/api/models")[1]["models"] == [
+                {"name": "sheep", "group": "server", "kind": "vae", "license": "CC BY-NC 4.0", "open": True}
+            ]
+            for path in ("/api/complete", "/api/generate"):
+                want, got = request(here, path, body), request(there, path, body)
+                assert got[0] == 200 and got[1]["sketches"] == want[1]["sketches"]
+        remote.close()
+    local.close()
