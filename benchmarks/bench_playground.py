@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,16 +33,11 @@ from sketchkit.playground.canvas import Canvas
 from sketchkit.playground.server import running
 from sketchkit.sampling import SamplingOptions
 
+sys.path.insert(0, str(Path(__file__).parent))
+from results import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 TARGET_MS = 300.0
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Playground\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
 
 
 def paired_runs(page: Chromium, lines: list, runs: int, warmup: int, direct: Callable[[int], float]) -> list[dict]:
