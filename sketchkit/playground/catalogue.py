@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sketchkit.errors import SketchkitError
 from sketchkit.playground.validate import RequestError
 from sketchkit.runtime import Runtime
-from sketchkit.sampling import Sampler
+from sketchkit.sampling import Sampler, SamplingOptions
 
 GROUPS = ("command line", "shipped", "cached", "downloadable", "server")
 
@@ -29,6 +31,13 @@ class Entry:
     group: str  # one of GROUPS
     kind: str  # "vae", "decoder-only" or "" (not known until opened)
     license: str
+
+
+def _warm(sampler: Sampler) -> Sampler:
+    """Run every graph once: onnxruntime's first run of a graph is several times slower than the
+    next (allocations), and the first click should not pay for it."""
+    sampler.complete(np.array([[1.0, 1.0, 0.0], [1.0, -1.0, 1.0]], np.float32), 1, SamplingOptions(max_len=4, seed=0))
+    return sampler
 
 
 class Catalogue:
@@ -47,7 +56,7 @@ class Catalogue:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         for name in dict.fromkeys(models):
-            sampler = Sampler(open_runtime(name, server))
+            sampler = _warm(Sampler(open_runtime(name, server)))
             info = sampler.info
             self.entries[name] = Entry(name, "server" if server else "command line", info.kind, info.license)
             self._samplers[name] = sampler
@@ -91,7 +100,7 @@ class Catalogue:
         with self._guard:
             sampler = self._samplers.get(name)
         if sampler is None:
-            sampler = Sampler(self._open(name))
+            sampler = _warm(Sampler(self._open(name)))
             with self._guard:
                 self._samplers[name] = sampler
         return sampler
