@@ -60,6 +60,10 @@ class TritonPythonModel:
             t = pb_utils.get_input_tensor_by_name(request, name)
             if t is not None:
                 tensors[name] = t.as_numpy()
+        # the generate extension passes JSON keys that are no input as request parameters
+        unknown = sorted(json.loads(request.parameters() or "{}"))
+        if unknown:
+            raise ValueError(f"unknown input(s) {', '.join(unknown)} (this model takes {', '.join(self.names)})")
         r = parse_inputs(tensors, self.info, self.limits)
         options = SamplingOptions(tau=r.tau, temperature_rule=r.rule, greedy=r.greedy, max_len=r.max_len, seed=r.seed)
         if r.prefix is not None:
