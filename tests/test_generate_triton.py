@@ -8,7 +8,6 @@ input is one error line and the server goes on serving the same answers."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import threading
