@@ -34,6 +34,10 @@ class EngineBusy(SketchkitError):
     """More sketches are in flight than the engine accepts (backpressure): retry later."""
 
 
+class Cancelled(SketchkitError):
+    """The caller went away (`Request.is_cancelled`); its rows were dropped."""
+
+
 @dataclass(eq=False)
 class Request:
     """One caller's n sketches in flight, all from the same start (or the same partial sketch).
@@ -56,7 +60,7 @@ class Request:
     on_done: Callable[[Request], None] | None = None  # called from the stepping thread
     # -- progress (the engine's) ------------------------------------------------------------
     t: int = 0  # steps taken
-    error: str | None = None
+    error: SketchkitError | None = None  # why the request failed (raised by `sketches`)
     out: np.ndarray = field(init=False, repr=False)  # [n, max_len, 3] stroke-3, normalised
     lengths: np.ndarray = field(init=False)  # [n]
     rows: np.ndarray = field(init=False)  # original index of each live row
@@ -82,7 +86,7 @@ class Request:
     def sketches(self) -> list[np.ndarray]:
         """The finished sketches in pixel units; raises the request's error, if it failed."""
         if self.error is not None:
-            raise ModelError(self.error)
+            raise self.error
         out = self.out.copy()
         out[:, :, :2] *= self.scale_factor
         sketches = [out[i, : self.lengths[i]].copy() for i in range(self.n)]  # own arrays, not views
@@ -160,11 +164,11 @@ class Engine:
                 try:
                     request.state = self.runtime.init_state(request.z, request.n)
                 except SketchkitError as e:
-                    request.error = str(e)
+                    request.error = e
         running = []
         for request in self.scheduler.running:
             if request.error is None and request.is_cancelled():
-                request.error = "cancelled"
+                request.error = Cancelled("cancelled")
             (finished if request.done else running).append(request)
         if running:
             finished += self._advance(running)
@@ -182,7 +186,7 @@ class Engine:
             params, next_state = self.runtime.step(prev, z, state)
         except SketchkitError as e:  # the runtime failed: every request in this step fails
             for r in running:
-                r.error = str(e)
+                r.error = e
             return running
         self.evaluations += 1
         self.rows_stepped += len(prev)
@@ -193,7 +197,7 @@ class Engine:
         gumbel, normal, divs, sigs = [], [], [], []
         for i, r in enumerate(running):
             if not np.isfinite(params[bounds[i] : bounds[i + 1]]).all():
-                r.error = f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}"
+                r.error = ModelError(f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}")
                 continue
             if r.greedy:
                 continue
@@ -278,7 +282,7 @@ class BackgroundEngine:
             except Exception as e:  # never let the thread die with requests in flight
                 for r in list(self.engine.scheduler.running):
                     if r.error is None:
-                        r.error = f"engine failure: {type(e).__name__}: {e}".splitlines()[0]
+                        r.error = SketchkitError(f"engine failure: {type(e).__name__}: {e}".splitlines()[0])
                     if r.on_done is not None:
                         r.on_done(r)
                 self.engine.scheduler.running = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sketchkit.engine import BackgroundEngine, Engine, Scheduler
+from sketchkit.engine import BackgroundEngine, Cancelled, Engine, Scheduler
 from sketchkit.generation import Limits, inputs_for, pack, parse_inputs
 from sketchkit.runtime_onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
@@ -76,7 +76,7 @@ class TritonPythonModel:
         self.engine.submit(job)  # EngineBusy (one line) when too many sketches are in flight
 
     def respond(self, sender, job, z, prefix):
-        if job.error == "cancelled":
+        if isinstance(job.error, Cancelled):
             sender.send(flags=FINAL)  # nobody is listening; Triton still wants the final flag
             return
         try:
