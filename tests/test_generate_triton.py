@@ -191,3 +191,33 @@ def test_bad_tensors_over_grpc(server, local):
     assert same(Sampler(runtime).generate(3, options=options), local["tiny-vae"].generate(3, options=options))
     runtime.close()
     assert server.ready()
+
+
+def test_readme_repository_serves_zoo_names_made_safe(zoo_mirror, tmp_path):
+    """README's `sketchkit serve build-repo sheep owl` (Magenta's owl from the zoo): served as
+    sheep_* and owl_*; the zoo name magenta/owl.gen as magenta-owl.gen_* (Triton refuses '/'), and
+    clients find it by the same typed name."""
+    pytest.importorskip("torch", reason="converting a Magenta model needs the export extra (torch)")
+    from click.testing import CliRunner
+
+    from sketchkit.cli import cli
+    from sketchkit.zoo import resolve
+
+    result = CliRunner().invoke(cli, ["serve", "build-repo", "sheep", "owl", "magenta/owl.gen", "--out",
+                                      str(tmp_path / "repo"), "--no-stateful"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {"sheep_generate", "owl_generate", "magenta-owl.gen_generate", "owl_decoder_step"} <= {
+        p.name for p in (tmp_path / "repo").iterdir()
+    }
+    with TritonServer(tmp_path / "repo", free_port(), free_port(), log_path=tmp_path / "log") as server:
+        options = SamplingOptions(tau=0.3, seed=1)
+        want = Sampler(OnnxRuntime(resolve("owl"))).generate(3, options=options)
+        with Client(server.grpc_url) as client:
+            assert same(client.generate("owl", n=3, tau=0.3, seed=1), want)
+            assert same(client.generate("magenta/owl.gen", n=3, tau=0.3, seed=1), want)
+            sheep = Sampler(OnnxRuntime(resolve("sheep"))).generate(2, options=options)
+            assert same(client.generate("sheep", n=2, tau=0.3, seed=1), sheep)
+        args = ["generate", "magenta/owl.gen", "-n", "3", "--seed", "1", "--json"]
+        remote = CliRunner().invoke(cli, [*args, "--server", server.grpc_url])
+        assert remote.exit_code == 0, remote.output
+        assert remote.output == CliRunner().invoke(cli, args).output
