@@ -60,24 +60,15 @@ class Request:
     on_done: Callable[[Request], None] | None = None  # called from the stepping thread
     # -- progress (the engine's) ------------------------------------------------------------
     t: int = 0  # steps taken
+    live: int = field(init=False)  # rows still drawing
     error: SketchkitError | None = None  # why the request failed (raised by `sketches`)
-    out: np.ndarray = field(init=False, repr=False)  # [n, max_len, 3] stroke-3, normalised
-    lengths: np.ndarray = field(init=False)  # [n]
-    rows: np.ndarray = field(init=False)  # original index of each live row
+    out: np.ndarray | None = field(default=None, repr=False)  # [n, max_len, 3] stroke-3, normalised, when done
+    lengths: np.ndarray | None = None  # [n], when done
 
     def __post_init__(self) -> None:
-        n = len(self.prev)
-        self.out = np.zeros((n, self.max_len, 3), np.float32)
-        self.lengths = np.full(n, self.max_len)
-        self.rows = np.arange(n)
-
-    @property
-    def n(self) -> int:
-        return len(self.out)
-
-    @property
-    def live(self) -> int:
-        return len(self.rows)
+        self.n = len(self.prev)
+        self.live = self.n
+        self.temperature = temperature(self.tau, self.rule) if not self.greedy else (1.0, 1.0)
 
     @property
     def done(self) -> bool:
@@ -87,6 +78,7 @@ class Request:
         """The finished sketches in pixel units; raises the request's error, if it failed."""
         if self.error is not None:
             raise self.error
+        assert self.out is not None and self.lengths is not None, "the request is not finished"
         out = self.out.copy()
         out[:, :, :2] *= self.scale_factor
         sketches = [out[i, : self.lengths[i]].copy() for i in range(self.n)]  # own arrays, not views
@@ -136,7 +128,13 @@ class Scheduler:
 
 
 class Engine:
-    """Steps a runtime for all running requests at once; `step()` returns the finished ones."""
+    """Steps a runtime for all running requests at once; `step()` returns the finished ones.
+
+    The live rows of every running request sit in one table (prev, state, z, and per row its
+    request, its row in the request and its slot in the output store), grouped by request in
+    admission order, so a step is a few array operations over the union whatever the number of
+    requests; only the random draws go request by request (each from its own generator).
+    """
 
     def __init__(self, runtime: Runtime, scheduler: Scheduler | None = None) -> None:
         self.runtime = runtime
@@ -144,6 +142,17 @@ class Engine:
         self.scheduler = scheduler or Scheduler()
         self.evaluations = 0  # graph evaluations (steps) so far
         self.rows_stepped = 0  # sum of the batch sizes of those evaluations
+        S, Nz = self.info.state_size, self.info.z_size
+        self._prev = np.zeros((0, 5), np.float32)
+        self._state = np.zeros((0, S), np.float32)
+        self._z = np.zeros((0, Nz), np.float32) if self.info.conditional else None
+        self._owner = np.zeros(0, np.intp)  # row -> index of its request in scheduler.running
+        self._row = np.zeros(0, np.intp)  # row -> its row in the request (0..n-1)
+        self._slot = np.zeros(0, np.intp)  # row -> its slot in the output store
+        self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
+        self._length = np.zeros(0, np.intp)  # slot -> points so far / final length
+        self._free: list[int] = []
+        self._slots: dict[int, np.ndarray] = {}  # id(request) -> its n slots
 
     def add(self, request: Request) -> None:
         self.scheduler.add(request)
@@ -158,93 +167,141 @@ class Engine:
     def step(self) -> list[Request]:
         """Admit, evaluate the decoder once for every live row, sample, retire; the requests
         that finished (or failed, or were cancelled) in this step."""
-        finished = []
-        for request in self.scheduler.admit():
-            if request.state is None:
-                try:
-                    request.state = self.runtime.init_state(request.z, request.n)
-                except SketchkitError as e:
-                    request.error = e
-        running = []
-        for request in self.scheduler.running:
+        admitted = self.scheduler.admit()
+        running = self.scheduler.running
+        for k, request in enumerate(admitted):
+            self._admit(request, len(running) - len(admitted) + k)
+        for request in running:
             if request.error is None and request.is_cancelled():
                 request.error = Cancelled("cancelled")
-            (finished if request.done else running).append(request)
-        if running:
-            finished += self._advance(running)
-        self.scheduler.running = [r for r in self.scheduler.running if not r.done]
+        if len(self._prev) and any(r.error is None for r in running):
+            self._advance(running)
+        finished = [r for r in running if r.done]
+        if finished:
+            self._retire(running)
         for request in finished:
             if request.on_done is not None:
                 request.on_done(request)
         return finished
 
-    def _advance(self, running: list[Request]) -> list[Request]:
-        prev = np.concatenate([r.prev for r in running])
-        state = np.concatenate([r.state for r in running])  # type: ignore[misc]
-        z = np.concatenate([r.z for r in running]) if self.info.conditional else None  # type: ignore[misc]
+    # -- the row table ------------------------------------------------------------------------
+
+    def _admit(self, r: Request, index: int) -> None:
+        """Append the rows of `r`, which is `scheduler.running[index]`, to the table."""
+        if r.state is None:
+            try:
+                r.state = self.runtime.init_state(r.z, r.n)
+            except SketchkitError as e:
+                r.error = e
+                r.state = np.zeros((r.n, self.info.state_size), np.float32)
+        slots = self._take_slots(r.n, r.max_len)
+        self._slots[id(r)] = slots
+        self._length[slots] = r.max_len  # rows that never draw p3 are cut at max_len
+        self._prev = np.concatenate([self._prev, np.asarray(r.prev, np.float32)])
+        self._state = np.concatenate([self._state, np.asarray(r.state, np.float32)])
+        if self._z is not None:
+            self._z = np.concatenate([self._z, np.asarray(r.z, np.float32)])
+        self._owner = np.concatenate([self._owner, np.full(r.n, index, np.intp)])
+        self._row = np.concatenate([self._row, np.arange(r.n)])
+        self._slot = np.concatenate([self._slot, slots])
+        r.prev = r.state = None  # type: ignore[assignment]  # the table holds them now
+
+    def _take_slots(self, n: int, width: int) -> np.ndarray:
+        if width > self._store.shape[1]:
+            grown = np.zeros((len(self._store), width, 3), np.float32)
+            grown[:, : self._store.shape[1]] = self._store
+            self._store = grown
+        if len(self._free) < n:
+            old = len(self._store)
+            size = max(2 * old, old + n, 64)
+            self._store = np.concatenate([self._store, np.zeros((size - old, *self._store.shape[1:]), np.float32)])
+            self._length = np.concatenate([self._length, np.zeros(size - old, np.intp)])
+            self._free += range(old, size)
+        slots, self._free = self._free[-n:], self._free[:-n]
+        return np.array(slots, np.intp)
+
+    def _retire(self, running: list[Request]) -> None:
+        """Hand finished requests their sketches, free their slots and drop their rows."""
+        gone = np.array([r.done for r in running])
+        for r in (r for r in running if r.done):
+            slots = self._slots.pop(id(r))
+            if r.error is None:
+                r.out = self._store[slots, : r.max_len].copy()
+                r.lengths = self._length[slots].copy()
+            self._free += slots.tolist()
+        keep = ~gone[self._owner]
+        remap = np.cumsum(~gone) - 1  # old request index -> new one
+        self._prev, self._state, self._row, self._slot = (
+            self._prev[keep], self._state[keep], self._row[keep], self._slot[keep]
+        )
+        self._owner = remap[self._owner[keep]]
+        if self._z is not None:
+            self._z = self._z[keep]
+        self.scheduler.running = [r for r in running if not r.done]
+
+    def _advance(self, running: list[Request]) -> None:
         try:
-            params, next_state = self.runtime.step(prev, z, state)
+            params, next_state = self.runtime.step(self._prev, self._z, self._state)
         except SketchkitError as e:  # the runtime failed: every request in this step fails
             for r in running:
-                r.error = e
-            return running
+                r.error = r.error or e
+            return
         self.evaluations += 1
-        self.rows_stepped += len(prev)
-        bounds = np.cumsum([0] + [r.live for r in running])
-        M = self.info.num_mixture
-        # the random numbers and temperatures of every row, each request from its own generator
-        sampled: list[int] = []  # indices into `running` of the non-greedy requests
-        gumbel, normal, divs, sigs = [], [], [], []
+        self.rows_stepped += len(params)
+        owner = self._owner
+        bad = ~np.isfinite(params).all(axis=1)
+        if bad.any():
+            for i in np.unique(owner[bad]):
+                r = running[i]
+                r.error = r.error or ModelError(
+                    f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}"
+                )
+        failed = np.array([r.error is not None for r in running])
+        greedy = np.array([r.greedy for r in running]) | failed
+        t = np.array([r.t for r in running])[owner]
+        pen = np.zeros(len(params), np.intp)
+        offset = np.zeros((len(params), 2))
+        sampled = ~greedy[owner]
+        if sampled.any():
+            draws, div, sig = self._draws(running, greedy, sampled)
+            pen[sampled], offset[sampled] = draw_points(params[sampled], div, sig, draws)
+        if (~sampled).any():
+            pen[~sampled], offset[~sampled] = draw_points(params[~sampled], 1.0, 1.0, None)
+        slot = self._slot
+        self._store[slot, t, :2] = offset
+        self._store[slot, t, 2] = pen == 1
+        prev = np.empty((len(params), 5), np.float32)
+        prev[:, :2] = offset
+        prev[:, 2:] = _ONE_HOT[pen]
+        ended = pen == 2  # p3: the p3 point itself is not part of the sketch
+        self._length[slot[ended]] = t[ended]
+        keep = ~ended
+        self._prev, self._state = prev[keep], next_state[keep]
+        self._owner, self._row, self._slot = owner[keep], self._row[keep], slot[keep]
+        if self._z is not None:
+            self._z = self._z[keep]
+        live = np.bincount(self._owner, minlength=len(running))
         for i, r in enumerate(running):
-            if not np.isfinite(params[bounds[i] : bounds[i + 1]]).all():
-                r.error = ModelError(f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}")
-                continue
-            if r.greedy:
-                continue
-            draws = Draws.draw(r.rng, r.n, M)  # type: ignore[arg-type]
-            if r.live < r.n:
-                draws = draws[r.rows]
-            div, sig = temperature(r.tau, r.rule)
-            sampled.append(i)
-            gumbel.append(draws.gumbel)
-            normal.append(draws.normal)
-            divs.append(np.full((r.live, 1), div))
-            sigs.append(np.full((r.live, 1), sig))
-        pen = np.zeros(len(prev), np.int64)
-        offset = np.zeros((len(prev), 2))
-        if sampled:
-            idx = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in sampled])
-            pen[idx], offset[idx] = draw_points(
-                params[idx], np.concatenate(divs), np.concatenate(sigs),
-                Draws(np.concatenate(gumbel), np.concatenate(normal)),
-            )  # fmt: skip
-        greedy = [i for i, r in enumerate(running) if r.greedy and r.error is None]
-        if greedy:
-            idx = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in greedy])
-            pen[idx], offset[idx] = draw_points(params[idx], 1.0, 1.0, None)
-        finished = []
-        for i, r in enumerate(running):
-            if r.error is not None:
-                finished.append(r)
-                continue
-            lo, hi = bounds[i], bounds[i + 1]
-            r_pen, r_offset = pen[lo:hi], offset[lo:hi]
-            r.out[r.rows, r.t, :2] = r_offset
-            r.out[r.rows, r.t, 2] = r_pen == 1
-            r.prev = np.empty((r.live, 5), np.float32)
-            r.prev[:, :2] = r_offset
-            r.prev[:, 2:] = _ONE_HOT[r_pen]
-            r.state = next_state[lo:hi]
-            ended = r_pen == 2  # p3: the p3 point itself is not part of the sketch
-            if ended.any():
-                r.lengths[r.rows[ended]] = r.t
-                keep = ~ended
-                r.rows, r.prev, r.state = r.rows[keep], r.prev[keep], r.state[keep]
-                r.z = None if r.z is None else r.z[keep]
             r.t += 1
-            if r.done:
-                finished.append(r)
-        return finished
+            r.live = int(live[i])
+
+    def _draws(self, running: list[Request], greedy: np.ndarray, sampled: np.ndarray) -> tuple[Draws, np.ndarray, np.ndarray]:
+        """Each sampling request draws its fixed-shape block (all n rows, as if alone) from its
+        own generator into one buffer; then the live rows' draws and temperatures, row by row."""
+        M = self.info.num_mixture
+        n = np.array([r.n for r in running])
+        n[greedy] = 0
+        start = np.cumsum(n) - n
+        exponential = np.empty((int(n.sum()), 3 + M))
+        normal = np.empty((int(n.sum()), 2))
+        for r, a, b in zip(running, start.tolist(), (start + n).tolist(), strict=True):
+            if b > a:
+                Draws.fill(r.rng, exponential[a:b], normal[a:b])  # type: ignore[arg-type]
+        owner = self._owner[sampled]
+        rows = start[owner] + self._row[sampled]
+        temperatures = np.array([r.temperature for r in running])  # [requests, 2]: divisor, sigma factor
+        div, sig = temperatures[owner].T
+        return Draws(-np.log(exponential[rows]), normal[rows]), div[:, None], sig[:, None]
 
 
 class BackgroundEngine:
@@ -252,8 +309,9 @@ class BackgroundEngine:
     model): `submit` queues a request and returns at once; `request.on_done` fires when it is
     finished, from the engine's thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_idle: Callable[[Engine], None] | None = None) -> None:
         self.engine = engine
+        self.on_idle = on_idle  # called when the last request in flight is done (statistics)
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="sketchkit-engine", daemon=True)
@@ -273,6 +331,8 @@ class BackgroundEngine:
     def _loop(self) -> None:
         while True:
             with self._wake:
+                if not self.engine.scheduler.has_work() and self.on_idle is not None and self.engine.evaluations:
+                    self.on_idle(self.engine)
                 while not self._stopped and not self.engine.scheduler.has_work():
                     self._wake.wait()
                 if self._stopped:

@@ -104,7 +104,6 @@ class Sampler:
         self.runtime = runtime
         self.info = runtime.info
         self.start_token = np.asarray(self.info.start_token, dtype=np.float32)
-        self._engine: Engine | None = None
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -115,7 +114,7 @@ class Sampler:
         remote = self._remote()
         if remote is not None:
             return remote.generate(n, None if z is None else request.z, options)
-        return self.engine.run(request)
+        return self._run(request)
 
     def generation(self, n: int, z: np.ndarray | None = None, options: SamplingOptions | None = None) -> Request:
         """The engine request behind `generate(n, z, options)`, not yet run: for callers that
@@ -207,7 +206,7 @@ class Sampler:
         remote = self._remote()
         if remote is not None:
             return remote.complete(s, k, options)
-        return [np.vstack([s, e]) for e in self.engine.run(self.completion(s, k, options))]
+        return [np.vstack([s, e]) for e in self._run(self.completion(s, k, options))]
 
     def completion(self, partial: np.ndarray, k: int, options: SamplingOptions) -> Request:
         """The engine request behind `complete` (its sketches are the endings only): the decoder
@@ -226,12 +225,9 @@ class Sampler:
 
     # -- requests for the engine ----------------------------------------------------------------
 
-    @property
-    def engine(self) -> Engine:
-        """This sampler's engine (one per sampler: the in-process calls run one request each)."""
-        if self._engine is None:
-            self._engine = Engine(self.runtime)
-        return self._engine
+    def _run(self, request: Request) -> list[np.ndarray]:
+        """One request on an engine of its own (so threads sharing this sampler never meet)."""
+        return Engine(self.runtime).run(request)
 
     def _remote(self) -> Any:
         """The runtime's own whole-sketch generator (Triton's `<name>_generate`), if it has one."""

@@ -43,7 +43,7 @@ class TritonPythonModel:
         self.names = [t.name for t in inputs_for(self.info)]
         self.limits = Limits(max_n=int(p["max_sketches_per_request"]), max_len=int(p["max_len"]))
         scheduler = Scheduler(max_rows=int(p["max_rows_per_step"]), max_pending_rows=int(p["max_sketches_in_flight"]))
-        self.engine = BackgroundEngine(Engine(runtime, scheduler))
+        self.engine = BackgroundEngine(Engine(runtime, scheduler), on_idle=self.log_statistics)
 
     def execute(self, requests):
         for request in requests:
@@ -91,6 +91,13 @@ class TritonPythonModel:
         except Exception as e:
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e)))
         sender.send(response, flags=FINAL)
+
+    def log_statistics(self, engine):
+        """One line in the server log each time the engine runs dry (benchmarks read it)."""
+        pb_utils.Logger.log_info(
+            f"sketchkit engine: {engine.evaluations} evaluations, {engine.rows_stepped} rows stepped, "
+            f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation"
+        )
 
     def finalize(self):
         self.engine.stop()
