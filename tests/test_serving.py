@@ -5,6 +5,7 @@ graph (served by both flavors) steps exactly like the stateless one."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -231,5 +232,24 @@ def test_cli_build_repo(tmp_path, tiny_vae, tiny_uncond):
 
 def test_docker_compose_serves_a_gpu_repository():
     text = (SERVING / "docker-compose.yml").read_text()
-    assert "nvcr.io/nvidia/tritonserver:" in text and "--model-repository=/models" in text
+    assert "dockerfile: serving/Dockerfile" in text and "--model-repository=/models" in text  # NGC image + sketchkit
     assert "driver: nvidia" in text and "capabilities: [gpu]" in text
+
+
+def test_gpu_image_adds_what_the_generate_model_imports():
+    """serving/Dockerfile installs numpy<2, onnxruntime-gpu and sketchkit (no deps) on the NGC image
+    that docker-compose builds; the generate model's sketchkit modules import nothing else."""
+    import subprocess
+    import sys
+
+    dockerfile = (SERVING / "Dockerfile").read_text()
+    compose = (SERVING / "docker-compose.yml").read_text()
+    assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in dockerfile
+    assert "dockerfile: serving/Dockerfile" in compose
+    assert '"numpy>=1.24,<2"' in dockerfile and "onnxruntime-gpu" in dockerfile and "--no-deps" in dockerfile
+    template = (SERVING / "templates" / "python_generate" / "model.py").read_text()
+    modules = sorted(set(re.findall(r"^from (sketchkit[.\w]*) import", template, re.M)))
+    code = (f"import sys; before = set(sys.modules); import {', '.join(modules)}; "
+            "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names))))")  # fmt: skip
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert loaded - {"_cython_3_0_8", "cython_runtime"} <= {"numpy", "onnxruntime", "sketchkit"}
