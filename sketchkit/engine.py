@@ -142,15 +142,24 @@ class Engine:
         self.scheduler = scheduler or Scheduler()
         self.evaluations = 0  # graph evaluations (steps) so far
         self.rows_stepped = 0  # sum of the batch sizes of those evaluations
-        S, Nz = self.info.state_size, self.info.z_size
-        self._prev = np.zeros((0, 5), np.float32)
-        self._state = np.zeros((0, S), np.float32)
-        self._z = np.zeros((0, Nz), np.float32) if self.info.conditional else None
-        self._owner = np.zeros(0, np.intp)  # row -> index of its request in scheduler.running
-        self._row = np.zeros(0, np.intp)  # row -> its row in the request (0..n-1)
-        self._slot = np.zeros(0, np.intp)  # row -> its slot in the output store
+        # the row table: one entry per live row, all arrays aligned
+        self._rows: dict[str, np.ndarray] = {
+            "prev": np.zeros((0, 5), np.float32),
+            "state": np.zeros((0, self.info.state_size), np.float32),
+            "owner": np.zeros(0, np.intp),  # index of its request in scheduler.running
+            "row": np.zeros(0, np.intp),  # its row in the request (0..n-1)
+            "slot": np.zeros(0, np.intp),  # its slot in the output store
+            "t": np.zeros(0, np.intp),  # steps its request has taken
+            "greedy": np.zeros(0, bool),
+            "div": np.zeros(0),  # temperature: divisor of the logits, factor on sigma (Eq. 8)
+            "sig": np.zeros(0),
+            "draw": np.zeros(0, np.intp),  # its row in the step's buffer of random numbers
+        }
+        if self.info.conditional:
+            self._rows["z"] = np.zeros((0, self.info.z_size), np.float32)
+        self._samplers: list[tuple[np.random.Generator, int, int]] = []  # (rng, first, end) in the buffer
         self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
-        self._length = np.zeros(0, np.intp)  # slot -> points so far / final length
+        self._length = np.zeros(0, np.intp)  # slot -> final length (max_len until p3)
         self._free: list[int] = []
         self._slots: dict[int, np.ndarray] = {}  # id(request) -> its n slots
 
@@ -169,16 +178,19 @@ class Engine:
         that finished (or failed, or were cancelled) in this step."""
         admitted = self.scheduler.admit()
         running = self.scheduler.running
-        for k, request in enumerate(admitted):
-            self._admit(request, len(running) - len(admitted) + k)
+        if admitted:
+            first = len(running) - len(admitted)
+            self._admit([self._new_rows(r, first + k) for k, r in enumerate(admitted)])
+            self._layout()
         for request in running:
             if request.error is None and request.is_cancelled():
                 request.error = Cancelled("cancelled")
-        if len(self._prev) and any(r.error is None for r in running):
+        if len(self._rows["prev"]) and any(r.error is None for r in running):
             self._advance(running)
         finished = [r for r in running if r.done]
         if finished:
             self._retire(running)
+            self._layout()
         for request in finished:
             if request.on_done is not None:
                 request.on_done(request)
@@ -186,8 +198,11 @@ class Engine:
 
     # -- the row table ------------------------------------------------------------------------
 
-    def _admit(self, r: Request, index: int) -> None:
-        """Append the rows of `r`, which is `scheduler.running[index]`, to the table."""
+    def _admit(self, new: list[dict[str, np.ndarray]]) -> None:
+        self._rows = {k: np.concatenate([v, *(rows[k] for rows in new)]) for k, v in self._rows.items()}
+
+    def _new_rows(self, r: Request, index: int) -> dict[str, np.ndarray]:
+        """The table rows of `r`, which is `scheduler.running[index]` (its initial state made now)."""
         if r.state is None:
             try:
                 r.state = self.runtime.init_state(r.z, r.n)
@@ -197,14 +212,17 @@ class Engine:
         slots = self._take_slots(r.n, r.max_len)
         self._slots[id(r)] = slots
         self._length[slots] = r.max_len  # rows that never draw p3 are cut at max_len
-        self._prev = np.concatenate([self._prev, np.asarray(r.prev, np.float32)])
-        self._state = np.concatenate([self._state, np.asarray(r.state, np.float32)])
-        if self._z is not None:
-            self._z = np.concatenate([self._z, np.asarray(r.z, np.float32)])
-        self._owner = np.concatenate([self._owner, np.full(r.n, index, np.intp)])
-        self._row = np.concatenate([self._row, np.arange(r.n)])
-        self._slot = np.concatenate([self._slot, slots])
+        new = {
+            "prev": np.asarray(r.prev, np.float32), "state": np.asarray(r.state, np.float32),
+            "owner": np.full(r.n, index, np.intp), "row": np.arange(r.n), "slot": slots,
+            "t": np.full(r.n, r.t, np.intp), "greedy": np.full(r.n, r.greedy),
+            "div": np.full(r.n, r.temperature[0]), "sig": np.full(r.n, r.temperature[1]),
+            "draw": np.zeros(r.n, np.intp),  # set by _layout
+        }  # fmt: skip
+        if "z" in self._rows:
+            new["z"] = np.asarray(r.z, np.float32)
         r.prev = r.state = None  # type: ignore[assignment]  # the table holds them now
+        return new
 
     def _take_slots(self, n: int, width: int) -> np.ndarray:
         if width > self._store.shape[1]:
@@ -220,6 +238,18 @@ class Engine:
         slots, self._free = self._free[-n:], self._free[:-n]
         return np.array(slots, np.intp)
 
+    def _keep(self, keep: np.ndarray) -> None:
+        self._rows = {k: v[keep] for k, v in self._rows.items()}
+
+    def _layout(self) -> None:
+        """Where each sampling request's block of random numbers goes in a step's buffer (its
+        full n rows, as if alone), and where each live row finds its own."""
+        running = self.scheduler.running
+        n = np.array([0 if r.greedy else r.n for r in running], np.intp)
+        start = np.cumsum(n) - n
+        self._samplers = [(r.rng, a, a + k) for r, a, k in zip(running, start.tolist(), n.tolist(), strict=True) if k]  # type: ignore[misc]
+        self._rows["draw"] = start[self._rows["owner"]] + self._rows["row"]
+
     def _retire(self, running: list[Request]) -> None:
         """Hand finished requests their sketches, free their slots and drop their rows."""
         gone = np.array([r.done for r in running])
@@ -229,79 +259,66 @@ class Engine:
                 r.out = self._store[slots, : r.max_len].copy()
                 r.lengths = self._length[slots].copy()
             self._free += slots.tolist()
-        keep = ~gone[self._owner]
-        remap = np.cumsum(~gone) - 1  # old request index -> new one
-        self._prev, self._state, self._row, self._slot = (
-            self._prev[keep], self._state[keep], self._row[keep], self._slot[keep]
-        )
-        self._owner = remap[self._owner[keep]]
-        if self._z is not None:
-            self._z = self._z[keep]
+        self._keep(~gone[self._rows["owner"]])
+        self._rows["owner"] = (np.cumsum(~gone) - 1)[self._rows["owner"]]  # old request index -> new one
         self.scheduler.running = [r for r in running if not r.done]
 
     def _advance(self, running: list[Request]) -> None:
+        rows = self._rows
         try:
-            params, next_state = self.runtime.step(self._prev, self._z, self._state)
+            params, next_state = self.runtime.step(rows["prev"], rows.get("z"), rows["state"])
         except SketchkitError as e:  # the runtime failed: every request in this step fails
             for r in running:
                 r.error = r.error or e
             return
         self.evaluations += 1
         self.rows_stepped += len(params)
-        owner = self._owner
         bad = ~np.isfinite(params).all(axis=1)
-        if bad.any():
-            for i in np.unique(owner[bad]):
+        if bad.any():  # those requests fail; the others go on
+            for i in np.unique(rows["owner"][bad]):
                 r = running[i]
                 r.error = r.error or ModelError(
                     f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}"
                 )
-        failed = np.array([r.error is not None for r in running])
-        greedy = np.array([r.greedy for r in running]) | failed
-        t = np.array([r.t for r in running])[owner]
-        pen = np.zeros(len(params), np.intp)
-        offset = np.zeros((len(params), 2))
-        sampled = ~greedy[owner]
-        if sampled.any():
-            draws, div, sig = self._draws(running, greedy, sampled)
-            pen[sampled], offset[sampled] = draw_points(params[sampled], div, sig, draws)
-        if (~sampled).any():
+            params = np.where(bad[:, None], 0, params)
+        sampled = ~rows["greedy"]
+        if sampled.all():
+            pen, offset = draw_points(params, rows["div"][:, None], rows["sig"][:, None], self._draws(rows["draw"]))
+        else:
+            pen, offset = np.zeros(len(params), np.intp), np.zeros((len(params), 2))
+            if sampled.any():
+                pen[sampled], offset[sampled] = draw_points(
+                    params[sampled], rows["div"][sampled, None], rows["sig"][sampled, None],
+                    self._draws(rows["draw"][sampled]),
+                )  # fmt: skip
             pen[~sampled], offset[~sampled] = draw_points(params[~sampled], 1.0, 1.0, None)
-        slot = self._slot
+        slot, t = rows["slot"], rows["t"]
         self._store[slot, t, :2] = offset
         self._store[slot, t, 2] = pen == 1
         prev = np.empty((len(params), 5), np.float32)
         prev[:, :2] = offset
         prev[:, 2:] = _ONE_HOT[pen]
-        ended = pen == 2  # p3: the p3 point itself is not part of the sketch
-        self._length[slot[ended]] = t[ended]
-        keep = ~ended
-        self._prev, self._state = prev[keep], next_state[keep]
-        self._owner, self._row, self._slot = owner[keep], self._row[keep], slot[keep]
-        if self._z is not None:
-            self._z = self._z[keep]
-        live = np.bincount(self._owner, minlength=len(running))
-        for i, r in enumerate(running):
+        rows["prev"], rows["state"] = prev, next_state
+        rows["t"] = t + 1
+        for r in running:
             r.t += 1
-            r.live = int(live[i])
+        ended = pen == 2  # p3: the p3 point itself is not part of the sketch
+        if ended.any():
+            self._length[slot[ended]] = t[ended]
+            self._keep(~ended)
+            live = np.bincount(self._rows["owner"], minlength=len(running))
+            for r, k in zip(running, live.tolist(), strict=True):
+                r.live = k
 
-    def _draws(self, running: list[Request], greedy: np.ndarray, sampled: np.ndarray) -> tuple[Draws, np.ndarray, np.ndarray]:
-        """Each sampling request draws its fixed-shape block (all n rows, as if alone) from its
-        own generator into one buffer; then the live rows' draws and temperatures, row by row."""
-        M = self.info.num_mixture
-        n = np.array([r.n for r in running])
-        n[greedy] = 0
-        start = np.cumsum(n) - n
-        exponential = np.empty((int(n.sum()), 3 + M))
-        normal = np.empty((int(n.sum()), 2))
-        for r, a, b in zip(running, start.tolist(), (start + n).tolist(), strict=True):
-            if b > a:
-                Draws.fill(r.rng, exponential[a:b], normal[a:b])  # type: ignore[arg-type]
-        owner = self._owner[sampled]
-        rows = start[owner] + self._row[sampled]
-        temperatures = np.array([r.temperature for r in running])  # [requests, 2]: divisor, sigma factor
-        div, sig = temperatures[owner].T
-        return Draws(-np.log(exponential[rows]), normal[rows]), div[:, None], sig[:, None]
+    def _draws(self, draw: np.ndarray) -> Draws:
+        """Each sampling request fills its block of the step's random numbers from its own
+        generator; `draw` picks the live rows' rows."""
+        size = self._samplers[-1][2] if self._samplers else 0
+        exponential = np.empty((size, 3 + self.info.num_mixture))
+        normal = np.empty((size, 2))
+        for rng, a, b in self._samplers:
+            Draws.fill(rng, exponential[a:b], normal[a:b])
+        return Draws(-np.log(exponential[draw]), normal[draw])
 
 
 class BackgroundEngine:
