@@ -199,7 +199,10 @@ class Engine:
     # -- the row table ------------------------------------------------------------------------
 
     def _admit(self, new: list[dict[str, np.ndarray]]) -> None:
-        self._rows = {k: np.concatenate([v, *(rows[k] for rows in new)]) for k, v in self._rows.items()}
+        # an empty table takes the new rows as they are: a runtime's state need not be [B, S]
+        # float32 (the stateful Triton runtime hands out [B, 2] handles)
+        old = [self._rows] if len(self._rows["owner"]) else []
+        self._rows = {k: np.concatenate([rows[k] for rows in (*old, *new)]) for k in self._rows}
 
     def _new_rows(self, r: Request, index: int) -> dict[str, np.ndarray]:
         """The table rows of `r`, which is `scheduler.running[index]` (its initial state made now)."""
@@ -213,7 +216,7 @@ class Engine:
         self._slots[id(r)] = slots
         self._length[slots] = r.max_len  # rows that never draw p3 are cut at max_len
         new = {
-            "prev": np.asarray(r.prev, np.float32), "state": np.asarray(r.state, np.float32),
+            "prev": np.asarray(r.prev, np.float32), "state": np.asarray(r.state),
             "owner": np.full(r.n, index, np.intp), "row": np.arange(r.n), "slot": slots,
             "t": np.full(r.n, r.t, np.intp), "greedy": np.full(r.n, r.greedy),
             "div": np.full(r.n, r.temperature[0]), "sig": np.full(r.n, r.temperature[1]),
