@@ -17,6 +17,7 @@ independently of the others, as onnxruntime's CPU kernels do).
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,10 +137,14 @@ class Engine:
     requests; only the random draws go request by request (each from its own generator).
     """
 
-    def __init__(self, runtime: Runtime, scheduler: Scheduler | None = None) -> None:
+    def __init__(self, runtime: Runtime, scheduler: Scheduler | None = None, cancel_check_s: float = 0.0) -> None:
         self.runtime = runtime
         self.info = runtime.info
         self.scheduler = scheduler or Scheduler()
+        # how often to ask requests whether they were cancelled (Triton's is_cancelled is an IPC
+        # round trip of ~0.1 ms: asking every request every step would cost more than the step)
+        self.cancel_check_s = cancel_check_s
+        self._cancel_checked = 0.0
         self.evaluations = 0  # graph evaluations (steps) so far
         self.rows_stepped = 0  # sum of the batch sizes of those evaluations
         # the row table: one entry per live row, all arrays aligned
@@ -182,9 +187,11 @@ class Engine:
             first = len(running) - len(admitted)
             self._admit([self._new_rows(r, first + k) for k, r in enumerate(admitted)])
             self._layout()
-        for request in running:
-            if request.error is None and request.is_cancelled():
-                request.error = Cancelled("cancelled")
+        if time.monotonic() - self._cancel_checked >= self.cancel_check_s:
+            self._cancel_checked = time.monotonic()
+            for request in running:
+                if request.error is None and request.is_cancelled():
+                    request.error = Cancelled("cancelled")
         if len(self._rows["prev"]) and any(r.error is None for r in running):
             self._advance(running)
         finished = [r for r in running if r.done]
