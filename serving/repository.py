@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -345,7 +345,7 @@ def _write_model(repo: Path, cfg, write_onnx: Callable[[Path], object], template
 
 def build_repo(
     models: list[str | os.PathLike[str]], out: str | os.PathLike[str], options: RepoOptions | None = None,
-    *, force: bool = False, names: list[str | None] | None = None,
+    *, force: bool = False, names: Sequence[str | None] | None = None,
 ) -> list[str]:  # fmt: skip
     """Write a model repository for `models` (model directories) to `out`; returns the Triton
     model names. `names`: the name each model is served as (None: its model.json name made
@@ -357,17 +357,17 @@ def build_repo(
     if names is not None and len(names) != len(models):
         raise SketchkitError(f"got {len(names)} names for {len(models)} models")
     infos = [(Path(m), ModelInfo.load(m)) for m in models]
-    names = [
+    served = [
         check_name(given, "Triton model name") if given else safe_name(info.name)
         for given, (_, info) in zip(names or [None] * len(infos), infos, strict=True)
     ]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted({n for n in served if served.count(n) > 1})
     if dupes:
         raise SketchkitError(f"two models are named {', '.join(dupes)}: Triton model names must be unique")
     built: list[str] = []
     stateless_template = "python_onnx" if opts.flavor == "cpu" else None
     with atomic_directory(out) as tmp:
-        for name, (model_dir, info) in zip(names, infos, strict=True):
+        for name, (model_dir, info) in zip(served, infos, strict=True):
             for graph in graphs_for(info.kind):
                 cfg = graph_config(name, graph, info, opts)
                 copy = partial(shutil.copyfile, model_dir / info.files[graph.name])

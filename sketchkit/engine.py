@@ -114,7 +114,7 @@ class Scheduler:
 
     def admit(self) -> list[Request]:
         """Move waiting requests to running while they fit; returns the admitted ones."""
-        admitted = []
+        admitted: list[Request] = []
         with self._lock:
             rows = sum(r.live for r in self.running)
             while self.waiting and (rows + self.waiting[0].n <= self.max_rows or not self.running and not admitted):

@@ -103,7 +103,7 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     )  # fmt: skip
     if names and len(names) != len(models):
         raise SketchkitError(f"got {len(names)} --name for {len(models)} models (give one per model, in order)")
-    typed = list(names) or [None if Path(m).is_dir() else safe_name(m) for m in models]
+    typed: list[str | None] = [*names] or [None if Path(m).is_dir() else safe_name(m) for m in models]
     built = build([resolve_model(m) for m in models], out, options, force=force, names=typed)
     click.echo(f"wrote {out} ({flavor}): {', '.join(built)}")
 
