@@ -115,6 +115,8 @@ class Scheduler:
     def admit(self) -> list[Request]:
         """Move waiting requests to running while they fit; returns the admitted ones."""
         admitted: list[Request] = []
+        if not self.waiting:
+            return admitted
         with self._lock:
             rows = sum(r.live for r in self.running)
             while self.waiting and (rows + self.waiting[0].n <= self.max_rows or not self.running and not admitted):
@@ -163,6 +165,7 @@ class Engine:
         if self.info.conditional:
             self._rows["z"] = np.zeros((0, self.info.z_size), np.float32)
         self._samplers: list[tuple[np.random.Generator, int, int]] = []  # (rng, first, end) in the buffer
+        self._any_greedy = False
         self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
         self._length = np.zeros(0, np.intp)  # slot -> final length (max_len until p3)
         self._free: list[int] = []
@@ -259,6 +262,7 @@ class Engine:
         start = np.cumsum(n) - n
         self._samplers = [(r.rng, a, a + k) for r, a, k in zip(running, start.tolist(), n.tolist(), strict=True) if k]  # type: ignore[misc]
         self._rows["draw"] = start[self._rows["owner"]] + self._rows["row"]
+        self._any_greedy = any(r.greedy for r in running)
 
     def _retire(self, running: list[Request]) -> None:
         """Hand finished requests their sketches, free their slots and drop their rows."""
@@ -283,19 +287,19 @@ class Engine:
             return
         self.evaluations += 1
         self.rows_stepped += len(params)
-        bad = ~np.isfinite(params).all(axis=1)
-        if bad.any():  # those requests fail; the others go on
+        if not np.isfinite(params).all():  # those requests fail; the others go on
+            bad = ~np.isfinite(params).all(axis=1)
             for i in np.unique(rows["owner"][bad]):
                 r = running[i]
                 r.error = r.error or ModelError(
                     f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}"
                 )
             params = np.where(bad[:, None], 0, params)
-        sampled = ~rows["greedy"]
-        if sampled.all():
+        if not self._any_greedy:
             pen, offset = draw_points(params, rows["div"][:, None], rows["sig"][:, None], self._draws(rows["draw"]))
         else:
             pen, offset = np.zeros(len(params), np.intp), np.zeros((len(params), 2))
+            sampled = ~rows["greedy"]
             if sampled.any():
                 pen[sampled], offset[sampled] = draw_points(
                     params[sampled], rows["div"][sampled, None], rows["sig"][sampled, None],
@@ -328,6 +332,8 @@ class Engine:
         normal = np.empty((size, 2))
         for rng, a, b in self._samplers:
             Draws.fill(rng, exponential[a:b], normal[a:b])
+        if len(draw) == size:  # every row of every sampling request is live: the buffer as it is
+            return Draws(-np.log(exponential), normal)
         return Draws(-np.log(exponential[draw]), normal[draw])
 
 
