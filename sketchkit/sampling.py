@@ -1,10 +1,12 @@
 """Sampling sketches from the step-wise graphs (paper §3.2-3.3, Eq. 3-8).
 
-`Sampler(runtime)` runs the autoregressive loop on numpy batches; the runtime (in-process
-onnxruntime or Triton) only evaluates graphs, and all randomness lives here in one seeded
-`numpy.random.Generator`. Every step draws a fixed-shape block of random numbers for all n rows,
-finished or not, so a seed gives the same sketches whatever order rows finish in and whatever
-runtime runs the graphs.
+`Sampler(runtime)` turns each call into an engine request (`sketchkit.engine`: the one decode
+loop, shared with the Triton generate model and the training previews) and runs it; the runtime
+(in-process onnxruntime or Triton) only evaluates graphs, and all randomness lives in the
+request's seeded `numpy.random.Generator`. Every step draws a fixed-shape block of random numbers
+for all n rows, finished or not, so a seed gives the same sketches whatever order rows finish in,
+whatever else shares the engine and whatever runtime runs the graphs. A runtime that samples
+whole sketches itself (Triton's `<name>_generate`, `remote_generator()`) gets the call instead.
 
 Units: the graphs work in normalised offsets (pixels / scale_factor); everything the Sampler
 takes and returns is stroke-3 in pixel units.
