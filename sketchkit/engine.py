@@ -59,6 +59,8 @@ class Request:
     scale_factor: float
     is_cancelled: Callable[[], bool] = lambda: False  # a caller that went away frees its rows
     on_done: Callable[[Request], None] | None = None  # called from the stepping thread
+    n: int = field(init=False)  # sketches
+    temperature: tuple[float, float] = field(init=False)  # (divisor of the logits, factor on sigma), Eq. 8
     # -- progress (the engine's) ------------------------------------------------------------
     t: int = 0  # steps taken
     live: int = field(init=False)  # rows still drawing

@@ -43,7 +43,7 @@ class TritonPythonModel:
         self.names = [t.name for t in inputs_for(self.info)]
         self.limits = Limits(max_n=int(p["max_sketches_per_request"]), max_len=int(p["max_len"]))
         scheduler = Scheduler(max_rows=int(p["max_rows_per_step"]), max_pending_rows=int(p["max_sketches_in_flight"]))
-        engine = Engine(runtime, scheduler, cancel_check_s=float(p.get("cancel_check_s", "0.05")))
+        engine = Engine(runtime, scheduler, cancel_check_s=float(p.get("cancel_check_s", "0.2")))
         self.engine = BackgroundEngine(engine, on_idle=self.log_statistics)
 
     def execute(self, requests):
