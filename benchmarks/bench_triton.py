@@ -1,16 +1,16 @@
-"""Sampling through Triton against sampling in process, same model, same machine, one run.
+"""Triton: whole sketches per request (`<name>_generate`, continuous batching) against in process.
 
-    .venv/bin/python benchmarks/bench_triton.py --magenta ../shared/data/magenta-gen/owl.gen.json
+    python benchmarks/bench_triton.py            # about 2-3 minutes on 2 cores; updates RESULTS.md
 
-Starts a real tritonserver (nvidia-pytriton's binary, cpu-flavor repository: onnxruntime inside
-the Python backend) on 127.0.0.1 and measures:
-- per-step round trip of the decoder step at B = 1 and B = 50: in process, Triton gRPC and HTTP
-  (state in the request), Triton gRPC stateful (state on the server, only prev and rows sent);
-- sketches/s for `generate -n 50 --tau 0.3`, in process vs through Triton (medians; every Triton
-  run checked bit-identical to the in-process run of the same seed);
-- 16 concurrent clients (threads sharing one runtime) x 50 sketches each, one sketch per request:
-  throughput, p50/p99 latency per sketch, errors.
-Writes the "Triton" section of benchmarks/RESULTS.md (other sections are kept).
+One process: imports Magenta's owl (decoder-only LSTM, H = 512) from ../shared, builds a cpu-flavor
+repository, starts the tritonserver of nvidia-pytriton on 127.0.0.1 and measures
+1. `generate -n 50 --tau 0.3`, one request: in process (baseline), through `owl_generate`, and the
+   old path (the step loop in the client, one gRPC request per decoder step); sketches compared
+   with the in-process ones of the same seed;
+2. C concurrent clients (threads, one gRPC channel each) x R requests of one sketch each through
+   `owl_generate`, for C = 16 and 64: sketches/s, p50/p99 latency, errors, and the engine's mean
+   sketches per graph evaluation (from the generate model's statistics line in the server log);
+   the in-process baseline runs 16 threads that share one onnxruntime runtime.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ import numpy as np
 
 from serving.repository import RepoOptions, build_repo
 from serving.server import TritonServer, free_port
+from sketchkit.client import Client
 from sketchkit.runtime_onnx import OnnxRuntime
 from sketchkit.runtime_triton import TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+STATS = re.compile(r"sketchkit engine: (\d+) evaluations, (\d+) rows stepped")
 
 
 def write_section(text: str) -> None:
@@ -45,49 +47,38 @@ def write_section(text: str) -> None:
     RESULTS.write_text(new)
 
 
-def step_ms(runtime, batch: int, steps: int) -> float:
-    """Median milliseconds of one decoder step (after warm-up), the state fed back each time."""
-    rng = np.random.default_rng(0)
-    state = runtime.init_state(None, batch)
-    prev = np.zeros((batch, 5), np.float32)
-    prev[:, 2] = 1
-    times = []
-    for i in range(steps + 10):
-        prev[:, :2] = rng.normal(0, 0.1, (batch, 2))
-        t = time.perf_counter()
-        _, state = runtime.step(prev, None, state)
-        if i >= 10:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def generate_runs(runtime, n: int, tau: float, runs: int, reference: list | None) -> tuple[float, bool]:
-    """Median seconds of generate(n) over seeds 0..runs-1; whether each equals `reference`."""
-    sampler = Sampler(runtime)
-    sampler.generate(n, options=SamplingOptions(tau=tau, seed=99))  # warm-up
+def one_request(generate, n: int, tau: float, runs: int, reference: list | None) -> tuple[float, bool]:
+    """Median seconds of generate(n, seed) over seeds 0..runs-1 (after a warm-up); whether every
+    result equals `reference[seed]`."""
+    generate(n, SamplingOptions(tau=tau, seed=99))
     times, identical = [], True
-    for r in range(runs):
+    for seed in range(runs):
         t = time.perf_counter()
-        sketches = sampler.generate(n, options=SamplingOptions(tau=tau, seed=r))
+        sketches = generate(n, SamplingOptions(tau=tau, seed=seed))
         times.append(time.perf_counter() - t)
         if reference is not None:
-            identical &= all(np.array_equal(a, b) for a, b in zip(sketches, reference[r], strict=True))
+            identical &= same(sketches, reference[seed])
     return statistics.median(times), identical
 
 
-def concurrent(runtime, clients: int, per_client: int, tau: float) -> dict[str, float]:
-    """`clients` threads, each generating `per_client` sketches one request (generate(1)) at a time."""
+def concurrent(generate_one, clients: int, per_client: int) -> dict[str, float]:
+    """`clients` threads, each asking for `per_client` single sketches one request at a time."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
 
     def client(c: int) -> None:
-        sampler = Sampler(runtime)
+        start.wait()
         for i in range(per_client):
             t = time.perf_counter()
             try:
-                sampler.generate(1, options=SamplingOptions(tau=tau, seed=c * 1000 + i))
-            except Exception as e:  # counted, reported
+                generate_one(c * 1000 + i)
+            except Exception as e:  # counted and reported
                 with lock:
                     errors.append(str(e))
                 continue
@@ -95,156 +86,126 @@ def concurrent(runtime, clients: int, per_client: int, tau: float) -> dict[str, 
                 latencies.append(time.perf_counter() - t)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    t = time.perf_counter()
     for th in threads:
         th.start()
+    start.wait()
+    t = time.perf_counter()
     for th in threads:
         th.join()
     wall = time.perf_counter() - t
-    ms = np.array(latencies) * 1e3
+    ms = np.array(latencies or [np.nan]) * 1e3
     return dict(wall=wall, rate=len(latencies) / wall, p50=float(np.percentile(ms, 50)),
                 p99=float(np.percentile(ms, 99)), errors=len(errors), first_error=errors[0] if errors else "")  # fmt: skip
 
 
-def executions(url: str, model: str) -> tuple[int, int]:
-    """(requests, executions) so far, from Triton's statistics: requests / executions is how many
-    requests the batcher merged into one run of the model."""
-    import tritonclient.grpc as tc
-
-    stats = tc.InferenceServerClient(url.split("://", 1)[1]).get_inference_statistics(model, as_json=True)
-    (entry,) = stats["model_stats"]
-    return int(entry["inference_stats"]["success"].get("count", 0)), int(entry.get("execution_count", 0))
+def engine_stats(server: TritonServer) -> tuple[int, int]:
+    """(evaluations, rows stepped) so far: the generate model logs them whenever it runs dry."""
+    time.sleep(0.3)  # the line is written just after the last answer
+    found = STATS.findall(server.log())
+    return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--magenta",
-        type=Path,
-        default=ROOT.parent / "shared/data/magenta-gen/owl.gen.json",
-        help="Magenta decoder-only JSON model to import (needs the export extra)",
-    )
-    ap.add_argument(
-        "--model", type=Path, default=None, help="an exported model directory instead of --magenta"
-    )
+    ap.add_argument("--magenta", type=Path, default=ROOT.parent / "shared/data/magenta-gen/owl.gen.json",
+                    help="Magenta JSON model to import (needs the export extra)")  # fmt: skip
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--tau", type=float, default=0.3)
-    ap.add_argument("--runs", type=int, default=5, help="generate() repetitions (median)")
-    ap.add_argument("--steps", type=int, default=200, help="decoder steps per round-trip measurement")
-    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=5, help="one-request repetitions (median)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--per-client", type=int, default=50)
+    ap.add_argument("--baseline-per-client", type=int, default=10, help="requests per in-process thread")
     ap.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model
-        if model_dir is None:
-            from export.magenta import import_magenta
+        from export.magenta import import_magenta
 
-            model_dir = Path(tmp) / args.magenta.name.split(".")[0]
-            print(f"importing {args.magenta} -> {model_dir}", file=sys.stderr)
-            import_magenta(args.magenta, model_dir)
-        local = OnnxRuntime(model_dir)
+        model_dir = Path(tmp) / "owl"
+        print(f"importing {args.magenta} -> {model_dir}", file=sys.stderr)
+        import_magenta(args.magenta, model_dir, name="owl")
+        local = Sampler(OnnxRuntime(model_dir))
         info = local.info
-        build_repo([model_dir], Path(tmp) / "repo", RepoOptions(flavor="cpu"))
+        build_repo([model_dir], Path(tmp) / "repo", RepoOptions(flavor="cpu", stateful=False))
         loads = [os.getloadavg()[0]]
-        with TritonServer(
-            Path(tmp) / "repo", free_port(), free_port(), log_path=Path(tmp) / "server.log"
-        ) as server:
-            runtimes = {
-                "in process (onnxruntime)": local,
-                "Triton gRPC": TritonRuntime(server.grpc_url, info.name),
-                "Triton HTTP": TritonRuntime(server.http_url, info.name),
-                "Triton gRPC, stateful": TritonRuntime(server.grpc_url, info.name, stateful=True),
+        with TritonServer(Path(tmp) / "repo", free_port(), free_port(), log_path=Path(tmp) / "server.log") as server:
+            client = Client(server.grpc_url)
+            step_mode = Sampler(TritonRuntime(server.grpc_url, "owl", mode="step"))
+            reference = [local.generate(args.n, options=SamplingOptions(tau=args.tau, seed=s)) for s in range(args.runs)]
+            ways = {
+                "in process (onnxruntime)": lambda n, o: local.generate(n, options=o),
+                "`owl_generate`, one gRPC request": lambda n, o: client.generate("owl", n=n, tau=o.tau, seed=o.seed),
+                "step loop in the client (one gRPC request per step)": lambda n, o: step_mode.generate(n, options=o),
             }
-            steps = {}
-            for name, rt in runtimes.items():
-                steps[name] = [step_ms(rt, b, args.steps) for b in (1, 50)]
-                print(
-                    f"step {name}: B=1 {steps[name][0]:.2f} ms, B=50 {steps[name][1]:.2f} ms", file=sys.stderr
-                )
-            sampler = Sampler(local)
-            reference = [
-                sampler.generate(args.n, options=SamplingOptions(tau=args.tau, seed=r))
-                for r in range(args.runs)
-            ]
-            gen = {}
-            for name, rt in runtimes.items():
-                gen[name] = generate_runs(rt, args.n, args.tau, args.runs, None if rt is local else reference)
-                print(f"generate {name}: {gen[name][0]:.3f} s, identical {gen[name][1]}", file=sys.stderr)
+            one = {}
+            for name, way in ways.items():
+                one[name] = one_request(way, args.n, args.tau, args.runs, None if "in process" in name else reference)
+                print(f"one request, {name}: {one[name][0]:.3f} s, identical {one[name][1]}", file=sys.stderr)
             loads.append(os.getloadavg()[0])
             conc = {}
-            served = {
-                "Triton gRPC": f"{info.name}_decoder_step",
-                "Triton gRPC, stateful": f"{info.name}_decoder_step_stateful",
-            }
-            for name in ("in process (onnxruntime)", "Triton gRPC", "Triton gRPC, stateful"):
-                before = executions(server.grpc_url, served[name]) if name in served else (0, 0)
-                conc[name] = concurrent(runtimes[name], args.clients, args.per_client, args.tau)
-                if name in served:
-                    (r0, e0), (r1, e1) = before, executions(server.grpc_url, served[name])
-                    conc[name]["merged"] = (r1 - r0) / max(e1 - e0, 1)
+            conc["in process, 16 threads"] = concurrent(
+                lambda seed: local.generate(1, options=SamplingOptions(tau=args.tau, seed=seed)), 16, args.baseline_per_client
+            )  # fmt: skip
+            print(f"concurrent in process: {conc['in process, 16 threads']}", file=sys.stderr)
+            for clients in args.clients:
+                before = engine_stats(server)
+                name = f"`owl_generate`, {clients} clients"
+                conc[name] = concurrent(lambda seed: client.generate("owl", n=1, tau=args.tau, seed=seed), clients, args.per_client)
+                (e0, r0), (e1, r1) = before, engine_stats(server)
+                conc[name]["per_eval"] = (r1 - r0) / max(e1 - e0, 1)
                 print(f"concurrent {name}: {conc[name]}", file=sys.stderr)
             loads.append(os.getloadavg()[0])
-            for rt in runtimes.values():
-                rt.close()
+            client.close()
+            step_mode.runtime.close()
 
-    base_gen = gen["in process (onnxruntime)"][0]
-    step_rows = "\n".join(f"| {name} | {b1:.2f} ms | {b50:.2f} ms |" for name, (b1, b50) in steps.items())
-    gen_rows = "\n".join(
-        f"| {name} | {t:.3f} s | {args.n / t:.1f} | {base_gen / t:.2f}x | {'-' if rt is local else ('yes' if same else '**NO**')} |"
-        for (name, (t, same)), rt in zip(gen.items(), runtimes.values(), strict=True)
+    base = one["in process (onnxruntime)"][0]
+    one_rows = "\n".join(
+        f"| {name} | {t:.3f} s | {t / base:.2f}x | {'-' if 'in process' in name else ('yes' if ok else '**NO**')} |"
+        for name, (t, ok) in one.items()
     )
 
     def conc_row(name: str, c: dict) -> str:
-        merged = f"{c['merged']:.2f}" if "merged" in c else "-"
-        return f"| {name} | {c['rate']:.1f} | {c['p50']:.0f} ms | {c['p99']:.0f} ms | {c['errors']} | {c['wall']:.1f} s | {merged} |"
+        per_eval = f"{c['per_eval']:.1f}" if "per_eval" in c else "-"
+        requests = args.baseline_per_client if "in process" in name else args.per_client
+        return (f"| {name} x {requests} | {c['rate']:.1f} | {c['p50']:.0f} ms | {c['p99']:.0f} ms | {c['errors']} "
+                f"| {c['wall']:.1f} s | {per_eval} |")  # fmt: skip
 
     conc_rows = "\n".join(conc_row(name, c) for name, c in conc.items())
     from importlib.metadata import version
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
-    source = args.model or args.magenta.name
     text = f"""## Triton
 
 `{" ".join(["python benchmarks/bench_triton.py", *sys.argv[1:]])}`
 
-Model `{source}` (decoder-only LSTM, H = {info.dec_size}, M = {info.num_mixture}, N_max = {info.max_seq_len}).
-Server: the tritonserver 2.51 binary of nvidia-pytriton on 127.0.0.1, cpu-flavor repository
-(`sketchkit serve build-repo --flavor cpu`: onnxruntime in the Python backend, 1 instance,
-1 intra-op thread, dynamic batching with 200 us queue delay). Client in the same process.
-Machine: {cpu}, {os.cpu_count()} CPUs **shared** by server, client and other work (1-min load
-average {", ".join(f"{x:.1f}" for x in loads)} at start / after the sampling runs / after the
-concurrency runs); onnxruntime {version("onnxruntime")}, tritonclient {version("tritonclient")}, numpy {np.__version__}.
+Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dec_size}, M = {info.num_mixture}, N_max = {info.max_seq_len}),
+imported to ONNX. Server: the tritonserver 2.51 binary of nvidia-pytriton on 127.0.0.1, cpu-flavor
+repository (`sketchkit serve build-repo --flavor cpu`): `owl_generate` runs `sketchkit.engine` in the
+Python backend (onnxruntime, 1 intra-op thread, continuous batching across requests). Clients in
+the same process, one gRPC channel per thread (`sketchkit.Client`). Machine: {cpu}, {os.cpu_count()} CPUs
+**shared** by server, clients and other work (1-min load average {", ".join(f"{x:.1f}" for x in loads)} at
+start / after the one-request runs / at the end); onnxruntime {version("onnxruntime")},
+tritonclient {version("tritonclient")}, numpy {np.__version__}.
 
-Decoder step, round trip (median of {args.steps}):
+One request, `generate -n {args.n} --tau {args.tau}` (median of {args.runs} seeds; Triton results compared
+with the in-process sketches of the same seed):
 
-| runtime | B = 1 | B = 50 |
-|---|---|---|
-{step_rows}
+| way | time | vs in process | bit-identical |
+|---|---|---|---|
+{one_rows}
 
-`generate -n {args.n} --tau {args.tau}` (median of {args.runs} seeds; Triton runs compared with the
-in-process sketches of the same seed):
+Concurrent clients, one sketch per request (tau {args.tau}, a different seed per request):
 
-| runtime | time | sketches/s | speed vs in process | bit-identical |
-|---|---|---|---|---|
-{gen_rows}
-
-{args.clients} concurrent clients (threads sharing one runtime) x {args.per_client} sketches each, one
-sketch per request (`generate(1)`, tau {args.tau}):
-
-| runtime | sketches/s | p50 latency | p99 latency | errors | wall | step requests per execution |
+| clients x requests each | sketches/s | p50 latency | p99 latency | errors | wall | sketches per graph evaluation |
 |---|---|---|---|---|---|---|
 {conc_rows}
 
-- Stateful: a step sends prev [B, 5] and rows [B] and gets params back; stateless also sends the
-  state and gets the next one ([B, {info.state_size}] float32 each way). One sequence carries a
-  whole generation (`max_batch_size: 0`), so Triton never merges the steps of different
-  sequences: one run per request (last column), where the stateless step's dynamic batcher
-  merges concurrent clients' steps into one onnxruntime run.
-- "step requests per execution": Triton's own statistics (success count / execution count) over
-  the concurrency run.
+- Targets (issue 9): one request <= 1.3x in process; 16 clients >= 150 sketches/s, p99 <= 1 s, 0 errors.
+- "sketches per graph evaluation": the engine's rows stepped / decoder evaluations over that run
+  (its statistics line in the server log), i.e. how many clients' sketches shared each step.
+- In process, 16 threads share one onnxruntime runtime and each call runs its own loop (no
+  batching across threads): the old way a service would have used the library.
 """
     print(text)
     if not args.no_write:

@@ -28,6 +28,7 @@ from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
 from zoo import checkpoint
 from zoo.model import SketchRNN
+from zoo.runtime_torch import model_info  # noqa: F401 (export builds model.json with it)
 
 OPSET = 17
 DYNAMIC = ("B", "T")  # the symbolic dims that stay symbolic in the ONNX file
@@ -77,26 +78,6 @@ def dynamic_axes(graph: Graph) -> dict[str, dict[int, str]]:
     return {
         t.name: {i: d for i, d in enumerate(t.dims) if d in DYNAMIC} for t in graph.inputs + graph.outputs
     }
-
-
-def model_info(
-    model: SketchRNN, name: str, scale_factor: float, max_seq_len: int, **fields: object
-) -> ModelInfo:
-    """The model.json of a SketchRNN; `fields` sets the rest (source, license, metrics, ...)."""
-    hp = model.hp
-    return ModelInfo(
-        name=name,
-        kind="vae" if hp.conditional else "decoder-only",
-        cell=hp.cell,
-        dec_size=hp.dec_size,
-        num_mixture=hp.num_mixture,
-        state_size=model.state_size,
-        scale_factor=float(scale_factor),
-        max_seq_len=int(max_seq_len),
-        enc_size=hp.enc_size if hp.conditional else 0,
-        z_size=hp.z_size if hp.conditional else 0,
-        **fields,  # type: ignore[arg-type]
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,13 @@ in `sketchkit.graphs` and each model's model.json (no tensor name is written by 
         1/model.onnx                     the exported graph, byte for byte
         1/model.py                       cpu flavor: templates/python_onnx/model.py
     REPO/<name>_decoder_step_stateful/   server-held state (see `stateful_step_onnx`)
+    REPO/<name>_generate/                one request in, finished sketches out (continuous batching)
+        config.pbtxt                     inputs/outputs from `sketchkit.generation`
+        1/model.py                       templates/python_generate/model.py (both flavors)
+        1/model.json, 1/*.onnx           the model directory, byte for byte
+
+<name> is the name the model was asked for, made Triton-safe (`sketchkit.names.safe_name`:
+`owl` -> `owl_*`, `magenta/owl.gen` -> `magenta-owl.gen_*`), or the one given with `names`.
 
 Flavors: `gpu` serves model.onnx with the onnxruntime backend (NGC container, KIND_GPU, implicit
 state for the stateful step); `cpu` runs the same files with onnxruntime inside a Python-backend
@@ -18,16 +25,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sketchkit.errors import ModelError, SketchkitError
+from sketchkit.generation import GENERATE, REQUIRED, inputs_for, outputs_for
 from sketchkit.graphs import Graph, Tensor, concrete_dims, graphs_for
 from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
+from sketchkit.names import check_name, safe_name
 from sketchkit.runtime_triton import (
     CONTROL_START,
     INFO_PARAMETER,
@@ -44,7 +53,8 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).parent / "templates"
 FLAVORS = ("cpu", "gpu")
 ACCELERATORS = ("none", "tensorrt", "tensorrt-fp16")
-_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
+_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "bool": "TYPE_BOOL",
+          "bytes": "TYPE_STRING"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class RepoOptions:
     stateful: bool = True  # also build <name>_decoder_step_stateful
     sequence_idle_s: float = 60.0  # a stateful sequence idle this long is dropped (Triton's default: 1 s)
     max_sequences: int = 1024  # stateful sequences in flight per instance before Triton backlogs new ones
+    generate: bool = True  # also build <name>_generate
+    max_sketches_per_request: int = 256  # generate: a request's n above this is an error
+    max_sketches_in_flight: int = 4096  # generate: queued + running sketches; beyond, "busy" errors
+    max_rows_per_step: int = 1024  # generate: rows of one graph evaluation; the rest wait their turn
+    max_len: int = 1000  # generate: a request's max_len (and prefix length) above this is an error
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
@@ -77,6 +92,7 @@ class RepoOptions:
             or self.instances < 1
             or self.queue_delay_us < 0
             or self.sequence_idle_s <= 0
+            or min(self.max_sketches_per_request, self.max_sketches_in_flight, self.max_rows_per_step, self.max_len) < 1
         ):
             raise SketchkitError("max batch size and instances must be >= 1, delays >= 0")
 
@@ -147,16 +163,16 @@ def _tensorrt(cfg, graph: Graph, info: ModelInfo, opts: RepoOptions) -> None:
         acc.parameters["trt_cuda_graph_enable"] = "1"
 
 
-def graph_config(graph: Graph, info: ModelInfo, opts: RepoOptions) -> model_config_pb2.ModelConfig:
+def graph_config(name: str, graph: Graph, info: ModelInfo, opts: RepoOptions) -> model_config_pb2.ModelConfig:
     """A stateless graph: batched along B, with the dynamic batcher merging other clients' steps."""
-    cfg = _base(triton_name(info.name, graph.name), graph, info, opts, batched=True)
+    cfg = _base(triton_name(name, graph.name), graph, info, opts, batched=True)
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.queue_delay_us
     if graph.name == "decoder_step":  # every kind has one: the client reads model.json from it
         cfg.parameters[INFO_PARAMETER].string_value = info.to_json()
     return cfg
 
 
-def stateful_config(info: ModelInfo, opts: RepoOptions) -> model_config_pb2.ModelConfig:
+def stateful_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_config_pb2.ModelConfig:
     """The decoder step with the recurrent state kept on the server, one sequence per generation.
 
     `max_batch_size: 0`: a sequence carries a whole [B, ...] batch (one request per step however
@@ -166,7 +182,7 @@ def stateful_config(info: ModelInfo, opts: RepoOptions) -> model_config_pb2.Mode
     keyed by the correlation id (END or `sequence_idle_s` frees it)."""
     pb = _pb()
     graph = stateful_graph(info.kind)
-    cfg = _base(triton_name(info.name, STATEFUL_STEP), graph, info, opts, batched=False)
+    cfg = _base(triton_name(name, STATEFUL_STEP), graph, info, opts, batched=False)
     seq = cfg.sequence_batching
     seq.max_sequence_idle_microseconds = int(opts.sequence_idle_s * 1e6)
     seq.oldest.max_candidate_sequences = opts.max_sequences
@@ -191,6 +207,25 @@ def stateful_config(info: ModelInfo, opts: RepoOptions) -> model_config_pb2.Mode
         cfg.parameters["state_output"].string_value = STATE_OUT
         cfg.parameters["state_size"].string_value = str(info.state_size)
         cfg.parameters["idle_seconds"].string_value = str(opts.sequence_idle_s)
+    return cfg
+
+
+def generate_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_config_pb2.ModelConfig:
+    """`<name>_generate`: a Python-backend model (both flavors) that runs the whole sampling loop
+    for many requests at once (templates/python_generate/model.py). `max_batch_size: 0`: a
+    request carries its own n; the engine, not Triton's batcher, merges requests."""
+    pb = _pb()
+    cfg = pb.ModelConfig(name=triton_name(name, GENERATE), max_batch_size=0, backend="python")
+    sizes = info.sizes | {"n": -1, "L": -1}
+    for t in inputs_for(info):
+        _io(cfg.input.add(optional=t.name not in REQUIRED), t, sizes, batched=False)
+    for t in outputs_for(info):
+        _io(cfg.output.add(), t, sizes, batched=False)
+    kind = pb.ModelInstanceGroup.KIND_GPU if opts.flavor == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+    cfg.instance_group.add(count=1, kind=kind)  # one engine per model: it batches every request
+    for key in ("max_sketches_per_request", "max_sketches_in_flight", "max_rows_per_step", "max_len"):
+        cfg.parameters[key].string_value = str(getattr(opts, key))
+    cfg.parameters["intra_op_threads"].string_value = "1"
     return cfg
 
 
@@ -293,6 +328,12 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
 # the repository
 
 
+def _copy_model_dir(model_dir: Path, info: ModelInfo, onnx_path: Path) -> None:
+    """The generate model's files: model.json and its graphs beside model.py (not a model.onnx)."""
+    for name in ("model.json", *info.files.values()):
+        shutil.copyfile(model_dir / name, onnx_path.parent / name)
+
+
 def _write_model(repo: Path, cfg, write_onnx: Callable[[Path], object], template: str | None) -> None:
     version = repo / cfg.name / "1"
     version.mkdir(parents=True)
@@ -304,32 +345,42 @@ def _write_model(repo: Path, cfg, write_onnx: Callable[[Path], object], template
 
 def build_repo(
     models: list[str | os.PathLike[str]], out: str | os.PathLike[str], options: RepoOptions | None = None,
-    *, force: bool = False,
+    *, force: bool = False, names: Sequence[str | None] | None = None,
 ) -> list[str]:  # fmt: skip
     """Write a model repository for `models` (model directories) to `out`; returns the Triton
-    model names. Built in a temp dir beside `out` and renamed into place: never half a repo."""
+    model names. `names`: the name each model is served as (None: its model.json name made
+    Triton-safe). Built in a temp dir beside `out` and renamed into place: never half a repo."""
     opts = options or RepoOptions()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise SketchkitError(f"{out} exists and is not empty (use --force to replace it)")
+    if names is not None and len(names) != len(models):
+        raise SketchkitError(f"got {len(names)} names for {len(models)} models")
     infos = [(Path(m), ModelInfo.load(m)) for m in models]
-    names = [info.name for _, info in infos]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    served = [
+        check_name(given, "Triton model name") if given else safe_name(info.name)
+        for given, (_, info) in zip(names or [None] * len(infos), infos, strict=True)
+    ]
+    dupes = sorted({n for n in served if served.count(n) > 1})
     if dupes:
         raise SketchkitError(f"two models are named {', '.join(dupes)}: Triton model names must be unique")
     built: list[str] = []
     stateless_template = "python_onnx" if opts.flavor == "cpu" else None
     with atomic_directory(out) as tmp:
-        for model_dir, info in infos:
+        for name, (model_dir, info) in zip(served, infos, strict=True):
             for graph in graphs_for(info.kind):
-                cfg = graph_config(graph, info, opts)
+                cfg = graph_config(name, graph, info, opts)
                 copy = partial(shutil.copyfile, model_dir / info.files[graph.name])
                 _write_model(tmp, cfg, copy, stateless_template)
                 built.append(cfg.name)
             if opts.stateful:
-                cfg = stateful_config(info, opts)
+                cfg = stateful_config(name, info, opts)
                 template = "python_onnx_stateful" if opts.flavor == "cpu" else None
                 _write_model(tmp, cfg, partial(stateful_step_onnx, model_dir, info), template)
+                built.append(cfg.name)
+            if opts.generate:
+                cfg = generate_config(name, info, opts)
+                _write_model(tmp, cfg, partial(_copy_model_dir, model_dir, info), "python_generate")
                 built.append(cfg.name)
         for config in tmp.glob("*/config.pbtxt"):
             read_config(config)  # what we wrote parses back into Triton's ModelConfig

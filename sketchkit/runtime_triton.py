@@ -1,5 +1,10 @@
 """The Runtime protocol over a Triton server (gRPC or HTTP), for services that share one server.
 
+Whole sketches (default for `generate`/`decode`/`complete` when the server has it):
+`<model>_generate` runs the sampling loop on the server, one request per call, continuously
+batched with every other client's (`TritonGenerator`; `sketchkit.generation` is its contract).
+Step mode (`mode="step"`, `?step=1` on a URL, or whatever the generate model does not cover,
+such as `encode`) drives the loop here, one request per decoder step:
 Stateless (default): `<model>_decoder_step` takes the state with each request and returns the next
 one, so any request can go to any instance and Triton's dynamic batcher can merge the steps of
 many clients into one execution. `stateful=True`: `<model>_decoder_step_stateful` keeps the state
@@ -22,9 +27,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from sketchkit import generation
 from sketchkit.errors import SketchkitError
 from sketchkit.graphs import DECODER_INIT, DECODER_STEP, ENCODER, Graph, Tensor, graphs_for
 from sketchkit.modelinfo import ModelInfo
+from sketchkit.names import safe_name
 
 INFO_PARAMETER = "sketchkit_model_info"  # config parameter of <model>_decoder_step holding model.json
 STATEFUL_STEP = "decoder_step_stateful"
@@ -32,7 +39,8 @@ STATE_IN = next(t.name for t in DECODER_STEP.inputs if t.dims[-1] == "S")  # "st
 STATE_OUT = next(t.name for t in DECODER_STEP.outputs if t.dims[-1] == "S")  # "next_state"
 CONTROL_START = "START"
 ROWS = Tensor("rows", "int64", ("B",))
-_WIRE = {"float32": "FP32", "int64": "INT64"}
+_WIRE = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL", "bytes": "BYTES"}
+MODES = ("generate", "step")
 
 
 def triton_name(model: str, graph: str) -> str:
@@ -71,9 +79,12 @@ def _first_line(text: str) -> str:
 class TritonRuntime:
     """`sketchkit.runtime.Runtime` over tritonclient; safe to share between threads.
 
-    url: grpc://host:8001 or http://host:8000. model: the sketchkit model name (Triton serves
-    `<model>_<graph>`). info: model.json; None reads it from the server. timeout_s: per request.
-    retries: extra attempts when the server is UNAVAILABLE (connection refused, restarting).
+    url: grpc://host:8001 or http://host:8000. model: the served model name (Triton serves
+    `<model>_<graph>`; a zoo name such as `magenta/owl.gen` is served as `magenta-owl.gen`).
+    info: model.json; None reads it from the server. timeout_s: per request. retries: extra
+    attempts when the server is UNAVAILABLE (connection refused, restarting). mode: "generate"
+    samples whole sketches with `<model>_generate` when the server has it; "step" always runs the
+    loop here. stateful: the step mode with server-held state.
     """
 
     def __init__(
@@ -85,12 +96,16 @@ class TritonRuntime:
         timeout_s: float = 30.0,
         retries: int = 3,
         stateful: bool = False,
+        mode: str = "generate",
     ) -> None:
         if not model:
             raise TritonError("no model name given for the Triton runtime")
+        if mode not in MODES:
+            raise TritonError(f"unknown Triton runtime mode {mode!r} (choose {' or '.join(MODES)})")
         self.protocol, self.address = parse_url(url)
         self.url = f"{self.protocol}://{self.address}"
-        self.model = model
+        self.model = safe_name(model)
+        self.mode = "step" if stateful else mode
         self.timeout_s = timeout_s
         self.retries = retries
         self.stateful = stateful
@@ -101,21 +116,28 @@ class TritonRuntime:
         import tritonclient.utils  # fail here, in one line, if the client library is missing
 
         self._exception = tritonclient.utils.InferenceServerException
-        config = self._config(triton_name(model, DECODER_STEP.name))
+        config = self._config(triton_name(self.model, DECODER_STEP.name))
         self.max_batch_size = int(config["max_batch_size"]) or 1 << 30
         self.info = info or self._info(config)
         if stateful:
-            self._config(triton_name(model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
+            self._config(triton_name(self.model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
+        self._generator: TritonGenerator | None = None
+        if self.mode == "generate" and self._serves(triton_name(self.model, generation.GENERATE)):
+            self._generator = TritonGenerator(self)
 
     @classmethod
     def from_url(cls, url: str, model: str | os.PathLike[str], **kwargs: Any) -> TritonRuntime:
         """For `--server URL`: `model` is a served model name, or a local model directory (its
-        model.json names the model). `?stateful=1` on the URL selects the stateful step."""
+        model.json names the model). `?step=1` on the URL selects the step loop in this process
+        (stateless steps), `?stateful=1` the step loop with server-held state."""
         parts = urlsplit(url if "://" in url else f"grpc://{url}")
         if parts.query:
-            if parts.query not in ("stateful", "stateful=1", "stateful=true"):
-                raise TritonError(f"unknown Triton URL option {parts.query!r} (only ?stateful=1)")
-            kwargs.setdefault("stateful", True)
+            if parts.query in ("stateful", "stateful=1", "stateful=true"):
+                kwargs.setdefault("stateful", True)
+            elif parts.query in ("step", "step=1", "step=true"):
+                kwargs.setdefault("mode", "step")
+            else:
+                raise TritonError(f"unknown Triton URL option {parts.query!r} (only ?step=1 or ?stateful=1)")
             url = url.split("?", 1)[0]
         path = Path(model)
         if (path / "model.json").is_file():  # the server's model.json is the one that counts
@@ -123,7 +145,11 @@ class TritonRuntime:
         return cls(url, str(model), **kwargs)
 
     def __repr__(self) -> str:
-        return f"TritonRuntime({self.url!r}, {self.model!r}{', stateful=True' if self.stateful else ''})"
+        return f"TritonRuntime({self.url!r}, {self.model!r}, mode={self.mode!r}{', stateful=True' if self.stateful else ''})"
+
+    def remote_generator(self) -> TritonGenerator | None:
+        """Whole sketches from `<model>_generate`, or None in step mode (`Sampler` asks)."""
+        return self._generator
 
     # -- the Runtime protocol -------------------------------------------------------------------
 
@@ -285,6 +311,15 @@ class TritonRuntime:
                 f"model {self.model!r} is not served by {self.url}: no {name} ({self._served()})"
             ) from None
 
+    def _serves(self, name: str) -> bool:
+        try:
+            self._config(name)
+        except TritonError as e:
+            if "is not served" in str(e):
+                return False
+            raise
+        return True
+
     def _served(self) -> str:
         """The sketchkit models a server offers, for error messages."""
         suffix = "_" + DECODER_STEP.name
@@ -329,11 +364,7 @@ class TritonRuntime:
         self, name: str, graph: Graph, feeds: dict[str, np.ndarray | None], *, batched: bool,
         sequence: tuple[int, bool, bool] | None = None,
     ) -> list[np.ndarray]:  # fmt: skip
-        if self.protocol == "grpc":
-            import tritonclient.grpc as tc
-        else:
-            import tritonclient.http as tc
-        inputs = []
+        arrays = {}
         for t in graph.inputs:
             value = feeds[t.name]
             if value is None:
@@ -341,16 +372,68 @@ class TritonRuntime:
             array = np.ascontiguousarray(value, dtype=t.dtype)
             if batched and len(t.dims) == 1:
                 array = array.reshape(-1, 1)  # a [B] tensor is [B, 1] on the wire (config reshape)
-            inp = tc.InferInput(t.name, list(array.shape), _WIRE[t.dtype])
+            arrays[t.name] = array
+        return self.infer(name, arrays, [t.name for t in graph.outputs], sequence=sequence)
+
+    def infer(
+        self, name: str, arrays: dict[str, np.ndarray], outputs: list[str], *,
+        sequence: tuple[int, bool, bool] | None = None,
+    ) -> list[np.ndarray]:  # fmt: skip
+        """One inference on Triton model `name`: numpy inputs by name -> the named outputs."""
+        if self.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        inputs = []
+        for key, array in arrays.items():
+            wire = "BYTES" if array.dtype == object else _WIRE[array.dtype.name]
+            inp = tc.InferInput(key, list(array.shape), wire)
             inp.set_data_from_numpy(array)
             inputs.append(inp)
-        outputs = [tc.InferRequestedOutput(t.name) for t in graph.outputs]
+        requested = [tc.InferRequestedOutput(n) for n in outputs]
         seq_id, start, end = sequence or (0, False, False)
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
         def infer(client: Any) -> Any:
-            return client.infer(name, inputs, outputs=outputs, sequence_id=seq_id, sequence_start=start,
+            return client.infer(name, inputs, outputs=requested, sequence_id=seq_id, sequence_start=start,
                                 sequence_end=end, **kwargs)  # fmt: skip
 
         result = self._call(f"inference on {name}", infer)
-        return [result.as_numpy(t.name) for t in graph.outputs]
+        return [result.as_numpy(n) for n in outputs]
+
+
+class TritonGenerator:
+    """Whole sketches from `<model>_generate` (the same sketches as in process for a seed)."""
+
+    def __init__(self, runtime: TritonRuntime) -> None:
+        self.runtime = runtime
+        self.name = triton_name(runtime.model, generation.GENERATE)
+
+    def generate(self, n: int, z: np.ndarray | None, options: Any) -> list[np.ndarray]:
+        """n sketches (`options` is a `SamplingOptions`); z [n, Nz] decodes given latents."""
+        arrays = self._options(n, options)
+        if z is not None:
+            arrays["z"] = np.ascontiguousarray(z, np.float32)
+        return self._run(arrays)
+
+    def complete(self, partial: np.ndarray, k: int, options: Any) -> list[np.ndarray]:
+        """k completions of a partial stroke-3 sketch (pixels), partial included."""
+        arrays = self._options(k, options)
+        arrays["prefix"] = np.ascontiguousarray(partial, np.float32)
+        return self._run(arrays)
+
+    def _options(self, n: int, options: Any) -> dict[str, np.ndarray]:
+        arrays = {"n": np.array([n], np.int32), "tau": np.array([options.tau], np.float32)}
+        if options.seed is not None:
+            arrays["seed"] = np.array([options.seed], np.int64)
+        if options.greedy:
+            arrays["greedy"] = np.array([True])
+        if options.max_len is not None:
+            arrays["max_len"] = np.array([options.max_len], np.int32)
+        if options.temperature_rule is not None:
+            arrays["rule"] = np.array([options.temperature_rule.encode()], dtype=object)
+        return arrays
+
+    def _run(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        strokes, lengths = self.runtime.infer(self.name, arrays, ["strokes", "lengths"])
+        return generation.unpack(strokes, lengths)

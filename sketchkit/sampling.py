@@ -1,10 +1,12 @@
 """Sampling sketches from the step-wise graphs (paper §3.2-3.3, Eq. 3-8).
 
-`Sampler(runtime)` runs the autoregressive loop on numpy batches; the runtime (in-process
-onnxruntime or Triton) only evaluates graphs, and all randomness lives here in one seeded
-`numpy.random.Generator`. Every step draws a fixed-shape block of random numbers for all n rows,
-finished or not, so a seed gives the same sketches whatever order rows finish in and whatever
-runtime runs the graphs.
+`Sampler(runtime)` turns each call into an engine request (`sketchkit.engine`: the one decode
+loop, shared with the Triton generate model and the training previews) and runs it; the runtime
+(in-process onnxruntime or Triton) only evaluates graphs, and all randomness lives in the
+request's seeded `numpy.random.Generator`. Every step draws a fixed-shape block of random numbers
+for all n rows, finished or not, so a seed gives the same sketches whatever order rows finish in,
+whatever else shares the engine and whatever runtime runs the graphs. A runtime that samples
+whole sketches itself (Triton's `<name>_generate`, `remote_generator()`) gets the call instead.
 
 Units: the graphs work in normalised offsets (pixels / scale_factor); everything the Sampler
 takes and returns is stroke-3 in pixel units.
@@ -16,12 +18,17 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from sketchkit import strokes
+from sketchkit.engine import Engine, Request
 from sketchkit.errors import DataError, ModelError, SketchkitError
+from sketchkit.mixture import Draws, Mixture, draw_points, mixture, sample_points, temperature
 from sketchkit.runtime import Runtime
+
+__all__ = ["Draws", "Mixture", "Sampler", "SamplingOptions", "draw_points", "mixture", "sample_points", "temperature"]
 
 RULES = ("eq8", "js")
 
@@ -51,111 +58,6 @@ class SamplingOptions:
             raise SketchkitError(f"max_len must be >= 1, got {self.max_len}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0):
             raise SketchkitError(f"seed must be a non-negative integer, got {self.seed}")
-
-
-# ---------------------------------------------------------------------------------------------
-# one step: mixture parameters -> a point (Eq. 5-8)
-
-
-def temperature(tau: float, rule: str = "eq8") -> tuple[float, float]:
-    """(divisor of the pen and Pi logits, factor on sigma) of a temperature rule.
-
-    eq8 (the paper's Eq. 8): q-hat / tau, Pi-hat / tau, sigma^2 * tau (so sigma * sqrt(tau)).
-    js (sketch-rnn-js): q-hat and Pi-hat / (0.5 + 0.5 tau), sigma * sqrt(tau).
-    """
-    if rule == "eq8":
-        return tau, math.sqrt(tau)
-    if rule == "js":
-        return 0.5 + 0.5 * tau, math.sqrt(tau)
-    raise SketchkitError(f"unknown temperature rule {rule!r} (choose eq8 or js)")
-
-
-@dataclass(frozen=True)
-class Mixture:
-    """The whole distribution of the next point (Eq. 3, 6-8) for a batch, temperature applied:
-    what `sample_points` draws from, written out for analysis and tests."""
-
-    pen_logits: np.ndarray  # [B, 3]  q-hat / temperature
-    pi_logits: np.ndarray  # [B, M]  Pi-hat / temperature
-    mu: np.ndarray  # [B, M, 2]
-    sigma: np.ndarray  # [B, M, 2]
-    rho: np.ndarray  # [B, M]
-
-    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean [B, 2] and covariance [B, 2, 2] of the offset under the mixture."""
-        pi = _softmax(self.pi_logits)
-        mean = np.einsum("bm,bmk->bk", pi, self.mu)
-        sx, sy = self.sigma[..., 0], self.sigma[..., 1]
-        cov_m = np.stack([np.stack([sx * sx, self.rho * sx * sy], -1), np.stack([self.rho * sx * sy, sy * sy], -1)], -2)
-        second = np.einsum("bm,bmij->bij", pi, cov_m + self.mu[..., :, None] * self.mu[..., None, :])
-        return mean, second - mean[:, :, None] * mean[:, None, :]
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _split(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Raw params [B, 6M+3] (layout of ARCHITECTURE.md, as Magenta's) -> pen logits [B, 3] and
-    the mixture's six rows [B, 6, M]: Pi-hat, mu_x, mu_y, sigma-hat_x, sigma-hat_y, rho-hat (Eq. 5)."""
-    p = params.astype(np.float64)
-    return p[:, :3], p[:, 3:].reshape(len(p), 6, -1)
-
-
-def mixture(params: np.ndarray, tau: float, rule: str = "eq8") -> Mixture:
-    """The distribution of raw `params` [B, 6M+3] at temperature tau (Eq. 6-8)."""
-    pen, c = _split(params)
-    div, sig = temperature(tau, rule)
-    return Mixture(
-        pen_logits=pen / div,
-        pi_logits=c[:, 0] / div,
-        mu=c[:, 1:3].transpose(0, 2, 1),
-        sigma=np.exp(c[:, 3:5].transpose(0, 2, 1)) * sig,  # Eq. 6
-        rho=np.tanh(c[:, 5]),
-    )
-
-
-@dataclass(frozen=True)
-class Draws:
-    """The random numbers of one step: Gumbel noise for the pen and component draws, N(0, 1) pairs."""
-
-    gumbel: np.ndarray  # [n, 3 + M]
-    normal: np.ndarray  # [n, 2]
-
-    @classmethod
-    def draw(cls, rng: np.random.Generator, n: int, num_mixture: int) -> Draws:
-        gumbel = -np.log(rng.standard_exponential((n, 3 + num_mixture)))  # Gumbel(0, 1), 4x faster than rng.gumbel
-        return cls(gumbel, rng.standard_normal((n, 2)))
-
-    def __getitem__(self, rows: np.ndarray) -> Draws:
-        return Draws(self.gumbel[rows], self.normal[rows])
-
-
-def sample_points(
-    params: np.ndarray, tau: float, rule: str, draws: Draws | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(pen index [B] in 0..2, offset [B, 2]) drawn from raw `params`; `draws=None` is greedy.
-
-    Categorical draws are Gumbel-max (argmax of logits + Gumbel noise): exact, and it cannot fail
-    the way an inverse-CDF search does (magenta's returns index -1, silently picking the last
-    component or the end of the sketch). Only the chosen component is transformed (Eq. 6): the
-    same draw as from `mixture(params, tau, rule)` for a fraction of the work. Greedy: argmax of
-    q and of Pi, offset = that component's mean.
-    """
-    pen_logits, c = _split(params)
-    rows = np.arange(len(c))
-    if draws is None:
-        return pen_logits.argmax(axis=1), c[rows, 1:3, c[:, 0].argmax(axis=1)]
-    div, sig = temperature(tau, rule)
-    pen = (pen_logits / div + draws.gumbel[:, :3]).argmax(axis=1)
-    j = (c[:, 0] / div + draws.gumbel[:, 3:]).argmax(axis=1)
-    chosen = c[rows, :, j]  # [B, 6]: Pi-hat, mu_x, mu_y, sigma-hat_x, sigma-hat_y, rho-hat of component j
-    rho = np.tanh(chosen[:, 5])
-    e1, e2 = draws.normal.T
-    # bivariate normal with correlation rho: y takes rho of x's noise and sqrt(1 - rho^2) of its own
-    noise = np.stack([e1, rho * e1 + np.sqrt(1.0 - rho * rho) * e2], axis=1)
-    return pen, chosen[:, 1:3] + np.exp(chosen[:, 3:5]) * sig * noise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,18 +112,28 @@ class Sampler:
     def generate(self, n: int, z: np.ndarray | None = None, options: SamplingOptions | None = None) -> list[np.ndarray]:
         """n new sketches: z ~ N(0, I) for vae models (unless given), none for decoder-only."""
         options = options or SamplingOptions()
+        request = self.generation(n, z, options)
+        remote = self._remote()
+        if remote is not None:
+            return remote.generate(n, None if z is None else request.z, options)
+        return self._run(request)
+
+    def generation(self, n: int, z: np.ndarray | None = None, options: SamplingOptions | None = None) -> Request:
+        """The engine request behind `generate(n, z, options)`, not yet run: for callers that
+        drive an `Engine` themselves (the Triton generate model). Its `z` is the one decoded."""
+        options = options or SamplingOptions()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise SketchkitError(f"n must be >= 1, got {n}")
         if not self.info.conditional:
             if z is not None:
                 raise ModelError(f"{self.info.name} is a decoder-only model: it takes no latent vector z")
-            return self._decode_from_start(None, n, options)
+            return self._request_from_start(None, int(n), options)
         if z is None:
             z_rng, _ = _rngs(options.seed)
             z = z_rng.standard_normal((n, self.info.z_size)).astype(np.float32)
         if len(self._check_z(z)) != n:
             raise SketchkitError(f"got {len(z)} latent vectors for n = {n}")
-        return self.decode(z, options)
+        return self._request_from_start(self._check_z(z), int(n), options)
 
     def decode(self, z: np.ndarray | None, options: SamplingOptions | None = None) -> list[np.ndarray]:
         """One sketch per latent vector z [B, Nz] (the decoder half of the VAE)."""
@@ -229,7 +141,7 @@ class Sampler:
         if not self.info.conditional:
             raise ModelError(f"{self.info.name} is a decoder-only model: it takes no latent vector z")
         z = self._check_z(z)
-        return self._decode_from_start(z, len(z), options)
+        return self.generate(len(z), z, options)
 
     def encode(self, sketches: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(mu, presig) [B, Nz] of stroke-3 sketches in pixel units; sigma = exp(presig / 2)."""
@@ -293,6 +205,15 @@ class Sampler:
         if k < 1:
             raise SketchkitError(f"k must be >= 1, got {k}")
         s = strokes.check_stroke3(partial, name="partial sketch").astype(np.float32)
+        remote = self._remote()
+        if remote is not None:
+            return remote.complete(s, k, options)
+        return [np.vstack([s, e]) for e in self._run(self.completion(s, k, options))]
+
+    def completion(self, partial: np.ndarray, k: int, options: SamplingOptions) -> Request:
+        """The engine request behind `complete` (its sketches are the endings only): the decoder
+        reads the partial sketch here, one row, then the request samples k endings on from it."""
+        s = strokes.check_stroke3(partial, name="partial sketch").astype(np.float32)
         max_len = options.max_len or self.info.max_seq_len
         if len(s) >= max_len:
             raise DataError(f"the partial sketch has {len(s)} points: nothing left to complete (max_len {max_len})")
@@ -302,58 +223,32 @@ class Sampler:
         for prev in np.vstack([self.start_token, seq[:-1]]):  # read S_0, s_1 .. s_{n-1}
             _, state = self.runtime.step(prev[None], z1, state)
         z = None if z1 is None else np.repeat(z1, k, axis=0)
-        _, step_rng = _rngs(options.seed)
-        endings = self._loop(np.repeat(seq[-1:], k, axis=0), z, np.repeat(state, k, axis=0), options, step_rng, max_len - len(s))
-        return [np.vstack([s, e]) for e in endings]
+        return self._request(np.repeat(seq[-1:], k, axis=0), z, np.repeat(state, k, axis=0), options, max_len - len(s))
 
-    # -- the loop -------------------------------------------------------------------------------
+    # -- requests for the engine ----------------------------------------------------------------
 
-    def _decode_from_start(self, z: np.ndarray | None, n: int, options: SamplingOptions) -> list[np.ndarray]:
-        state = self.runtime.init_state(z, n)
+    def _run(self, request: Request) -> list[np.ndarray]:
+        """One request on an engine of its own (so threads sharing this sampler never meet)."""
+        return Engine(self.runtime).run(request)
+
+    def _remote(self) -> Any:
+        """The runtime's own whole-sketch generator (Triton's `<name>_generate`), if it has one."""
+        remote = getattr(self.runtime, "remote_generator", None)
+        return remote() if callable(remote) else None
+
+    def _request_from_start(self, z: np.ndarray | None, n: int, options: SamplingOptions) -> Request:
         prev = np.repeat(self.start_token[None], n, axis=0)
-        _, step_rng = _rngs(options.seed)
-        return self._loop(prev, z, state, options, step_rng, options.max_len or self.info.max_seq_len)
+        return self._request(prev, z, None, options, options.max_len or self.info.max_seq_len)
 
-    def _loop(
-        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray,
-        options: SamplingOptions, rng: np.random.Generator, max_len: int,
-    ) -> list[np.ndarray]:
-        """Sample until each row draws p3 or reaches max_len; finished rows leave the batch."""
-        n, M = len(prev), self.info.num_mixture
-        rule = options.temperature_rule or self.info.temperature_rule
-        out = np.zeros((n, max_len, 3), np.float32)  # stroke-3, normalised units
-        lengths = np.full(n, max_len)
-        rows = np.arange(n)  # the original index of each active batch row
-        one_hot = np.eye(3, dtype=np.float32)
-        for t in range(max_len):
-            params, state = self.runtime.step(prev, z, state)
-            if not np.isfinite(params).all():
-                raise ModelError(f"{self.info.name}: the model produced NaN or infinite parameters at step {t}")
-            draws = None
-            if not options.greedy:
-                # one fixed-shape block per step for all n rows, then the active ones: reproducible
-                draws = Draws.draw(rng, n, M)
-                draws = draws if len(rows) == n else draws[rows]
-            pen, offset = sample_points(params, options.tau, rule, draws)
-            out[rows, t, :2] = offset
-            out[rows, t, 2] = pen == 1
-            prev = np.empty((len(rows), 5), np.float32)
-            prev[:, :2] = offset
-            prev[:, 2:] = one_hot[pen]
-            ended = pen == 2  # p3: the p3 point itself is not part of the sketch
-            if ended.any():
-                lengths[rows[ended]] = t
-                keep = ~ended
-                rows, prev, state = rows[keep], prev[keep], state[keep]
-                z = None if z is None else z[keep]
-                if len(rows) == 0:
-                    break
-        out[:, :, :2] *= self.info.scale_factor
-        sketches = [out[i, : lengths[i]].copy() for i in range(n)]  # own arrays, not views of `out`
-        for s in sketches:
-            if len(s):
-                s[-1, 2] = 1.0  # the sketch is over: its last stroke ends
-        return sketches
+    def _request(
+        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray | None, options: SamplingOptions, max_len: int
+    ) -> Request:
+        _, step_rng = _rngs(options.seed)
+        return Request(
+            prev=prev, z=z, state=state, tau=options.tau, rule=options.temperature_rule or self.info.temperature_rule,
+            greedy=options.greedy, max_len=max_len, rng=None if options.greedy else step_rng,
+            scale_factor=self.info.scale_factor,
+        )  # fmt: skip
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -75,3 +75,9 @@ def test_sketchkit_help_through_the_console_script() -> None:
         assert f"  {name} " in result.stdout
     version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("sketchkit, version ")
+
+
+def test_client_is_light_until_used() -> None:
+    """`sketchkit.Client` is there without importing tritonclient (or onnxruntime) until a model is used."""
+    loaded = loaded_packages("import sketchkit\nclient = sketchkit.Client('grpc://127.0.0.1:1')")
+    assert loaded <= {"sketchkit", "numpy"}, loaded

@@ -5,6 +5,7 @@ graph (served by both flavors) steps exactly like the stateless one."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,12 @@ def test_layout_one_triton_model_per_graph(repo, tiny_vae, tiny_uncond):
     flavor, out = repo
     want = {"tiny-vae_encoder", "tiny-vae_decoder_init", "tiny-vae_decoder_step", "tiny-vae_decoder_step_stateful",
             "tiny-decoder-only_decoder_step", "tiny-decoder-only_decoder_step_stateful"}  # fmt: skip
-    assert {p.name for p in out.iterdir()} == want
+    generate = {"tiny-vae_generate", "tiny-decoder-only_generate"}
+    assert {p.name for p in out.iterdir()} == want | generate
+    for model_dir in (tiny_vae, tiny_uncond):  # both flavors: model.py + the model directory
+        info = ModelInfo.load(model_dir)
+        files = {p.name for p in (out / f"{info.name}_generate" / "1").iterdir()}
+        assert files == {"model.py", "model.json", *info.files.values()}
     for name in want:
         files = {p.name for p in (out / name / "1").iterdir()}
         assert files == ({"model.onnx", "model.py"} if flavor == "cpu" else {"model.onnx"})
@@ -79,6 +85,48 @@ def test_every_config_parses_into_triton_model_config(repo, tiny_vae, tiny_uncon
                 assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
                 assert acc.parameters["trt_cuda_graph_enable"] == "1"
                 assert acc.parameters["trt_profile_max_shapes"].startswith(f"{graph.inputs[0].name}:256x")
+
+
+def test_generate_config(repo, tiny_vae, tiny_uncond):
+    """<name>_generate: the contract of sketchkit.generation, a Python-backend model on both
+    flavors (KIND_GPU on gpu: its onnxruntime runs the CUDA provider), not decoupled (v2 infer
+    works), one instance (one engine batches every request)."""
+    from sketchkit.generation import inputs_for, outputs_for
+
+    flavor, out = repo
+    pb, _ = _types()
+    for model_dir in (tiny_vae, tiny_uncond):
+        info = ModelInfo.load(model_dir)
+        cfg = read_config(out / f"{info.name}_generate" / "config.pbtxt")
+        assert (cfg.backend, cfg.max_batch_size) == ("python", 0)
+        assert not cfg.model_transaction_policy.decoupled
+        kind = pb.ModelInstanceGroup.KIND_GPU if flavor == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(kind, 1)]
+        assert [t.name for t in cfg.input] == [t.name for t in inputs_for(info)]
+        assert [t.name for t in cfg.output] == [t.name for t in outputs_for(info)]
+        assert [t.name for t in cfg.input if not t.optional] == ["n"]
+        assert ("z" in [t.name for t in cfg.input]) == info.conditional
+        shapes = {t.name: list(t.dims) for t in (*cfg.input, *cfg.output)}
+        assert shapes["n"] == shapes["tau"] == shapes["seed"] == [1] and shapes["strokes"] == [-1, -1, 3]
+        assert cfg.input[0].data_type == pb.TYPE_INT32 and cfg.input[2].data_type == pb.TYPE_INT64
+        assert cfg.parameters["max_sketches_per_request"].string_value == "256"
+
+
+def test_triton_names_are_the_typed_names_made_safe(tmp_path, tiny_uncond):
+    """A model is served under the name it was asked for, with '/' made '-' (Triton refuses a
+    nested name); `names` renames; a name Triton would refuse is one clear error."""
+    build_repo([tiny_uncond], tmp_path / "a", names=["magenta-owl.gen"])
+    assert (tmp_path / "a" / "magenta-owl.gen_generate").is_dir()
+    build_repo([tiny_uncond], tmp_path / "b")  # None: model.json's name
+    assert (tmp_path / "b" / "tiny-decoder-only_decoder_step").is_dir()
+    with pytest.raises(SketchkitError, match="bad Triton model name '../x'"):
+        build_repo([tiny_uncond], tmp_path / "c", names=["../x"])
+    with pytest.raises(SketchkitError, match="two models are named"):
+        build_repo([tiny_uncond, tiny_uncond], tmp_path / "d", names=["x", "x"])
+    result = CliRunner().invoke(cli, ["serve", "build-repo", str(tiny_uncond), "--out", str(tmp_path / "e"),
+                                      "--name", "bird", "--no-stateful"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "bird_generate" in result.output and (tmp_path / "e" / "bird_decoder_step").is_dir()
 
 
 def test_stateful_config(repo, tiny_vae, tiny_uncond):
@@ -184,5 +232,24 @@ def test_cli_build_repo(tmp_path, tiny_vae, tiny_uncond):
 
 def test_docker_compose_serves_a_gpu_repository():
     text = (SERVING / "docker-compose.yml").read_text()
-    assert "nvcr.io/nvidia/tritonserver:" in text and "--model-repository=/models" in text
+    assert "dockerfile: serving/Dockerfile" in text and "--model-repository=/models" in text  # NGC image + sketchkit
     assert "driver: nvidia" in text and "capabilities: [gpu]" in text
+
+
+def test_gpu_image_adds_what_the_generate_model_imports():
+    """serving/Dockerfile installs numpy<2, onnxruntime-gpu and sketchkit (no deps) on the NGC image
+    that docker-compose builds; the generate model's sketchkit modules import nothing else."""
+    import subprocess
+    import sys
+
+    dockerfile = (SERVING / "Dockerfile").read_text()
+    compose = (SERVING / "docker-compose.yml").read_text()
+    assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in dockerfile
+    assert "dockerfile: serving/Dockerfile" in compose
+    assert '"numpy>=1.24,<2"' in dockerfile and "onnxruntime-gpu" in dockerfile and "--no-deps" in dockerfile
+    template = (SERVING / "templates" / "python_generate" / "model.py").read_text()
+    modules = sorted(set(re.findall(r"^from (sketchkit[.\w]*) import", template, re.M)))
+    code = (f"import sys; before = set(sys.modules); import {', '.join(modules)}; "
+            "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names))))")  # fmt: skip
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert loaded - {"_cython_3_0_8", "cython_runtime"} <= {"numpy", "onnxruntime", "sketchkit"}

@@ -69,15 +69,17 @@ def test_ready(server):
     with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=5) as r:
         assert r.status == 200
     assert server.ready()
-    assert len(server.models) == 6
+    assert len(server.models) == 8  # per model: the graphs, the stateful step and <name>_generate
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("stateful", [False, True], ids=["stateless", "stateful"])
+@pytest.mark.parametrize("mode", ["generate", "step", "stateful"])
 @pytest.mark.parametrize("model", ["tiny-vae", "tiny-decoder-only"])
-def test_generate_same_as_in_process(server, local, protocol, stateful, model):
+def test_generate_same_as_in_process(server, local, protocol, mode, model):
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    runtime = TritonRuntime(url, model, stateful=stateful, timeout_s=20)
+    stateful = mode == "stateful"
+    runtime = TritonRuntime(url, model, stateful=stateful, mode="step" if stateful else mode, timeout_s=20)
+    assert (runtime.remote_generator() is not None) == (mode == "generate")
     try:
         assert runtime.info == local[model].info  # model.json came from the server's config
         got = Sampler(runtime).generate(12, options=OPTS)
@@ -104,7 +106,7 @@ def test_encode_reconstruct_complete_same_as_in_process(server, local, stateful)
 
 
 def test_batches_bigger_than_max_batch_size_go_in_chunks(server, local):
-    runtime = TritonRuntime(server.grpc_url, "tiny-vae")
+    runtime = TritonRuntime(server.grpc_url, "tiny-vae", mode="step")
     runtime.max_batch_size = 5
     assert same(Sampler(runtime).generate(13, options=OPTS), local["tiny-vae"].generate(13, options=OPTS))
 
@@ -166,7 +168,7 @@ def test_server_down_is_one_line(scheme):
 def test_bad_url():
     with pytest.raises(TritonError, match="bad Triton URL"):
         TritonRuntime("ftp://x:1", "m")
-    with pytest.raises(TritonError, match="only \\?stateful=1"):
+    with pytest.raises(TritonError, match="only \\?step=1 or \\?stateful=1"):
         TritonRuntime.from_url("grpc://127.0.0.1:1?fast=1", "m")
 
 
@@ -185,7 +187,7 @@ def test_kill_server_mid_generation(small_repo, tmp_path):
                     server.process.wait(10)
                 return super().step(prev, z, state)
 
-        runtime = Killer(server.grpc_url, "tiny-decoder-only", retries=2, timeout_s=5)
+        runtime = Killer(server.grpc_url, "tiny-decoder-only", retries=2, timeout_s=5, mode="step")
         t = time.monotonic()
         with pytest.raises(TritonError) as e:
             Sampler(runtime).generate(8, options=OPTS)
@@ -264,7 +266,7 @@ def test_cli_start_prints_urls_and_stops_on_signal(small_repo, tmp_path, sig):
             proc.wait()
 
 
-@pytest.mark.parametrize("query", ["", "?stateful=1"], ids=["stateless", "stateful"])
+@pytest.mark.parametrize("query", ["", "?step=1", "?stateful=1"], ids=["generate", "step", "stateful"])
 def test_cli_generate_with_server_same_as_in_process(server, tiny_uncond, query):
     from click.testing import CliRunner
 

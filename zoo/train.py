@@ -33,7 +33,7 @@ from sketchkit.io import atomic_write, sha256_file
 from zoo import checkpoint
 from zoo.config import HParams
 from zoo.evaluate import evaluate
-from zoo.loss import kl_weight, split_params, train_loss
+from zoo.loss import kl_weight, train_loss
 from zoo.model import SketchRNN
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +115,6 @@ def make_batch(
 # sampling (for the pictures drawn during training; the client samples from ONNX graphs)
 
 
-@torch.no_grad()
 def sample(
     model: SketchRNN,
     n: int,
@@ -123,35 +122,16 @@ def sample(
     z: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> list[np.ndarray]:
-    """n normalised stroke-3 sketches, temperature as in Eq. 8 (pi and pen logits / tau,
-    sigma^2 * tau); z ~ N(0, I) for a VAE unless given."""
+    """n normalised stroke-3 sketches from sketchkit's engine (the client's decode loop: S_0,
+    Eq. 8 temperature, early stop) over the torch model; the seed is `generator`'s, z ~ N(0, I)
+    for a VAE unless given."""
+    from sketchkit.sampling import Sampler, SamplingOptions
+    from zoo.runtime_torch import TorchRuntime
+
     model.eval()
-    hp, dev = model.hp, model.head.weight.device
-    if hp.conditional and z is None:
-        z = torch.randn(n, hp.z_size, generator=generator, device=dev)
-    state = model.init_state(z if hp.conditional else None, batch=n)
-    prev = torch.tensor(strokes.START_TOKEN, device=dev).repeat(n, 1)
-    rows = []
-    for _ in range(hp.max_seq_len):
-        params, state = model.step(prev, z if hp.conditional else None, state)
-        pen, pi, mu_x, mu_y, ls_x, ls_y, rho_hat = split_params(params, hp.num_mixture)
-        j = torch.multinomial(torch.softmax(pi / tau, -1), 1, generator=generator)  # (n, 1)
-        pick = [t.gather(1, j).squeeze(1) for t in (mu_x, mu_y, ls_x, ls_y, rho_hat)]
-        mx, my, sx, sy, rho = (
-            pick[0],
-            pick[1],
-            pick[2].exp() * math.sqrt(tau),
-            pick[3].exp() * math.sqrt(tau),
-            pick[4].tanh(),
-        )
-        e = torch.randn(n, 2, generator=generator, device=dev)
-        dx = mx + sx * e[:, 0]
-        dy = my + sy * (rho * e[:, 0] + torch.sqrt(1 - rho * rho) * e[:, 1])
-        k = torch.multinomial(torch.softmax(pen / tau, -1), 1, generator=generator).squeeze(1)
-        prev = torch.cat([dx[:, None], dy[:, None], torch.nn.functional.one_hot(k, 3).float()], 1)
-        rows.append(prev.cpu().numpy())
-    seq = np.stack(rows, 1)  # (n, max_seq_len, 5)
-    return [strokes.to_stroke3(s) for s in seq]
+    seed = None if generator is None else int(generator.initial_seed())
+    options = SamplingOptions(tau=tau, temperature_rule="eq8", seed=seed)
+    return Sampler(TorchRuntime(model)).generate(n, None if z is None else z.detach().cpu().numpy(), options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def sampling_options(tau: float) -> Callable[[Callable[..., Any]], Callable[...,
             click.option("--json", "as_json", is_flag=True, help="Print the sketches as stroke-3 JSON."),
             click.option("--grid/--no-grid", default=True, show_default=True, help="One image of all sketches, or one file each."),
             click.option("--cols", type=int, default=None, help="Columns of the grid."),
-            click.option("--server", default=None, metavar="URL", help="Sample through a Triton server instead of in process."),
+            click.option("--server", default=None, metavar="URL", help="Sample through a Triton server (its <name>_generate; URL?step=1: the step loop here) instead of in process."),
         ]
         for option in reversed(options):
             f = option(f)

@@ -57,22 +57,55 @@ def serve() -> None:
     show_default=True,
     help="Stateful: drop a sequence idle this long.",
 )
+@click.option(
+    "--generate/--no-generate",
+    default=True,
+    show_default=True,
+    help="Also build <name>_generate (whole sketches per request, continuous batching).",
+)
+@click.option("--max-sketches-per-request", type=int, default=256, show_default=True, help="Generate: cap on n.")
+@click.option(
+    "--max-sketches-in-flight",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Generate: queued + running sketches before requests get a 'busy' error.",
+)
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Serve the models under these names, one per model in order [default: the name typed, "
+    "'/' -> '-' (magenta/owl.gen -> magenta-owl.gen); a directory's model.json name].",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
-               force: bool) -> None:  # fmt: skip
-    """Write a Triton model repository for MODELS (model directories or zoo names): one Triton
-    model per graph, <name>_encoder, <name>_decoder_init, <name>_decoder_step."""
+               generate: bool, max_sketches_per_request: int, max_sketches_in_flight: int,
+               names: tuple[str, ...], force: bool) -> None:  # fmt: skip
+    """Write a Triton model repository for MODELS (model directories or zoo names): per model
+    <name>_generate (one request in, finished sketches out) and one Triton model per graph,
+    <name>_encoder, <name>_decoder_init, <name>_decoder_step, for custom loops."""
+    from pathlib import Path
+
     from serving.repository import RepoOptions
     from serving.repository import build_repo as build
+    from sketchkit.errors import SketchkitError
+    from sketchkit.names import safe_name
     from sketchkit.runtimes import resolve_model
 
     options = RepoOptions(
         flavor=flavor, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, instances=instances,
         accelerator=accelerator, cuda_graphs=cuda_graphs, stateful=stateful, sequence_idle_s=sequence_idle_s,
+        generate=generate, max_sketches_per_request=max_sketches_per_request,
+        max_sketches_in_flight=max_sketches_in_flight,
     )  # fmt: skip
-    names = build([resolve_model(m) for m in models], out, options, force=force)
-    click.echo(f"wrote {out} ({flavor}): {', '.join(names)}")
+    if names and len(names) != len(models):
+        raise SketchkitError(f"got {len(names)} --name for {len(models)} models (give one per model, in order)")
+    typed: list[str | None] = [*names] or [None if Path(m).is_dir() else safe_name(m) for m in models]
+    built = build([resolve_model(m) for m in models], out, options, force=force, names=typed)
+    click.echo(f"wrote {out} ({flavor}): {', '.join(built)}")
 
 
 @serve.command("start", short_help="Run a local tritonserver on a cpu-flavor repository.")

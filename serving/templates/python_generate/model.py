@@ -1,0 +1,104 @@
+"""Triton Python-backend model `<name>_generate`: one request in, finished sketches out.
+
+The installed sketchkit package does the work: `sketchkit.engine` steps every in-flight request's
+sketches together (continuous batching: one graph evaluation per step for the union of live rows,
+a request arriving mid-flight joins at the next step, a finished request is answered at once),
+and `sketchkit.sampling.Sampler` builds each request exactly as in-process `generate`/`complete`
+would, so a seed gives the same sketches here as in process. The graphs beside this file
+(model.json + ONNX) run in onnxruntime: CPU for KIND_CPU, CUDA for KIND_GPU.
+
+`execute` only parses, checks and queues (returning None); the engine's thread answers each request
+through its response sender with one final response. That needs no decoupled mode: the model
+stays callable with v2 `infer` (HTTP and gRPC) and with the HTTP `generate` extension.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from sketchkit.engine import BackgroundEngine, Cancelled, Engine, Scheduler
+from sketchkit.generation import Limits, inputs_for, pack, parse_inputs
+from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.sampling import Sampler, SamplingOptions
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def one_line(e):
+    return (str(e).strip().strip("'\"").splitlines() or [type(e).__name__])[0][:300]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        gpu = args.get("model_instance_kind") == "GPU"
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        model_dir = Path(args["model_repository"]) / args["model_version"]
+        runtime = OnnxRuntime(model_dir, providers=providers, threads=int(p.get("intra_op_threads", "1")))
+        self.sampler = Sampler(runtime)
+        self.info = runtime.info
+        self.names = [t.name for t in inputs_for(self.info)]
+        self.limits = Limits(max_n=int(p["max_sketches_per_request"]), max_len=int(p["max_len"]))
+        scheduler = Scheduler(max_rows=int(p["max_rows_per_step"]), max_pending_rows=int(p["max_sketches_in_flight"]))
+        engine = Engine(runtime, scheduler, cancel_check_s=float(p.get("cancel_check_s", "0.2")))
+        self.engine = BackgroundEngine(engine, on_idle=self.log_statistics)
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self.submit(request, sender)
+            except Exception as e:  # one line back to this client; the others and the server go on
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e))), flags=FINAL)
+        return None
+
+    def submit(self, request, sender):
+        tensors = {}
+        for name in self.names:
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            if t is not None:
+                tensors[name] = t.as_numpy()
+        # the generate extension passes JSON keys that are no input as request parameters
+        unknown = sorted(json.loads(request.parameters() or "{}"))
+        if unknown:
+            raise ValueError(f"unknown input(s) {', '.join(unknown)} (this model takes {', '.join(self.names)})")
+        r = parse_inputs(tensors, self.info, self.limits)
+        options = SamplingOptions(tau=r.tau, temperature_rule=r.rule, greedy=r.greedy, max_len=r.max_len, seed=r.seed)
+        if r.prefix is not None:
+            job = self.sampler.completion(r.prefix, r.n, options)
+        else:
+            job = self.sampler.generation(r.n, r.z, options)
+        z = None if job.z is None else job.z.copy()  # the engine drops rows of job.z as they finish
+        job.is_cancelled = request.is_cancelled
+        job.on_done = lambda done: self.respond(sender, done, z, r.prefix)
+        self.engine.submit(job)  # EngineBusy (one line) when too many sketches are in flight
+
+    def respond(self, sender, job, z, prefix):
+        if isinstance(job.error, Cancelled):
+            sender.send(flags=FINAL)  # nobody is listening; Triton still wants the final flag
+            return
+        try:
+            sketches = job.sketches()
+            if prefix is not None:
+                sketches = [np.vstack([prefix, s]) for s in sketches]
+            strokes, lengths = pack(sketches)
+            tensors = [pb_utils.Tensor("strokes", strokes), pb_utils.Tensor("lengths", lengths)]
+            if self.info.conditional:
+                tensors.append(pb_utils.Tensor("z", z))
+            response = pb_utils.InferenceResponse(output_tensors=tensors)
+        except Exception as e:
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e)))
+        sender.send(response, flags=FINAL)
+
+    def log_statistics(self, engine):
+        """One line in the server log each time the engine runs dry (benchmarks read it)."""
+        pb_utils.Logger.log_info(
+            f"sketchkit engine: {engine.evaluations} evaluations, {engine.rows_stepped} rows stepped, "
+            f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation"
+        )
+
+    def finalize(self):
+        self.engine.stop()

@@ -1,0 +1,383 @@
+"""The one decode loop: many requests' sketches advanced together, one graph evaluation per step.
+
+The split is vllm's. The `Scheduler` only decides who steps: requests wait in a queue and are
+admitted while their rows fit a budget; it never runs the model. The `Engine` runs the runtime's
+decoder step once for the live rows of every running request, samples each row with its own
+request's temperature and random generator, drops rows that drew p3 (end of sketch) and hands
+back the requests that are finished. A request added mid-flight joins at the next step.
+
+Every caller drives this loop: `Sampler` (one request, stepped until done), the Triton
+`<name>_generate` model (a background thread stepping whatever is in flight) and the training
+previews (`zoo.runtime_torch`). Each request draws exactly what the old single-request loop drew
+for it, a fixed-shape block per step from its own `numpy.random.Generator`, so its sketches are
+the same bit for bit whatever else is in flight (as long as the runtime computes each row
+independently of the others, as onnxruntime's CPU kernels do).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sketchkit.errors import ModelError, SketchkitError
+from sketchkit.mixture import Draws, draw_points, temperature
+from sketchkit.runtime import Runtime
+
+_ONE_HOT = np.eye(3, dtype=np.float32)
+
+
+class EngineBusy(SketchkitError):
+    """More sketches are in flight than the engine accepts (backpressure): retry later."""
+
+
+class Cancelled(SketchkitError):
+    """The caller went away (`Request.is_cancelled`); its rows were dropped."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One caller's n sketches in flight, all from the same start (or the same partial sketch).
+
+    prev [n, 5], z [n, Nz] | None and state [n, S] | None (None: the engine makes the initial
+    state from z when it admits the request). rng: this request's generator for the steps (None
+    with greedy). max_len: steps before a row is cut. scale_factor: normalised -> pixel units.
+    """
+
+    prev: np.ndarray
+    z: np.ndarray | None
+    state: np.ndarray | None
+    tau: float
+    rule: str
+    greedy: bool
+    max_len: int
+    rng: np.random.Generator | None
+    scale_factor: float
+    is_cancelled: Callable[[], bool] = lambda: False  # a caller that went away frees its rows
+    on_done: Callable[[Request], None] | None = None  # called from the stepping thread
+    n: int = field(init=False)  # sketches
+    temperature: tuple[float, float] = field(init=False)  # (divisor of the logits, factor on sigma), Eq. 8
+    # -- progress (the engine's) ------------------------------------------------------------
+    t: int = 0  # steps taken
+    live: int = field(init=False)  # rows still drawing
+    error: SketchkitError | None = None  # why the request failed (raised by `sketches`)
+    out: np.ndarray | None = field(default=None, repr=False)  # [n, max_len, 3] stroke-3, normalised, when done
+    lengths: np.ndarray | None = None  # [n], when done
+
+    def __post_init__(self) -> None:
+        self.n = len(self.prev)
+        self.live = self.n
+        self.temperature = temperature(self.tau, self.rule) if not self.greedy else (1.0, 1.0)
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or self.live == 0 or self.t >= self.max_len
+
+    def sketches(self) -> list[np.ndarray]:
+        """The finished sketches in pixel units; raises the request's error, if it failed."""
+        if self.error is not None:
+            raise self.error
+        assert self.out is not None and self.lengths is not None, "the request is not finished"
+        out = self.out.copy()
+        out[:, :, :2] *= self.scale_factor
+        sketches = [out[i, : self.lengths[i]].copy() for i in range(self.n)]  # own arrays, not views
+        for s in sketches:
+            if len(s):
+                s[-1, 2] = 1.0  # the sketch is over: its last stroke ends
+        return sketches
+
+
+class Scheduler:
+    """Who steps next: FIFO admission while the running rows fit `max_rows` (a request larger
+    than the budget runs alone rather than never). Never runs the model. Thread-safe `add`."""
+
+    def __init__(self, max_rows: int = 1024, max_pending_rows: int | None = None) -> None:
+        self.max_rows = max_rows
+        self.max_pending_rows = max_pending_rows  # waiting + running; None = unbounded
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._lock = threading.Lock()
+
+    def rows_in_flight(self) -> int:
+        return sum(r.live for r in self.running) + sum(r.n for r in self.waiting)
+
+    def add(self, request: Request) -> None:
+        with self._lock:
+            if self.max_pending_rows is not None and self.rows_in_flight() + request.n > self.max_pending_rows:
+                raise EngineBusy(
+                    f"busy: {self.rows_in_flight()} sketches in flight, at most {self.max_pending_rows} "
+                    "(retry later)"
+                )
+            self.waiting.append(request)
+
+    def admit(self) -> list[Request]:
+        """Move waiting requests to running while they fit; returns the admitted ones."""
+        admitted: list[Request] = []
+        if not self.waiting:
+            return admitted
+        with self._lock:
+            rows = sum(r.live for r in self.running)
+            while self.waiting and (rows + self.waiting[0].n <= self.max_rows or not self.running and not admitted):
+                request = self.waiting.popleft()
+                admitted.append(request)
+                rows += request.n
+        self.running += admitted
+        return admitted
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+
+class Engine:
+    """Steps a runtime for all running requests at once; `step()` returns the finished ones.
+
+    The live rows of every running request sit in one table (prev, state, z, and per row its
+    request, its row in the request and its slot in the output store), grouped by request in
+    admission order, so a step is a few array operations over the union whatever the number of
+    requests; only the random draws go request by request (each from its own generator).
+    """
+
+    def __init__(self, runtime: Runtime, scheduler: Scheduler | None = None, cancel_check_s: float = 0.0) -> None:
+        self.runtime = runtime
+        self.info = runtime.info
+        self.scheduler = scheduler or Scheduler()
+        # how often to ask requests whether they were cancelled (Triton's is_cancelled is an IPC
+        # round trip of ~0.1 ms: asking every request every step would cost more than the step)
+        self.cancel_check_s = cancel_check_s
+        self._cancel_checked = 0.0
+        self.evaluations = 0  # graph evaluations (steps) so far
+        self.rows_stepped = 0  # sum of the batch sizes of those evaluations
+        # the row table: one entry per live row, all arrays aligned
+        self._rows: dict[str, np.ndarray] = {
+            "prev": np.zeros((0, 5), np.float32),
+            "state": np.zeros((0, self.info.state_size), np.float32),
+            "owner": np.zeros(0, np.intp),  # index of its request in scheduler.running
+            "row": np.zeros(0, np.intp),  # its row in the request (0..n-1)
+            "slot": np.zeros(0, np.intp),  # its slot in the output store
+            "t": np.zeros(0, np.intp),  # steps its request has taken
+            "greedy": np.zeros(0, bool),
+            "div": np.zeros(0),  # temperature: divisor of the logits, factor on sigma (Eq. 8)
+            "sig": np.zeros(0),
+            "draw": np.zeros(0, np.intp),  # its row in the step's buffer of random numbers
+        }
+        if self.info.conditional:
+            self._rows["z"] = np.zeros((0, self.info.z_size), np.float32)
+        self._samplers: list[tuple[np.random.Generator, int, int]] = []  # (rng, first, end) in the buffer
+        self._any_greedy = False
+        self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
+        self._length = np.zeros(0, np.intp)  # slot -> final length (max_len until p3)
+        self._free: list[int] = []
+        self._slots: dict[int, np.ndarray] = {}  # id(request) -> its n slots
+
+    def add(self, request: Request) -> None:
+        self.scheduler.add(request)
+
+    def run(self, request: Request) -> list[np.ndarray]:
+        """One request on its own, stepped until done: its sketches (pixel units)."""
+        self.add(request)
+        while not request.done:
+            self.step()
+        return request.sketches()
+
+    def step(self) -> list[Request]:
+        """Admit, evaluate the decoder once for every live row, sample, retire; the requests
+        that finished (or failed, or were cancelled) in this step."""
+        admitted = self.scheduler.admit()
+        running = self.scheduler.running
+        if admitted:
+            first = len(running) - len(admitted)
+            self._admit([self._new_rows(r, first + k) for k, r in enumerate(admitted)])
+            self._layout()
+        if time.monotonic() - self._cancel_checked >= self.cancel_check_s:
+            self._cancel_checked = time.monotonic()
+            for request in running:
+                if request.error is None and request.is_cancelled():
+                    request.error = Cancelled("cancelled")
+        if len(self._rows["prev"]) and any(r.error is None for r in running):
+            self._advance(running)
+        finished = [r for r in running if r.done]
+        if finished:
+            self._retire(running)
+            self._layout()
+        for request in finished:
+            if request.on_done is not None:
+                request.on_done(request)
+        return finished
+
+    # -- the row table ------------------------------------------------------------------------
+
+    def _admit(self, new: list[dict[str, np.ndarray]]) -> None:
+        # an empty table takes the new rows as they are: a runtime's state need not be [B, S]
+        # float32 (the stateful Triton runtime hands out [B, 2] handles)
+        old = [self._rows] if len(self._rows["owner"]) else []
+        self._rows = {k: np.concatenate([rows[k] for rows in (*old, *new)]) for k in self._rows}
+
+    def _new_rows(self, r: Request, index: int) -> dict[str, np.ndarray]:
+        """The table rows of `r`, which is `scheduler.running[index]` (its initial state made now)."""
+        if r.state is None:
+            try:
+                r.state = self.runtime.init_state(r.z, r.n)
+            except SketchkitError as e:
+                r.error = e
+                r.state = np.zeros((r.n, self.info.state_size), np.float32)
+        slots = self._take_slots(r.n, r.max_len)
+        self._slots[id(r)] = slots
+        self._length[slots] = r.max_len  # rows that never draw p3 are cut at max_len
+        new = {
+            "prev": np.asarray(r.prev, np.float32), "state": np.asarray(r.state),
+            "owner": np.full(r.n, index, np.intp), "row": np.arange(r.n), "slot": slots,
+            "t": np.full(r.n, r.t, np.intp), "greedy": np.full(r.n, r.greedy),
+            "div": np.full(r.n, r.temperature[0]), "sig": np.full(r.n, r.temperature[1]),
+            "draw": np.zeros(r.n, np.intp),  # set by _layout
+        }  # fmt: skip
+        if "z" in self._rows:
+            new["z"] = np.asarray(r.z, np.float32)
+        r.prev = r.state = None  # type: ignore[assignment]  # the table holds them now
+        return new
+
+    def _take_slots(self, n: int, width: int) -> np.ndarray:
+        if width > self._store.shape[1]:
+            grown = np.zeros((len(self._store), width, 3), np.float32)
+            grown[:, : self._store.shape[1]] = self._store
+            self._store = grown
+        if len(self._free) < n:
+            old = len(self._store)
+            size = max(2 * old, old + n, 64)
+            self._store = np.concatenate([self._store, np.zeros((size - old, *self._store.shape[1:]), np.float32)])
+            self._length = np.concatenate([self._length, np.zeros(size - old, np.intp)])
+            self._free += range(old, size)
+        slots, self._free = self._free[-n:], self._free[:-n]
+        return np.array(slots, np.intp)
+
+    def _keep(self, keep: np.ndarray) -> None:
+        self._rows = {k: v[keep] for k, v in self._rows.items()}
+
+    def _layout(self) -> None:
+        """Where each sampling request's block of random numbers goes in a step's buffer (its
+        full n rows, as if alone), and where each live row finds its own."""
+        running = self.scheduler.running
+        n = np.array([0 if r.greedy else r.n for r in running], np.intp)
+        start = np.cumsum(n) - n
+        self._samplers = [(r.rng, a, a + k) for r, a, k in zip(running, start.tolist(), n.tolist(), strict=True) if k]  # type: ignore[misc]
+        self._rows["draw"] = start[self._rows["owner"]] + self._rows["row"]
+        self._any_greedy = any(r.greedy for r in running)
+
+    def _retire(self, running: list[Request]) -> None:
+        """Hand finished requests their sketches, free their slots and drop their rows."""
+        gone = np.array([r.done for r in running])
+        for r in (r for r in running if r.done):
+            slots = self._slots.pop(id(r))
+            if r.error is None:
+                r.out = self._store[slots, : r.max_len].copy()
+                r.lengths = self._length[slots].copy()
+            self._free += slots.tolist()
+        self._keep(~gone[self._rows["owner"]])
+        self._rows["owner"] = (np.cumsum(~gone) - 1)[self._rows["owner"]]  # old request index -> new one
+        self.scheduler.running = [r for r in running if not r.done]
+
+    def _advance(self, running: list[Request]) -> None:
+        rows = self._rows
+        try:
+            params, next_state = self.runtime.step(rows["prev"], rows.get("z"), rows["state"])
+        except SketchkitError as e:  # the runtime failed: every request in this step fails
+            for r in running:
+                r.error = r.error or e
+            return
+        self.evaluations += 1
+        self.rows_stepped += len(params)
+        if not np.isfinite(params).all():  # those requests fail; the others go on
+            bad = ~np.isfinite(params).all(axis=1)
+            for i in np.unique(rows["owner"][bad]):
+                r = running[i]
+                r.error = r.error or ModelError(
+                    f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}"
+                )
+            params = np.where(bad[:, None], 0, params)
+        if not self._any_greedy:
+            pen, offset = draw_points(params, rows["div"][:, None], rows["sig"][:, None], self._draws(rows["draw"]))
+        else:
+            pen, offset = np.zeros(len(params), np.intp), np.zeros((len(params), 2))
+            sampled = ~rows["greedy"]
+            if sampled.any():
+                pen[sampled], offset[sampled] = draw_points(
+                    params[sampled], rows["div"][sampled, None], rows["sig"][sampled, None],
+                    self._draws(rows["draw"][sampled]),
+                )  # fmt: skip
+            pen[~sampled], offset[~sampled] = draw_points(params[~sampled], 1.0, 1.0, None)
+        slot, t = rows["slot"], rows["t"]
+        self._store[slot, t, :2] = offset
+        self._store[slot, t, 2] = pen == 1
+        prev = np.empty((len(params), 5), np.float32)
+        prev[:, :2] = offset
+        prev[:, 2:] = _ONE_HOT[pen]
+        rows["prev"], rows["state"] = prev, next_state
+        rows["t"] = t + 1
+        for r in running:
+            r.t += 1
+        ended = pen == 2  # p3: the p3 point itself is not part of the sketch
+        if ended.any():
+            self._length[slot[ended]] = t[ended]
+            self._keep(~ended)
+            live = np.bincount(self._rows["owner"], minlength=len(running))
+            for r, k in zip(running, live.tolist(), strict=True):
+                r.live = k
+
+    def _draws(self, draw: np.ndarray) -> Draws:
+        """Each sampling request fills its block of the step's random numbers from its own
+        generator; `draw` picks the live rows' rows."""
+        size = self._samplers[-1][2] if self._samplers else 0
+        exponential = np.empty((size, 3 + self.info.num_mixture))
+        normal = np.empty((size, 2))
+        for rng, a, b in self._samplers:
+            Draws.fill(rng, exponential[a:b], normal[a:b])
+        if len(draw) == size:  # every row of every sampling request is live: the buffer as it is
+            return Draws(-np.log(exponential), normal)
+        return Draws(-np.log(exponential[draw]), normal[draw])
+
+
+class BackgroundEngine:
+    """An `Engine` stepped by its own thread while requests are in flight (the Triton generate
+    model): `submit` queues a request and returns at once; `request.on_done` fires when it is
+    finished, from the engine's thread."""
+
+    def __init__(self, engine: Engine, on_idle: Callable[[Engine], None] | None = None) -> None:
+        self.engine = engine
+        self.on_idle = on_idle  # called when the last request in flight is done (statistics)
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="sketchkit-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> None:
+        self.engine.add(request)  # EngineBusy when full
+        with self._wake:
+            self._wake.notify()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                if not self.engine.scheduler.has_work() and self.on_idle is not None and self.engine.evaluations:
+                    self.on_idle(self.engine)
+                while not self._stopped and not self.engine.scheduler.has_work():
+                    self._wake.wait()
+                if self._stopped:
+                    return
+            try:
+                self.engine.step()
+            except Exception as e:  # never let the thread die with requests in flight
+                for r in list(self.engine.scheduler.running):
+                    if r.error is None:
+                        r.error = SketchkitError(f"engine failure: {type(e).__name__}: {e}".splitlines()[0])
+                    if r.on_done is not None:
+                        r.on_done(r)
+                self.engine.scheduler.running = []

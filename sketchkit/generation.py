@@ -1,0 +1,159 @@
+"""The `<name>_generate` Triton model's contract: one request in, finished sketches out.
+
+Written once as data (like `sketchkit.graphs`): `serving.repository` makes the config from it,
+the model.py that serves it parses requests with `parse_inputs`, and the client
+(`sketchkit.client`) builds requests and reads answers from the same table.
+
+Inputs (all [1] unless said; only `n` is required):
+  n INT32 (sketches; with `prefix`: endings), tau FP32, seed INT64 (absent: fresh entropy),
+  greedy BOOL, max_len INT32, rule BYTES ("eq8" | "js"), z FP32 [n, Nz] (vae: decode these
+  latents), prefix FP32 [L, 3] (a stroke-3 partial sketch in pixels to complete).
+Outputs: strokes FP32 [n, L, 3] stroke-3 in pixels, zero-padded, lengths INT32 [n] (each
+  sketch is strokes[i, :lengths[i]]), z FP32 [n, Nz] for vae models (the latents decoded).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sketchkit.errors import SketchkitError
+from sketchkit.graphs import Tensor
+from sketchkit.modelinfo import ModelInfo
+
+GENERATE = "generate"
+
+INPUTS = (
+    Tensor("n", "int32", ("1",)),
+    Tensor("tau", "float32", ("1",)),
+    Tensor("seed", "int64", ("1",)),
+    Tensor("greedy", "bool", ("1",)),
+    Tensor("max_len", "int32", ("1",)),
+    Tensor("rule", "bytes", ("1",)),
+    Tensor("z", "float32", ("n", "Nz")),
+    Tensor("prefix", "float32", ("L", "3")),
+)
+OUTPUTS = (
+    Tensor("strokes", "float32", ("n", "L", "3")),
+    Tensor("lengths", "int32", ("n",)),
+    Tensor("z", "float32", ("n", "Nz")),
+)
+REQUIRED = ("n",)
+VAE_ONLY = ("z",)
+
+
+def inputs_for(info: ModelInfo) -> tuple[Tensor, ...]:
+    return tuple(t for t in INPUTS if info.conditional or t.name not in VAE_ONLY)
+
+
+def outputs_for(info: ModelInfo) -> tuple[Tensor, ...]:
+    return tuple(t for t in OUTPUTS if info.conditional or t.name not in VAE_ONLY)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (config parameters of the generate model)."""
+
+    max_n: int = 256  # sketches per request
+    max_len: int = 1000  # steps per sketch (and points of a prefix)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A parsed, checked request: what `Sampler.generation`/`completion` need."""
+
+    n: int
+    tau: float
+    seed: int | None
+    greedy: bool
+    max_len: int | None
+    rule: str | None
+    z: np.ndarray | None
+    prefix: np.ndarray | None
+
+
+def _scalar(name: str, array: np.ndarray, kind: str) -> object:
+    """The one value of a [1] input, checked for its numpy kind ('i', 'f', 'b')."""
+    if array.size != 1:
+        raise SketchkitError(f"input {name} must hold one value, got shape {list(array.shape)}")
+    if kind == "i" and array.dtype.kind not in "iu":
+        raise SketchkitError(f"input {name} must be an integer, got {array.dtype}")
+    if kind == "f" and array.dtype.kind not in "fiu":
+        raise SketchkitError(f"input {name} must be a number, got {array.dtype}")
+    return array.reshape(-1)[0]
+
+
+def parse_inputs(get: dict[str, np.ndarray], info: ModelInfo, limits: Limits) -> GenerateRequest:
+    """Check one request's tensors (name -> array, absent = not sent); one-line errors."""
+    known = {t.name for t in inputs_for(info)}
+    unknown = sorted(set(get) - known)
+    if unknown:
+        raise SketchkitError(f"unknown input(s) {', '.join(unknown)} (this model takes {', '.join(sorted(known))})")
+    if "n" not in get:
+        raise SketchkitError("input n (sketches in this request) is required")
+    n = int(_scalar("n", get["n"], "i"))  # type: ignore[call-overload]
+    if not 1 <= n <= limits.max_n:
+        raise SketchkitError(f"n must be in 1..{limits.max_n}, got {n}")
+    tau = _decimal(_scalar("tau", get["tau"], "f")) if "tau" in get else 0.3
+    if not (math.isfinite(tau) and 0 < tau <= 2):
+        raise SketchkitError(f"tau must be in (0, 2], got {tau}")
+    seed = int(_scalar("seed", get["seed"], "i")) if "seed" in get else None  # type: ignore[call-overload]
+    if seed is not None and seed < 0:
+        raise SketchkitError(f"seed must be a non-negative integer, got {seed}")
+    greedy = bool(_scalar("greedy", get["greedy"], "b")) if "greedy" in get else False
+    max_len = int(_scalar("max_len", get["max_len"], "i")) if "max_len" in get else None  # type: ignore[call-overload]
+    if max_len is not None and not 1 <= max_len <= limits.max_len:
+        raise SketchkitError(f"max_len must be in 1..{limits.max_len}, got {max_len}")
+    rule = None
+    if "rule" in get:
+        raw = _scalar("rule", get["rule"], "s")
+        rule = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if rule not in ("eq8", "js"):
+            raise SketchkitError(f"unknown temperature rule {rule[:20]!r} (choose eq8 or js)")
+    z = None
+    if "z" in get:
+        z = _float_array("z", get["z"], (n, info.z_size))
+    prefix = None
+    if "prefix" in get:
+        prefix = _float_array("prefix", get["prefix"], (-1, 3))
+        if not 1 <= len(prefix) < (max_len or info.max_seq_len):
+            raise SketchkitError(
+                f"prefix must have 1..{(max_len or info.max_seq_len) - 1} points (fewer than max_len), got {len(prefix)}"
+            )
+        if z is not None:
+            raise SketchkitError("give z or prefix, not both (a vae completion encodes its prefix)")
+    return GenerateRequest(n, tau, seed, greedy, max_len, rule, z, prefix)
+
+
+def _decimal(value: object) -> float:
+    """An FP32 value as the shortest decimal that rounds to it (float32 0.3 -> 0.3, not
+    0.30000001192...): tau means on the server exactly what the same number means in process."""
+    return float(np.format_float_positional(np.float32(value), unique=True))  # type: ignore[arg-type]
+
+
+def _float_array(name: str, array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if array.dtype.kind != "f":
+        raise SketchkitError(f"input {name} must be float32, got {array.dtype}")
+    if array.ndim != 2 or any(want not in (-1, got) for want, got in zip(shape, array.shape, strict=True)):
+        want = ", ".join("any" if d == -1 else str(d) for d in shape)
+        raise SketchkitError(f"input {name} must have shape [{want}], got {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise SketchkitError(f"input {name} contains NaN or infinite values")
+    return np.ascontiguousarray(array, np.float32)
+
+
+def pack(sketches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sketches -> (strokes [n, L, 3] zero-padded, lengths [n] int32), L = the longest (>= 1)."""
+    lengths = np.array([len(s) for s in sketches], np.int32)
+    out = np.zeros((len(sketches), max(1, int(lengths.max(initial=0))), 3), np.float32)
+    for i, s in enumerate(sketches):
+        out[i, : len(s)] = s
+    return out, lengths
+
+
+def unpack(strokes: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """The inverse of `pack`: each sketch its own array."""
+    strokes = np.asarray(strokes, np.float32).reshape(len(lengths), -1, 3)
+    return [strokes[i, : int(n)].copy() for i, n in enumerate(np.asarray(lengths).reshape(-1))]

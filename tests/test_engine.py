@@ -1,0 +1,170 @@
+"""The one decode loop (`sketchkit.engine`) with real graphs in onnxruntime: many requests stepped
+together give each exactly its own single-request sketches; the scheduler's budget, backpressure,
+joining mid-flight, cancellation and a failing request that takes nobody else down."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from sketchkit.engine import BackgroundEngine, Cancelled, Engine, EngineBusy, Scheduler
+from sketchkit.errors import ModelError
+from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.zoo import resolve
+
+
+@pytest.fixture(scope="module")
+def sheep() -> Sampler:
+    return Sampler(OnnxRuntime(resolve("sheep")))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_uncond) -> Sampler:
+    return Sampler(OnnxRuntime(tiny_uncond))
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+ASKS = [
+    (3, SamplingOptions(tau=0.3, seed=1)),
+    (1, SamplingOptions(tau=1.0, seed=2, temperature_rule="js")),
+    (5, SamplingOptions(tau=0.6, seed=3, max_len=30)),
+    (2, SamplingOptions(greedy=True, seed=5)),
+    (4, SamplingOptions(tau=0.05, seed=4)),
+]
+
+
+def test_requests_stepped_together_equal_their_own_runs(sheep):
+    engine = Engine(sheep.runtime)
+    requests = [sheep.generation(n, options=o) for n, o in ASKS]
+    # two start at once, the others join mid-flight, one per step
+    engine.add(requests[0])
+    engine.add(requests[1])
+    waiting = requests[2:]
+    while any(not r.done for r in requests):
+        if waiting:
+            engine.add(waiting.pop(0))
+        engine.step()
+    for r, (n, o) in zip(requests, ASKS, strict=True):
+        assert same(r.sketches(), sheep.generate(n, options=o))
+    # one evaluation per step for the union: fewer evaluations than the requests' steps together
+    assert engine.evaluations < sum(r.t for r in requests)
+    assert engine.rows_stepped / engine.evaluations > 2
+
+
+def test_completion_and_vae_decode_stepped_together(tiny_vae):
+    sampler = Sampler(OnnxRuntime(tiny_vae))
+    partial = sampler.generate(1, options=SamplingOptions(seed=9))[0][:6]
+    z = np.random.default_rng(0).standard_normal((3, sampler.info.z_size)).astype(np.float32)
+    o1, o2 = SamplingOptions(tau=0.7, seed=1), SamplingOptions(tau=0.4, seed=2)
+    engine = Engine(sampler.runtime)
+    a, b = sampler.completion(partial, 4, o1), sampler.generation(3, z, o2)
+    engine.add(a)
+    engine.add(b)
+    while not (a.done and b.done):
+        engine.step()
+    assert same([np.vstack([partial, e]) for e in a.sketches()], sampler.complete(partial, 4, o1))
+    assert same(b.sketches(), sampler.decode(z, o2))
+
+
+def test_scheduler_admits_while_rows_fit_the_budget(tiny):
+    scheduler = Scheduler(max_rows=6)
+    engine = Engine(tiny.runtime, scheduler)
+    big, small, late = (tiny.generation(n, options=SamplingOptions(seed=n)) for n in (5, 1, 3))
+    for r in (big, small, late):
+        engine.add(r)
+    engine.step()
+    assert scheduler.running == [big, small] and list(scheduler.waiting) == [late]  # 5 + 1 fit, 3 waits
+    while not late.done:
+        engine.step()
+        assert sum(r.live for r in scheduler.running) <= 6
+    assert same(late.sketches(), tiny.generate(3, options=SamplingOptions(seed=3)))
+    # a request larger than the budget runs alone rather than never
+    huge = tiny.generation(9, options=SamplingOptions(seed=0))
+    assert len(Engine(tiny.runtime, Scheduler(max_rows=6)).run(huge)) == 9
+
+
+def test_backpressure_is_a_clear_busy_error(tiny):
+    engine = Engine(tiny.runtime, Scheduler(max_rows=4, max_pending_rows=10))
+    engine.add(tiny.generation(6))
+    engine.add(tiny.generation(4))
+    with pytest.raises(EngineBusy, match=r"^busy: 10 sketches in flight, at most 10 \(retry later\)$"):
+        engine.add(tiny.generation(1))
+    while engine.scheduler.has_work():
+        engine.step()
+    engine.add(tiny.generation(10))  # room again
+
+
+def test_cancelled_request_frees_its_rows(tiny):
+    engine = Engine(tiny.runtime)
+    cancelled = threading.Event()
+    gone = tiny.generation(8, options=SamplingOptions(seed=1, max_len=40))
+    gone.is_cancelled = cancelled.is_set
+    kept = tiny.generation(2, options=SamplingOptions(seed=2))
+    engine.add(gone)
+    engine.add(kept)
+    engine.step()
+    cancelled.set()
+    finished = engine.step()
+    assert gone in finished and isinstance(gone.error, Cancelled)
+    assert gone not in engine.scheduler.running
+    while not kept.done:
+        engine.step()
+    assert same(kept.sketches(), tiny.generate(2, options=SamplingOptions(seed=2)))
+
+
+def test_a_failing_request_takes_nobody_else_down(tiny):
+    """NaN parameters for one request's rows fail that request alone."""
+
+    class NanForBigBatches:
+        def __init__(self, runtime):
+            self.runtime, self.info = runtime, runtime.info
+
+        def init_state(self, z, batch):
+            return self.runtime.init_state(z, batch)
+
+        def step(self, prev, z, state):
+            params, next_state = self.runtime.step(prev, z, state)
+            params[: len(prev) - 2][(np.abs(state[: len(prev) - 2]).sum(1) > 0)] = np.nan  # all but the last 2 rows
+            return params, next_state
+
+    engine = Engine(NanForBigBatches(tiny.runtime))
+    bad = tiny.generation(3, options=SamplingOptions(seed=1))
+    good = tiny.generation(2, options=SamplingOptions(seed=2))
+    engine.add(bad)
+    engine.add(good)
+    while not good.done:
+        engine.step()
+    with pytest.raises(ModelError, match="NaN or infinite parameters"):
+        bad.sketches()
+    assert same(good.sketches(), tiny.generate(2, options=SamplingOptions(seed=2)))
+
+
+def test_background_engine_answers_each_request_when_it_finishes(sheep):
+    background = BackgroundEngine(Engine(sheep.runtime))
+    done: dict[int, list[np.ndarray]] = {}
+    all_done = threading.Event()
+
+    def on_done(i):
+        def record(request):
+            done[i] = request.sketches()
+            if len(done) == len(ASKS):
+                all_done.set()
+
+        return record
+
+    try:
+        for i, (n, o) in enumerate(ASKS):
+            request = sheep.generation(n, options=o)
+            request.on_done = on_done(i)
+            background.submit(request)
+        assert all_done.wait(60)
+    finally:
+        background.stop()
+    for i, (n, o) in enumerate(ASKS):
+        assert same(done[i], sheep.generate(n, options=o))

@@ -1,0 +1,223 @@
+"""`<name>_generate` on a real tritonserver: one request in, finished sketches out.
+
+A real Magenta model (owl, imported from ../shared) and a tiny vae are served from one repository.
+The curl command of serving/README.md gives the in-process sketches for its seed; concurrent
+requests with different n / tau / seed each get exactly their own in-process sketches; every bad
+input is one error line and the server goes on serving the same answers."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.repository import RepoOptions, build_repo
+from serving.server import TritonServer, free_port
+from sketchkit.client import Client
+from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtime_triton import TritonError, TritonRuntime
+from sketchkit.sampling import Sampler, SamplingOptions
+
+pytestmark = pytest.mark.triton
+
+pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
+
+README = Path(__file__).resolve().parents[1] / "serving" / "README.md"
+MAX_N = 64
+
+
+@pytest.fixture(scope="module")
+def owl(magenta_gen_dir, tmp_path_factory) -> Path:
+    pytest.importorskip("torch", reason="importing a Magenta model needs the export extra (torch)")
+    from export.magenta import import_magenta
+
+    out = tmp_path_factory.mktemp("generate") / "owl"
+    import_magenta(magenta_gen_dir / "owl.gen.json", out, name="owl")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(owl: Path, tiny_vae: Path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("generate-repo")
+    build_repo([owl, tiny_vae], root / "repo", RepoOptions(stateful=False, max_sketches_per_request=MAX_N))
+    with TritonServer(root / "repo", free_port(), free_port(), log_path=root / "server.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def local(owl: Path, tiny_vae: Path) -> dict[str, Sampler]:
+    return {"owl": Sampler(OnnxRuntime(owl)), "tiny-vae": Sampler(OnnxRuntime(tiny_vae))}
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def readme_curl(http_url: str) -> list[str]:
+    """The curl command that serving/README.md shows first, pointed at this server."""
+    line = next(x for x in README.read_text().splitlines() if x.startswith("curl "))
+    return shlex.split(line.replace("http://127.0.0.1:8000", http_url))
+
+
+def test_readme_curl_gives_the_in_process_sketches(server, local):
+    command = readme_curl(server.http_url)
+    body = json.loads(next(a for a in command if a.startswith("{")))
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    answer = json.loads(proc.stdout)
+    n, lengths = body["n"], answer["lengths"]
+    strokes = np.array(answer["strokes"], np.float32).reshape(n, -1, 3)
+    got = [strokes[i, : lengths[i]] for i in range(n)]
+    want = local["owl"].generate(n, options=SamplingOptions(tau=body["tau"], seed=body["seed"]))
+    assert same(got, want)
+    assert len(set(lengths)) > 1  # rows finished at different steps
+
+
+def test_three_concurrent_requests_each_identical_to_its_own_run(server, local):
+    asks = [dict(n=5, tau=0.3, seed=1), dict(n=1, tau=0.9, seed=2), dict(n=12, tau=0.5, seed=3, rule="eq8")]
+    results: dict[int, list[np.ndarray]] = {}
+    start = threading.Barrier(len(asks))
+    with Client(server.grpc_url) as client:
+
+        def ask(i: int) -> None:
+            start.wait()
+            results[i] = client.generate("owl", **asks[i])
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    for i, a in enumerate(asks):
+        options = SamplingOptions(tau=a["tau"], seed=a["seed"], temperature_rule=a.get("rule"))
+        assert same(results[i], local["owl"].generate(a["n"], options=options)), a
+
+
+def test_v2_infer_json_and_http_client(server, local):
+    body = {"inputs": [{"name": "n", "shape": [1], "datatype": "INT32", "data": [3]},
+                       {"name": "seed", "shape": [1], "datatype": "INT64", "data": [11]},
+                       {"name": "greedy", "shape": [1], "datatype": "BOOL", "data": [False]}]}  # fmt: skip
+    request = urllib.request.Request(f"{server.http_url}/v2/models/owl_generate/infer", data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=60) as r:
+        outputs = {o["name"]: o for o in json.loads(r.read())["outputs"]}
+    strokes = np.array(outputs["strokes"]["data"], np.float32).reshape(outputs["strokes"]["shape"])
+    got = [strokes[i, :n] for i, n in enumerate(outputs["lengths"]["data"])]
+    want = local["owl"].generate(3, options=SamplingOptions(seed=11))
+    assert same(got, want)
+    with Client(server.http_url) as client:
+        assert same(client.generate("owl", n=3, seed=11), want)
+
+
+def test_vae_generate_decode_and_complete_through_the_runtime(server, local):
+    """`--server` samples with <name>_generate: generate (z drawn from the seed on the server),
+    decode given z, complete a prefix; encode still runs the encoder model."""
+    ref = local["tiny-vae"]
+    options = SamplingOptions(tau=0.6, seed=4)
+    runtime = TritonRuntime(server.grpc_url, "tiny-vae")
+    assert runtime.remote_generator() is not None
+    remote = Sampler(runtime)
+    sketches = ref.generate(4, options=options)
+    assert same(remote.generate(4, options=options), sketches)
+    z = np.random.default_rng(0).standard_normal((3, ref.info.z_size)).astype(np.float32)
+    assert same(remote.decode(z, options), ref.decode(z, options))
+    assert same(remote.complete(sketches[0][:5], k=3, options=options), ref.complete(sketches[0][:5], k=3, options=options))
+    assert same(remote.reconstruct(sketches[:2], options), ref.reconstruct(sketches[:2], options))
+    runtime.close()
+    step = TritonRuntime(server.grpc_url, "tiny-vae", mode="step")
+    assert step.remote_generator() is None
+    assert same(Sampler(step).generate(4, options=options), sketches)
+    step.close()
+
+
+def post_generate(server, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(f"{server.http_url}/v2/models/owl_generate/generate", data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())["error"]
+
+
+BAD = {
+    "n above the cap": ({"n": MAX_N + 1}, f"n must be in 1..{MAX_N}, got {MAX_N + 1}"),
+    "n zero": ({"n": 0}, "n must be in 1..64, got 0"),
+    "n missing": ({"tau": 0.3}, "input n (sketches in this request) is required"),
+    "tau zero": ({"n": 1, "tau": 0}, "tau must be in (0, 2], got 0.0"),
+    "tau huge": ({"n": 1, "tau": 1e30}, "tau must be in (0, 2]"),
+    "seed negative": ({"n": 1, "seed": -3}, "seed must be a non-negative integer, got -3"),
+    "max_len above the cap": ({"n": 1, "max_len": 10**6}, "max_len must be in 1..1000"),
+    "rule unknown": ({"n": 1, "rule": "fast"}, "unknown temperature rule 'fast'"),
+    "unknown input": ({"n": 1, "temperature": 0.3}, "unknown input(s) temperature"),
+    "n wrong dtype": ({"n": 1.5}, "Unable to parse 'data'"),  # Triton's own check, before the model
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_the_server_goes_on(server, local, case):
+    body, message = BAD[case]
+    status, error = post_generate(server, json.dumps(body).encode())
+    assert status == (500 if case == "n wrong dtype" else 400), error
+    assert "\n" not in error and error
+    if message:
+        assert message in error
+    status, text = post_generate(server, b'{"n": 2, "tau": 0.3, "seed": 7}')
+    answer = json.loads(text)
+    assert status == 200 and answer["lengths"] == [len(s) for s in local["owl"].generate(2, options=SamplingOptions(seed=7))]
+
+
+def test_bad_tensors_over_grpc(server, local):
+    runtime = TritonRuntime(server.grpc_url, "tiny-vae")
+    n, nz = np.array([2], np.int32), local["tiny-vae"].info.z_size
+    cases = {
+        "prefix NaN": ({"n": n, "prefix": np.array([[1.0, np.nan, 0]], np.float32)}, "input prefix contains NaN or infinite values"),
+        "prefix inf": ({"n": n, "prefix": np.array([[np.inf, 0, 0]], np.float32)}, "contains NaN or infinite"),
+        "z wrong shape": ({"n": n, "z": np.zeros((3, nz), np.float32)}, f"input z must have shape [2, {nz}], got [3, {nz}]"),
+        "z NaN": ({"n": n, "z": np.full((2, nz), np.nan, np.float32)}, "input z contains NaN"),
+        "z and prefix": ({"n": n, "z": np.zeros((2, nz), np.float32), "prefix": np.ones((2, 3), np.float32)}, "not both"),
+        "tau NaN": ({"n": n, "tau": np.array([np.nan], np.float32)}, "tau must be in (0, 2], got nan"),
+        "n two values": ({"n": np.array([1, 2], np.int32)}, "unexpected shape"),
+    }
+    for name, (arrays, message) in cases.items():
+        with pytest.raises(TritonError) as e:
+            runtime.infer("tiny-vae_generate", arrays, ["lengths"])
+        assert message in str(e.value) and "\n" not in str(e.value), name
+    options = SamplingOptions(seed=1)
+    assert same(Sampler(runtime).generate(3, options=options), local["tiny-vae"].generate(3, options=options))
+    runtime.close()
+    assert server.ready()
+
+
+def test_readme_repository_serves_zoo_names_made_safe(zoo_mirror, tmp_path):
+    """README's `sketchkit serve build-repo sheep owl` (Magenta's owl from the zoo): served as
+    sheep_* and owl_*; the zoo name magenta/owl.gen as magenta-owl.gen_* (Triton refuses '/'), and
+    clients find it by the same typed name."""
+    pytest.importorskip("torch", reason="converting a Magenta model needs the export extra (torch)")
+    from click.testing import CliRunner
+
+    from sketchkit.cli import cli
+    from sketchkit.zoo import resolve
+
+    result = CliRunner().invoke(cli, ["serve", "build-repo", "sheep", "owl", "magenta/owl.gen", "--out",
+                                      str(tmp_path / "repo"), "--no-stateful"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {"sheep_generate", "owl_generate", "magenta-owl.gen_generate", "owl_decoder_step"} <= {
+        p.name for p in (tmp_path / "repo").iterdir()
+    }
+    with TritonServer(tmp_path / "repo", free_port(), free_port(), log_path=tmp_path / "log") as server:
+        options = SamplingOptions(tau=0.3, seed=1)
+        want = Sampler(OnnxRuntime(resolve("owl"))).generate(3, options=options)
+        with Client(server.grpc_url) as client:
+            assert same(client.generate("owl", n=3, tau=0.3, seed=1), want)
+            assert same(client.generate("magenta/owl.gen", n=3, tau=0.3, seed=1), want)
+            sheep = Sampler(OnnxRuntime(resolve("sheep"))).generate(2, options=options)
+            assert same(client.generate("sheep", n=2, tau=0.3, seed=1), sheep)
+        args = ["generate", "magenta/owl.gen", "-n", "3", "--seed", "1", "--json"]
+        remote = CliRunner().invoke(cli, [*args, "--server", server.grpc_url])
+        assert remote.exit_code == 0, remote.output
+        assert remote.output == CliRunner().invoke(cli, args).output

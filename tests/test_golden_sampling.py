@@ -1,0 +1,74 @@
+"""Golden sketches: fixed seeds give exactly the strokes that the sampler gave before the decode
+loop moved into `sketchkit.engine` (digests recorded from the old `Sampler._loop`, commit 56ec108).
+
+Any change to what a seed means (the order of random draws, the units, the early stop) fails here.
+The digests are of onnxruntime's CPU float32 results on this project's machines (x86-64); another
+CPU family may round differently and would need its own digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.zoo import resolve
+
+SHEEP_CASES = {
+    "generate-tau0.3-seed1": lambda s: s.generate(5, options=SamplingOptions(tau=0.3, seed=1)),
+    "generate-tau1.0-seed2-js": lambda s: s.generate(4, options=SamplingOptions(tau=1.0, seed=2, temperature_rule="js")),
+    "generate-greedy": lambda s: s.generate(2, options=SamplingOptions(greedy=True, seed=3)),
+    "generate-maxlen20": lambda s: s.generate(3, options=SamplingOptions(tau=0.7, seed=4, max_len=20)),
+    "complete": lambda s: s.complete(s.generate(1, options=SamplingOptions(seed=5))[0][:12], k=3,
+                                      options=SamplingOptions(tau=0.5, seed=6)),  # fmt: skip
+}
+OWL_CASES = {
+    "generate-tau0.3-seed1": lambda s: s.generate(6, options=SamplingOptions(tau=0.3, seed=1)),
+    "generate-tau0.8-seed9-eq8": lambda s: s.generate(3, options=SamplingOptions(tau=0.8, seed=9, temperature_rule="eq8")),
+    "complete": lambda s: s.complete(s.generate(1, options=SamplingOptions(seed=5))[0][:10], k=2,
+                                     options=SamplingOptions(tau=0.4, seed=6)),  # fmt: skip
+}
+
+GOLDEN = {
+    "sheep/generate-tau0.3-seed1": "ff9246ed3432adc5574f77c1",
+    "sheep/generate-tau1.0-seed2-js": "fdf6ea2027bfe1a66d866a49",
+    "sheep/generate-greedy": "bfc88d0f08bab22fe257409f",
+    "sheep/generate-maxlen20": "55373e94009a7f59298d8e08",
+    "sheep/complete": "2c6425e1275964d98e07b216",
+    "owl/generate-tau0.3-seed1": "5ca17f3e3130b14465437e21",
+    "owl/generate-tau0.8-seed9-eq8": "655e60bdbc1de548fbd06fb7",
+    "owl/complete": "1b6df39127d7c4dafd7876c9",
+}
+
+
+def digest(sketches: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for s in sketches:
+        a = np.ascontiguousarray(s, np.float32)
+        h.update(np.int64(len(a)).tobytes() + a.tobytes())
+    return h.hexdigest()[:24]
+
+
+@pytest.fixture(scope="module")
+def owl_dir(magenta_gen_dir, tmp_path_factory):
+    pytest.importorskip("torch", reason="importing a Magenta model needs the export extra (torch)")
+    from export.magenta import import_magenta
+
+    out = tmp_path_factory.mktemp("golden") / "owl"
+    import_magenta(magenta_gen_dir / "owl.gen.json", out)
+    return out
+
+
+@pytest.mark.parametrize("case", list(SHEEP_CASES))
+def test_sheep_golden(case):
+    sampler = Sampler(OnnxRuntime(resolve("sheep")))
+    assert digest(SHEEP_CASES[case](sampler)) == GOLDEN[f"sheep/{case}"]
+
+
+@pytest.mark.parametrize("case", list(OWL_CASES))
+def test_owl_golden(case, owl_dir):
+    sampler = Sampler(OnnxRuntime(owl_dir))
+    assert digest(OWL_CASES[case](sampler)) == GOLDEN[f"owl/{case}"]
