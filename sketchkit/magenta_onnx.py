@@ -43,6 +43,16 @@ def _gates(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return i, j, f, o
 
 
+def _torch_gates(
+    w_xh: np.ndarray, w_hh: np.ndarray, bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A TF LSTM as PyTorch lays it out: W_ih [4H, in], W_hh [4H, H], gates (i, f, g=j, o), the
+    forget bias folded into b."""
+    i, j, f, o = _gates(bias)
+    b = np.concatenate([i, f + FORGET_BIAS, j, o])
+    return (*(np.concatenate([i, f, j, o], axis=1).T for i, j, f, o in (_gates(w_xh), _gates(w_hh))), b)
+
+
 class _Graph:
     """Nodes and initializers of one graph under construction; names are made unique here."""
 
@@ -90,30 +100,35 @@ class _Graph:
 
 
 def decoder_step(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
-    """prev [B, 5] (, z [B, Nz]), state [B, 2H] = [h | c] -> params [B, 6M+3], next_state."""
+    """prev [B, 5] (, z [B, Nz]), state [B, 2H] = [h | c] -> params [B, 6M+3], next_state.
+
+    The same arithmetic, in the same order, as the graph `export.onnx` traces from PyTorch's
+    LSTM step (x W_ih^T + b, then + h W_hh^T; gates (i, f, g, o)), so the two importers' graphs
+    give the same numbers, not merely close ones."""
     w, H = mm.weights, mm.dec_size
-    i, j, f, o = _gates(np.concatenate([w["dec_W_xh"], w["dec_W_hh"]]))  # rows: [x | h]
-    bi, bj, bf, bo = _gates(w["dec_bias"])
+    W_ih, W_hh, bias = _torch_gates(w["dec_W_xh"], w["dec_W_hh"], w["dec_bias"])
     b = _Graph(graphs_for(info.kind)[-1], info.sizes)
-    kernel = b.const("lstm_W", np.concatenate([i, f, o, j], axis=1))  # [in + H, 4H]: one Sigmoid
-    bias = b.const("lstm_b", np.concatenate([bi, bf + FORGET_BIAS, bo, bj]))
-    split = b.const("split_state", np.array([H, H], np.int64))
-    split3 = b.const("split_gates", np.array([3 * H, H], np.int64))
-    h, c = b.op("Split", ["state", split], 2, axis=1)
-    x = ["prev", "z", h] if mm.conditional else ["prev", h]
-    (xh,) = b.op("Concat", x, axis=1)
-    (gates,) = b.op("Gemm", [xh, kernel, bias])
-    ifo, gj = b.op("Split", [gates, split3], 2, axis=1)
-    (sig,) = b.op("Sigmoid", [ifo])
-    gi, gf, go = b.op("Split", [sig], 3, axis=1)
-    (tj,) = b.op("Tanh", [gj])
-    (keep,) = b.op("Mul", [gf, c])
-    (write,) = b.op("Mul", [gi, tj])
+    h, c = b.op("Split", ["state", b.const("split_state", np.array([H, H], np.int64))], 2, axis=1)
+    x = b.op("Concat", ["prev", "z"], axis=1)[0] if mm.conditional else "prev"
+    (xw,) = b.op("Gemm", [x, b.const("W_ih", W_ih), b.const("b", bias)], transB=1)
+    (hw,) = b.op("MatMul", [h, b.const("W_hh", W_hh.T)])
+    # Sum, not Add: onnxruntime would fuse MatMul + Add into one Gemm, whose other rounding
+    # would set these graphs ~1e-6 apart from the traced ones at every step
+    (gates,) = b.op("Sum", [xw, hw])
+    gi, gf, gg, go = b.op("Split", [gates], 4, axis=1)
+    (si,), (sf,), (tg,), (so,) = (
+        b.op("Sigmoid", [gi]),
+        b.op("Sigmoid", [gf]),
+        b.op("Tanh", [gg]),
+        b.op("Sigmoid", [go]),
+    )
+    (keep,) = b.op("Mul", [sf, c])
+    (write,) = b.op("Mul", [si, tg])
     (c_next,) = b.op("Add", [keep, write])
     (tc,) = b.op("Tanh", [c_next])
-    (h_next,) = b.op("Mul", [go, tc])
-    out_w, out_b = b.const("head_W", w["dec_output_w"]), b.const("head_b", w["dec_output_b"])
-    b.op("Gemm", [h_next, out_w, out_b], ["params"])
+    (h_next,) = b.op("Mul", [so, tc])
+    head_w, head_b = b.const("head_W", w["dec_output_w"].T), b.const("head_b", w["dec_output_b"])
+    b.op("Gemm", [h_next, head_w, head_b], ["params"], transB=1)
     b.op("Concat", [h_next, c_next], ["next_state"], axis=1)
     return b.model(f"sketchkit {info.name}: decoder_step (see sketchkit.graphs)")
 
@@ -123,10 +138,10 @@ def decoder_init(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
     [h | c]; z' = tanh(z) for files of version < 6 (`MagentaModel.tanh_z`)."""
     w, H = mm.weights, mm.dec_size
     b = _Graph(graphs_for("vae")[1], info.sizes)
-    kernel = b.const("init_W", np.concatenate([w["init_w"][:, H:], w["init_w"][:, :H]], axis=1))
+    kernel = b.const("init_W", np.concatenate([w["init_w"][:, H:], w["init_w"][:, :H]], axis=1).T)
     bias = b.const("init_b", np.concatenate([w["init_b"][H:], w["init_b"][:H]]))
     z = b.op("Tanh", ["z"])[0] if mm.tanh_z else "z"
-    (pre,) = b.op("Gemm", [z, kernel, bias])
+    (pre,) = b.op("Gemm", [z, kernel, bias], transB=1)
     b.op("Tanh", [pre], ["state"])
     return b.model(f"sketchkit {info.name}: decoder_init (see sketchkit.graphs)")
 

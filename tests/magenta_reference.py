@@ -34,7 +34,7 @@ class JsModel:
     @staticmethod
     def lstm(x, h, c, wxh, whh, bias):  # type: ignore[no-untyped-def]
         sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
-        gates = np.concatenate([x, h], -1) @ np.concatenate([wxh, whh]) + bias
+        gates = x @ wxh + h @ whh + bias
         i, j, f, o = np.split(gates, 4, axis=-1)
         c = c * sig(f + 1.0) + np.tanh(j) * sig(i)
         return np.tanh(c) * sig(o), c
