@@ -182,11 +182,16 @@ def test_fp16(tmp_path: Path, magenta_gen_dir: Path) -> None:
 # against the PyTorch importer: the same contract, numbers and sketches
 
 
-def _both(json_path: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """The file imported by both importers."""
+def _both(json_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The file imported by both importers. The PyTorch importer's own check (eager PyTorch vs
+    onnxruntime, 50 chained random steps, 1e-4) is lifted: on chaotic models the two float32
+    chains drift apart (diving_board 0.1, dolphin 3e-3, lantern 0.3 by step 50), which says
+    nothing about the graphs, and the graphs are what is compared here."""
     pytest.importorskip("torch", reason="the PyTorch importer is the reference (the export extra)")
+    from export import onnx as torch_export
     from export.magenta import import_magenta as import_with_torch
 
+    monkeypatch.setitem(torch_export.TOLERANCE, "float32", float("inf"))
     import_magenta(json_path, tmp_path / "onnx")
     import_with_torch(json_path, tmp_path / "torch")
     return tmp_path / "onnx", tmp_path / "torch"
@@ -253,15 +258,19 @@ def assert_same_models(ours: Path, theirs: Path, seed: int) -> None:
 
 @pytest.mark.torch
 @pytest.mark.parametrize("file", ["owl.gen.json", "bear.gen.json"])  # bear: version 2, mode "gen"
-def test_agrees_with_the_torch_importer(file: str, magenta_gen_dir: Path, tmp_path: Path) -> None:
-    assert_same_models(*_both(magenta_gen_dir / file, tmp_path), seed=1)
+def test_agrees_with_the_torch_importer(
+    file: str, magenta_gen_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert_same_models(*_both(magenta_gen_dir / file, tmp_path, monkeypatch), seed=1)
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize("version", [6, 2])
-def test_vae_agrees_with_the_torch_importer(version: int, tmp_path: Path) -> None:
+def test_vae_agrees_with_the_torch_importer(
+    version: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_vae_json(tmp_path / f"v{version}.vae.json", version)
-    assert_same_models(*_both(path, tmp_path), seed=2)
+    assert_same_models(*_both(path, tmp_path, monkeypatch), seed=2)
 
 
 @pytest.mark.slow

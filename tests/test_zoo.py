@@ -234,11 +234,11 @@ def test_publish_pull_and_sample_our_model(
     zoo_mirror.root = tmp_path / "stage"
     monkeypatch.setattr(zoo, "registry", lambda: json.loads(table.read_text()))
     row = zoo.registry()["models"]["tinyowl"]
-    assert [f["name"] for f in row["files"]] == [
+    assert [f["name"] for f in row["files"]] == [  # model.json, then the graphs in graphs_for order
         "tinyowl.model.json",
-        "tinyowl.decoder_step.onnx",
         "tinyowl.encoder.onnx",
         "tinyowl.decoder_init.onnx",
+        "tinyowl.decoder_step.onnx",
     ]
     assert (
         row["files"][0]["url"]
