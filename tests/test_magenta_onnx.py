@@ -277,6 +277,6 @@ def test_vae_agrees_with_the_torch_importer(
 @pytest.mark.torch
 @pytest.mark.parametrize("file", GEN_FILES)
 def test_every_shared_model_agrees_with_the_torch_importer(
-    file: str, magenta_gen_dir: Path, tmp_path: Path
+    file: str, magenta_gen_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert_same_models(*_both(magenta_gen_dir / file, tmp_path), seed=0)
+    assert_same_models(*_both(magenta_gen_dir / file, tmp_path, monkeypatch), seed=0)
