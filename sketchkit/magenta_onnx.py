@@ -8,9 +8,9 @@ a PyTorch model and stays the reference in the tests.
 TF LSTM (gates (i, j, f, o) along 4H, forget bias +1 inside the cell):
     i, j, f, o = [x | h] W + b
     c' = sigmoid(f + 1) c + sigmoid(i) tanh(j)        h' = sigmoid(o) tanh(c')
-The decoder step is one Gemm, one Sigmoid over (i, f, o) and two Tanh (`decoder_step`); the
-encoder is ONNX's bidirectional `LSTM` op, whose `sequence_lens` stops each direction at the
-sketch's own length (`encoder`).
+The decoder step is plain nodes in the order of the traced PyTorch step (`decoder_step`: the
+numbers come out identical); the encoder is ONNX's bidirectional `LSTM` op, whose
+`sequence_lens` stops each direction at the sketch's own length (`encoder`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -65,7 +66,7 @@ class _Graph:
         self.weights.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs: object) -> list[str]:
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs: Any) -> list[str]:
         """Append a node; returns its output names (fresh ones unless given)."""
         if isinstance(outputs, int):
             outputs = [f"{op_type.lower()}_{len(self.nodes)}_{k}" for k in range(outputs)]
@@ -116,12 +117,8 @@ def decoder_step(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
     # would set these graphs ~1e-6 apart from the traced ones at every step
     (gates,) = b.op("Sum", [xw, hw])
     gi, gf, gg, go = b.op("Split", [gates], 4, axis=1)
-    (si,), (sf,), (tg,), (so,) = (
-        b.op("Sigmoid", [gi]),
-        b.op("Sigmoid", [gf]),
-        b.op("Tanh", [gg]),
-        b.op("Sigmoid", [go]),
-    )
+    si, sf, so = (b.op("Sigmoid", [g])[0] for g in (gi, gf, go))
+    (tg,) = b.op("Tanh", [gg])
     (keep,) = b.op("Mul", [sf, c])
     (write,) = b.op("Mul", [si, tg])
     (c_next,) = b.op("Add", [keep, write])
