@@ -23,7 +23,14 @@ from export.onnx import CHECKPOINT_META, Progress, TanhZSketchRNN, export_model
 from sketchkit import strokes
 from sketchkit.datasets import drawing_to_stroke3, read_ndjson
 from sketchkit.errors import DataError
-from sketchkit.magenta import DEFAULT_START, START_TOKENS, MagentaModel, magenta_info, read_magenta
+from sketchkit.magenta import (
+    DEFAULT_START,
+    START_TOKENS,
+    MagentaModel,
+    magenta_info,
+    read_magenta,
+    torch_lstm,
+)
 from sketchkit.modelinfo import ModelInfo
 from zoo.checkpoint import save as save_checkpoint
 from zoo.config import HParams
@@ -34,22 +41,9 @@ from zoo.model import SketchRNN
 
 
 def _tf_lstm(w_xh: np.ndarray, w_hh: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
-    """A TF LSTM as nn.LSTM parameters: gates (i, j, f, o) -> (i, f, g=j, o), [in, 4H] -> [4H, in],
-    and TF's forget bias +1.0 (inside its cell) moved into b_f."""
-    H = w_hh.shape[0]
-
-    def reorder(a: np.ndarray) -> np.ndarray:
-        i, j, f, o = np.split(a, 4, axis=-1)
-        return np.concatenate([i, f, j, o], axis=-1)
-
-    b = reorder(bias).copy()
-    b[H : 2 * H] += 1.0
-    return {
-        "weight_ih_l0": reorder(w_xh).T,
-        "weight_hh_l0": reorder(w_hh).T,
-        "bias_ih_l0": b,
-        "bias_hh_l0": np.zeros_like(b),
-    }
+    """A TF LSTM as nn.LSTM parameters (`sketchkit.magenta.torch_lstm`; b_hh is zero)."""
+    w_ih, w_hh, b = torch_lstm(w_xh, w_hh, bias)
+    return {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b, "bias_hh_l0": np.zeros_like(b)}
 
 
 def state_dict(mm: MagentaModel) -> dict[str, np.ndarray]:
@@ -93,6 +87,7 @@ def to_sketchrnn(mm: MagentaModel) -> SketchRNN:
 
 # ---------------------------------------------------------------------------------------------
 # start token: the one under which real drawings are more likely
+
 
 def quickdraw_sketches(path: str | os.PathLike[str], max_len: int) -> list[np.ndarray]:
     """The drawings of a QuickDraw `.ndjson` as stroke-3 with unit offset std.

@@ -218,6 +218,29 @@ def _check_shapes(w: dict[str, np.ndarray], gen: bool, where: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# TF's LSTM in PyTorch's layout (both importers' graphs compute the cell this way)
+
+FORGET_BIAS = 1.0  # TF's LSTMCell adds it to f inside the cell
+
+
+def torch_lstm(
+    w_xh: np.ndarray, w_hh: np.ndarray, bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A TF LSTM (gates (i, j, f, o), W_xh [in, 4H], W_hh [H, 4H], forget bias inside the cell)
+    as nn.LSTM lays it out: W_ih [4H, in], W_hh [4H, H], gates (i, f, g=j, o), and one bias with
+    the forget bias folded into b_f."""
+
+    def reorder(a: np.ndarray) -> np.ndarray:
+        i, j, f, o = np.split(a, 4, axis=-1)
+        return np.concatenate([i, f, j, o], axis=-1)
+
+    H = w_hh.shape[0]
+    b = reorder(bias).copy()
+    b[H : 2 * H] += FORGET_BIAS
+    return reorder(w_xh).T, reorder(w_hh).T, b
+
+
+# ---------------------------------------------------------------------------------------------
 # what an imported model's model.json says
 
 START_TOKENS: dict[str, tuple[float, ...]] = {

@@ -27,12 +27,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sketchkit.graphs import Graph, Tensor, graphs_for
 from sketchkit.io import staging_dir
-from sketchkit.magenta import MagentaModel, magenta_info, read_magenta
+from sketchkit.magenta import FORGET_BIAS, MagentaModel, magenta_info, read_magenta, torch_lstm
 from sketchkit.modelinfo import ModelInfo
 
 OPSET = 17
 IR_VERSION = 8  # what onnxruntime >= 1.17 reads
-FORGET_BIAS = 1.0  # TF's LSTMCell adds it to f inside the cell
 _ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
 
 Progress = Callable[[str], None]
@@ -42,16 +41,6 @@ def _gates(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     """A TF [.., 4H] block split into its (i, j, f, o) gates."""
     i, j, f, o = np.split(w, 4, axis=-1)
     return i, j, f, o
-
-
-def _torch_gates(
-    w_xh: np.ndarray, w_hh: np.ndarray, bias: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A TF LSTM as PyTorch lays it out: W_ih [4H, in], W_hh [4H, H], gates (i, f, g=j, o), the
-    forget bias folded into b."""
-    i, j, f, o = _gates(bias)
-    b = np.concatenate([i, f + FORGET_BIAS, j, o])
-    return (*(np.concatenate([i, f, j, o], axis=1).T for i, j, f, o in (_gates(w_xh), _gates(w_hh))), b)
 
 
 class _Graph:
@@ -107,7 +96,7 @@ def decoder_step(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
     LSTM step (x W_ih^T + b, then + h W_hh^T; gates (i, f, g, o)), so the two importers' graphs
     give the same numbers, not merely close ones."""
     w, H = mm.weights, mm.dec_size
-    W_ih, W_hh, bias = _torch_gates(w["dec_W_xh"], w["dec_W_hh"], w["dec_bias"])
+    W_ih, W_hh, bias = torch_lstm(w["dec_W_xh"], w["dec_W_hh"], w["dec_bias"])
     b = _Graph(graphs_for(info.kind)[-1], info.sizes)
     h, c = b.op("Split", ["state", b.const("split_state", np.array([H, H], np.int64))], 2, axis=1)
     x = b.op("Concat", ["prev", "z"], axis=1)[0] if mm.conditional else "prev"
