@@ -177,9 +177,10 @@ def test_without_torch_the_commands_say_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with_drawings = ["import-magenta", "x.json", str(tmp_path), "--drawings", "d.ndjson"]
     cases = {
         "export": ["export", "x.safetensors", str(tmp_path)],
-        "--drawings and --checkpoint": ["import-magenta", "x.json", str(tmp_path), "--drawings", "d.ndjson"],
+        "import-magenta --drawings/--checkpoint": with_drawings,
     }
     for what, args in cases.items():
         with pytest.raises(SystemExit) as e:

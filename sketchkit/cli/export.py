@@ -86,7 +86,7 @@ def import_magenta(
 
         _report(build(model_json, out_dir, name=name, fp16=fp16, progress=_say), out_dir)
         return
-    magenta = _load("export.magenta", "--drawings and --checkpoint")
+    magenta = _load("export.magenta", "import-magenta --drawings/--checkpoint")
     info, diffs = magenta.import_magenta(
         model_json, out_dir, name=name, drawings=drawings, fp16=fp16, checkpoint=checkpoint, progress=_say
     )
