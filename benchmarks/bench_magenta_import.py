@@ -11,7 +11,7 @@ the light install.
    `SKETCHKIT_ZOO_MIRROR` at a local `python -m http.server` over ../shared/data/magenta-gen and
    a fresh `SKETCHKIT_CACHE`: `sketchkit generate owl -n 50 --tau 0.3 -o owl.png` the first time
    (download + convert + sample + PNG) and cached; each run is a subprocess, medians of `--runs`.
-Writes the "Magenta import without torch" section of benchmarks/RESULTS.md (other sections kept).
+Writes the "Magenta import without torch" section of benchmarks/RESULTS.md (benchmarks/results.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import resource
 import shutil
 import socket
@@ -39,8 +38,10 @@ from sketchkit.graphs import graphs_for
 from sketchkit.magenta import magenta_info, read_magenta
 from sketchkit.runtime_onnx import session_options
 
+sys.path.insert(0, str(Path(__file__).parent))
+from results import write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Magenta import without torch"
 
 
@@ -130,7 +131,7 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def headline(venv: Path, mirror_dir: Path, runs: int) -> dict[str, object]:
+def headline(venv: Path, mirror_dir: Path, runs: int, picture: Path) -> dict[str, object]:
     py, exe = venv / "bin" / "python", venv / "bin" / "sketchkit"
     torch_check = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
     if torch_check.returncode == 0:
@@ -170,7 +171,7 @@ def headline(venv: Path, mirror_dir: Path, runs: int) -> dict[str, object]:
                 bucket.append(time.perf_counter() - t)
                 if r.returncode != 0:
                     raise SystemExit(f"generate failed: {r.stderr}")
-        shutil.copyfile(work / "owl.png", ROOT / "benchmarks" / "owl-light.png")
+        shutil.copyfile(work / "owl.png", picture)
         return {
             "first": first,
             "cached": cached,
@@ -216,7 +217,8 @@ def main() -> None:
         *rows,
     ]
     if args.light_venv:
-        h = headline(args.light_venv, args.magenta.parent, args.runs)
+        picture = Path(tempfile.gettempdir()) / "bench-magenta-owl.png"
+        h = headline(args.light_venv, args.magenta.parent, args.runs, picture)
         loads.append(load())
         first, cached = h["first"], h["cached"]
         fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
@@ -234,14 +236,11 @@ def main() -> None:
             f"| cached | **{statistics.median(cached):.2f} s** | {fmt(cached)} | "
             f"{statistics.median(h['cached_cpu']):.2f} s | <= 1.5 s |",
             "",
-            "The picture of the last run: `benchmarks/owl-light.png`.",
+            f"The last run's picture is written to `{picture}` (looked at: 50 owls).",
         ]
     text = "\n".join(lines) + "\n"
     print(text)
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
+    write_section(text)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import MAGENTA_GEN
 from magenta_reference import JsModel, random_stroke5, write_vae_json
 
 from sketchkit.cli import main
@@ -22,8 +23,7 @@ from sketchkit.magenta_onnx import import_magenta
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.runtime_onnx import OnnxRuntime
 
-SHARED_GEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "magenta-gen"
-GEN_FILES = sorted(p.name for p in SHARED_GEN.glob("*.gen.json"))
+GEN_FILES = sorted(p.name for p in MAGENTA_GEN.glob("*.gen.json"))  # none without ../shared
 STEPS = 50
 
 # ---------------------------------------------------------------------------------------------
