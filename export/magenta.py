@@ -1,237 +1,49 @@
-"""Magenta's sketch-rnn-js JSON models -> our SketchRNN checkpoint form.
+"""Magenta's sketch-rnn-js JSON models -> a PyTorch SketchRNN, exported like our checkpoints.
 
-The format (../shared/data/README.md): a JSON list `[info, shapes, blobs]`; each blob is base64 of
-little-endian int16 and weight = int16 / 32767 * 10. Decoder-only ("gen") files hold 5 blobs, VAE
-files 17 (encoder first). The LSTMs are TensorFlow's: gates packed (i, j, f, o) along 4H with the
-forget bias +1 added inside the cell, weights stored [in, 4H]; PyTorch packs (i, f, g, o) as
-[4H, in] and has no built-in forget bias, so we reorder, transpose and add the +1 to b_f.
-A VAE's initial decoder state is tanh(W z + b) split (c, h); ours is packed [h | c].
+The reference importer (the default one, `sketchkit.magenta_onnx`, needs no torch), and the one
+that can measure the start token on real drawings (`--drawings`) or save a checkpoint. The file
+format is read by `sketchkit.magenta`. TF's LSTMs pack gates (i, j, f, o) as [in, 4H] with the
+forget bias +1 inside the cell; PyTorch packs (i, f, g, o) as [4H, in] and has no built-in forget
+bias, so we reorder, transpose and add the +1 to b_f. A VAE's initial decoder state is
+tanh(W z + b) split (c, h); ours is packed [h | c].
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
-import json
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from export.onnx import CHECKPOINT_META, Progress, export_model, model_info
+from export.onnx import CHECKPOINT_META, Progress, TanhZSketchRNN, export_model
 from sketchkit import strokes
 from sketchkit.datasets import drawing_to_stroke3, read_ndjson
-from sketchkit.errors import DataError, ModelError
+from sketchkit.errors import DataError
+from sketchkit.magenta import (
+    DEFAULT_START,
+    START_TOKENS,
+    MagentaModel,
+    magenta_info,
+    read_magenta,
+    torch_lstm,
+)
 from sketchkit.modelinfo import ModelInfo
 from zoo.checkpoint import save as save_checkpoint
 from zoo.config import HParams
 from zoo.model import SketchRNN
-
-MAX_WEIGHT = 10.0  # sketch-rnn-js: weight = int16 / 32767 * max_weight
-LICENSE = "Apache-2.0 (Magenta sketch-rnn pretrained models, Google)"
-
-DECODER_BLOBS = ("dec_output_w", "dec_output_b", "dec_W_xh", "dec_W_hh", "dec_bias")
-ENCODER_BLOBS = (
-    "enc_fw_W_xh",
-    "enc_fw_W_hh",
-    "enc_fw_bias",
-    "enc_bw_W_xh",
-    "enc_bw_W_hh",
-    "enc_bw_bias",
-    "enc_mu_w",
-    "enc_mu_b",
-    "enc_presig_w",
-    "enc_presig_b",
-    "init_w",
-    "init_b",
-)
-
-
-@dataclass(frozen=True)
-class MagentaModel:
-    """A parsed Magenta JSON model: its info and its weights by name, in TensorFlow layout."""
-
-    info: dict[str, Any]
-    weights: dict[str, np.ndarray]
-    source: str
-
-    @property
-    def conditional(self) -> bool:
-        return not (self.info["mode"] == 2 or self.info["mode"] == "gen")
-
-    @property
-    def version(self) -> int:
-        return int(self.info.get("version", 0))
-
-    @property
-    def name(self) -> str:
-        return str(self.info["name"])
-
-    @property
-    def dec_size(self) -> int:
-        return self.weights["dec_W_hh"].shape[0]
-
-    @property
-    def enc_size(self) -> int:
-        return self.weights["enc_fw_W_hh"].shape[0] if self.conditional else 0
-
-    @property
-    def z_size(self) -> int:
-        return self.weights["init_w"].shape[0] if self.conditional else 0
-
-    @property
-    def num_mixture(self) -> int:
-        return (self.weights["dec_output_b"].shape[0] - 3) // 6
-
-    @property
-    def scale_factor(self) -> float:
-        return float(self.info["scale_factor"])
-
-    @property
-    def max_seq_len(self) -> int:
-        return int(self.info["max_seq_len"])
-
-
-def read_magenta(path: str | os.PathLike[str]) -> MagentaModel:
-    """Parse and check a sketch-rnn-js JSON model; anything else raises a one-line ModelError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such file")
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not a Magenta model (not JSON: {e})") from None
-    if not (isinstance(data, list) and len(data) == 3):
-        raise ModelError(f"{path}: not a Magenta model (expected a JSON list [info, shapes, blobs])")
-    info, shapes, blobs = data
-    where = f"{path}: Magenta model"
-    _check_info(info, where)
-    if not (isinstance(shapes, list) and isinstance(blobs, list)):
-        raise ModelError(f"{where}: shapes and blobs must be lists")
-    if len(shapes) != len(blobs):
-        raise ModelError(f"{where}: {len(shapes)} shapes but {len(blobs)} blobs")
-    gen = info["mode"] == 2 or info["mode"] == "gen"
-    names = DECODER_BLOBS if gen else ENCODER_BLOBS + DECODER_BLOBS
-    if len(blobs) != len(names):
-        kind = "decoder-only (mode gen)" if gen else "vae"
-        raise ModelError(f"{where}: a {kind} model has {len(names)} blobs, this file has {len(blobs)}")
-    weights = {
-        name: _decode_blob(blob, shape, f"{where}, blob {k} ({name})")
-        for k, (name, shape, blob) in enumerate(zip(names, shapes, blobs, strict=True))
-    }
-    _check_shapes(weights, gen, where)
-    return MagentaModel(info, weights, source=path.name)
-
-
-def _check_info(info: object, where: str) -> None:
-    if not isinstance(info, dict):
-        raise ModelError(f"{where}: the first element (info) is not an object")
-    for key in ("name", "mode", "max_seq_len", "scale_factor"):
-        if key not in info:
-            raise ModelError(f"{where}: info has no {key!r}")
-    if info["mode"] not in (0, 1, 2, "gen", "vae"):
-        raise ModelError(f"{where}: unknown mode {info['mode']!r}")
-    sf, msl = info["scale_factor"], info["max_seq_len"]
-    if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not math.isfinite(sf) or sf <= 0:
-        raise ModelError(f"{where}: scale_factor must be a positive number, got {sf!r}")
-    if isinstance(msl, bool) or not isinstance(msl, int) or msl <= 0:
-        raise ModelError(f"{where}: max_seq_len must be a positive integer, got {msl!r}")
-    if not isinstance(info.get("version", 0), int):
-        raise ModelError(f"{where}: version must be an integer, got {info['version']!r}")
-
-
-def _decode_blob(blob: object, shape: object, where: str) -> np.ndarray:
-    if not (
-        isinstance(shape, list)
-        and 1 <= len(shape) <= 2
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-    ):
-        raise ModelError(f"{where}: bad shape {shape!r}")
-    if not isinstance(blob, str):
-        raise ModelError(f"{where}: not a base64 string")
-    try:
-        raw = base64.b64decode(blob, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ModelError(f"{where}: bad base64 ({e})") from None
-    n = math.prod(shape)
-    if len(raw) != 2 * n:
-        raise ModelError(f"{where}: {len(raw)} bytes, shape {shape} needs {2 * n}")
-    ints = np.frombuffer(raw, dtype="<i2")
-    return (ints.astype(np.float64) / 32767.0 * MAX_WEIGHT).astype(np.float32).reshape(shape)
-
-
-def _lstm_sizes(w: dict[str, np.ndarray], prefix: str, where: str) -> tuple[int, int]:
-    """(input size, hidden size) of one TF LSTM, after checking its three blobs agree."""
-    w_xh, w_hh, b = w[f"{prefix}W_xh"], w[f"{prefix}W_hh"], w[f"{prefix}bias"]
-    if w_hh.ndim != 2 or w_hh.shape[1] != 4 * w_hh.shape[0]:
-        raise ModelError(f"{where}: {prefix}W_hh has shape {list(w_hh.shape)}, expected [H, 4H]")
-    h = w_hh.shape[0]
-    if w_xh.ndim != 2 or w_xh.shape[1] != 4 * h:
-        raise ModelError(f"{where}: {prefix}W_xh has shape {list(w_xh.shape)}, expected [in, {4 * h}]")
-    if b.shape != (4 * h,):
-        raise ModelError(f"{where}: {prefix}bias has shape {list(b.shape)}, expected [{4 * h}]")
-    return w_xh.shape[0], h
-
-
-def _expect(w: dict[str, np.ndarray], name: str, shape: tuple[int, ...], where: str) -> None:
-    if w[name].shape != shape:
-        raise ModelError(f"{where}: {name} has shape {list(w[name].shape)}, expected {list(shape)}")
-
-
-def _check_shapes(w: dict[str, np.ndarray], gen: bool, where: str) -> None:
-    """Every size is read from the blobs (the large set has H = 1024); they must agree."""
-    n_in, h = _lstm_sizes(w, "dec_", where)
-    out_w = w["dec_output_w"]
-    if out_w.ndim != 2 or out_w.shape[0] != h or (out_w.shape[1] - 3) % 6 or out_w.shape[1] < 9:
-        raise ModelError(f"{where}: dec_output_w has shape {list(out_w.shape)}, expected [{h}, 6M+3]")
-    _expect(w, "dec_output_b", (out_w.shape[1],), where)
-    if gen:
-        if n_in != 5:
-            raise ModelError(f"{where}: decoder input is {n_in} wide, a decoder-only model takes 5")
-        return
-    e_in, e = _lstm_sizes(w, "enc_fw_", where)
-    if _lstm_sizes(w, "enc_bw_", where) != (e_in, e) or e_in != 5:
-        raise ModelError(f"{where}: the encoder LSTMs must both take 5 inputs and share one size")
-    init_w = w["init_w"]
-    if init_w.ndim != 2:
-        raise ModelError(f"{where}: init_w has shape {list(init_w.shape)}, expected [Nz, {2 * h}]")
-    nz = init_w.shape[0]
-    _expect(w, "init_w", (nz, 2 * h), where)
-    _expect(w, "init_b", (2 * h,), where)
-    for head in ("mu", "presig"):
-        _expect(w, f"enc_{head}_w", (2 * e, nz), where)
-        _expect(w, f"enc_{head}_b", (nz,), where)
-    if n_in != 5 + nz:
-        raise ModelError(f"{where}: decoder input is {n_in} wide, expected 5 + Nz = {5 + nz}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Magenta weights -> SketchRNN
 
 
 def _tf_lstm(w_xh: np.ndarray, w_hh: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
-    """A TF LSTM as nn.LSTM parameters: gates (i, j, f, o) -> (i, f, g=j, o), [in, 4H] -> [4H, in],
-    and TF's forget bias +1.0 (inside its cell) moved into b_f."""
-    H = w_hh.shape[0]
-
-    def reorder(a: np.ndarray) -> np.ndarray:
-        i, j, f, o = np.split(a, 4, axis=-1)
-        return np.concatenate([i, f, j, o], axis=-1)
-
-    b = reorder(bias).copy()
-    b[H : 2 * H] += 1.0
-    return {
-        "weight_ih_l0": reorder(w_xh).T,
-        "weight_hh_l0": reorder(w_hh).T,
-        "bias_ih_l0": b,
-        "bias_hh_l0": np.zeros_like(b),
-    }
+    """A TF LSTM as nn.LSTM parameters (`sketchkit.magenta.torch_lstm`; b_hh is zero)."""
+    w_ih, w_hh, b = torch_lstm(w_xh, w_hh, bias)
+    return {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b, "bias_hh_l0": np.zeros_like(b)}
 
 
 def state_dict(mm: MagentaModel) -> dict[str, np.ndarray]:
@@ -254,15 +66,6 @@ def state_dict(mm: MagentaModel) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-class TanhZSketchRNN(SketchRNN):
-    """A Magenta VAE of version < 6: sketch-rnn-js (`get_init_state_from_latent_vector`) squashes
-    a given z with tanh before the initial-state projection, so our `decoder_init` graph does too.
-    The decoder input keeps the raw z, as in the JS `update()`."""
-
-    def init_state(self, z: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
-        return super().init_state(None if z is None else torch.tanh(z), batch)
-
-
 def to_sketchrnn(mm: MagentaModel) -> SketchRNN:
     """A SketchRNN (cell "lstm", eval mode) holding the Magenta model's weights exactly."""
     hp = HParams(
@@ -276,7 +79,7 @@ def to_sketchrnn(mm: MagentaModel) -> SketchRNN:
         z_size=mm.z_size if mm.conditional else HParams.z_size,
         note=f"imported from Magenta sketch-rnn-js {mm.source} (version {mm.version})",
     )
-    cls = TanhZSketchRNN if mm.conditional and mm.version < 6 else SketchRNN
+    cls = TanhZSketchRNN if mm.tanh_z else SketchRNN
     model = cls(hp)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict(mm).items()}, strict=True)
     return model.eval()
@@ -284,11 +87,6 @@ def to_sketchrnn(mm: MagentaModel) -> SketchRNN:
 
 # ---------------------------------------------------------------------------------------------
 # start token: the one under which real drawings are more likely
-
-START_TOKENS: dict[str, tuple[float, ...]] = {
-    "paper": (0.0, 0.0, 1.0, 0.0, 0.0),
-    "zeros": (0.0, 0.0, 0.0, 0.0, 0.0),
-}
 
 
 def quickdraw_sketches(path: str | os.PathLike[str], max_len: int) -> list[np.ndarray]:
@@ -350,24 +148,14 @@ def import_magenta(
     """Magenta JSON -> OUT_DIR (graphs + model.json) through the same export as our checkpoints.
 
     `drawings`: a QuickDraw .ndjson of the model's class; the start token is then the one under
-    which they are more likely (else zeros, which won on every class measured). `checkpoint`: also save our .safetensors.
-    Imported models sample with the sketch-rnn-js temperature rule ("js"), as their authors did.
+    which they are more likely (else zeros, which won on every class measured). `checkpoint`:
+    also save our .safetensors.
     """
     say = progress or (lambda _: None)
     mm = read_magenta(path)
-    say(
-        f"read {mm.source}: {mm.name}, {'vae' if mm.conditional else 'decoder-only'}, version {mm.version}, "
-        f"H {mm.dec_size}, M {mm.num_mixture}"
-        + (f", Nz {mm.z_size}, encoder {mm.enc_size}" if mm.conditional else "")
-    )
+    say(f"read {mm.source}: {mm.summary}")
     model = to_sketchrnn(mm)
-    metrics: dict[str, Any] = {
-        f"magenta_{k}": mm.info[k] for k in ("r_loss", "kl_loss", "training_size") if k in mm.info
-    }
-    # Without drawings to measure, the legacy sketch-rnn-js zeros: real QuickDraw drawings were more
-    # likely under them than under the paper's S_0 for all 8 classes measured (owl, cat, face,
-    # mosquito, pig, sheep, bear, flamingo; flamingo breaks visibly with S_0).
-    start = START_TOKENS["zeros"]
+    start, metrics = DEFAULT_START, dict[str, Any]()
     if drawings is not None:
         sketches = quickdraw_sketches(drawings, mm.max_seq_len)
         start, losses = choose_start_token(model, sketches)
@@ -376,17 +164,7 @@ def import_magenta(
             f"start token {list(start)}: L_R of {len(sketches)} drawings "
             + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
         )
-    info = model_info(
-        model,
-        name or mm.name,
-        mm.scale_factor,
-        mm.max_seq_len,
-        start_token=start,
-        temperature_rule="js",
-        source=source or mm.source,
-        license=LICENSE,
-        metrics=metrics,
-    )
+    info = magenta_info(mm, name=name, start_token=start, source=source, metrics=metrics)
     info, diffs = export_model(model, info, out_dir, fp16=fp16, progress=progress)
     if checkpoint is not None:  # after the export: a model that failed its checks is not saved
         meta = {k: v for k, v in dataclasses.asdict(info).items() if k in CHECKPOINT_META}

@@ -9,11 +9,10 @@ output is compared with PyTorch (optimum's validator, per output by max abs diff
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from torch import nn
 
 from sketchkit.errors import ModelError
 from sketchkit.graphs import Graph, Tensor, graphs_for
-from sketchkit.io import atomic_directory
+from sketchkit.io import staging_dir
 from sketchkit.modelinfo import ModelInfo
 from zoo import checkpoint
 from zoo.model import SketchRNN
@@ -71,6 +70,15 @@ class GraphModule(nn.Module):
         if self.graph.name == "decoder_init":
             return (self.model.init_state(x["z"]),)
         return self.model.step(x["prev"], x.get("z"), x["state"])
+
+
+class TanhZSketchRNN(SketchRNN):
+    """A Magenta VAE of version < 6: sketch-rnn-js (`get_init_state_from_latent_vector`) squashes
+    a given z with tanh before the initial-state projection, so our `decoder_init` graph does too.
+    The decoder input keeps the raw z, as in the JS `update()`."""
+
+    def init_state(self, z: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
+        return super().init_state(None if z is None else torch.tanh(z), batch)
 
 
 def dynamic_axes(graph: Graph) -> dict[str, dict[int, str]]:
@@ -216,18 +224,6 @@ def validate(
 # the whole model directory
 
 
-@contextlib.contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A temp directory beside `out_dir` that replaces it only if the block succeeds, so a failed
-    export leaves nothing half-written. An existing `out_dir` must be a model directory."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ModelError(f"{out_dir}: exists and is not a directory")
-    if out_dir.exists() and not (out_dir / "model.json").is_file() and any(out_dir.iterdir()):
-        raise ModelError(f"{out_dir}: exists and is not a model directory; refusing to replace it")
-    with atomic_directory(out_dir) as tmp:
-        yield tmp
-
-
 def export_model(
     model: SketchRNN,
     info: ModelInfo,
@@ -278,8 +274,6 @@ def export_checkpoint(
     if not isinstance(meta.get("scale_factor"), (int, float)):
         raise ModelError(f"{path}: checkpoint has no scale_factor")
     if meta.get("init_tanh_z"):  # an imported Magenta VAE of version < 6
-        from export.magenta import TanhZSketchRNN
-
         legacy = TanhZSketchRNN(hp)
         legacy.load_state_dict(model.state_dict())
         model = legacy

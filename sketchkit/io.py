@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from sketchkit.errors import ModelError
+
 _UMASK = os.umask(0)  # the only way to read the umask is to set it: read once, put it back
 os.umask(_UMASK)
 
@@ -54,6 +56,19 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """`atomic_directory` for a model directory (graphs + model.json): an existing `out_dir`
+    must be one, so an export never replaces a directory of something else."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"{out_dir}: exists and is not a directory")
+    if out_dir.exists() and not (out_dir / "model.json").is_file() and any(out_dir.iterdir()):
+        raise ModelError(f"{out_dir}: exists and is not a model directory; refusing to replace it")
+    with atomic_directory(out_dir) as tmp:
+        yield tmp
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

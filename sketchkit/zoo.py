@@ -347,18 +347,10 @@ def _shipped(name: str, path: Path) -> Path:
 def convert_magenta(
     src: Path, out: Path, name: str, row: dict[str, Any], say: Callable[[str], None] | None = None
 ) -> None:
-    """The one seam to the export package: Magenta JSON -> our ONNX model directory (needs torch),
-    checked there against PyTorch. No drawings are passed, so the start token is the paper's S_0."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise SketchkitError(
-            f"{name} is a Magenta model and converting it to ONNX needs torch: pip install 'sketchkit[export]'"
-        ) from None
-    try:
-        from export.magenta import import_magenta
-    except ImportError as e:
-        raise SketchkitError(f"cannot convert {name}: the Magenta importer is unavailable ({e})") from None
+    """The one seam to the importer: Magenta JSON -> our ONNX model directory, built with numpy
+    and onnx (no torch). No drawings are passed, so the start token is sketch-rnn-js's zeros."""
+    from sketchkit.magenta_onnx import import_magenta
+
     import_magenta(src, out, name=name, source=row["files"][0]["url"], progress=say)
 
 

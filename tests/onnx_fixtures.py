@@ -1,6 +1,8 @@
 """Tiny real sketch-rnn models as ONNX files, built with `onnx.helper` (no torch, no export/).
 
-They satisfy the graph contract of `sketchkit.graphs` for both kinds of model:
+Random weights in Magenta's TensorFlow layout, turned into graphs by `sketchkit.magenta_onnx`
+(the torch-free Magenta importer), so they satisfy the graph contract of `sketchkit.graphs` for
+both kinds of model:
 - vae: `encoder` (ONNX's bidirectional LSTM op with the real `sequence_lens`, then two linear
   heads), `decoder_init` (tanh(W z + b)) and `decoder_step` (a TensorFlow-style LSTM cell and the
   mixture head);
@@ -14,99 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+from sketchkit.magenta import MagentaModel
+from sketchkit.magenta_onnx import save_graphs
 from sketchkit.modelinfo import ModelInfo
-
-OPSET = 17
-FLOAT = TensorProto.FLOAT
-INT64 = TensorProto.INT64
-
-
-def _save(nodes, name, inputs, outputs, weights: dict[str, np.ndarray], path: Path) -> None:
-    inits = [numpy_helper.from_array(np.asarray(v, dtype=v.dtype), k) for k, v in weights.items()]
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sketchkit-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def _vi(name: str, dtype: int, dims: list) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, dtype, dims)
-
-
-def _const(name: str, values: list[int]) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
-
-
-def _decoder_step(path: Path, conditional: bool, w: dict[str, np.ndarray], hidden: int, z_size: int, params: int) -> None:
-    """x = [prev; z]; TF LSTM cell with gates (i, j, f, o) and forget bias +1; params = W_y h + b_y."""
-    H = hidden
-    nodes = [
-        helper.make_node("Split", ["state", "split_hc"], ["h", "c"], axis=1),
-        helper.make_node("Concat", ["prev", "z", "h"] if conditional else ["prev", "h"], ["xh"], axis=1),
-        helper.make_node("MatMul", ["xh", "W"], ["xw"]),
-        helper.make_node("Add", ["xw", "b"], ["gates"]),
-        helper.make_node("Split", ["gates", "split_gates"], ["gi", "gj", "gf", "go"], axis=1),
-        helper.make_node("Sigmoid", ["gi"], ["si"]),
-        helper.make_node("Tanh", ["gj"], ["tj"]),
-        helper.make_node("Add", ["gf", "one"], ["gf1"]),
-        helper.make_node("Sigmoid", ["gf1"], ["sf"]),
-        helper.make_node("Sigmoid", ["go"], ["so"]),
-        helper.make_node("Mul", ["sf", "c"], ["fc"]),
-        helper.make_node("Mul", ["si", "tj"], ["ij"]),
-        helper.make_node("Add", ["fc", "ij"], ["c_next"]),
-        helper.make_node("Tanh", ["c_next"], ["tc"]),
-        helper.make_node("Mul", ["tc", "so"], ["h_next"]),
-        helper.make_node("MatMul", ["h_next", "Wy"], ["yw"]),
-        helper.make_node("Add", ["yw", "by"], ["params"]),
-        helper.make_node("Concat", ["h_next", "c_next"], ["next_state"], axis=1),
-    ]
-    inputs = [_vi("prev", FLOAT, ["B", 5])]
-    if conditional:
-        inputs.append(_vi("z", FLOAT, ["B", z_size]))
-    inputs.append(_vi("state", FLOAT, ["B", 2 * H]))
-    outputs = [_vi("params", FLOAT, ["B", params]), _vi("next_state", FLOAT, ["B", 2 * H])]
-    weights = {
-        "W": w["W"], "b": w["b"], "Wy": w["Wy"], "by": w["by"],
-        "one": np.ones(1, np.float32),
-        "split_hc": _const("split_hc", [H, H]),
-        "split_gates": _const("split_gates", [H] * 4),
-    }
-    _save(nodes, "decoder_step", inputs, outputs, weights, path)
-
-
-def _decoder_init(path: Path, w: dict[str, np.ndarray], hidden: int, z_size: int) -> None:
-    nodes = [
-        helper.make_node("MatMul", ["z", "Wz"], ["zw"]),
-        helper.make_node("Add", ["zw", "bz"], ["pre"]),
-        helper.make_node("Tanh", ["pre"], ["state"]),
-    ]
-    _save(nodes, "decoder_init", [_vi("z", FLOAT, ["B", z_size])], [_vi("state", FLOAT, ["B", 2 * hidden])],
-          {"Wz": w["Wz"], "bz": w["bz"]}, path)
-
-
-def _encoder(path: Path, w: dict[str, np.ndarray], enc_size: int, z_size: int) -> None:
-    """Bidirectional LSTM over the real lengths; [h_fw; h_bw] -> mu, presig."""
-    nodes = [
-        helper.make_node("Transpose", ["strokes"], ["x_tbi"], perm=[1, 0, 2]),
-        helper.make_node("Cast", ["lengths"], ["lens32"], to=TensorProto.INT32),
-        helper.make_node("LSTM", ["x_tbi", "enc_W", "enc_R", "enc_B", "lens32"], ["", "h_last"],
-                         hidden_size=enc_size, direction="bidirectional"),
-        helper.make_node("Transpose", ["h_last"], ["h_bdh"], perm=[1, 0, 2]),
-        helper.make_node("Reshape", ["h_bdh", "flat"], ["h_cat"]),
-        helper.make_node("MatMul", ["h_cat", "W_mu"], ["mu_w"]),
-        helper.make_node("Add", ["mu_w", "b_mu"], ["mu"]),
-        helper.make_node("MatMul", ["h_cat", "W_sig"], ["sig_w"]),
-        helper.make_node("Add", ["sig_w", "b_sig"], ["presig"]),
-    ]
-    inputs = [_vi("strokes", FLOAT, ["B", "T", 5]), _vi("lengths", INT64, ["B"])]
-    outputs = [_vi("mu", FLOAT, ["B", z_size]), _vi("presig", FLOAT, ["B", z_size])]
-    weights = {k: w[k] for k in ("enc_W", "enc_R", "enc_B", "W_mu", "b_mu", "W_sig", "b_sig")}
-    weights["flat"] = _const("flat", [0, 2 * enc_size])
-    _save(nodes, "encoder", inputs, outputs, weights, path)
 
 
 def make_model(
@@ -139,23 +52,25 @@ def make_model(
     def rand(*shape: int, scale: float = 1.0) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
+    E = enc_size
     w = {
-        "W": rand(n_in, 4 * H, scale=0.5 / np.sqrt(n_in)),
-        "b": rand(4 * H, scale=0.1),
-        "Wy": rand(H, P, scale=0.5 / np.sqrt(H)),
-        "by": np.zeros(P, np.float32),
-        "Wz": rand(z_size, 2 * H, scale=0.5),
-        "bz": rand(2 * H, scale=0.1),
-        "enc_W": rand(2, 4 * enc_size, 5, scale=0.5),
-        "enc_R": rand(2, 4 * enc_size, enc_size, scale=0.3),
-        "enc_B": rand(2, 8 * enc_size, scale=0.1),
-        "W_mu": rand(2 * enc_size, z_size, scale=1.0),
-        "b_mu": rand(z_size, scale=0.1),
-        "W_sig": rand(2 * enc_size, z_size, scale=0.3),
-        "b_sig": np.full(z_size, -1.0, np.float32),
+        "dec_W_xh": rand(n_in - H, 4 * H, scale=0.5 / np.sqrt(n_in)),
+        "dec_W_hh": rand(H, 4 * H, scale=0.5 / np.sqrt(n_in)),
+        "dec_bias": rand(4 * H, scale=0.1),
+        "dec_output_w": rand(H, P, scale=0.5 / np.sqrt(H)),
+        "dec_output_b": np.zeros(P, np.float32),
+        "init_w": rand(z_size, 2 * H, scale=0.5),
+        "init_b": rand(2 * H, scale=0.1),
+        **{f"enc_{d}_W_xh": rand(5, 4 * E, scale=0.5) for d in ("fw", "bw")},
+        **{f"enc_{d}_W_hh": rand(E, 4 * E, scale=0.3) for d in ("fw", "bw")},
+        **{f"enc_{d}_bias": rand(4 * E, scale=0.1) for d in ("fw", "bw")},
+        "enc_mu_w": rand(2 * E, z_size, scale=1.0),
+        "enc_mu_b": rand(z_size, scale=0.1),
+        "enc_presig_w": rand(2 * E, z_size, scale=0.3),
+        "enc_presig_b": np.full(z_size, -1.0, np.float32),
     }
     # head bias: pen logits, then pi (spread out), mu_x, mu_y (distinct means), log sigma, rho
-    by = w["by"]
+    by = w["dec_output_b"]
     by[0:3] = pen_bias
     by[3 : 3 + M] = np.linspace(1.0, -1.0, M)
     by[3 + M : 3 + 2 * M] = np.linspace(-1.5, 1.5, M)
@@ -164,13 +79,8 @@ def make_model(
     by[3 + 5 * M : 3 + 6 * M] = np.linspace(-0.8, 0.8, M)
     if nan:
         by[3] = np.nan
-
-    files = {"decoder_step": "decoder_step.onnx"}
-    _decoder_step(directory / files["decoder_step"], kind == "vae", w, H, z_size, P)
-    if kind == "vae":
-        files.update(encoder="encoder.onnx", decoder_init="decoder_init.onnx")
-        _decoder_init(directory / files["decoder_init"], w, H, z_size)
-        _encoder(directory / files["encoder"], w, enc_size, z_size)
+    mode, version = (1, 6) if kind == "vae" else (2, 6)
+    mm = MagentaModel({"name": "tiny", "mode": mode, "version": version}, w, source="tests/onnx_fixtures.py")
     info = ModelInfo(
         name=name or f"tiny-{kind}",
         kind=kind,
@@ -184,9 +94,8 @@ def make_model(
         z_size=z_size if kind == "vae" else 0,
         source="tests/onnx_fixtures.py (random weights)",
         license="Apache-2.0",
-        files=files,
     )
-    info.save(directory)
+    save_graphs(mm, info, directory)
     return directory
 
 

@@ -86,7 +86,6 @@ def test_pull_from_an_unreachable_mirror_is_one_line(tmp_path: Path, monkeypatch
 
 def test_pull_list_path_rm_generate(zoo_mirror, tmp_path: Path) -> None:
     """The whole round: `generate owl` pulls and converts on first use; then list, path, rm."""
-    pytest.importorskip("torch", reason="converting Magenta JSON needs torch (the export extra)")
     png = tmp_path / "owl.png"
     p = run("generate", "owl", "-n", "2", "--seed", "0", "-o", str(png))
     assert png.stat().st_size > 0 and "owl.gen.json" in p.stderr  # the progress label

@@ -177,8 +177,17 @@ def test_without_torch_the_commands_say_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
-    for args in (["export", "x.safetensors", str(tmp_path)], ["import-magenta", "x.json", str(tmp_path)]):
+    with_drawings = ["import-magenta", "x.json", str(tmp_path), "--drawings", "d.ndjson"]
+    cases = {
+        "export": ["export", "x.safetensors", str(tmp_path)],
+        "import-magenta --drawings/--checkpoint": with_drawings,
+    }
+    for what, args in cases.items():
         with pytest.raises(SystemExit) as e:
             main(args)
         assert e.value.code == 1
-        assert capsys.readouterr().err == "error: export needs torch: pip install 'sketchkit[export]'\n"
+        assert capsys.readouterr().err == f"error: {what} needs torch: pip install 'sketchkit[export]'\n"
+    # a plain import-magenta needs no torch: it gets as far as reading the file
+    with pytest.raises(SystemExit):
+        main(["import-magenta", str(tmp_path / "x.json"), str(tmp_path / "out")])
+    assert capsys.readouterr().err == f"error: {tmp_path / 'x.json'}: no such file\n"

@@ -3,6 +3,7 @@ commands load only allowed top-level packages, never torch, tritonclient or cair
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -81,3 +82,76 @@ def test_client_is_light_until_used() -> None:
     """`sketchkit.Client` is there without importing tritonclient (or onnxruntime) until a model is used."""
     loaded = loaded_packages("import sketchkit\nclient = sketchkit.Client('grpc://127.0.0.1:1')")
     assert loaded <= {"sketchkit", "numpy"}, loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# no import cycles: each module stands above what it uses
+
+PACKAGES = ("sketchkit", "zoo", "export", "serving")
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """{module: modules of ours it imports}, read with `ast` from every file of our packages,
+    imports inside functions included (a lazy import that closes a loop is still a loop)."""
+    files = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+        for pkg in PACKAGES
+        for p in (root / pkg).rglob("*.py")
+        if "templates" not in p.parts  # Triton's model.py files run in the server, not here
+    }
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        edges = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from pkg import mod` uses the submodule when there is one, else the package
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                    for a in node.names
+                ]
+            else:
+                continue
+            edges.update(t for t in targets if t in files and t != module)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                found.append(sorted([v, *component]))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycles_finds_a_loop() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph(Path(__file__).resolve().parents[1])
+    assert {"sketchkit.cli", "zoo.train", "export.magenta", "serving.repository"} <= set(graph)
+    assert "zoo.data" in graph["zoo.evaluate"]  # the edge that replaced zoo.evaluate -> zoo.train
+    assert cycles(graph) == []

@@ -1,12 +1,9 @@
-"""The Magenta importer against an independent numpy implementation of sketch-rnn-js's model,
-written here from its documented maths (../shared/data/README.md and the JS library's LSTMCell,
-get_pdf and get_init_state_from_latent_vector), at three levels: step parameters, greedy
-strokes, pictures. VAE files are not in ../shared, so a small VAE JSON is written here with
-random weights in exactly the published format."""
+"""The PyTorch Magenta importer (the reference for `sketchkit.magenta_onnx`, and the one that
+measures start tokens) against an independent numpy implementation of sketch-rnn-js's model
+(tests/magenta_reference.py), at three levels: step parameters, greedy strokes, pictures."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -15,156 +12,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from magenta_reference import JsModel, random_stroke5, write_vae_json  # noqa: E402
+
 from export import magenta  # noqa: E402
 from sketchkit.cli import main  # noqa: E402
-from sketchkit.errors import ModelError  # noqa: E402
 from sketchkit.modelinfo import ModelInfo  # noqa: E402
 from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
 from sketchkit.sampling import Sampler, SamplingOptions  # noqa: E402
 
 pytestmark = pytest.mark.torch
-
-# ---------------------------------------------------------------------------------------------
-# the reference: sketch-rnn-js's model in float64 numpy, nothing shared with export/
-
-
-class JsModel:
-    """[info, shapes, blobs] -> the JS model's maths: TF LSTM (i, j, f, o) with forget bias 1,
-    state (h, c), initial state tanh(z W + b) split (c, h), tanh(z) first for version < 6."""
-
-    def __init__(self, data: list) -> None:
-        info, shapes, blobs = data
-        self.info = info
-        w = [
-            (np.frombuffer(base64.b64decode(b), "<i2").astype(np.float64) / 32767.0 * 10.0).reshape(s)
-            for s, b in zip(shapes, blobs, strict=True)
-        ]
-        self.dec = w[-3:]
-        self.out_w, self.out_b = w[-5], w[-4]
-        if len(w) == 17:
-            self.enc_fw, self.enc_bw = w[0:3], w[3:6]
-            self.mu_w, self.mu_b, self.sig_w, self.sig_b, self.init_w, self.init_b = w[6:12]
-        self.H = self.dec[1].shape[0]
-
-    @staticmethod
-    def lstm(x, h, c, wxh, whh, bias):  # type: ignore[no-untyped-def]
-        sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
-        gates = np.concatenate([x, h], -1) @ np.concatenate([wxh, whh]) + bias
-        i, j, f, o = np.split(gates, 4, axis=-1)
-        c = c * sig(f + 1.0) + np.tanh(j) * sig(i)
-        return np.tanh(c) * sig(o), c
-
-    def init_state(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.info.get("version", 0) < 6:
-            z = np.tanh(z)
-        s = np.tanh(z @ self.init_w + self.init_b)
-        return s[:, self.H :], s[:, : self.H]  # (h, c): the JS splits (c, h)
-
-    def step(self, prev, z, h, c):  # type: ignore[no-untyped-def]
-        x = prev if z is None else np.concatenate([prev, z], -1)
-        h, c = self.lstm(x, h, c, *self.dec)
-        return h @ self.out_w + self.out_b, h, c
-
-    def encode(self, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One normalised stroke-5 sequence [n, 5] -> (mu, presig)."""
-        outs = []
-        for weights, xs in ((self.enc_fw, seq), (self.enc_bw, seq[::-1])):
-            E = weights[1].shape[0]
-            h = c = np.zeros(E)
-            for x in xs:
-                h, c = self.lstm(x, h, c, *weights)
-            outs.append(h)
-        hc = np.concatenate(outs)
-        return hc @ self.mu_w + self.mu_b, hc @ self.sig_w + self.sig_b
-
-
-def random_stroke5(rng: np.random.Generator, n: int) -> np.ndarray:
-    x = np.zeros((n, 5), np.float32)
-    x[:, :2] = rng.standard_normal((n, 2))
-    x[np.arange(n), 2 + rng.integers(0, 2, n)] = 1.0
-    return x
-
-
-def write_vae_json(
-    path: Path, version: int, H: int = 24, E: int = 12, Nz: int = 6, M: int = 20, seed: int = 0
-) -> Path:
-    """A Magenta VAE JSON in the published layout, with random weights (|w| well under 10)."""
-    rng = np.random.default_rng(seed)
-    P = 6 * M + 3
-    shapes = [
-        [5, 4 * E], [E, 4 * E], [4 * E],  # encoder forward
-        [5, 4 * E], [E, 4 * E], [4 * E],  # encoder backward
-        [2 * E, Nz], [Nz], [2 * E, Nz], [Nz],  # mu, presig
-        [Nz, 2 * H], [2 * H],  # z -> initial state (c, h)
-        [H, P], [P], [5 + Nz, 4 * H], [H, 4 * H], [4 * H],  # decoder
-    ]  # fmt: skip
-    blobs = []
-    for s in shapes:
-        ints = np.clip(np.round(rng.normal(0.0, 0.4, s) * 3276.7), -32767, 32767).astype("<i2")
-        blobs.append(base64.b64encode(ints.tobytes()).decode())
-    info = {
-        "name": f"testvae{version}",
-        "mode": 1,
-        "version": version,
-        "max_seq_len": 40,
-        "scale_factor": 50.0,
-    }
-    path.write_text(json.dumps([info, shapes, blobs]))
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# reader
-
-
-def test_reads_sizes_from_shapes(magenta_gen_dir: Path) -> None:
-    owl = magenta.read_magenta(magenta_gen_dir / "owl.gen.json")
-    assert (owl.name, owl.conditional, owl.version) == ("owl", False, 6)
-    assert (owl.dec_size, owl.num_mixture, owl.max_seq_len) == (512, 20, 174)
-    assert owl.scale_factor == pytest.approx(76.6042)
-    bear = magenta.read_magenta(magenta_gen_dir / "bear.gen.json")  # version 2, mode "gen"
-    assert (bear.conditional, bear.version, bear.info["mode"]) == (False, 2, "gen")
-    for w in owl.weights.values():
-        assert w.dtype == np.float32 and np.abs(w).max() <= 10.0
-
-
-def _corrupt(tmp_path: Path, data: object, raw: bool = False) -> Path:
-    p = tmp_path / "bad.json"
-    p.write_text(data if raw else json.dumps(data))  # type: ignore[arg-type]
-    return p
-
-
-def test_bad_files_give_one_line_errors(tmp_path: Path, magenta_gen_dir: Path) -> None:
-    info, shapes, blobs = json.loads((magenta_gen_dir / "owl.gen.json").read_text())
-    swapped = [shapes[0], shapes[1], shapes[2], [2048, 512], shapes[4]]
-    cases = {
-        "not JSON": "{ this is not json",
-        "expected a JSON list": {"a": 1},
-        "info has no 'scale_factor'": [{k: v for k, v in info.items() if k != "scale_factor"}, shapes, blobs],
-        "has 5 blobs, this file has 4": [info, shapes[:4], blobs[:4]],
-        "4 shapes but 5 blobs": [info, shapes[:4], blobs],
-        "has 17 blobs": [dict(info, mode=1), shapes, blobs],
-        "dec_W_hh has shape [2048, 512]": [info, swapped, blobs],
-        "bad base64": [info, shapes, [blobs[0][:-5] + "!!!!=", *blobs[1:]]],
-        "bytes, shape [123] needs 246": [info, shapes, [blobs[0], blobs[2], *blobs[2:]]],
-    }
-    for expected, data in cases.items():
-        with pytest.raises(ModelError) as e:
-            magenta.read_magenta(_corrupt(tmp_path, data, raw=isinstance(data, str)))
-        assert expected in str(e.value) and "\n" not in str(e.value), expected
-    with pytest.raises(ModelError, match="no such file"):
-        magenta.read_magenta(tmp_path / "absent.json")
-
-
-def test_cli_rejects_a_json_that_is_not_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = _corrupt(tmp_path, {"drawing": [[[1, 2], [3, 4]]]})
-    with pytest.raises(SystemExit) as e:
-        main(["import-magenta", str(bad), str(tmp_path / "out")])
-    assert e.value.code == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "not a Magenta model" in err
-    assert not (tmp_path / "out").exists()
-
 
 # ---------------------------------------------------------------------------------------------
 # parity with the reference: step parameters, then greedy strokes

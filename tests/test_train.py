@@ -187,7 +187,7 @@ def test_zoo_and_cli_import_no_torch() -> None:
 
 def test_multi_class_dataset(sheep, eight_sheep: Path, tmp_path: Path) -> None:
     from sketchkit.io import sha256_file
-    from zoo.train import load_data
+    from zoo.data import load_data
 
     other = [s for s in sheep.valid if len(s) <= 40][:5]
     second = tmp_path / "more_sheep.npz"

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from sketchkit import strokes
+from zoo.checkpoint import load
 from zoo.config import HParams
+from zoo.data import load_data
 from zoo.model import SketchRNN
 
 
@@ -50,9 +52,6 @@ def evaluate(
 def evaluate_checkpoint(path: str, split: str = "test", data: list[str] | None = None) -> dict[str, float]:
     """Load a checkpoint and its dataset (or `data`), normalise with the checkpoint's own scale
     factor, and evaluate one split."""
-    from zoo.checkpoint import load
-    from zoo.train import load_data
-
     model, hp, meta = load(path, device="cuda" if torch.cuda.is_available() else "cpu")
     if data:
         hp.dataset = list(data)

@@ -20,8 +20,9 @@ import torch
 from export.onnx import export_model, model_info
 from sketchkit.io import atomic_write
 from zoo.checkpoint import load, save
+from zoo.data import load_data
 from zoo.evaluate import evaluate
-from zoo.train import load_data, sample, sketches_png
+from zoo.train import sample, sketches_png
 
 
 def _wall_minutes(run: Path, step: int) -> float | None:

@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,71 +26,17 @@ import numpy as np
 import torch
 
 from sketchkit import strokes
-from sketchkit.datasets import Dataset, concat, load_npz
 from sketchkit.errors import SketchkitError
-from sketchkit.io import atomic_write, sha256_file
+from sketchkit.io import atomic_write
 from zoo import checkpoint
 from zoo.config import HParams
+from zoo.data import load_data
 from zoo.evaluate import evaluate
 from zoo.loss import kl_weight, train_loss
 from zoo.model import SketchRNN
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-@dataclass
-class TrainData:
-    """Normalised stroke-3 splits and what a checkpoint must remember about them."""
-
-    train: list[np.ndarray]
-    valid: list[np.ndarray]
-    test: list[np.ndarray]
-    scale_factor: float
-    dataset_sha256: str
-    datasets: list[str]
-    classes: list[str] = field(default_factory=list)
-
-    def split(self, name: str) -> list[np.ndarray]:
-        if name not in ("train", "valid", "test"):
-            raise SketchkitError(f"unknown split {name!r} (choose from train, valid, test)")
-        return getattr(self, name)
-
-
-def load_data(hp: HParams, scale_factor: float | None = None) -> TrainData:
-    """Load the recipe's datasets (several = multi-class), clamp offsets to +-offset_limit (as
-    magenta's loader), drop sketches longer than max_seq_len, and normalise by the scale factor
-    = std of all train offsets (paper A.1), or by `scale_factor` when given (evaluation)."""
-    if not hp.dataset:
-        raise SketchkitError("the recipe names no dataset")
-    parts = [load_npz(p) for p in hp.dataset]
-    names = [Path(p).stem for p in hp.dataset]
-    ds: Dataset = parts[0] if len(parts) == 1 else concat(parts, names)
-    hashes = [sha256_file(p) for p in hp.dataset]
-    digest = hashes[0] if len(hashes) == 1 else _sha256_text("\n".join(hashes))
-
-    def prep(split: list[np.ndarray]) -> list[np.ndarray]:
-        return strokes.filter_by_length([strokes.clamp(s, hp.offset_limit) for s in split], hp.max_seq_len)
-
-    train, valid, test = prep(ds.train), prep(ds.valid), prep(ds.test)
-    if not train or not valid:
-        raise SketchkitError(f"no train or valid sketches of at most {hp.max_seq_len} points")
-    factor = strokes.scale_factor(train) if scale_factor is None else float(scale_factor)
-    return TrainData(
-        train=[strokes.normalize(s, factor) for s in train],
-        valid=[strokes.normalize(s, factor) for s in valid],
-        test=[strokes.normalize(s, factor) for s in test],
-        scale_factor=factor,
-        dataset_sha256=digest,
-        datasets=[Path(p).name for p in hp.dataset],
-        classes=ds.classes or names,
-    )
-
-
-def _sha256_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def make_batch(

@@ -39,7 +39,7 @@ HELP = {
     "train": "Train a sketch-rnn model (needs the train extra).",
     "evaluate": "Report test losses of a checkpoint (needs the train extra).",
     "export": "Export a checkpoint to ONNX graphs (needs the export extra).",
-    "import-magenta": "Convert a Magenta sketch-rnn-js JSON model (needs the export extra).",
+    "import-magenta": "Convert a Magenta sketch-rnn-js JSON model to ONNX graphs.",
     "serve": "Build and run a Triton model repository.",
     "playground": "Draw in the browser and the model finishes it (needs the playground extra).",
 }

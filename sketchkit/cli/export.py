@@ -1,7 +1,9 @@
 """`sketchkit export` and `sketchkit import-magenta`: a checkpoint or a Magenta sketch-rnn-js JSON
-model -> OUT_DIR with the step-wise ONNX graphs and model.json, checked against PyTorch.
+model -> OUT_DIR with the step-wise ONNX graphs and model.json.
 
-torch, onnx and the `export` package are imported only when a command runs.
+`export` traces our PyTorch model and checks the graphs against it (the export extra: torch).
+`import-magenta` builds the graphs from the JSON's weights with numpy and onnx (no torch); only
+`--drawings` and `--checkpoint` run the PyTorch importer. Heavy modules load only when a command runs.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from sketchkit.errors import SketchkitError
 from sketchkit.modelinfo import ModelInfo
 
 
-def _load(module: str) -> ModuleType:
+def _load(module: str, what: str = "export") -> ModuleType:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise SketchkitError("export needs torch: pip install 'sketchkit[export]'") from None
+        raise SketchkitError(f"{what} needs torch: pip install 'sketchkit[export]'") from None
     return importlib.import_module(module)
 
 
@@ -28,11 +30,10 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _report(info: ModelInfo, diffs: dict[str, float], out_dir: Path) -> None:
-    worst = max(diffs.values())
+def _report(info: ModelInfo, out_dir: Path, diffs: dict[str, float] | None = None) -> None:
+    check = f"onnxruntime vs PyTorch: max abs diff {max(diffs.values()):.1e}" if diffs else "built with onnx"
     click.echo(
-        f"{info.name}: {info.kind}, {info.cell} H={info.dec_size}, {info.precision} -> {out_dir} "
-        f"(onnxruntime vs PyTorch: max abs diff {worst:.1e})"
+        f"{info.name}: {info.kind}, {info.cell} H={info.dec_size}, {info.precision} -> {out_dir} ({check})"
     )
 
 
@@ -51,7 +52,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, name: str | None) -> Non
     """Export CHECKPOINT (.safetensors) to OUT_DIR: ONNX graphs + model.json, verified."""
     onnx_export = _load("export.onnx")
     info, diffs = onnx_export.export_checkpoint(checkpoint, out_dir, fp16=fp16, name=name, progress=_say)
-    _report(info, diffs, out_dir)
+    _report(info, out_dir, diffs)
 
 
 @click.command("import-magenta")
@@ -61,13 +62,13 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, name: str | None) -> Non
     "--drawings",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="QuickDraw .ndjson of the class: keep the start token under which they are more likely.",
+    help="QuickDraw .ndjson of the class: keep the start token under which they are more likely (needs torch).",
 )
 @click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also save the weights as a sketchkit checkpoint (.safetensors).",
+    help="Also save the weights as a sketchkit checkpoint (.safetensors; needs torch).",
 )
 @fp16_option
 @name_option
@@ -79,9 +80,14 @@ def import_magenta(
     fp16: bool,
     name: str | None,
 ) -> None:
-    """Convert a Magenta sketch-rnn-js model (FILE.json, gen or vae) to OUT_DIR, verified."""
-    magenta = _load("export.magenta")
+    """Convert a Magenta sketch-rnn-js model (FILE.json, gen or vae) to OUT_DIR."""
+    if drawings is None and checkpoint is None:
+        from sketchkit.magenta_onnx import import_magenta as build
+
+        _report(build(model_json, out_dir, name=name, fp16=fp16, progress=_say), out_dir)
+        return
+    magenta = _load("export.magenta", "import-magenta --drawings/--checkpoint")
     info, diffs = magenta.import_magenta(
         model_json, out_dir, name=name, drawings=drawings, fp16=fp16, checkpoint=checkpoint, progress=_say
     )
-    _report(info, diffs, out_dir)
+    _report(info, out_dir, diffs)
