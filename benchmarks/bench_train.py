@@ -271,6 +271,7 @@ def cells_main(args: argparse.Namespace) -> None:
     }
     print(meta["machine"], flush=True)
     results: list[dict[str, Any]] = []
+    lines: list[str] = []
     rows = cell_rows(args.cpu_scale if device == "cpu" else 1, args.baseline_ref if device == "cpu" else "")
     for row in rows:
         if args.only and not any(k in row.name for k in args.only):

@@ -22,6 +22,7 @@ other shapes) the eager loop below runs: on CPU it is as fast as anything measur
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -152,7 +153,8 @@ def _capture(
         except Exception as e:  # noqa: BLE001 - any failure here must only cost speed
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             log.warning("fast cells: %s failed (%s: %s); falling back", mode, type(e).__name__, first[:200])
-            torch.cuda.synchronize()
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize()
             continue
         torch.cuda.synchronize()
         return {"fn": graphed, "mode": mode, "seconds": time.perf_counter() - t0}
