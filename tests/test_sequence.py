@@ -182,7 +182,7 @@ def test_compiled_step_equals_the_eager_step(cell: str, sheep) -> None:
     masks = sequence.dropout_masks(xw.shape[1], xw.shape[0], m.cell.hidden_size, KEEP, xw)
     carry = m.cell.unpack(state)
     step = m.cell.step_fn()
-    h1, _ = sequence.Loop(sequence.compiled(step), m.cell.weights())(xw, masks, *carry)
+    h1, *_ = sequence.Loop(sequence.compiled(step), m.cell.weights())(xw, masks, *carry)
     h2, _ = sequence.loop(step, m.cell.weights(), xw, carry, masks)
     torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
     inputs = [x, *m.cell.weights()]
