@@ -156,56 +156,66 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_row(row: Row, args: argparse.Namespace, batches: list, device: str) -> dict[str, Any]:
+def time_rows(rows: list[Row], args: argparse.Namespace, batches: list, device: str) -> list[dict[str, Any]]:
+    """Time `rows` block by block in turn (interleaved, so on a shared CPU they see the same load;
+    on CUDA each row is timed alone)."""
     from zoo import sequence
 
-    hp = HParams(
-        dataset=[args.data], cell=row.cell, enc_size=row.enc, dec_size=row.dec, z_size=128,
-        num_mixture=20, hyper_size=max(256 // args.cpu_scale if device == "cpu" else 256, 8),
-        hyper_embed=32, recurrent_dropout=row.keep, batch_size=args.batch, max_seq_len=250, lr=1e-3,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = (model_at(row.baseline_ref).SketchRNN if row.baseline_ref else SketchRNN)(hp).to(device)
-    sequence.set_fast(row.fast)
-    opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
-    before = len(sequence.stats())
+    steps, models, firsts, captured = [], [], [], []
+    for row in rows:
+        hp = HParams(
+            dataset=[args.data], cell=row.cell, enc_size=row.enc, dec_size=row.dec, z_size=128,
+            num_mixture=20, hyper_size=max(256 // args.cpu_scale if device == "cpu" else 256, 8),
+            hyper_embed=32, recurrent_dropout=row.keep, batch_size=args.batch, max_seq_len=250, lr=1e-3,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = (model_at(row.baseline_ref).SketchRNN if row.baseline_ref else SketchRNN)(hp).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
 
-    def step(i: int) -> None:
-        b, n = batches[i % len(batches)]
-        losses = model(b, n)
-        loss = train_loss(losses, i, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(model.parameters(), hp.grad_clip)
-        opt.step()
-        if row.sync_every_step:
-            [float(v.detach()) for v in (loss, losses.ls, losses.lp, losses.kl)]
+        def step(i: int, row: Row = row, model: Any = model, opt: Any = opt, hp: HParams = hp) -> None:
+            sequence.set_fast(row.fast)
+            b, n = batches[i % len(batches)]
+            losses = model(b, n)
+            loss = train_loss(losses, i, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), hp.grad_clip)
+            opt.step()
+            if row.sync_every_step:
+                [float(v.detach()) for v in (loss, losses.ls, losses.lp, losses.kl)]
 
-    t = time.perf_counter()
-    step(0)
-    sync(device)
-    first = time.perf_counter() - t
-    step(1)  # a second warm-up: the first replay, allocator settled
-    sync(device)
-    per_block = max(args.steps // args.blocks, 1)
-    times = []
-    for k in range(args.blocks):
+        before = len(sequence.stats())
         t = time.perf_counter()
-        for j in range(per_block):
-            step(2 + k * per_block + j)
+        step(0)
         sync(device)
-        times.append((time.perf_counter() - t) / per_block)
-    s_step = float(np.median(times))
-    captured = sequence.stats()[before:]
+        firsts.append(time.perf_counter() - t)
+        step(1)  # a second warm-up: the first replay, allocator settled
+        sync(device)
+        captured.append(sequence.stats()[before:])
+        steps.append(step)
+        models.append(model)
+    per_block = max(args.steps // args.blocks, 1)
+    times: list[list[float]] = [[] for _ in rows]
+    for k in range(args.blocks):
+        for r, step in enumerate(steps):
+            t = time.perf_counter()
+            for j in range(per_block):
+                step(2 + k * per_block + j)
+            sync(device)
+            times[r].append((time.perf_counter() - t) / per_block)
     sequence.set_fast(True)
-    return {
-        "row": row.name, "cell": row.cell, "dec": row.dec, "enc": row.enc, "keep": row.keep,
-        "fast": row.fast, "sync_every_step": row.sync_every_step, "baseline_ref": row.baseline_ref,
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "s_per_step": s_step, "sketches_per_s": args.batch / s_step, "first_step_s": first,
-        "steps": per_block * args.blocks, "block_s_per_step": times,
-        "fast_paths": sorted({c["mode"] for c in captured}), "capture_s": sum(c["seconds"] for c in captured),
-    }  # fmt: skip
+    out = []
+    for row, model, first, caps, ts in zip(rows, models, firsts, captured, times, strict=True):
+        s_step = float(np.median(ts))
+        out.append({
+            "row": row.name, "cell": row.cell, "dec": row.dec, "enc": row.enc, "keep": row.keep,
+            "fast": row.fast, "sync_every_step": row.sync_every_step, "baseline_ref": row.baseline_ref,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "s_per_step": s_step, "sketches_per_s": args.batch / s_step, "first_step_s": first,
+            "steps": per_block * args.blocks, "block_s_per_step": ts,
+            "fast_paths": sorted({c["mode"] for c in caps}), "capture_s": sum(c["seconds"] for c in caps),
+        })  # fmt: skip
+    return out
 
 
 def machine(device: str, threads: int) -> str:
@@ -273,21 +283,24 @@ def cells_main(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     lines: list[str] = []
     rows = cell_rows(args.cpu_scale if device == "cpu" else 1, args.baseline_ref if device == "cpu" else "")
-    for row in rows:
-        if args.only and not any(k in row.name for k in args.only):
-            continue
+    rows = [r for r in rows if not args.only or any(k in r.name for k in args.only)]
+    # on a shared CPU the rows of one cell size are interleaved (same load); on CUDA, one by one
+    groups: dict[Any, list[Row]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault((row.cell, row.dec, row.enc, row.keep) if device == "cpu" else i, []).append(row)
+    for group in groups.values():
         t = time.perf_counter()
         try:
-            results.append(time_row(row, args, batches, device))
+            results += time_rows(group, args, batches, device)
         except Exception as e:  # one failing row must not cost the others
             traceback.print_exc()
-            results.append({"row": row.name, "cell": row.cell, "dec": row.dec, "keep": row.keep,
-                            "error": f"{type(e).__name__}: {str(e)[:120]}"})  # fmt: skip
+            results += [{"row": row.name, "cell": row.cell, "dec": row.dec, "keep": row.keep,
+                         "error": f"{type(e).__name__}: {str(e)[:120]}"} for row in group]  # fmt: skip
         gc.collect()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         lines = write_table(args.out, meta, results)  # after every row: a killed run keeps what it measured
-        print(f"{lines[-1]}  [{time.perf_counter() - t:.1f} s]", flush=True)
+        print("\n".join(lines[-len(group) :]) + f"  [{time.perf_counter() - t:.1f} s]", flush=True)
     print("\n".join(lines), flush=True)
 
 
