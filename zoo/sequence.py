@@ -123,10 +123,14 @@ def run(
     if key not in graphs:
         graphs[key] = _capture(step, params, args) if len(graphs) < MAX_GRAPHS_PER_MODULE else None
     entry = graphs[key]
-    if entry is None:
-        return loop(step, params, xw, carry, masks)
-    h, *last = entry["fn"](*args)
-    return h, tuple(last)
+    if entry is not None:
+        try:
+            h, *last = entry["fn"](*args)
+            return h, tuple(last)
+        except Exception as e:  # noqa: BLE001 - as in _capture: only speed may be lost
+            log.warning("fast cells: a captured loop failed (%s: %s); eager from now on", type(e).__name__, e)
+            graphs[key] = None
+    return loop(step, params, xw, carry, masks)
 
 
 def stats() -> list[dict[str, Any]]:
