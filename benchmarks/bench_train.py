@@ -1,5 +1,6 @@
 """Training throughput (sketches/s) of zoo's train step against a straightforward per-timestep
-PyTorch loop with the same sizes, in one process, on CPU.
+PyTorch loop with the same sizes, in one process, on CPU; with --device, the decoder cells' table
+(issue 11): eager against fast cells, in one run.
 
 Both do the same work on the same real sheep batches: encoder over the sketch (both directions),
 decoder over N_max steps with [S_{i-1}; z] inputs, mixture head, the Eq. 9-15 loss, backward,
@@ -8,14 +9,31 @@ once over (B, N_max); the baseline steps nn.LSTMCell through time in Python and 
 at every step, as most ports do.
 
     .venv/bin/python benchmarks/bench_train.py [--threads 2] [--steps 3] [--dec 256 --enc 128]
+    .venv/bin/python benchmarks/bench_train.py --device cuda --out bench   # bench.json + bench.md
+
+With --device, every row is a whole train step (encoder, decoder, head, loss, backward, clipping,
+Adam) on real sheep batches of a fixed shape (batch, N_max 250): LSTM 256 / enc 128, the fused
+(cuDNN) LSTM 512 / enc 256, then the layer-norm LSTM 512 / enc 256 and the HyperLSTM 2048 / enc 512
+with recurrent dropout keep 0.9, each eager (zoo.sequence.set_fast(False)) and fast. s/step is the
+median over blocks of steps, the device synchronised at the end of each block (so a row that calls
+float() on the four losses every step, as zoo.train did, shows what those syncs cost); the first
+step (compile and CUDA-graph capture of a fast row) is reported on its own. --device cpu uses
+sizes divided by --cpu-scale and adds today's loop from a git commit (--baseline-ref) as a row.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import subprocess
 import time
+import traceback
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,8 +104,214 @@ def step_fn(model: nn.Module, hp: HParams):
     return step
 
 
+# ---------------------------------------------------------------------------------------------
+# --device: the cells table
+
+
+@dataclass
+class Row:
+    name: str
+    cell: str
+    dec: int
+    enc: int
+    keep: float
+    fast: bool = True
+    sync_every_step: bool = False  # float() on the four losses every step, as zoo.train used to
+    baseline_ref: str = ""  # run zoo/model.py of this git commit instead (CPU: today's loop)
+
+
+def cell_rows(scale: int, baseline_ref: str) -> list[Row]:
+    d = lambda n: max(n // scale, 8)  # noqa: E731
+    rows = [
+        Row(f"LSTM {d(256)}, enc {d(128)}", "lstm", d(256), d(128), 1.0),
+        Row(f"LSTM {d(512)}, enc {d(256)} (fused)", "lstm", d(512), d(256), 1.0),
+        Row(f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: eager", "layer_norm", d(512), d(256), 0.9, False),
+        Row(f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: fast", "layer_norm", d(512), d(256), 0.9),
+        Row(
+            f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: fast, float() x4 per step",
+            "layer_norm", d(512), d(256), 0.9, sync_every_step=True,
+        ),
+        Row(f"HyperLSTM {d(2048)}, enc {d(512)}, keep 0.9: eager", "hyper", d(2048), d(512), 0.9, False),
+        Row(f"HyperLSTM {d(2048)}, enc {d(512)}, keep 0.9: fast", "hyper", d(2048), d(512), 0.9),
+    ]  # fmt: skip
+    if baseline_ref:
+        for r in list(rows):
+            if r.keep < 1.0 and not r.fast:
+                rows.insert(rows.index(r), Row(r.name.replace("eager", f"today's loop ({baseline_ref})"),
+                            r.cell, r.dec, r.enc, r.keep, False, baseline_ref=baseline_ref))  # fmt: skip
+    return rows
+
+
+def model_at(ref: str) -> Any:
+    """zoo/model.py as it was at git commit `ref`, as a module (the baseline of a CPU run)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = subprocess.run(["git", "show", f"{ref}:zoo/model.py"], cwd=root, check=True, capture_output=True)
+    mod = types.ModuleType(f"zoo_model_{ref}")
+    exec(compile(code.stdout, f"{ref}:zoo/model.py", "exec"), mod.__dict__)  # our own repository's code
+    return mod
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_rows(rows: list[Row], args: argparse.Namespace, batches: list, device: str) -> list[dict[str, Any]]:
+    """Time `rows` block by block in turn (interleaved, so on a shared CPU they see the same load;
+    on CUDA each row is timed alone)."""
+    from zoo import sequence
+
+    steps, models, firsts, captured = [], [], [], []
+    for row in rows:
+        hp = HParams(
+            dataset=[args.data], cell=row.cell, enc_size=row.enc, dec_size=row.dec, z_size=128,
+            num_mixture=20, hyper_size=max(256 // args.cpu_scale if device == "cpu" else 256, 8),
+            hyper_embed=32, recurrent_dropout=row.keep, batch_size=args.batch, max_seq_len=250, lr=1e-3,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = (model_at(row.baseline_ref).SketchRNN if row.baseline_ref else SketchRNN)(hp).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+
+        def step(i: int, row: Row = row, model: Any = model, opt: Any = opt, hp: HParams = hp) -> None:
+            sequence.set_fast(row.fast)
+            b, n = batches[i % len(batches)]
+            losses = model(b, n)
+            loss = train_loss(losses, i, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), hp.grad_clip)
+            opt.step()
+            if row.sync_every_step:
+                [float(v.detach()) for v in (loss, losses.ls, losses.lp, losses.kl)]
+
+        before = len(sequence.stats())
+        t = time.perf_counter()
+        step(0)
+        sync(device)
+        firsts.append(time.perf_counter() - t)
+        step(1)  # a second warm-up: the first replay, allocator settled
+        sync(device)
+        captured.append(sequence.stats()[before:])
+        steps.append(step)
+        models.append(model)
+    per_block = max(args.steps // args.blocks, 1)
+    times: list[list[float]] = [[] for _ in rows]
+    for k in range(args.blocks):
+        for r, step in enumerate(steps):
+            t = time.perf_counter()
+            for j in range(per_block):
+                step(2 + k * per_block + j)
+            sync(device)
+            times[r].append((time.perf_counter() - t) / per_block)
+    sequence.set_fast(True)
+    out = []
+    for row, model, first, caps, ts in zip(rows, models, firsts, captured, times, strict=True):
+        s_step = float(np.median(ts))
+        out.append({
+            "row": row.name, "cell": row.cell, "dec": row.dec, "enc": row.enc, "keep": row.keep,
+            "fast": row.fast, "sync_every_step": row.sync_every_step, "baseline_ref": row.baseline_ref,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "s_per_step": s_step, "sketches_per_s": args.batch / s_step, "first_step_s": first,
+            "steps": per_block * args.blocks, "block_s_per_step": ts,
+            "fast_paths": sorted({c["mode"] for c in caps}), "capture_s": sum(c["seconds"] for c in caps),
+        })  # fmt: skip
+    return out
+
+
+def machine(device: str, threads: int) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "CPU")
+    return f"{model}, {threads} threads, torch {torch.__version__}"
+
+
+def write_table(path: str, meta: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    """OUT.md (the table) and OUT.json (every number); returns the table's lines."""
+    ref = next(
+        (
+            r
+            for r in results
+            if r["cell"] == "lstm" and r["dec"] == max(x["dec"] for x in results if x["cell"] == "lstm")
+        ),
+        None,
+    )  # noqa: E501
+    lines = [
+        f"{meta['machine']}; batch {meta['batch']}, N_max 250, real sheep batches; s/step: median over "
+        f"{meta['blocks']} blocks, synchronised per block",
+        "",
+        "| train step | params | s / step | sketches / s | x fused LSTM | first step (compile, capture) | fast path |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['row']} | | failed: {r['error']} | | | | |")
+            continue
+        ratio = f"{r['s_per_step'] / ref['s_per_step']:.2f}" if ref and "s_per_step" in ref else ""
+        fast = ", ".join(r["fast_paths"]) or (
+            "eager" if r["cell"] != "lstm" or r["keep"] < 1 else "cuDNN/MKL"
+        )
+        lines.append(
+            f"| {r['row']} | {r['params_m']:.2f} M | {r['s_per_step']:.4f} | {r['sketches_per_s']:,.0f} | "
+            f"{ratio} | {r['first_step_s']:.1f} s | {fast} |"
+        )
+    with open(path + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(path + ".json", "w") as f:
+        json.dump({**meta, "results": results}, f, indent=2)
+    return lines
+
+
+def cells_main(args: argparse.Namespace) -> None:
+    device = args.device
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    hp = HParams(dataset=[args.data], batch_size=args.batch, max_seq_len=250)
+    data = load_data(hp)
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(4):
+        b, n = make_batch(data.train, hp, rng)
+        batches.append((torch.from_numpy(b).to(device), torch.from_numpy(n).to(device)))
+    meta = {
+        "machine": machine(device, args.threads),
+        "device": device,
+        "batch": args.batch,
+        "blocks": args.blocks,
+    }
+    print(meta["machine"], flush=True)
+    results: list[dict[str, Any]] = []
+    lines: list[str] = []
+    rows = cell_rows(args.cpu_scale if device == "cpu" else 1, args.baseline_ref if device == "cpu" else "")
+    rows = [r for r in rows if not args.only or any(k in r.name for k in args.only)]
+    # on a shared CPU the rows of one cell size are interleaved (same load); on CUDA, one by one
+    groups: dict[Any, list[Row]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault((row.cell, row.dec, row.enc, row.keep) if device == "cpu" else i, []).append(row)
+    for group in groups.values():
+        t = time.perf_counter()
+        try:
+            results += time_rows(group, args, batches, device)
+        except Exception as e:  # one failing row must not cost the others
+            traceback.print_exc()
+            results += [{"row": row.name, "cell": row.cell, "dec": row.dec, "keep": row.keep,
+                         "error": f"{type(e).__name__}: {str(e)[:120]}"} for row in group]  # fmt: skip
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        lines = write_table(args.out, meta, results)  # after every row: a killed run keeps what it measured
+        print("\n".join(lines[-len(group) :]) + f"  [{time.perf_counter() - t:.1f} s]", flush=True)
+    print("\n".join(lines), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", help="cpu or cuda: the cells table (eager vs fast) instead")
+    ap.add_argument("--out", default="bench_cells", help="--device: write OUT.json and OUT.md")
+    ap.add_argument("--blocks", type=int, default=3, help="--device: timed blocks (median)")
+    ap.add_argument("--cpu-scale", type=int, default=8, help="--device cpu: sizes divided by this")
+    ap.add_argument("--baseline-ref", default="56ec108", help="--device cpu: git commit of today's loop")
+    ap.add_argument("--only", action="append", help="--device: rows whose name contains this")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per implementation (after 1 warm-up)")
     ap.add_argument("--enc", type=int, default=128)
@@ -95,6 +319,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--data", default=SHEEP)
     args = ap.parse_args()
+    if args.device:
+        return cells_main(args)
     torch.set_num_threads(args.threads)
     hp = HParams(
         dataset=[args.data],

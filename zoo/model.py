@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo import sequence
 from zoo.config import HParams
 from zoo.loss import Losses, kl_loss, reconstruction_loss
 
@@ -53,7 +54,12 @@ class Encoder(nn.Module):
     def run(self, rnn: nn.LSTM, x: torch.Tensor, drop: bool) -> torch.Tensor:
         if drop and self.keep < 1.0:  # recurrent dropout needs the step-by-step cell
             w_ih, w_hh, b_ih, b_hh = rnn.all_weights[0]
-            return lstm_loop(F.linear(x, w_ih, b_ih + b_hh), w_hh, self.keep)
+            B, T, _ = x.shape
+            H = w_hh.shape[1]
+            zero = x.new_zeros(B, H)
+            masks = sequence.dropout_masks(T, B, H, self.keep, x)
+            xw = F.linear(x, w_ih, b_ih + b_hh)  # (B, T, 4 enc)
+            return sequence.run(rnn, lstm_step, [w_hh], xw, (zero, zero), masks)[0]
         return rnn(x)[0]  # (B, T, enc)
 
     def forward(
@@ -72,13 +78,16 @@ class Encoder(nn.Module):
 # decoder cells
 #
 # Every cell works on a packed state (B, S) and exposes
-#   project(x)            -> the input's contribution, computed for all T steps in one matmul
-#   recur(xw, state, drop)    -> (h (B, H), next_state (B, S)), one step
-#   sequence(x, state, drop)  -> (h (B, T, H), last_state), teacher forcing
-# Gates are in PyTorch's order (i, f, g, o). Recurrent dropout (keep probability `keep`) drops
-# the candidate g = tanh(.), as magenta's rnn.py does, only when `drop` is set: SketchRNN.forward
-# sets it in training mode; the step-wise methods never drop, whatever the module's mode (an
-# export wrapper left in training mode cannot put dropout into a graph).
+#   project(x)                -> the input's contribution, computed for all T steps in one matmul
+#   recur(xw, state, mask)    -> (h (B, H), next_state (B, S)), one step
+#   sequence(x, state, drop)  -> (h (B, T, H), last_state), teacher forcing (zoo.sequence)
+# The step's math is one plain function per cell, `*_step(xw, carry, mask, *weights) -> (h, carry)`
+# on the unpacked state: `recur` (export, sampling) and the teacher-forcing loop, eager or compiled
+# and CUDA-graphed (zoo.sequence), all run it. Gates are in PyTorch's order (i, f, g, o).
+# Recurrent dropout (keep probability `keep`) drops the candidate g = tanh(.), as magenta's rnn.py
+# does, only when `drop` is set: SketchRNN.forward sets it in training mode; the masks for all T
+# are drawn before the loop (zoo.sequence.dropout_masks). The step-wise methods never drop,
+# whatever the module's mode (an export wrapper left in training mode cannot put dropout into a graph).
 
 
 def init_lstm_(w_ih: torch.Tensor, w_hh: torch.Tensor, *biases: torch.Tensor) -> None:
@@ -95,23 +104,19 @@ def init_lstm_(w_ih: torch.Tensor, w_hh: torch.Tensor, *biases: torch.Tensor) ->
             biases[0][H : 2 * H] = 1.0
 
 
-def _dropout(g: torch.Tensor, keep: float, drop: bool) -> torch.Tensor:
-    return F.dropout(g, 1.0 - keep, training=True) if drop and keep < 1.0 else g
+def _dropped(g: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return g if mask is None else g * mask  # mask: 1 / keep or 0 (zoo.sequence.dropout_masks)
 
 
-def lstm_loop(xw: torch.Tensor, w_hh: torch.Tensor, keep: float = 1.0) -> torch.Tensor:
-    """A plain LSTM over (B, T, 4H) input projections from a zero state, with recurrent dropout;
-    the encoder's training path when dropout is on."""
-    B, T, _ = xw.shape
-    H = w_hh.shape[1]
-    h = c = xw.new_zeros(B, H)
-    out = []
-    for t in range(T):
-        i, f, g, o = (xw[:, t] + F.linear(h, w_hh)).chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), keep, True)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        out.append(h)
-    return torch.stack(out, 1)
+def lstm_step(
+    xw: torch.Tensor, carry: tuple[torch.Tensor, ...], mask: torch.Tensor | None, w_hh: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One plain LSTM step; xw (B, 4H) holds the input projection and both biases."""
+    h, c = carry
+    i, f, g, o = (xw + F.linear(h, w_hh)).chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * _dropped(torch.tanh(g), mask)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, (h, c)
 
 
 class Cell(nn.Module):
@@ -122,10 +127,25 @@ class Cell(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def recur(
-        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_fn(self) -> sequence.Step:
+        """The module-level step function of this cell (zoo.sequence.Step)."""
         raise NotImplementedError
+
+    def weights(self) -> list[nn.Parameter]:
+        """The step function's weights, in its argument order."""
+        raise NotImplementedError
+
+    def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return state.chunk(2, 1)  # [h | c]
+
+    def pack(self, carry: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.cat(carry, 1)
+
+    def recur(
+        self, xw: torch.Tensor, state: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h, carry = self.step_fn()(xw, self.unpack(state), mask, *self.weights())
+        return h, self.pack(carry)
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.recur(self.project(x), state)  # inference: never drops
@@ -133,12 +153,15 @@ class Cell(nn.Module):
     def sequence(
         self, x: torch.Tensor, state: torch.Tensor, drop: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        xw = self.project(x)  # (B, T, ...)
-        out = []
-        for t in range(xw.shape[1]):
-            h, state = self.recur(xw[:, t], state, drop)
-            out.append(h)
-        return torch.stack(out, 1), state  # (B, T, H), (B, S)
+        xw = self.project(x)  # (B, T, ...): the input's share for all T in one matmul
+        B, T = xw.shape[:2]
+        masks = (
+            sequence.dropout_masks(T, B, self.hidden_size, self.keep, xw)
+            if drop and self.keep < 1.0
+            else None
+        )
+        h, carry = sequence.run(self, self.step_fn(), self.weights(), xw, self.unpack(state), masks)
+        return h, self.pack(carry)  # (B, T, H), (B, S)
 
 
 class LSTMCell(Cell):
@@ -160,14 +183,11 @@ class LSTMCell(Cell):
         w_ih, _, b_ih, b_hh = self.rnn.all_weights[0]
         return F.linear(x, w_ih, b_ih + b_hh)
 
-    def recur(
-        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, c = state.chunk(2, 1)  # (B, H) each
-        i, f, g, o = (xw + F.linear(h, self.rnn.all_weights[0][1])).chunk(4, 1)  # weight_hh_l0
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, drop)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, torch.cat([h, c], 1)
+    def step_fn(self) -> sequence.Step:
+        return lstm_step
+
+    def weights(self) -> list[nn.Parameter]:
+        return [self.rnn.weight_hh_l0]
 
     def sequence(
         self, x: torch.Tensor, state: torch.Tensor, drop: bool = False
@@ -184,6 +204,26 @@ def _layer_norm_gates(gates: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     H = weight.shape[0] // 4  # from the parameter: a traced gates.shape would not export to ONNX
     g = F.layer_norm(gates.reshape(gates.shape[0], 4, H), (H,), eps=LN_EPS)  # (B, 4, H)
     return g.reshape(gates.shape) * weight + bias
+
+
+def layer_norm_lstm_step(
+    xw: torch.Tensor,
+    carry: tuple[torch.Tensor, ...],
+    mask: torch.Tensor | None,
+    w_hh: torch.Tensor,
+    ln_gates_weight: torch.Tensor,
+    ln_gates_bias: torch.Tensor,
+    ln_c_weight: torch.Tensor,
+    ln_c_bias: torch.Tensor,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One layer-norm LSTM step (LayerNormLSTMCell); xw (B, 4H) = W_ih x, no bias."""
+    h, c = carry
+    gates = _layer_norm_gates(xw + F.linear(h, w_hh), ln_gates_weight, ln_gates_bias)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropped(torch.tanh(g), mask)
+    c_norm = F.layer_norm(c, (ln_c_weight.shape[0],), ln_c_weight, ln_c_bias, LN_EPS)
+    h = torch.sigmoid(o) * torch.tanh(c_norm)
+    return h, (h, c)
 
 
 class LayerNormLSTMCell(Cell):
@@ -205,15 +245,11 @@ class LayerNormLSTMCell(Cell):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_ih)
 
-    def recur(
-        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, c = state.chunk(2, 1)
-        gates = _layer_norm_gates(xw + F.linear(h, self.weight_hh), self.ln_gates_weight, self.ln_gates_bias)
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, drop)
-        h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
-        return h, torch.cat([h, c], 1)
+    def step_fn(self) -> sequence.Step:
+        return layer_norm_lstm_step
+
+    def weights(self) -> list[nn.Parameter]:
+        return [self.weight_hh, self.ln_gates_weight, self.ln_gates_bias, self.ln_c.weight, self.ln_c.bias]
 
 
 class HyperLSTMCell(Cell):
@@ -262,33 +298,70 @@ class HyperLSTMCell(Cell):
         w = torch.cat([self.weight_ih, self.hyper_ih[:, : self.input_size]], 0)
         return F.linear(x, w)
 
-    def recur(
-        self, xw: torch.Tensor, state: torch.Tensor, drop: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        B = xw.shape[0]
-        H, Hh, E = self.hidden_size, self.hyper_size, self.embed
-        h, c, hh, ch = state.split([H, H, Hh, Hh], 1)
-        x_main, x_hyper = xw.split([4 * H, 4 * Hh], 1)
-        # hyper LSTM step on [x; h]
-        gi, gf, gg, go = (
-            x_hyper
-            + F.linear(h, self.hyper_ih[:, self.input_size :])
-            + F.linear(hh, self.hyper_hh)
-            + self.hyper_bias
-        ).chunk(4, 1)
-        ch = torch.sigmoid(gf) * ch + torch.sigmoid(gi) * torch.tanh(gg)
-        hh = torch.sigmoid(go) * torch.tanh(ch)  # (B, Hh)
-        # weight scaling from the hyper output, one (B, H) block per gate
-        scale_x = torch.einsum("bke,keh->bkh", self.z_x(hh).view(B, 4, E), self.alpha_x)  # (B, 4, H)
-        scale_h = torch.einsum("bke,keh->bkh", self.z_h(hh).view(B, 4, E), self.alpha_h)
-        shift_h = torch.einsum("bke,keh->bkh", self.z_b(hh).view(B, 4, E), self.beta_h)
-        rec = F.linear(h, self.weight_hh).view(B, 4, H)
-        gates = x_main.view(B, 4, H) * scale_x + rec * scale_h + shift_h + self.bias.view(4, H)
-        gates = _layer_norm_gates(gates.reshape(B, 4 * H), self.ln_gates_weight, self.ln_gates_bias)
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropout(torch.tanh(g), self.keep, drop)
-        h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
-        return h, torch.cat([h, c, hh, ch], 1)
+    def step_fn(self) -> sequence.Step:
+        return hyper_lstm_step
+
+    def weights(self) -> list[nn.Parameter]:
+        return [
+            self.weight_hh, self.bias, self.hyper_ih, self.hyper_hh, self.hyper_bias,
+            self.z_x.weight, self.z_x.bias, self.z_h.weight, self.z_h.bias, self.z_b.weight,
+            self.alpha_x, self.alpha_h, self.beta_h,
+            self.ln_gates_weight, self.ln_gates_bias, self.ln_c.weight, self.ln_c.bias,
+        ]  # fmt: skip
+
+    def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        H, Hh = self.hidden_size, self.hyper_size
+        return state.split([H, H, Hh, Hh], 1)  # [h | c | h_hyper | c_hyper]
+
+
+def hyper_lstm_step(
+    xw: torch.Tensor,
+    carry: tuple[torch.Tensor, ...],
+    mask: torch.Tensor | None,
+    w_hh: torch.Tensor,
+    bias: torch.Tensor,
+    hyper_ih: torch.Tensor,
+    hyper_hh: torch.Tensor,
+    hyper_bias: torch.Tensor,
+    z_x_weight: torch.Tensor,
+    z_x_bias: torch.Tensor,
+    z_h_weight: torch.Tensor,
+    z_h_bias: torch.Tensor,
+    z_b_weight: torch.Tensor,
+    alpha_x: torch.Tensor,
+    alpha_h: torch.Tensor,
+    beta_h: torch.Tensor,
+    ln_gates_weight: torch.Tensor,
+    ln_gates_bias: torch.Tensor,
+    ln_c_weight: torch.Tensor,
+    ln_c_bias: torch.Tensor,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One HyperLSTM step (HyperLSTMCell); xw (B, 4H + 4Hh) = x's share of the main and the hyper
+    pre-activations (HyperLSTMCell.project). Sizes come from the weights, never from traced shapes."""
+    B = xw.shape[0]
+    H, Hh, E = w_hh.shape[1], hyper_hh.shape[1], alpha_x.shape[1]
+    h, c, hh, ch = carry
+    x_main, x_hyper = xw.split([4 * H, 4 * Hh], 1)
+    # hyper LSTM step on [x; h]
+    gi, gf, gg, go = (
+        x_hyper + F.linear(h, hyper_ih[:, hyper_ih.shape[1] - H :]) + F.linear(hh, hyper_hh) + hyper_bias
+    ).chunk(4, 1)
+    ch = torch.sigmoid(gf) * ch + torch.sigmoid(gi) * torch.tanh(gg)
+    hh = torch.sigmoid(go) * torch.tanh(ch)  # (B, Hh)
+    # weight scaling from the hyper output, one (B, H) block per gate
+    scale_x = torch.einsum(
+        "bke,keh->bkh", F.linear(hh, z_x_weight, z_x_bias).view(B, 4, E), alpha_x
+    )  # (B, 4, H)
+    scale_h = torch.einsum("bke,keh->bkh", F.linear(hh, z_h_weight, z_h_bias).view(B, 4, E), alpha_h)
+    shift_h = torch.einsum("bke,keh->bkh", F.linear(hh, z_b_weight).view(B, 4, E), beta_h)
+    rec = F.linear(h, w_hh).view(B, 4, H)
+    gates = x_main.view(B, 4, H) * scale_x + rec * scale_h + shift_h + bias.view(4, H)
+    gates = _layer_norm_gates(gates.reshape(B, 4 * H), ln_gates_weight, ln_gates_bias)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropped(torch.tanh(g), mask)
+    c_norm = F.layer_norm(c, (ln_c_weight.shape[0],), ln_c_weight, ln_c_bias, LN_EPS)
+    h = torch.sigmoid(o) * torch.tanh(c_norm)
+    return h, (h, c, hh, ch)
 
 
 def make_cell(hp: HParams, input_size: int) -> Cell:
@@ -367,7 +440,9 @@ class SketchRNN(nn.Module):
         B, T1, _ = batch.shape
         x, target = batch[:, :-1], batch[:, 1:]  # (B, N_max, 5): inputs S_0.., targets S_1..
         if self.encoder is not None and self.init is not None:
-            n = int(lengths.max())  # the encoder never reads past the longest sketch: skip the padding
+            # the encoder never reads past the longest sketch: skip the padding, except on the CUDA
+            # fast path, whose graphs want static shapes (and int() would wait for the GPU)
+            n = T1 - 1 if sequence.fast_applies(batch) else int(lengths.max())
             mu, presig = self.encoder(target[:, :n], lengths, drop=self.training)  # (B, Nz)
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + torch.exp(presig / 2) * eps  # Eq. 2

@@ -49,8 +49,11 @@ def ship(
     status: str = "",
     tau: float = 0.5,
     seed: int = 0,
+    data: str | None = None,
 ) -> dict[str, Any]:
     model, hp, meta = load(run / "best.safetensors")
+    if data:  # a run trained elsewhere (a GPU machine) names its dataset by that machine's path
+        hp.dataset = [str(Path(data).resolve())]
     ds = load_data(hp, scale_factor=meta["scale_factor"])
     metrics = dict(meta.get("metrics", {}), test=evaluate(model, ds.test, hp))
     keep = {k: v for k, v in meta.items() if k not in ("format", "version", "hparams", "dtype", "metrics")}
@@ -177,10 +180,12 @@ def main() -> None:
     ap.add_argument("--hardware", default="CPU")
     ap.add_argument("--status", default="", help="a sentence on the state of the model, shown first")
     ap.add_argument("--tau", type=float, default=0.5)
+    ap.add_argument("--data", help="the dataset .npz, where the run's own path is not on this machine")
     args = ap.parse_args()
     metrics = ship(
-        args.run, args.out, args.name, args.license, args.data_note, args.hardware, args.status, args.tau
-    )
+        args.run, args.out, args.name, args.license, args.data_note, args.hardware, args.status, args.tau,
+        data=args.data,
+    )  # fmt: skip
     print(json.dumps({k: metrics[k] for k in ("test", "test_float16")}, indent=2))
 
 

@@ -9,11 +9,14 @@ A run directory holds
     metrics.jsonl      one JSON line per log / validation
     loss.png           the loss curves, redrawn at each validation
     samples/           sketches drawn at each validation (z ~ N(0, I), tau = 0.5)
+Pictures are written as .svg instead of .png (one warning) where cairosvg or the cairo library is
+missing: training needs neither, nor platformdirs (a bare GPU machine has none of them).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -35,6 +38,7 @@ from zoo.evaluate import evaluate
 from zoo.loss import kl_weight, train_loss
 from zoo.model import SketchRNN
 
+log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # data
 
@@ -83,18 +87,39 @@ def sample(
 # pictures
 
 
-def sketches_png(path: Path, sketches: Sequence[np.ndarray], cols: int = 4, cell: int = 160) -> None:
+_png_warned = False
+
+
+def save_picture(path: Path, svg: str) -> Path:
+    """Write `svg` as the PNG `path`, or beside it as .svg where PNG needs what is not installed
+    (cairosvg, libcairo): one warning per process, and training goes on. Returns the file written."""
+    global _png_warned
+    from sketchkit import render
+
+    try:
+        render.save(path, svg)
+        return path
+    except SketchkitError as e:
+        if path.suffix.lower() != ".png":
+            raise
+        if not _png_warned:
+            log.warning("training pictures written as .svg: %s", e)
+            _png_warned = True
+    svg_path = path.with_suffix(".svg")
+    render.save(svg_path, svg)
+    return svg_path
+
+
+def sketches_png(path: Path, sketches: Sequence[np.ndarray], cols: int = 4, cell: int = 160) -> Path:
     """A grid of stroke-3 sketches as one PNG (sketchkit.render; each sketch fitted to its cell)."""
     from sketchkit import render
 
     drawable = [s for s in sketches if len(s)] or [np.zeros((1, 3), np.float32)]
-    render.save(path, render.grid_svg(drawable, cols=cols, cell=cell))
+    return save_picture(path, render.grid_svg(drawable, cols=cols, cell=cell))
 
 
 def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
     """Train and valid loss against step, as a PNG."""
-    import cairosvg
-
     series = {
         "train loss": [(r["step"], r["loss"]) for r in records if r["split"] == "train"],
         "valid L_R": [(r["step"], r["lr"]) for r in records if r["split"] == "valid"],
@@ -135,8 +160,7 @@ def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
                 out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in s]
             out.append(f'<text x="{W - pad - 110}" y="{pad + 16 * k}" fill="{colour}">{name}</text>')
     out.append("</svg>")
-    with atomic_write(path) as f:
-        f.write(cairosvg.svg2png(bytestring="".join(out).encode()))
+    save_picture(path, "".join(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,9 +226,12 @@ def train(
     device: str | None = None,
     resume: bool = True,
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
-    """Train until hp.num_steps; resume from out_dir/last.safetensors if it exists. Returns the
-    best validation metrics."""
+    """Train until hp.num_steps, or until `time_limit` seconds have passed since this call began
+    (then the step under way finishes and is validated and saved like a last step); resume from
+    out_dir/last.safetensors if it exists. Returns the best validation metrics."""
+    started = time.perf_counter()
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -230,10 +257,13 @@ def train(
         "classes": data.classes,
     }
     model.train()
-    window: dict[str, float] = {}
+    # loss, L_s, L_p, L_KL summed on the device between logs: a float() per step would wait for
+    # the GPU every step
+    window, n_window = torch.zeros(4, device=device), 0
     t_window = time.perf_counter()
     bar = _progress(hp.num_steps, step, progress)
-    while step < hp.num_steps:
+    stop = step >= hp.num_steps
+    while not stop:
         lr = learning_rate(hp, step)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -245,29 +275,28 @@ def train(
         torch.nn.utils.clip_grad_value_(model.parameters(), hp.grad_clip)
         opt.step()
         step += 1
-        for k, v in (("loss", loss), ("ls", losses.ls), ("lp", losses.lp), ("kl", losses.kl)):
-            window[k] = window.get(k, 0.0) + float(v)
-        window["n"] = window.get("n", 0) + 1
+        window += torch.stack([loss.detach(), losses.ls.detach(), losses.lp.detach(), losses.kl.detach()])
+        n_window += 1
         bar.update(1)
-        bar.set_postfix_str(
-            f"L_s {float(losses.ls):.3f} L_p {float(losses.lp):.3f} L_KL {float(losses.kl):.3f}"
-        )
-        if step % hp.log_every == 0 or step == hp.num_steps:
-            n = window.pop("n")
+        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
+        stop = step >= hp.num_steps or out_of_time
+        if step % hp.log_every == 0 or stop:
             dt = time.perf_counter() - t_window
+            means = dict(zip(("loss", "ls", "lp", "kl"), (window / n_window).tolist(), strict=True))
             rec = {
                 "split": "train",
                 "step": step,
-                **{k: v / n for k, v in window.items()},
+                **means,
                 "eta": kl_weight(step - 1, hp.eta_min, hp.kl_decay),
                 "lr_rate": lr,
-                "sketches_per_s": n * hp.batch_size / dt,
+                "sketches_per_s": n_window * hp.batch_size / dt,
                 "time": time.time(),
             }
             records.append(rec)
             _append_jsonl(out / "metrics.jsonl", rec)
-            window, t_window = {}, time.perf_counter()
-        if step % hp.eval_every == 0 or step == hp.num_steps:
+            bar.set_postfix_str(f"L_s {means['ls']:.3f} L_p {means['lp']:.3f} L_KL {means['kl']:.3f}")
+            window, n_window, t_window = torch.zeros(4, device=device), 0, time.perf_counter()
+        if step % hp.eval_every == 0 or stop:
             metrics = evaluate(model, data.valid, hp, batch_size=hp.batch_size)
             is_best = metrics["loss"] < best["loss"]
             if is_best:
@@ -292,6 +321,8 @@ def train(
                 f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
                 f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}"
             )
+            if out_of_time:
+                bar.write(f"time limit of {time_limit:g} s reached at step {step}")
     bar.close()
     return best
 

@@ -50,6 +50,12 @@ def _parse_value(text: str) -> Any:
     help="Dataset .npz (repeatable: multi-class); replaces the recipe's.",
 )
 @click.option("--steps", type=int, help="Train until this many steps.")
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop after this much wall time (then validate and save as at a last step).",
+)
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when present).")
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--fresh", is_flag=True, help="Do not resume from RUN/last.safetensors.")
@@ -60,6 +66,7 @@ def train(
     overrides: tuple[str, ...],
     data: tuple[str, ...],
     steps: int | None,
+    time_limit: float | None,
     device: str | None,
     threads: int | None,
     fresh: bool,
@@ -87,7 +94,7 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     out = out_dir or Path("runs") / (recipe.stem if recipe else "run")
-    best = run(hp, out, device=device, resume=not fresh, progress=not quiet)
+    best = run(hp, out, device=device, resume=not fresh, progress=not quiet, time_limit=time_limit)
     click.echo(
         f"best valid loss {best.get('loss', float('nan')):.4f} at step {best.get('step')}; "
         f"checkpoint {out / 'best.safetensors'}"

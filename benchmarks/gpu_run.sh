@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The one-shot GPU run of issue 11, from the repository root on a bare GPU machine (python3 with
+# torch, numpy, safetensors, click, tqdm; no cairosvg, no platformdirs, sketchkit not installed):
+#
+#   OUT=/some/empty/dir PYTHONUNBUFFERED=1 bash benchmarks/gpu_run.sh
+#
+# 1. the machine and versions; 2. benchmarks/bench_train.py --device cuda (eager vs fast cells);
+# 3. two sheep candidates trained at once on the one GPU, each stopped by the same --time-limit:
+#    zoo/recipes/aaron_sheep_gpu_layernorm.toml (fast cells) and aaron_sheep_gpu_lstm.toml (cuDNN),
+#    then each best checkpoint evaluated on the test split; 4. everything packed into a few files
+#    directly under $OUT: log.txt, bench.json, bench.md, run_<name>.tar.gz (best.safetensors,
+#    metrics.jsonl, recipe.toml, eval_test.json, train.log, samples/, loss picture; never
+#    last.safetensors), summary.json.
+# The whole run keeps to BUDGET seconds (default 520; TINY: 150). TINY=1 runs the same path on the CPU with
+# tiny sizes and budgets (about two minutes): the dry run.
+# Env: OUT (required), SKETCHKIT_GPU_DATA (default .gpu/aaron_sheep.npz), BUDGET, TINY, PYTHON.
+set -uo pipefail
+
+START=$(date +%s)
+TINY=${TINY:-0}
+if [ "$TINY" = "1" ]; then BUDGET=${BUDGET:-150}; else BUDGET=${BUDGET:-520}; fi
+PY=${PYTHON:-python3}
+DATA=${SKETCHKIT_GPU_DATA:-.gpu/aaron_sheep.npz}
+: "${OUT:?set OUT to the folder whose files come back}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")
+exec > >(tee -a "$OUT/log.txt") 2>&1
+
+elapsed() { echo $(($(date +%s) - START)); }
+say() { echo "[gpu_run $(elapsed)s] $*"; }
+
+if [ "$TINY" = "1" ]; then
+    DEVICE=cpu
+    BENCH=(--device cpu --cpu-scale 32 --batch 4 --steps 1 --blocks 1 --threads 1)
+    BENCH_LIMIT=60
+    SIZES=(--set dec_size=16 --set enc_size=8 --set z_size=8 --set num_mixture=3 --set batch_size=8
+        --set max_seq_len=60 --set eval_every=6 --set log_every=2 --set num_samples=4 --threads 1)
+else
+    DEVICE=cuda
+    BENCH=(--device cuda --batch 100 --steps 9 --blocks 3)
+    BENCH_LIMIT=160
+    SIZES=(--threads 4)
+fi
+# after the time limit: start-up before train() counts it (~10 s), the last validation, checkpoint
+# and samples (~5 s on the GPU), the two evaluations at once (~15 s), packing (~5 s); generous
+RESERVE=90
+KILL_AFTER=45  # a training still running LIMIT + KILL_AFTER seconds after it started is killed
+
+say "1. machine"
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi (TINY=$TINY)"
+"$PY" - <<'EOF'
+import platform, sys
+import numpy, torch
+print(f"python {platform.python_version()} ({sys.executable}), torch {torch.__version__} "
+      f"(CUDA {torch.version.cuda}, available {torch.cuda.is_available()}), numpy {numpy.__version__}")
+if torch.cuda.is_available():
+    print("device:", torch.cuda.get_device_name(0))
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError:
+    print("no triton")
+EOF
+ls -l "$DATA" || { say "no data at $DATA (SKETCHKIT_GPU_DATA)"; exit 1; }
+git log -1 --format='commit %H %s' 2>/dev/null || true
+
+say "2. benchmark (at most ${BENCH_LIMIT}s)"
+timeout -k 10 "$BENCH_LIMIT" "$PY" benchmarks/bench_train.py "${BENCH[@]}" --data "$DATA" --out "$OUT/bench" \
+    || say "benchmark exited with $? (the table holds the rows it finished)"
+
+LIMIT=$((BUDGET - $(elapsed) - RESERVE))
+[ "$LIMIT" -lt 20 ] && LIMIT=20
+say "3. training two candidates at once, --time-limit ${LIMIT}s each"
+declare -A PIDS
+for name in layernorm lstm; do
+    mkdir -p "$WORK/$name"
+    timeout -k 5 $((LIMIT + KILL_AFTER)) "$PY" -m sketchkit train "zoo/recipes/aaron_sheep_gpu_$name.toml" \
+        --data "$DATA" --out "$WORK/$name" --device "$DEVICE" --time-limit "$LIMIT" --fresh --quiet "${SIZES[@]}" \
+        > "$WORK/$name/train.log" 2>&1 &
+    PIDS[$name]=$!
+done
+for name in layernorm lstm; do
+    wait "${PIDS[$name]}"
+    say "train $name exited with $?"
+    tail -n 5 "$WORK/$name/train.log"
+done
+
+say "evaluating each best checkpoint on the test split (both at once)"
+EVALS=()
+for name in layernorm lstm; do
+    if [ -f "$WORK/$name/best.safetensors" ]; then
+        timeout -k 5 40 "$PY" -m sketchkit evaluate "$WORK/$name/best.safetensors" --split test --data "$DATA" --json \
+            > "$WORK/$name/eval_test.json" 2> "$WORK/$name/eval_test.err" &
+        EVALS+=($!)
+    else
+        say "$name has no best.safetensors"
+    fi
+done
+for pid in "${EVALS[@]}"; do wait "$pid"; done  # by pid: a bare wait would also wait for the tee of the log
+for name in layernorm lstm; do
+    [ -f "$WORK/$name/eval_test.err" ] && cat "$WORK/$name/eval_test.err"
+    [ -f "$WORK/$name/eval_test.json" ] && { echo "$name test:"; cat "$WORK/$name/eval_test.json"; }
+done
+
+say "4. packing"
+"$PY" - "$WORK" "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+summary = {}
+for run in sorted(p for p in work.iterdir() if p.is_dir()):
+    recs = []
+    if (run / "metrics.jsonl").exists():
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [r for r in recs if r["split"] == "train"]
+    valid = [r for r in recs if r["split"] == "valid"]
+    ev = run / "eval_test.json"
+    summary[run.name] = {
+        "steps": train[-1]["step"] if train else 0,
+        "minutes": (train[-1]["time"] - train[0]["time"]) / 60 if len(train) > 1 else None,
+        "sketches_per_s_last": train[-1]["sketches_per_s"] if train else None,
+        "best_valid": min(valid, key=lambda r: r["loss"]) if valid else None,
+        "test": json.loads(ev.read_text()) if ev.exists() and ev.stat().st_size else None,
+    }
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary, indent=2))
+EOF
+LIMIT_BYTES=$((16 * 1024 * 1024 - 65536))
+for name in layernorm lstm; do
+    [ -d "$WORK/$name" ] || continue
+    tar -czf "$OUT/run_$name.tar.gz" -C "$WORK" --exclude=last.safetensors "$name"
+    if [ "$(stat -c %s "$OUT/run_$name.tar.gz")" -gt "$LIMIT_BYTES" ]; then
+        say "run_$name.tar.gz too big: packing without samples/"
+        tar -czf "$OUT/run_$name.tar.gz" -C "$WORK" --exclude=last.safetensors --exclude=samples "$name"
+    fi
+done
+ls -l "$OUT"
+say "done in $(elapsed)s (budget ${BUDGET}s)"
+sleep 1  # let tee finish log.txt

@@ -1,0 +1,178 @@
+"""The teacher-forcing time loop of the recurrent cells, and its fast form on CUDA.
+
+Training runs a cell over all N_max steps of a fixed-shape batch. Stepping through time in Python
+launches a dozen small kernels per step, forward and backward: on an H200 the layer-norm LSTM 512
+took 8.5x the cuDNN LSTM's train step (issue 11). Neither fusing the step nor launching the whole
+loop at once was enough alone, so with grad enabled on CUDA the loop runs as
+  1. the step compiled by `torch.compile` (fullgraph, static shapes): a few fused kernels per step,
+     forward and backward (AOTAutograd compiles both);
+  2. the whole T-step loop, forward and backward, captured once per input shape as two CUDA graphs
+     (`torch.cuda.make_graphed_callables`) and replayed: one launch per pass.
+The loop's inputs are the input projections for all T (the caller hoists them out of the loop: one
+matmul), the initial state and the recurrent-dropout masks for all T, drawn outside the graph (a
+captured graph must hold no RNG). The masks keep each unit with probability `keep` and scale the
+kept ones by 1 / keep, exactly as `F.dropout(g, 1 - keep)` did per step before.
+
+Each CUDA-only stage that fails (compile, capture, or a captured graph whose forward disagrees with
+the eager loop) logs one warning line and falls back: compiled + graphed -> graphed eager step ->
+the eager loop. A training run never dies because of the fast path. Everywhere else (CPU, no grad,
+other shapes) the eager loop below runs: on CPU it is as fast as anything measured
+(benchmarks/RESULTS.md, "Fast recurrent cells").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# (xw_t (B, X), carry (tensors), mask_t (B, H) or None, *params) -> (h (B, H), next carry)
+Step = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
+
+MAX_GRAPHS_PER_MODULE = 2  # training has one shape; a second covers e.g. a decoder-only zero state
+CHECK_TOLERANCE = 1e-3  # a captured forward farther than this from the eager loop is not used
+
+_enabled = os.environ.get("SKETCHKIT_FAST_CELLS", "1") != "0"
+_graphs: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+_compiled: dict[Step, Step] = {}
+
+
+def set_fast(enabled: bool) -> None:
+    """Switch the CUDA fast path on or off (benchmarks compare both; SKETCHKIT_FAST_CELLS=0 at start)."""
+    global _enabled
+    _enabled = enabled
+
+
+def fast_applies(x: torch.Tensor) -> bool:
+    """Whether a training pass over `x` takes the CUDA fast path (so shapes should stay static)."""
+    return _enabled and x.is_cuda and torch.is_grad_enabled()
+
+
+def dropout_masks(steps: int, batch: int, size: int, keep: float, like: torch.Tensor) -> torch.Tensor:
+    """(T, B, H) recurrent-dropout masks: 1 / keep with probability keep, else 0."""
+    return torch.empty(steps, batch, size, device=like.device, dtype=like.dtype).bernoulli_(keep).div_(keep)
+
+
+def loop(
+    step: Step,
+    params: Sequence[torch.Tensor],
+    xw: torch.Tensor,
+    carry: tuple[torch.Tensor, ...],
+    masks: torch.Tensor | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The eager loop: xw (B, T, X) input projections, masks (T, B, H) or None -> h (B, T, H),
+    the carry after the last step."""
+    out = []
+    for t in range(xw.shape[1]):
+        h, carry = step(xw[:, t], carry, None if masks is None else masks[t], *params)
+        out.append(h)
+    return torch.stack(out, 1), carry
+
+
+def compiled(step: Step) -> Step:
+    """`step` compiled once for the whole process (fullgraph, static shapes)."""
+    if step not in _compiled:
+        _compiled[step] = torch.compile(step, fullgraph=True, dynamic=False)
+    return _compiled[step]
+
+
+class Loop(nn.Module):
+    """`loop` as a module whose parameters are the step's (the same Parameter objects as the
+    cell's, not copies): the form `make_graphed_callables` captures, with the weights as inputs."""
+
+    def __init__(self, step: Step, params: Sequence[nn.Parameter]):
+        super().__init__()
+        self.step = step
+        self.weights = nn.ParameterList(params)
+
+    def forward(
+        self, xw: torch.Tensor, masks: torch.Tensor, *carry: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        h, last = loop(self.step, list(self.weights), xw, tuple(c.contiguous() for c in carry), masks)
+        return (h, *last)
+
+
+def run(
+    owner: nn.Module,
+    step: Step,
+    params: Sequence[nn.Parameter],
+    xw: torch.Tensor,
+    carry: tuple[torch.Tensor, ...],
+    masks: torch.Tensor | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The loop over xw (B, T, X), fast when `fast_applies` and a graph for these shapes exists or
+    can be made (cached per `owner`, the module whose weights `params` are); else eager."""
+    if not fast_applies(xw):
+        return loop(step, params, xw, carry, masks)
+    B, T = xw.shape[:2]
+    H = carry[0].shape[1]
+    if masks is None:
+        masks = torch.ones(T, B, H, device=xw.device, dtype=xw.dtype)
+    args = (xw, masks, *carry)
+    key = tuple((tuple(a.shape), a.dtype, a.requires_grad) for a in args) + (str(xw.device),)
+    graphs = _graphs.setdefault(owner, {})
+    if key not in graphs:
+        graphs[key] = _capture(step, params, args) if len(graphs) < MAX_GRAPHS_PER_MODULE else None
+    entry = graphs[key]
+    if entry is not None:
+        try:
+            h, *last = entry["fn"](*args)
+            return h, tuple(last)
+        except Exception as e:  # noqa: BLE001 - as in _capture: only speed may be lost
+            log.warning("fast cells: a captured loop failed (%s: %s); eager from now on", type(e).__name__, e)
+            graphs[key] = None
+    return loop(step, params, xw, carry, masks)
+
+
+def stats() -> list[dict[str, Any]]:
+    """How each captured loop runs ("compiled+graph", "graph" or "eager") and what it cost to
+    make (seconds, including warm-up and capture): for the benchmark's table."""
+    return [
+        {"xw_shape": list(key[0][0]), "mode": e["mode"], "seconds": e["seconds"]}
+        for graphs in _graphs.values()
+        for key, e in graphs.items()
+        if e is not None
+    ]
+
+
+def _capture(
+    step: Step, params: Sequence[nn.Parameter], args: tuple[torch.Tensor, ...]
+) -> dict[str, Any] | None:
+    """Graph the loop, compiled step first, eager step second; None: use the eager loop."""
+    sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+    for mode, fn in (("compiled+graph", compiled(step)), ("graph", step)):
+        t0 = time.perf_counter()
+        try:
+            graphed = torch.cuda.make_graphed_callables(Loop(fn, params), sample, allow_unused_input=True)
+            _check(graphed, step, params, sample)
+        except Exception as e:  # noqa: BLE001 - any failure here must only cost speed
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            log.warning("fast cells: %s failed (%s: %s); falling back", mode, type(e).__name__, first[:200])
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize()
+            continue
+        torch.cuda.synchronize()
+        return {"fn": graphed, "mode": mode, "seconds": time.perf_counter() - t0}
+    return None
+
+
+def _check(
+    graphed: Callable[..., Any], step: Step, params: Sequence[nn.Parameter], sample: tuple[torch.Tensor, ...]
+) -> None:
+    """The captured forward must equal the eager loop on the capture's own inputs."""
+    xw, masks, *carry = sample
+    with torch.no_grad():
+        want, _ = loop(step, params, xw, tuple(carry), masks)
+        got = graphed(*sample)[0]
+    err = float((got - want).abs().max())
+    if not err <= CHECK_TOLERANCE * (1.0 + float(want.abs().max())):
+        raise RuntimeError(f"captured forward differs from the eager loop by {err:.3g}")
