@@ -21,9 +21,8 @@ import numpy as np
 
 from sketchkit import strokes
 from sketchkit.errors import DataError, ModelError, SketchkitError
+from sketchkit.modelinfo import RULES
 from sketchkit.runtime import Runtime
-
-RULES = ("eq8", "js")
 
 
 @dataclass(frozen=True)
