@@ -28,6 +28,7 @@ from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.graphs import Graph, Tensor, concrete_dims, graphs_for
 from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
+from sketchkit.names import check_name
 from sketchkit.runtime_triton import (
     CONTROL_START,
     INFO_PARAMETER,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
 
 TEMPLATES = Path(__file__).parent / "templates"
+MARKER = ".sketchkit-repository"  # written into every repository we build: --force replaces only these
 FLAVORS = ("cpu", "gpu")
 ACCELERATORS = ("none", "tensorrt", "tensorrt-fp16")
 _TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -294,7 +296,7 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
 
 
 def _write_model(repo: Path, cfg, write_onnx: Callable[[Path], object], template: str | None) -> None:
-    version = repo / cfg.name / "1"
+    version = repo / check_name(cfg.name, "Triton model name") / "1"  # never a path out of the repo
     version.mkdir(parents=True)
     (repo / cfg.name / "config.pbtxt").write_text(to_text(cfg))
     write_onnx(version / "model.onnx")
@@ -310,8 +312,14 @@ def build_repo(
     model names. Built in a temp dir beside `out` and renamed into place: never half a repo."""
     opts = options or RepoOptions()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise SketchkitError(f"{out} exists and is not empty (use --force to replace it)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise SketchkitError(f"{out} exists and is not empty (use --force to replace it)")
+        if out.is_symlink() or not (out / MARKER).is_file():
+            raise SketchkitError(
+                f"{out} is not a repository written by `sketchkit serve build-repo` (no {MARKER}): "
+                "not replacing it, --force or not"
+            )
     infos = [(Path(m), ModelInfo.load(m)) for m in models]
     names = [info.name for _, info in infos]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -333,4 +341,5 @@ def build_repo(
                 built.append(cfg.name)
         for config in tmp.glob("*/config.pbtxt"):
             read_config(config)  # what we wrote parses back into Triton's ModelConfig
+        (tmp / MARKER).write_text("".join(f"{name}\n" for name in built))
     return built

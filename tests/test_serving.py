@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from serving.repository import RepoOptions, build_repo, read_config
+from serving.repository import MARKER, RepoOptions, build_repo, read_config
 from sketchkit.cli import cli
 from sketchkit.errors import SketchkitError
 from sketchkit.graphs import concrete_dims, graphs_for
@@ -41,7 +41,8 @@ def test_layout_one_triton_model_per_graph(repo, tiny_vae, tiny_uncond):
     flavor, out = repo
     want = {"tiny-vae_encoder", "tiny-vae_decoder_init", "tiny-vae_decoder_step", "tiny-vae_decoder_step_stateful",
             "tiny-decoder-only_decoder_step", "tiny-decoder-only_decoder_step_stateful"}  # fmt: skip
-    assert {p.name for p in out.iterdir()} == want
+    assert {p.name for p in out.iterdir() if p.is_dir()} == want
+    assert set((out / MARKER).read_text().split()) == want  # what --force may replace
     for name in want:
         files = {p.name for p in (out / name / "1").iterdir()}
         assert files == ({"model.onnx", "model.py"} if flavor == "cpu" else {"model.onnx"})
