@@ -230,6 +230,8 @@ def _parse_drawing(line: str, where: str) -> Drawing:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be a drawing") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("drawing"), list):
         raise DataError(f"{where}: no 'drawing' list")
     lines = []

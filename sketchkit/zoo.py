@@ -41,7 +41,7 @@ import click
 
 from sketchkit import __version__
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.io import atomic_directory, atomic_write, sha256_file
+from sketchkit.io import atomic_directory, atomic_write, remove_stale_temps, sha256_file
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import safe_name
 
@@ -218,8 +218,7 @@ def _pin(url: str, digest: str | None) -> None:
             del table[url]
         else:
             table[url] = digest
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a write killed halfway
-            stale.unlink(missing_ok=True)
+        remove_stale_temps(path.parent, [path.name])  # a write killed halfway
         with atomic_write(path, "w") as f:
             json.dump(table, f, indent=1, sort_keys=True)
 

@@ -29,7 +29,7 @@ import torch
 from sketchkit import strokes
 from sketchkit.datasets import Dataset, concat, load_npz
 from sketchkit.errors import SketchkitError
-from sketchkit.io import atomic_write, sha256_file
+from sketchkit.io import atomic_write, remove_stale_temps, sha256_file
 from zoo import checkpoint
 from zoo.config import HParams
 from zoo.evaluate import evaluate
@@ -282,6 +282,7 @@ def train(
     best validation metrics."""
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out, ["best.safetensors", "last.safetensors", "metrics.jsonl", "recipe.toml"])  # killed writes
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(hp)
     torch.manual_seed(hp.seed)
