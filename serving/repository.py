@@ -62,6 +62,8 @@ class RepoOptions:
     stateful: bool = True  # also build <name>_decoder_step_stateful
     sequence_idle_s: float = 60.0  # a stateful sequence idle this long is dropped (Triton's default: 1 s)
     max_sequences: int = 1024  # stateful sequences in flight per instance before Triton backlogs new ones
+    max_sequence_rows: int = 4096  # stateful, cpu: rows one sequence may hold
+    max_state_bytes: int = 1 << 30  # stateful, cpu: state all sequences together may hold
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
@@ -79,8 +81,10 @@ class RepoOptions:
             or self.instances < 1
             or self.queue_delay_us < 0
             or self.sequence_idle_s <= 0
+            or self.max_sequence_rows < 1
+            or self.max_state_bytes < 1
         ):
-            raise SketchkitError("max batch size and instances must be >= 1, delays >= 0")
+            raise SketchkitError("max batch size, instances and the stateful caps must be >= 1, delays >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +197,8 @@ def stateful_config(info: ModelInfo, opts: RepoOptions) -> model_config_pb2.Mode
         cfg.parameters["state_output"].string_value = STATE_OUT
         cfg.parameters["state_size"].string_value = str(info.state_size)
         cfg.parameters["idle_seconds"].string_value = str(opts.sequence_idle_s)
+        cfg.parameters["max_rows"].string_value = str(opts.max_sequence_rows)
+        cfg.parameters["max_state_bytes"].string_value = str(opts.max_state_bytes)
     return cfg
 
 

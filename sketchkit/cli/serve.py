@@ -57,10 +57,14 @@ def serve() -> None:
     show_default=True,
     help="Stateful: drop a sequence idle this long.",
 )
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--max-sequence-rows", type=int, default=4096, show_default=True,
+              help="Stateful, cpu: rows one sequence may hold.")
+@click.option("--max-state-mb", type=int, default=1024, show_default=True,
+              help="Stateful, cpu: MB of state all sequences together may hold.")
+@click.option("--force", is_flag=True, help="Replace --out if it is a repository written by build-repo.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
-               force: bool) -> None:  # fmt: skip
+               max_sequence_rows: int, max_state_mb: int, force: bool) -> None:  # fmt: skip
     """Write a Triton model repository for MODELS (model directories or zoo names): one Triton
     model per graph, <name>_encoder, <name>_decoder_init, <name>_decoder_step."""
     from serving.repository import RepoOptions
@@ -70,6 +74,7 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     options = RepoOptions(
         flavor=flavor, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, instances=instances,
         accelerator=accelerator, cuda_graphs=cuda_graphs, stateful=stateful, sequence_idle_s=sequence_idle_s,
+        max_sequence_rows=max_sequence_rows, max_state_bytes=max_state_mb << 20,
     )  # fmt: skip
     names = build([resolve_model(m) for m in models], out, options, force=force)
     click.echo(f"wrote {out} ({flavor}): {', '.join(names)}")
