@@ -65,9 +65,10 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-MAX_NPZ_MEMBER_BYTES = int(os.environ.get("SKETCHKIT_MAX_NPZ_BYTES", 4 << 30))
-"""Largest uncompressed `.npz` member we inflate (4 GiB; `SKETCHKIT_MAX_NPZ_BYTES` moves it): a
-zip bomb is refused from its directory entry, before anything is decompressed."""
+MAX_NPZ_MEMBER_BYTES = int(os.environ.get("SKETCHKIT_MAX_NPZ_BYTES", 512 << 20))
+"""Largest uncompressed `.npz` member we inflate (512 MiB, several times a QuickDraw class's
+largest split; `SKETCHKIT_MAX_NPZ_BYTES` moves it): a zip bomb is refused from its directory
+entry, before anything is decompressed."""
 
 
 def _npy_header(f: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:

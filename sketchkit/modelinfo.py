@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sketchkit.errors import ModelError
+from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.graphs import graphs_for
 from sketchkit.io import atomic_write
 from sketchkit.names import check_name, is_valid_name
@@ -144,7 +144,10 @@ def validate(info: ModelInfo) -> None:
     Triton server's config): types, sizes within the stated bounds, a finite positive scale
     factor, and graph files that are plain names (`graph_path` also resolves them)."""
     if not isinstance(info.name, str) or not is_valid_name(info.name.replace("/", "-")):
-        check_name(str(info.name))  # a zoo name may hold '/' (magenta/owl.gen): each part follows the rule
+        try:  # a zoo name may hold '/' (magenta/owl.gen): each part follows the rule
+            check_name(str(info.name))
+        except SketchkitError as e:
+            raise ModelError(f"model.json: {e}") from None
     _one_of(info, "kind", KINDS)
     _one_of(info, "cell", CELLS)
     _one_of(info, "temperature_rule", RULES)

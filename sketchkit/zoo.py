@@ -255,13 +255,13 @@ def fetch(file: dict[str, Any], dest: Path | None = None, progress: bool = True,
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _lock(dest):
         expected, _ = expected_sha256(file)
-        _drop_symlink(dest)
+        _drop_planted(dest)
         if dest.is_file():
             if expected is not None and sha256_file(dest) == expected:
                 return dest
             dest.unlink()  # changed since it was verified, or never verified (no pin): again
         part = dest.with_name(dest.name + ".part")
-        _drop_symlink(part)
+        _drop_planted(part)
         limits = Limits.from_env()
         deadline = time.monotonic() + limits.deadline_s
         url, size = source_url(file), file.get("size")
@@ -290,10 +290,10 @@ def fetch(file: dict[str, Any], dest: Path | None = None, progress: bool = True,
     return dest
 
 
-def _drop_symlink(path: Path) -> None:
-    """The cache never holds symlinks: one where a download goes was planted; remove the link
-    itself (what it points to stays untouched)."""
-    if path.is_symlink():
+def _drop_planted(path: Path) -> None:
+    """The cache never holds links: a symlink or a hard link where a download goes was planted;
+    remove the link itself (what it points to stays untouched)."""
+    if path.is_symlink() or (path.is_file() and path.stat().st_nlink > 1):
         path.unlink()
 
 
@@ -579,14 +579,15 @@ def _cached_files(name: str) -> list[Path]:
     return found
 
 
-def verify(progress: bool = True) -> list[tuple[str, str]]:
+def verify() -> dict[str, str]:
     """Re-check the cache: every cached model loads, and every download matches its registry
-    hash or its pin. Returns (model, problem) for each that does not; fixes nothing."""
-    problems = []
+    hash or its pin. Returns {model: problem, or "" when it is fine}; fixes nothing."""
+    report = {}
     for name in available_models():
         row = _row(name)
         if row.get("shipped") or not (is_cached(name) or _cached_files(name)):
             continue
+        report[name] = ""
         try:
             if is_cached(name):
                 ModelInfo.load(model_dir(name))
@@ -594,16 +595,14 @@ def verify(progress: bool = True) -> list[tuple[str, str]]:
                 p = _download_path(f)
                 expected, how = expected_sha256(f)
                 if p.is_symlink():
-                    raise SketchkitError(f"{p.name} is a symlink")
+                    raise SketchkitError(f"{f['name']} is a symlink")
                 if p.is_file() and expected is None:
-                    raise SketchkitError(f"{p.name} was never verified (no pin)")
+                    raise SketchkitError(f"{f['name']} was never verified (no pin)")
                 if p.is_file() and sha256_file(p) != expected:
-                    raise SketchkitError(f"{p.name} does not match its {how} SHA-256")
+                    raise SketchkitError(f"{f['name']} does not match its {how} SHA-256")
         except SketchkitError as e:
-            problems.append((name, str(e)))
-        if progress:
-            click.echo(f"{name}: {'ok' if not problems or problems[-1][0] != name else problems[-1][1]}", err=True)
-    return problems
+            report[name] = str(e)
+    return report
 
 
 def info(name: str) -> dict[str, Any]:

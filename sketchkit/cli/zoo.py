@@ -133,23 +133,12 @@ def rm(name: str) -> None:
 @zoo.command("verify")
 def verify() -> None:
     """Re-check the cache: each cached model loads, each download matches its SHA-256."""
-    problems = client.verify()
+    report = client.verify()
+    for name, problem in report.items():
+        click.echo(f"{name}: {problem or 'ok'}")
+    problems = [f"{name}: {problem}" for name, problem in report.items() if problem]
     if problems:
         raise SketchkitError(
-            f"{len(problems)} cached model(s) failed: {'; '.join(f'{n}: {why}' for n, why in problems)} "
-            "(`sketchkit zoo rm NAME` clears one)"
+            f"{len(problems)} cached model(s) failed: {'; '.join(problems)} (`sketchkit zoo rm NAME` clears one)"
         )
     click.echo(f"cache ok: {client.cache_dir()}", err=True)
-
-
-@zoo.command("path")
-@click.argument("name", required=False)
-def path(name: str | None) -> None:
-    """The cache directory, or the directory of a local model (never downloads)."""
-    if name is None:
-        click.echo(client.cache_dir())
-        return
-    local = next((c for c in client.candidates(name) if client.is_cached(c)), None)
-    if local is None:
-        raise SketchkitError(f"{name} is not cached; run `sketchkit zoo pull {name}`")
-    click.echo(client.model_dir(local))
