@@ -201,8 +201,11 @@ def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
         arrays["classes"] = np.array(ds.classes)
         for k in SPLITS:
             arrays[f"{k}_labels"] = ds.labels[k]
-    with atomic_write(path) as f:
-        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+    # what np.savez_compressed writes, with the zip closed even when a write fails (a full disk)
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
+        for key, arr in arrays.items():
+            with z.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=True)
 
 
 def concat(datasets: Sequence[Dataset], names: Sequence[str]) -> Dataset:
@@ -498,9 +501,12 @@ def convert_ndjson(
                 for first, lines in _chunks(f, CHUNK_LINES):
                     take(_convert_lines(str(path), first, lines, epsilon))
             else:
+                import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor
 
-                with ProcessPoolExecutor(workers) as pool:
+                # forkserver: workers start clean, holding none of this process's threads or
+                # open files (a forked worker would keep a pipe's writer open: no EOF, ever)
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
                     pending: collections.deque = collections.deque()
                     for first, lines in _chunks(f, CHUNK_LINES):
                         pending.append(pool.submit(_convert_lines, str(path), first, lines, epsilon))
