@@ -201,11 +201,17 @@ def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
         arrays["classes"] = np.array(ds.classes)
         for k in SPLITS:
             arrays[f"{k}_labels"] = ds.labels[k]
-    # what np.savez_compressed writes, with the zip closed even when a write fails (a full disk)
+    # what np.savez_compressed writes, with the zip closed even when a write fails (a full disk),
+    # and object arrays pickled with protocol 4, whose frames stream into the zip: numpy's
+    # protocol 3 builds the whole pickle in memory first (as big as the dataset again)
     with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
         for key, arr in arrays.items():
             with z.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, arr, allow_pickle=True)
+                if arr.dtype.hasobject:
+                    np.lib.format.write_array_header_1_0(member, np.lib.format.header_data_from_array_1_0(arr))
+                    pickle.dump(arr, member, protocol=4)
+                else:
+                    np.lib.format.write_array(member, arr)
 
 
 def concat(datasets: Sequence[Dataset], names: Sequence[str]) -> Dataset:
