@@ -142,3 +142,16 @@ def verify() -> None:
             f"{len(problems)} cached model(s) failed: {'; '.join(problems)} (`sketchkit zoo rm NAME` clears one)"
         )
     click.echo(f"cache ok: {client.cache_dir()}", err=True)
+
+
+@zoo.command("path")
+@click.argument("name", required=False)
+def path(name: str | None) -> None:
+    """The cache directory, or the directory of a local model (never downloads)."""
+    if name is None:
+        click.echo(client.cache_dir())
+        return
+    local = next((c for c in client.candidates(name) if client.is_cached(c)), None)
+    if local is None:
+        raise SketchkitError(f"{name} is not cached; run `sketchkit zoo pull {name}`")
+    click.echo(client.model_dir(local))
