@@ -455,8 +455,8 @@ def _convert_lines(label: str, first: int, lines: list[bytes], epsilon: float) -
         obj = _parse_json(line, where)
         count += 1
         fast = _fast_stroke3(obj, epsilon)
-        if fast is not None:
-            word = str(obj.get("word", "")) if word is None else word  # type: ignore[union-attr]
+        if fast is not None and isinstance(obj, dict):  # (the fast path takes only objects)
+            word = str(obj.get("word", "")) if word is None else word
             sketches.append(fast)
             continue
         d = _drawing(obj, where)

@@ -130,7 +130,7 @@ def graph_path(directory: str | os.PathLike[str], info: ModelInfo, graph: str) -
 
 def _int_in(info: ModelInfo, name: str, low: int, high: int) -> None:
     v = getattr(info, name)
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= high:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= int(v) <= high:
         raise ModelError(f"model.json: {name} must be an integer in [{low}, {high}], got {v!r}")
 
 
