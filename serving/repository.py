@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
 
 TEMPLATES = Path(__file__).parent / "templates"
+MARKER = ".sketchkit-repository"  # written into every repository we build: --force replaces only these
 FLAVORS = ("cpu", "gpu")
 ACCELERATORS = ("none", "tensorrt", "tensorrt-fp16")
 _TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "bool": "TYPE_BOOL",
@@ -75,6 +76,8 @@ class RepoOptions:
     max_sketches_in_flight: int = 4096  # generate: queued + running sketches; beyond, "busy" errors
     max_rows_per_step: int = 1024  # generate: rows of one graph evaluation; the rest wait their turn
     max_len: int = 1000  # generate: a request's max_len (and prefix length) above this is an error
+    max_sequence_rows: int = 4096  # stateful, cpu: rows one sequence may hold
+    max_state_bytes: int = 1 << 30  # stateful, cpu: state all sequences together may hold
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
@@ -93,8 +96,10 @@ class RepoOptions:
             or self.queue_delay_us < 0
             or self.sequence_idle_s <= 0
             or min(self.max_sketches_per_request, self.max_sketches_in_flight, self.max_rows_per_step, self.max_len) < 1
+            or self.max_sequence_rows < 1
+            or self.max_state_bytes < 1
         ):
-            raise SketchkitError("max batch size and instances must be >= 1, delays >= 0")
+            raise SketchkitError("max batch size, instances and the stateful caps must be >= 1, delays >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +212,8 @@ def stateful_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_conf
         cfg.parameters["state_output"].string_value = STATE_OUT
         cfg.parameters["state_size"].string_value = str(info.state_size)
         cfg.parameters["idle_seconds"].string_value = str(opts.sequence_idle_s)
+        cfg.parameters["max_rows"].string_value = str(opts.max_sequence_rows)
+        cfg.parameters["max_state_bytes"].string_value = str(opts.max_state_bytes)
     return cfg
 
 
@@ -335,7 +342,7 @@ def _copy_model_dir(model_dir: Path, info: ModelInfo, onnx_path: Path) -> None:
 
 
 def _write_model(repo: Path, cfg, write_onnx: Callable[[Path], object], template: str | None) -> None:
-    version = repo / cfg.name / "1"
+    version = repo / check_name(cfg.name, "Triton model name") / "1"  # never a path out of the repo
     version.mkdir(parents=True)
     (repo / cfg.name / "config.pbtxt").write_text(to_text(cfg))
     write_onnx(version / "model.onnx")
@@ -352,8 +359,14 @@ def build_repo(
     Triton-safe). Built in a temp dir beside `out` and renamed into place: never half a repo."""
     opts = options or RepoOptions()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise SketchkitError(f"{out} exists and is not empty (use --force to replace it)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise SketchkitError(f"{out} exists and is not empty (use --force to replace it)")
+        if out.is_symlink() or not (out / MARKER).is_file():
+            raise SketchkitError(
+                f"{out} is not a repository written by `sketchkit serve build-repo` (no {MARKER}): "
+                "not replacing it, --force or not"
+            )
     if names is not None and len(names) != len(models):
         raise SketchkitError(f"got {len(names)} names for {len(models)} models")
     infos = [(Path(m), ModelInfo.load(m)) for m in models]
@@ -384,4 +397,5 @@ def build_repo(
                 built.append(cfg.name)
         for config in tmp.glob("*/config.pbtxt"):
             read_config(config)  # what we wrote parses back into Triton's ModelConfig
+        (tmp / MARKER).write_text("".join(f"{name}\n" for name in built))
     return built

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -63,9 +65,10 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-MAX_NPZ_MEMBER_BYTES = int(os.environ.get("SKETCHKIT_MAX_NPZ_BYTES", 4 << 30))
-"""Largest uncompressed `.npz` member we inflate (4 GiB; `SKETCHKIT_MAX_NPZ_BYTES` moves it): a
-zip bomb is refused from its directory entry, before anything is decompressed."""
+MAX_NPZ_MEMBER_BYTES = int(os.environ.get("SKETCHKIT_MAX_NPZ_BYTES", 512 << 20))
+"""Largest uncompressed `.npz` member we inflate (512 MiB, several times a QuickDraw class's
+largest split; `SKETCHKIT_MAX_NPZ_BYTES` moves it): a zip bomb is refused from its directory
+entry, before anything is decompressed."""
 
 
 def _npy_header(f: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -186,6 +189,9 @@ def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
         split = ds.split(k)
         obj = np.empty(len(split), dtype=object)
         for i, s in enumerate(split):
+            if isinstance(s, np.ndarray) and s.dtype == np.int16:
+                obj[i] = s  # already what we would write
+                continue
             s = np.rint(np.asarray(s))
             if np.abs(s).max(initial=0) > INT16_MAX:  # astype would wrap around silently
                 raise DataError(f"{k}[{i}]: offset {np.abs(s).max():g} does not fit the int16 .npz format")
@@ -195,8 +201,17 @@ def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
         arrays["classes"] = np.array(ds.classes)
         for k in SPLITS:
             arrays[f"{k}_labels"] = ds.labels[k]
-    with atomic_write(path) as f:
-        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+    # what np.savez_compressed writes, with the zip closed even when a write fails (a full disk),
+    # and object arrays pickled with protocol 4, whose frames stream into the zip: numpy's
+    # protocol 3 builds the whole pickle in memory first (as big as the dataset again)
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
+        for key, arr in arrays.items():
+            with z.open(f"{key}.npy", "w", force_zip64=True) as member:
+                if arr.dtype.hasobject:
+                    np.lib.format.write_array_header_1_0(member, np.lib.format.header_data_from_array_1_0(arr))
+                    pickle.dump(arr, member, protocol=4)
+                else:
+                    np.lib.format.write_array(member, arr)
 
 
 def concat(datasets: Sequence[Dataset], names: Sequence[str]) -> Dataset:
@@ -225,11 +240,20 @@ class Drawing:
     raw: bool
 
 
-def _parse_drawing(line: str, where: str) -> Drawing:
+def _parse_json(line: str, where: str) -> object:
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be a drawing") from None
+
+
+def _parse_drawing(line: str, where: str) -> Drawing:
+    return _drawing(_parse_json(line, where), where)
+
+
+def _drawing(obj: object, where: str) -> Drawing:
     if not isinstance(obj, dict) or not isinstance(obj.get("drawing"), list):
         raise DataError(f"{where}: no 'drawing' list")
     lines = []
@@ -316,25 +340,209 @@ def drawing_to_stroke3(d: Drawing, epsilon: float = 2.0) -> np.ndarray:
     return strokes.from_polylines(lines)
 
 
+# ---- conversion: streamed in chunks of lines over worker processes, results kept compact -----
+CHUNK_LINES = 2000  # lines per task: big enough to amortise a task, small enough to stream
+
+
+def _int_coords(stroke: object) -> bool:
+    """A simplified stroke [[xs], [ys]] of plain ints within COORD_LIMIT (the fast path's input)."""
+    if not (isinstance(stroke, list) and len(stroke) == 2):
+        return False
+    xs, ys = stroke
+    return (
+        isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys)
+        and set(map(type, xs)) <= {int} and set(map(type, ys)) <= {int}
+        and (not xs or (min(xs) >= -COORD_LIMIT and max(xs) <= COORD_LIMIT
+                        and min(ys) >= -COORD_LIMIT and max(ys) <= COORD_LIMIT))
+    )  # fmt: skip
+
+
+def _rdp_ints(points: list[tuple[int, int]], epsilon: float) -> list[tuple[int, int]]:
+    """`strokes.rdp` for a polyline of integer points in plain Python, keeping exactly the same
+    points. There, a point's distance is |cross| / chord in float64; with integers below 2^36 the
+    cross product is exact and dividing it by one chord keeps its order, so the farthest point is
+    the first with the largest integer |cross|, and only a near tie with epsilon needs the float
+    division by numpy's own hypot (which is not always correctly rounded)."""
+    n = len(points)
+    if n < 3 or epsilon <= 0:
+        return points
+    keep = [False] * n
+    keep[0] = keep[-1] = True
+    eps2 = epsilon * epsilon
+    stack = [(0, n - 1)]
+    while stack:
+        i, j = stack.pop()
+        if j - i < 2:
+            continue
+        (ax, ay), (bx, by) = points[i], points[j]
+        dx, dy = bx - ax, by - ay
+        chord2 = dx * dx + dy * dy
+        best, k = -1, i
+        if chord2:
+            for m in range(i + 1, j):
+                x, y = points[m]
+                c = dx * (y - ay) - dy * (x - ax)
+                if c < 0:
+                    c = -c
+                if c > best:
+                    best, k = c, m
+            square, limit = best * best, eps2 * chord2  # best / chord > epsilon, decided exactly
+            if abs(square - limit) > 1e-9 * limit:
+                far = square > limit
+            else:  # a near tie: the float division of strokes.rdp decides
+                far = best / float(np.hypot(dx, dy)) > epsilon
+        else:  # a closed stroke: distances to the point itself; ties decided by numpy's hypot
+            for m in range(i + 1, j):
+                x, y = points[m]
+                c = (x - ax) ** 2 + (y - ay) ** 2
+                if c > best:
+                    best, k = c, m
+            tied = [m for m in range(i + 1, j) if (points[m][0] - ax) ** 2 + (points[m][1] - ay) ** 2 == best]
+            hyp = [float(np.hypot(points[m][0] - ax, points[m][1] - ay)) for m in tied]
+            k = tied[hyp.index(max(hyp))]
+            far = max(hyp) > epsilon
+        if far:
+            keep[k] = True
+            stack.append((k, j))
+            stack.append((i, k))
+    return [p for p, kept in zip(points, keep, strict=True) if kept]
+
+
+def _fast_stroke3(obj: object, epsilon: float) -> np.ndarray | None:
+    """A simplified drawing of integer points as an int16 stroke-3, without numpy per point;
+    None when the drawing is anything else (the general path then decides, errors included)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("drawing"), list) or not obj["drawing"]:
+        return None
+    if not all(_int_coords(stroke) for stroke in obj["drawing"]):
+        return None
+    lines = [_rdp_ints(list(zip(xs, ys, strict=True)), epsilon) for xs, ys in obj["drawing"] if xs]
+    if not lines:
+        return None
+    rows: list[tuple[int, int, int]] = []
+    px, py = lines[0][0]
+    for line in lines:
+        for x, y in line:
+            rows.append((x - px, y - py, 0))
+            px, py = x, y
+        rows[-1] = (*rows[-1][:2], 1)
+    del rows[0]  # the first point is the origin (strokes.from_polylines)
+    if not rows or max(max(abs(a), abs(b)) for a, b, _ in rows) > INT16_MAX:
+        return None
+    return np.array(rows, dtype=np.int16)
+
+
+def _compact(s: np.ndarray) -> np.ndarray:
+    """int16 when the values are whole and fit (what save_npz writes anyway), else as is."""
+    if np.abs(s).max(initial=0) <= INT16_MAX and np.array_equal(s, np.rint(s)):
+        return s.astype(np.int16)
+    return s
+
+
+def _convert_lines(label: str, first: int, lines: list[bytes], epsilon: float) -> tuple[list[np.ndarray], str | None, int]:
+    """One chunk of an .ndjson file: (its sketches, the word of its first drawing, its drawings).
+    Runs in a worker process; a bad line raises the same one-line DataError as `read_ndjson`."""
+    sketches: list[np.ndarray] = []
+    word: str | None = None
+    count = 0
+    for number, raw in enumerate(lines, first):
+        where = f"{label}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: not UTF-8 text (is this an .ndjson file?)") from None
+        if not line.strip():
+            continue
+        obj = _parse_json(line, where)
+        count += 1
+        fast = _fast_stroke3(obj, epsilon)
+        if fast is not None and isinstance(obj, dict):  # (the fast path takes only objects)
+            word = str(obj.get("word", "")) if word is None else word
+            sketches.append(fast)
+            continue
+        d = _drawing(obj, where)
+        word = d.word if word is None else word
+        with contextlib.suppress(DataError):  # single-point drawings carry no stroke
+            sketches.append(_compact(drawing_to_stroke3(d, epsilon)))
+    return sketches, word, count
+
+
+def _chunks(f: IO[bytes], size: int) -> Iterable[tuple[int, list[bytes]]]:
+    number = 1
+    while True:
+        lines = list(itertools.islice(f, size))
+        if not lines:
+            return
+        yield number, lines
+        number += len(lines)
+
+
+def convert_ndjson(
+    path: str | os.PathLike[str], epsilon: float = 2.0, workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[np.ndarray], str]:
+    """Every drawing of a QuickDraw `.ndjson` as stroke-3 (single-point drawings skipped), in file
+    order, and the class word of its first drawing. The file is read in chunks of CHUNK_LINES
+    lines that `workers` processes (default: every core) convert, at most two per worker in
+    flight, so memory holds the compact results and a few chunks, never the whole file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    workers = workers or os.cpu_count() or 1
+    out: list[np.ndarray] = []
+    word: str | None = None
+    total = 0
+
+    def take(result: tuple[list[np.ndarray], str | None, int]) -> None:
+        nonlocal word, total
+        sketches, first_word, count = result
+        out.extend(sketches)
+        word = first_word if word is None else word
+        total += count
+        if progress:
+            progress(count)
+
+    try:
+        with open(path, "rb") as f:
+            if workers == 1:
+                for first, lines in _chunks(f, CHUNK_LINES):
+                    take(_convert_lines(str(path), first, lines, epsilon))
+            else:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                # forkserver: workers start clean, holding none of this process's threads or
+                # open files (a forked worker would keep a pipe's writer open: no EOF, ever)
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+                    pending: collections.deque = collections.deque()
+                    for first, lines in _chunks(f, CHUNK_LINES):
+                        pending.append(pool.submit(_convert_lines, str(path), first, lines, epsilon))
+                        if len(pending) >= 2 * workers:
+                            take(pending.popleft().result())
+                    while pending:
+                        take(pending.popleft().result())
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not total:
+        raise DataError(f"{path}: no drawings")
+    return out, word or ""
+
+
 def ndjson_to_dataset(
     paths: Iterable[str | os.PathLike[str]],
     epsilon: float = 2.0,
     split: tuple[float, float, float] = (0.9, 0.05, 0.05),
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> Dataset:
-    """Convert one or more `.ndjson` files into a (multi-class) Dataset, shuffled and split."""
+    """Convert one or more `.ndjson` files into a (multi-class) Dataset, shuffled and split;
+    streamed over `workers` processes (`convert_ndjson`). Sketches whose values are whole and
+    fit int16 (all of QuickDraw's) are kept as int16, the dtype the .npz format stores."""
     per_class: list[Dataset] = []
     names = []
     rng = np.random.default_rng(seed)
     for path in paths:
-        drawings = read_ndjson(path)
-        sketches = []
-        for d in drawings:
-            with contextlib.suppress(DataError):  # single-point drawings carry no stroke
-                sketches.append(drawing_to_stroke3(d, epsilon))
-            if progress:
-                progress(1)
+        sketches, word = convert_ndjson(path, epsilon, workers, progress)
         order = rng.permutation(len(sketches))
         sketches = [sketches[i] for i in order]
         n_train = int(round(split[0] * len(sketches)))
@@ -342,7 +550,7 @@ def ndjson_to_dataset(
         per_class.append(
             Dataset(sketches[:n_train], sketches[n_train : n_train + n_valid], sketches[n_train + n_valid :])
         )
-        names.append(drawings[0].word or Path(path).stem)
+        names.append(word or Path(path).stem)
     if len(per_class) == 1:
         return per_class[0]
     return concat(per_class, names)

@@ -36,6 +36,15 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
         raise
 
 
+def remove_stale_temps(directory: str | os.PathLike[str], names: list[str]) -> list[Path]:
+    """The temp files `atomic_write` left beside these files when a kill cut it short. Only call
+    it where no other process writes them (a run's own directory, or holding their lock)."""
+    stale = [p for name in names for p in Path(directory).glob(f".{name}.*.tmp") if not p.is_dir()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory in a temp dir beside `path`; it replaces `path` only if the block

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sketchkit.errors import ModelError
+from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.graphs import graphs_for
 from sketchkit.io import atomic_write
+from sketchkit.names import check_name, is_valid_name
 
 FORMAT = "sketchkit-onnx"
 VERSION = 1
+# Stated bounds: a model.json (from a download or a Triton server) cannot make the client allocate
+# more than these allow. The paper's largest model is H 2048 (HyperLSTM state 2H + 2 x 256).
+MAX_SIZE = 1 << 14  # enc_size, dec_size, z_size, state_size
+MAX_MIXTURE = 256  # M
+MAX_SEQ_LEN = 10_000  # N_max
+MAX_JSON_BYTES = 1 << 20  # model.json itself
+KINDS = ("vae", "decoder-only")
+CELLS = ("lstm", "layer_norm", "hyper")
+RULES = ("eq8", "js")
+PRECISIONS = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,9 @@ class ModelInfo:
     format: str = FORMAT
     version: int = VERSION
 
+    def __post_init__(self) -> None:
+        validate(self)
+
     @property
     def conditional(self) -> bool:
         return self.kind == "vae"
@@ -57,35 +73,108 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        if not isinstance(d, dict):
+            raise ModelError(f"model.json: expected a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if d.get("format") != FORMAT:
             raise ModelError(f"not a sketchkit model.json (format {d.get('format')!r})")
         if unknown:
             raise ModelError(f"model.json has unknown fields: {', '.join(sorted(unknown))}")
+        start = d.get("start_token", (0, 0, 1, 0, 0))
+        if not isinstance(start, (list, tuple)):
+            raise ModelError(f"model.json: start_token must be a list of 5 numbers, got {start!r}")
         try:
-            d = dict(d, start_token=tuple(d.get("start_token", (0, 0, 1, 0, 0))))
-            info = cls(**d)
+            info = cls(**dict(d, start_token=tuple(start)))
         except TypeError as e:
             raise ModelError(f"model.json: {e}") from None
-        if info.kind not in ("vae", "decoder-only"):
-            raise ModelError(f"model.json: unknown kind {info.kind!r}")
         return info
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ModelInfo:
         path = Path(directory) / "model.json"
-        if not path.is_file():
-            raise ModelError(f"{directory}: not a model directory (no model.json)")
         try:
+            if not path.is_file():
+                raise ModelError(f"{directory}: not a model directory (no model.json)")
+            if path.stat().st_size > MAX_JSON_BYTES:
+                raise ModelError(f"{path}: over {MAX_JSON_BYTES} bytes; not a model.json")
             d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelError(f"{path}: corrupt JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ModelError(f"{path}: corrupt JSON ({str(e).splitlines()[0]})") from None
+        except OSError as e:
+            raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
         if not isinstance(d, dict):
             raise ModelError(f"{path}: expected a JSON object")
-        info = cls.from_dict(d)
+        try:
+            info = cls.from_dict(d)
+        except ModelError as e:
+            raise ModelError(f"{path}: {str(e).removeprefix('model.json: ')}") from None
         for g in graphs_for(info.kind):
-            f = info.files.get(g.name)
-            if not f or not (Path(directory) / f).is_file():
-                raise ModelError(f"{directory}: missing graph file for {g.name!r}")
+            graph_path(directory, info, g.name)
         return info
+
+
+def graph_path(directory: str | os.PathLike[str], info: ModelInfo, graph: str) -> Path:
+    """The file of one graph, resolved (symlinks too) and checked to lie inside `directory`."""
+    root = Path(directory).resolve()
+    name = info.files.get(graph)
+    if not name:
+        raise ModelError(f"{directory}: model.json names no file for the graph {graph!r}")
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise ModelError(f"{directory}: the {graph} file {name!r} lies outside the model directory")
+    if not path.is_file():
+        raise ModelError(f"{directory}: missing graph file for {graph!r} ({name})")
+    return path
+
+
+def _int_in(info: ModelInfo, name: str, low: int, high: int) -> None:
+    v = getattr(info, name)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= int(v) <= high:
+        raise ModelError(f"model.json: {name} must be an integer in [{low}, {high}], got {v!r}")
+
+
+def _one_of(info: ModelInfo, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(info, name) not in choices:
+        raise ModelError(f"model.json: {name} must be one of {', '.join(choices)}, got {getattr(info, name)!r}")
+
+
+def validate(info: ModelInfo) -> None:
+    """The one check of a model.json, wherever it comes from (a model directory, the zoo, a
+    Triton server's config): types, sizes within the stated bounds, a finite positive scale
+    factor, and graph files that are plain names (`graph_path` also resolves them)."""
+    if not isinstance(info.name, str) or not is_valid_name(info.name.replace("/", "-")):
+        try:  # a zoo name may hold '/' (magenta/owl.gen): each part follows the rule
+            check_name(str(info.name))
+        except SketchkitError as e:
+            raise ModelError(f"model.json: {e}") from None
+    _one_of(info, "kind", KINDS)
+    _one_of(info, "cell", CELLS)
+    _one_of(info, "temperature_rule", RULES)
+    _one_of(info, "precision", PRECISIONS)
+    if info.format != FORMAT or info.version != VERSION:
+        raise ModelError(f"model.json: unsupported format {info.format!r} version {info.version!r}")
+    for name in ("dec_size", "state_size"):
+        _int_in(info, name, 1, MAX_SIZE)
+    for name in ("enc_size", "z_size"):
+        _int_in(info, name, 1 if info.kind == "vae" else 0, MAX_SIZE)
+    _int_in(info, "num_mixture", 1, MAX_MIXTURE)
+    _int_in(info, "max_seq_len", 1, MAX_SEQ_LEN)
+    sf = info.scale_factor
+    if isinstance(sf, bool) or not isinstance(sf, numbers.Real) or not (math.isfinite(sf) and sf > 0):
+        raise ModelError(f"model.json: scale_factor must be a finite number > 0, got {sf!r}")
+    start = info.start_token
+    if len(start) != 5 or not all(
+        isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in start
+    ):
+        raise ModelError(f"model.json: start_token must be 5 finite numbers, got {list(start)!r}")
+    for name in ("source", "license"):
+        if not isinstance(getattr(info, name), str):
+            raise ModelError(f"model.json: {name} must be a string")
+    if not isinstance(info.metrics, dict) or not isinstance(info.files, dict):
+        raise ModelError("model.json: metrics and files must be objects")
+    for graph, file in info.files.items():
+        if not isinstance(file, str) or not is_valid_name(file):
+            raise ModelError(
+                f"model.json: the {graph} file must be a plain file name in the model directory, got {file!r}"
+            )

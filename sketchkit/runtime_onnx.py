@@ -16,7 +16,7 @@ import numpy as np
 
 from sketchkit.errors import ModelError
 from sketchkit.graphs import DECODER_INIT, DECODER_STEP, DECODER_STEP_UNCOND, ENCODER, Graph, concrete_dims
-from sketchkit.modelinfo import ModelInfo
+from sketchkit.modelinfo import ModelInfo, graph_path
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -86,14 +86,23 @@ class OnnxRuntime:
         session = self._sessions.get(graph.name) or self._load(graph)
         feeds = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype) for t in graph.inputs}
         try:
-            return session.run([t.name for t in graph.outputs], feeds)
+            outputs = session.run([t.name for t in graph.outputs], feeds)
         except Exception as e:  # onnxruntime raises its own exception types, all Exception
             raise ModelError(f"{self.info.name}: {graph.name} failed: {_first_line(e)}") from None
+        batch = len(next(iter(feeds.values())))
+        for t, out in zip(graph.outputs, outputs, strict=True):  # a symbolic dim may hide a wrong size
+            want = [batch, *concrete_dims(t, self.info.sizes)[1:]]
+            if list(out.shape) != want:
+                raise ModelError(
+                    f"{self.info.name}: {graph.name} returned {t.name} of shape {list(out.shape)}, "
+                    f"model.json says {want}"
+                )
+        return outputs
 
     def _load(self, graph: Graph) -> ort.InferenceSession:
         import onnxruntime as ort  # here, not at import: `import sketchkit.runtime_onnx` stays cheap
 
-        path = self.model_dir / self.info.files[graph.name]
+        path = graph_path(self.model_dir, self.info, graph.name)
         opts = session_options(self.threads)
         try:
             session = ort.InferenceSession(str(path), opts, providers=self.providers)

@@ -26,11 +26,10 @@ from sketchkit import strokes
 from sketchkit.engine import Engine, Request
 from sketchkit.errors import DataError, ModelError, SketchkitError
 from sketchkit.mixture import Draws, Mixture, draw_points, mixture, sample_points, temperature
+from sketchkit.modelinfo import MAX_SEQ_LEN, RULES
 from sketchkit.runtime import Runtime
 
 __all__ = ["Draws", "Mixture", "Sampler", "SamplingOptions", "draw_points", "mixture", "sample_points", "temperature"]
-
-RULES = ("eq8", "js")
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,8 @@ class SamplingOptions:
             raise SketchkitError(f"tau must be in (0, 2], got {self.tau} (use greedy for the tau -> 0 limit)")
         if self.temperature_rule not in (None, *RULES):
             raise SketchkitError(f"unknown temperature rule {self.temperature_rule!r} (choose eq8 or js)")
-        if self.max_len is not None and self.max_len < 1:
-            raise SketchkitError(f"max_len must be >= 1, got {self.max_len}")
+        if self.max_len is not None and not 1 <= self.max_len <= MAX_SEQ_LEN:
+            raise SketchkitError(f"max_len must be in [1, {MAX_SEQ_LEN}], got {self.max_len}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0):
             raise SketchkitError(f"seed must be a non-negative integer, got {self.seed}")
 

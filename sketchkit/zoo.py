@@ -2,13 +2,19 @@
 
 The table is data (`zoo/registry.json`, like whisper's `_MODELS`); this module adds what whisper
 and timm leave out: the SHA-256 is checked while streaming (or, where upstream publishes none,
-pinned on first download: trust on first use), a download resumes with HTTP Range, a file lock
-keeps two processes from writing the same file, and files appear only by an atomic rename.
+pinned on first download: trust on first use, and only once the file converted into a working
+model), a download resumes with HTTP Range, a file lock keeps two processes from writing the same
+file, and files appear only by an atomic rename. A download never follows a symlink in the cache,
+stops as soon as more bytes arrive than the registry lists, and gives up past an overall deadline
+or below a minimum rate.
 
 Names: `owl` is the best available owl model (ours, else Magenta's vae, else its gen);
 `magenta/owl.gen`, `magenta/owl.vae` (H = 512) and `magenta-large/owl.<gen|vae>` (H = 1024)
 address one exactly. Environment: SKETCHKIT_CACHE (cache directory), SKETCHKIT_ZOO_MIRROR
-(fetch every file from MIRROR/<its name> instead, for air-gapped sites).
+(fetch every file from MIRROR/<its name> instead, for air-gapped sites), and the download limits
+SKETCHKIT_DOWNLOAD_DEADLINE (seconds per file, default 3600), SKETCHKIT_DOWNLOAD_MIN_RATE (bytes
+per second averaged over each SKETCHKIT_DOWNLOAD_RATE_WINDOW seconds; defaults 1024 and 30) and
+SKETCHKIT_DOWNLOAD_MAX_BYTES (the cap for a file whose size the registry does not list; 1 GiB).
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import json
 import os
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +41,43 @@ import click
 
 from sketchkit import __version__
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.io import atomic_directory, atomic_write, sha256_file
+from sketchkit.io import atomic_directory, atomic_write, remove_stale_temps, sha256_file
 from sketchkit.modelinfo import ModelInfo
+from sketchkit.names import safe_name
 
 ENV_CACHE = "SKETCHKIT_CACHE"
 ENV_MIRROR = "SKETCHKIT_ZOO_MIRROR"
 TIMEOUT = 30.0  # seconds without a byte before a download counts as interrupted
 RETRIES = 3  # resumed attempts after a download is cut, as long as each one makes progress
 CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how slow a download may be, and how big when the registry lists no size."""
+
+    deadline_s: float = 3600.0  # SKETCHKIT_DOWNLOAD_DEADLINE: the whole file, all attempts
+    min_rate: float = 1024.0  # SKETCHKIT_DOWNLOAD_MIN_RATE: bytes/s, averaged over each window
+    rate_window_s: float = 30.0  # SKETCHKIT_DOWNLOAD_RATE_WINDOW
+    max_bytes: int = 1 << 30  # SKETCHKIT_DOWNLOAD_MAX_BYTES
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        values: dict[str, float] = {}
+        for field, var in (("deadline_s", "DEADLINE"), ("min_rate", "MIN_RATE"),
+                           ("rate_window_s", "RATE_WINDOW"), ("max_bytes", "MAX_BYTES")):  # fmt: skip
+            text = os.environ.get(f"SKETCHKIT_DOWNLOAD_{var}")
+            if text is None:
+                continue
+            try:
+                values[field] = float(text)
+            except ValueError:
+                values[field] = -1.0
+            if not values[field] >= 0 or (field != "min_rate" and values[field] == 0):
+                raise SketchkitError(f"SKETCHKIT_DOWNLOAD_{var} must be a positive number, got {text!r}")
+        if "max_bytes" in values:
+            values["max_bytes"] = int(values["max_bytes"])
+        return cls(**values)  # type: ignore[arg-type]
 
 
 class DownloadError(SketchkitError):
@@ -121,6 +158,7 @@ def model_dir(name: str) -> Path:
     row = _row(name)
     if row.get("shipped"):
         return zoo_dir() / row["shipped"]
+    safe_name(name)  # a registry name, and still never a path out of the cache
     return cache_dir() / "models" / name
 
 
@@ -169,11 +207,18 @@ def pins() -> dict[str, str]:
         raise SketchkitError(f"{_pins_path()}: corrupt ({e}); fix or delete it") from None
 
 
-def _pin(url: str, digest: str) -> None:
+def _pin(url: str, digest: str | None) -> None:
+    """Record (or, with None, forget) the SHA-256 of an upstream URL."""
     path = _pins_path()
     with _lock(path):
         table = pins()
-        table[url] = digest
+        if digest is None and url not in table:
+            return
+        if digest is None:
+            del table[url]
+        else:
+            table[url] = digest
+        remove_stale_temps(path.parent, [path.name])  # a write killed halfway
         with atomic_write(path, "w") as f:
             json.dump(table, f, indent=1, sort_keys=True)
 
@@ -189,76 +234,155 @@ def expected_sha256(file: dict[str, Any]) -> tuple[str | None, str]:
 # ---- download ---------------------------------------------------------------------------------
 def source_url(file: dict[str, Any]) -> str:
     mirror = os.environ.get(ENV_MIRROR)
-    if mirror:
-        return f"{mirror.rstrip('/')}/{urllib.parse.quote(file['name'])}"
-    return file["url"]
+    if not mirror:
+        return file["url"]
+    try:
+        parts = urllib.parse.urlsplit(mirror)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise DownloadError(f"{ENV_MIRROR}={mirror!r} is not an http(s) URL")
+    return f"{mirror.rstrip('/')}/{urllib.parse.quote(file['name'])}"
 
 
-def fetch(file: dict[str, Any], dest: Path | None = None, progress: bool = True) -> Path:
-    """One registry file, verified, at `dest` (default cache/downloads/<name>)."""
+def fetch(file: dict[str, Any], dest: Path | None = None, progress: bool = True, pin: bool = True) -> Path:
+    """One registry file, verified, at `dest` (default cache/downloads/<name>). A file whose SHA-256
+    upstream does not publish is pinned only once it is known to work: here when it parses (`pin`),
+    else by the caller (`pull` pins after converting it into a model). One that fails is deleted,
+    and an unpinned file found later is fetched again, so nothing bad sticks in the cache."""
     dest = dest or _download_path(file)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _lock(dest):
         expected, _ = expected_sha256(file)
+        _drop_planted(dest)
         if dest.is_file():
-            digest = sha256_file(dest)
-            if expected is None:  # verified once, but its pin was lost
-                _pin(file["url"], digest)
-            if digest == (expected or digest):
+            if expected is not None and sha256_file(dest) == expected:
                 return dest
-            dest.unlink()  # changed on disk since it was verified: fetch it again
+            dest.unlink()  # changed since it was verified, or never verified (no pin): again
         part = dest.with_name(dest.name + ".part")
+        _drop_planted(part)
+        limits = Limits.from_env()
+        deadline = time.monotonic() + limits.deadline_s
+        url, size = source_url(file), file.get("size")
         resumed = part.is_file()
-        digest = _download(source_url(file), part, file.get("size"), file["name"], progress)
+        digest = _download(url, part, size, file["name"], progress, limits, deadline)
         if expected is not None and digest != expected and resumed:
             part.unlink()  # maybe a stale part of another version: once more from scratch
-            digest = _download(source_url(file), part, file.get("size"), file["name"], progress)
-        size = part.stat().st_size
-        if file.get("size") is not None and size != file["size"]:
+            digest = _download(url, part, size, file["name"], progress, limits, deadline)
+        got = part.stat().st_size
+        if size is not None and got != size:
             part.unlink()
-            raise DownloadError(
-                f"{source_url(file)}: got {size} bytes, expected {file['size']}; nothing kept"
-            )
+            raise DownloadError(f"{url}: got {got} bytes, expected {size}; nothing kept")
         if expected is not None and digest != expected:
             part.unlink()
             raise DownloadError(
-                f"{source_url(file)}: SHA-256 mismatch (got {digest[:12]}..., expected {expected[:12]}...); nothing kept"
+                f"{url}: SHA-256 mismatch (got {digest[:12]}..., expected {expected[:12]}...); nothing kept"
             )
-        if expected is None:
-            _pin(file["url"], digest)
         os.replace(part, dest)
+        if expected is None and pin:  # trust on first use, but only in a file that works
+            try:
+                _parses(dest)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+            _pin(file["url"], digest)
     return dest
 
 
-def _download(url: str, part: Path, size: int | None, label: str, progress: bool) -> str:
-    """Stream `url` into `part` (resuming what is there with Range); return the SHA-256 of all of it."""
+def _drop_planted(path: Path) -> None:
+    """The cache never holds links: a symlink or a hard link where a download goes was planted;
+    remove the link itself (what it points to stays untouched)."""
+    if path.is_symlink() or (path.is_file() and path.stat().st_nlink > 1):
+        path.unlink()
+
+
+def _parses(path: Path) -> None:
+    """The default check before pinning a file: a .json parses, a .npz loads as a dataset."""
+    if path.suffix == ".npz":
+        from sketchkit.datasets import load_npz
+
+        load_npz(path)
+    elif path.suffix == ".json":
+        try:
+            with open(path, "rb") as f:
+                json.load(f)
+        except (ValueError, RecursionError) as e:
+            raise DownloadError(f"{path.name}: not valid JSON ({str(e)[:80]}); nothing kept") from None
+
+
+def _open_part(part: Path, append: bool) -> Any:
+    """The partial download for writing, never through a symlink or a hard link planted in the
+    cache: a new one is created exclusively, an old one is appended to only if it is ours alone."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if append:
+        fd = os.open(part, os.O_WRONLY | os.O_APPEND | nofollow)
+    else:
+        part.unlink(missing_ok=True)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o666)
+    if os.fstat(fd).st_nlink != 1:
+        os.close(fd)
+        raise DownloadError(f"{part}: has other hard links; refusing to write through it")
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+def _download(
+    url: str, part: Path, size: int | None, label: str, progress: bool, limits: Limits, deadline: float
+) -> str:
+    """Stream `url` into `part` (resuming what is there with Range); return the SHA-256 of all of
+    it. Stops at once when more than `size` bytes (else `limits.max_bytes`) arrive, past the
+    deadline, and when a window of `limits.rate_window_s` brings less than `limits.min_rate`."""
+    cap = size if size is not None else limits.max_bytes
     h = hashlib.sha256()
     have = 0
     if part.is_file():
-        with open(part, "rb") as f:
+        with os.fdopen(os.open(part, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
                 have += len(block)
+        if have > cap:
+            part.unlink()
+            have, h = 0, hashlib.sha256()
     for _ in range(RETRIES + 1):
         start = have
         headers = {"User-Agent": f"sketchkit/{__version__}", "Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DownloadError(_too_slow(url, have, f"past the {limits.deadline_s:g} s deadline"))
         try:
             with urllib.request.urlopen(
-                urllib.request.Request(url, headers=headers), timeout=TIMEOUT
+                urllib.request.Request(url, headers=headers), timeout=min(TIMEOUT, left)
             ) as resp:
                 if have and resp.status != 206:  # the server ignored Range: start over
                     have, h = 0, hashlib.sha256()
                 length = resp.headers.get("Content-Length")
-                total = have + int(length) if length is not None else size
-                with open(part, "ab" if have else "wb") as f, _progress(label, total, progress) as update:
+                total = have + int(length) if length is not None and length.isdigit() else size
+                if total is not None and total > cap:
+                    _too_big(url, part, total, cap, size)
+                with _open_part(part, append=bool(have)) as f, _progress(label, total, progress) as update:
                     update(have)
-                    while chunk := resp.read(CHUNK):
-                        f.write(chunk)
+                    window, window_have = time.monotonic(), have
+                    while chunk := resp.read1(CHUNK):  # what has arrived: a drip cannot stall a read
+                        if have + len(chunk) > cap:
+                            _too_big(url, part, have + len(chunk), cap, size)
+                        try:
+                            f.write(chunk)
+                        except OSError as e:  # a full disk: free what we wrote, say so
+                            part.unlink(missing_ok=True)
+                            raise DownloadError(f"cannot write {part} ({e.strerror}); nothing kept") from None
                         h.update(chunk)
                         have += len(chunk)
                         update(len(chunk))
+                        now = time.monotonic()
+                        if now > deadline:
+                            raise DownloadError(_too_slow(url, have, f"past the {limits.deadline_s:g} s deadline"))
+                        if now - window >= limits.rate_window_s:
+                            if have - window_have < limits.min_rate * (now - window):
+                                rate = (have - window_have) / (now - window)
+                                raise DownloadError(_too_slow(url, have, f"{rate:.0f} B/s, under {limits.min_rate:g} B/s"))
+                            window, window_have = now, have
             if total is None or have >= total:
                 return h.hexdigest()
         except urllib.error.HTTPError as e:
@@ -267,13 +391,26 @@ def _download(url: str, part: Path, size: int | None, label: str, progress: bool
             if e.code == 404:
                 raise NotPublished(f"{url}: not found (HTTP 404)") from None
             raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             if have == start:
                 reason = getattr(e, "reason", None) or e
                 raise DownloadError(f"cannot download {url} ({reason}); {_local_hint()}") from None
         if have == start:
             break
     raise DownloadError(f"download of {url} stopped at {have} bytes; run the same command again to resume")
+
+
+def _too_big(url: str, part: Path, got: int, cap: int, size: int | None) -> None:
+    part.unlink(missing_ok=True)
+    what = "the registry lists" if size is not None else "the cap for files of unlisted size (SKETCHKIT_DOWNLOAD_MAX_BYTES)"
+    raise DownloadError(f"{url}: sends {got}+ bytes, more than the {cap} {what}; nothing kept")
+
+
+def _too_slow(url: str, have: int, why: str) -> str:
+    return (
+        f"download of {url} stopped at {have} bytes ({why}; SKETCHKIT_DOWNLOAD_DEADLINE, "
+        "SKETCHKIT_DOWNLOAD_MIN_RATE); run the same command again to resume"
+    )
 
 
 def _local_hint() -> str:
@@ -318,20 +455,40 @@ def _pull_one(name: str, progress: bool) -> Path:
     with _lock(out):
         if is_cached(name):  # another process finished it while we waited
             return out
-        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed process
-            shutil.rmtree(stale, ignore_errors=True)
-        paths = [fetch(f, progress=progress) for f in row["files"]]
-        with atomic_directory(out) as tmp:  # a directory without model.json is not a model
-            if row["format"] == "magenta-json":
-                say = (
-                    (lambda msg: click.echo(msg.replace(str(tmp), str(out)), err=True)) if progress else None
-                )
-                convert_magenta(paths[0], tmp, name, row, say)
-            else:
-                for f, p in zip(row["files"], paths, strict=True):
-                    shutil.copyfile(p, tmp / f.get("path", f["name"]))
-            ModelInfo.load(tmp)
+        _remove_stale(out)
+        paths = [fetch(f, progress=progress, pin=False) for f in row["files"]]
+        try:
+            with atomic_directory(out) as tmp:  # a directory without model.json is not a model
+                if row["format"] == "magenta-json":
+                    say = (
+                        (lambda msg: click.echo(msg.replace(str(tmp), str(out)), err=True)) if progress else None
+                    )
+                    convert_magenta(paths[0], tmp, name, row, say)
+                else:
+                    for f, p in zip(row["files"], paths, strict=True):
+                        shutil.copyfile(p, tmp / f.get("path", f["name"]))
+                ModelInfo.load(tmp)
+        except BaseException:  # an unverified download that makes no model is not kept
+            for f, p in zip(row["files"], paths, strict=True):
+                if expected_sha256(f)[0] is None:
+                    p.unlink(missing_ok=True)
+            raise
+        for f, p in zip(row["files"], paths, strict=True):
+            if expected_sha256(f)[0] is None:  # trust on first use: pinned now that it works
+                _pin(f["url"], sha256_file(p))
     return out
+
+
+def _remove_stale(out: Path) -> list[Path]:
+    """What a killed pull left beside `out`: its temp (and old) directories, and the export's
+    temp directory nested beside those. Call it holding `out`'s lock."""
+    stale = sorted({*out.parent.glob(f".{out.name}.*"), *out.parent.glob(f"..{out.name}.*")})
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 def _shipped(name: str, path: Path) -> Path:
@@ -371,24 +528,73 @@ def resolve(name_or_path: str | os.PathLike[str], progress: bool = True) -> Path
 
 
 def remove(name: str) -> list[Path]:
-    """Delete a cached model and its downloads (pins stay: they record what upstream served)."""
+    """Delete everything the cache holds of a model: its directory, its downloads (whole or
+    partial), their pins and what a killed pull left; also when the model itself never got there."""
     found = candidates(name)
-    target = next((c for c in found if _local(c)), found[0])
+    target = next((c for c in found if _local(c) or _cached_files(c)), found[0])
     if _row(target).get("shipped"):
         raise SketchkitError(f"{target} is shipped with sketchkit; there is nothing to remove")
-    if not is_cached(target):
-        raise SketchkitError(f"{name} is not cached")
     out = model_dir(target)
-    removed = []
+    if not out.parent.is_dir() and not _cached_files(target) and not _pinned(target):
+        raise SketchkitError(f"{name} is not cached")  # (and without creating the cache to say so)
+    removed: list[Path] = []
     with _lock(out):
-        for f in _row(target)["files"]:
-            p = _download_path(f)
-            if p.is_file():
-                p.unlink()
-                removed.append(p)
-        shutil.rmtree(out)
-        removed.append(out)
+        for p in _cached_files(target):
+            p.unlink()
+            removed.append(p)
+        if _pinned(target):
+            for f in _row(target)["files"]:
+                _pin(f["url"], None)
+            removed.append(_pins_path())
+        removed += _remove_stale(out)
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+            removed.append(out)
+        elif out.is_symlink():
+            out.unlink()
+            removed.append(out)
+    if not removed:
+        raise SketchkitError(f"{name} is not cached")
     return removed
+
+
+def _pinned(name: str) -> bool:
+    return any(f["url"] in pins() for f in _row(name)["files"])
+
+
+def _cached_files(name: str) -> list[Path]:
+    """A model's downloads in the cache, whole or partial (symlinks included: they go too)."""
+    found = []
+    for f in _row(name)["files"]:
+        p = _download_path(f)
+        found += [q for q in (p, p.with_name(p.name + ".part")) if q.is_file() or q.is_symlink()]
+    return found
+
+
+def verify() -> dict[str, str]:
+    """Re-check the cache: every cached model loads, and every download matches its registry
+    hash or its pin. Returns {model: problem, or "" when it is fine}; fixes nothing."""
+    report = {}
+    for name in available_models():
+        row = _row(name)
+        if row.get("shipped") or not (is_cached(name) or _cached_files(name)):
+            continue
+        report[name] = ""
+        try:
+            if is_cached(name):
+                ModelInfo.load(model_dir(name))
+            for f in row["files"]:
+                p = _download_path(f)
+                expected, how = expected_sha256(f)
+                if p.is_symlink():
+                    raise SketchkitError(f"{f['name']} is a symlink")
+                if p.is_file() and expected is None:
+                    raise SketchkitError(f"{f['name']} was never verified (no pin)")
+                if p.is_file() and sha256_file(p) != expected:
+                    raise SketchkitError(f"{f['name']} does not match its {how} SHA-256")
+        except SketchkitError as e:
+            report[name] = str(e)
+    return report
 
 
 def info(name: str) -> dict[str, Any]:

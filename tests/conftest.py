@@ -67,7 +67,11 @@ def tiny_uncond(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ZooMirror:
     """Serves files by name, with Range requests, and logs every request. `cut` makes the next
     responses of a file stop halfway (connection closed); `corrupt` flips one byte of a file;
-    `ranges = False` makes the server ignore Range (200 with the whole file)."""
+    `ranges = False` makes the server ignore Range (200 with the whole file). Hostile modes
+    (tests/test_hostile.py): `no_length` sends no Content-Length (the end is where the
+    connection closes); `half` sends half the file as if it were all; `extra[name] = n` appends
+    n zero bytes; `drip[name] = (bytes, seconds)` sends that many bytes per pause. `sent[name]`
+    counts the bytes that reached the socket."""
 
     def __init__(self, root: Path) -> None:
         import http.server
@@ -79,6 +83,11 @@ class ZooMirror:
         self.cut: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.ranges = True
+        self.no_length: set[str] = set()
+        self.half: set[str] = set()
+        self.extra: dict[str, int] = {}
+        self.drip: dict[str, tuple[int, float]] = {}
+        self.sent: dict[str, int] = {}
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -102,6 +111,9 @@ class ZooMirror:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if name in mirror.no_length | mirror.half | set(mirror.extra) | set(mirror.drip):
+                    self.hostile(name, bytes(data))
+                    return
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -115,6 +127,32 @@ class ZooMirror:
                     self.close_connection = True
                     return
                 self.wfile.write(body)
+
+            def hostile(self, name: str, data: bytes) -> None:
+                import time
+
+                extra = mirror.extra.get(name, 0)
+                body = data[: len(data) // 2] if name in mirror.half else data
+                self.send_response(200)
+                if name not in mirror.no_length:
+                    self.send_header("Content-Length", str(len(body) + extra))
+                self.end_headers()
+                step, pause = mirror.drip.get(name, (1 << 16, 0.0))
+                mirror.sent[name] = 0
+                try:
+                    for i in range(0, len(body), step):
+                        self.wfile.write(body[i : i + step])
+                        self.wfile.flush()
+                        mirror.sent[name] += len(body[i : i + step])
+                        time.sleep(pause)
+                    zeros = bytes(1 << 16)
+                    while extra > 0:
+                        self.wfile.write(zeros[: min(extra, len(zeros))])
+                        mirror.sent[name] += min(extra, len(zeros))
+                        extra -= len(zeros)
+                except OSError:  # the client hung up: what we count is what it got
+                    pass
+                self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from serving.repository import RepoOptions, build_repo, read_config
+from serving.repository import MARKER, RepoOptions, build_repo, read_config
 from sketchkit.cli import cli
 from sketchkit.errors import SketchkitError
 from sketchkit.graphs import concrete_dims, graphs_for
@@ -43,7 +43,8 @@ def test_layout_one_triton_model_per_graph(repo, tiny_vae, tiny_uncond):
     want = {"tiny-vae_encoder", "tiny-vae_decoder_init", "tiny-vae_decoder_step", "tiny-vae_decoder_step_stateful",
             "tiny-decoder-only_decoder_step", "tiny-decoder-only_decoder_step_stateful"}  # fmt: skip
     generate = {"tiny-vae_generate", "tiny-decoder-only_generate"}
-    assert {p.name for p in out.iterdir()} == want | generate
+    assert {p.name for p in out.iterdir() if p.is_dir()} == want | generate
+    assert set((out / MARKER).read_text().split()) == want | generate  # what --force may replace
     for model_dir in (tiny_vae, tiny_uncond):  # both flavors: model.py + the model directory
         info = ModelInfo.load(model_dir)
         files = {p.name for p in (out / f"{info.name}_generate" / "1").iterdir()}

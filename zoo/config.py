@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -79,9 +80,21 @@ class HParams:
             raise SketchkitError(
                 f"recurrent_dropout is a keep probability in (0, 1], got {self.recurrent_dropout}"
             )
-        for name in ("enc_size", "dec_size", "z_size", "num_mixture", "max_seq_len", "batch_size"):
+        for name in ("enc_size", "dec_size", "z_size", "num_mixture", "max_seq_len", "batch_size",
+                     "hyper_size", "hyper_embed", "num_steps", "eval_every", "log_every", "num_samples"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SketchkitError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip", "offset_limit"):  # > 0 and finite (nan fails both)
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise SketchkitError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("min_lr", "w_kl", "kl_min", "random_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise SketchkitError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("kl_decay", "eta_min", "lr_decay", "augment_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:  # nan fails this too
+                raise SketchkitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.random_scale >= 1.0:
+            raise SketchkitError(f"random_scale must be < 1 (a scale of 1 - s must stay > 0), got {self.random_scale}")
 
     # ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

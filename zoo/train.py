@@ -30,7 +30,7 @@ import torch
 
 from sketchkit import strokes
 from sketchkit.errors import SketchkitError
-from sketchkit.io import atomic_write
+from sketchkit.io import atomic_write, remove_stale_temps
 from zoo import checkpoint
 from zoo.config import HParams
 from zoo.data import load_data
@@ -234,6 +234,7 @@ def train(
     started = time.perf_counter()
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out, ["best.safetensors", "last.safetensors", "metrics.jsonl", "recipe.toml"])  # killed writes
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(hp)
     torch.manual_seed(hp.seed)

@@ -90,3 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as e:  # a read-only cache, a full disk, a name too long for the file system
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror or e}{where}"[:1000].replace("\n", " "), err=True)
+        sys.exit(1)

@@ -82,6 +82,15 @@ class Session:
         return out
 
 
+MAX_SKETCHES = 10_000  # per command: more is a job for a loop of commands, not one huge batch
+
+
+def check_count(n: int, what: str) -> None:
+    """How many sketches a command makes: at least one, at most MAX_SKETCHES."""
+    if not 1 <= n <= MAX_SKETCHES:
+        raise SketchkitError(f"{what} must be >= 1 and <= {MAX_SKETCHES}, got {n}")
+
+
 def session_from(kwargs: dict[str, Any]) -> Session:
     """Check the output options (before any work), then open the model."""
     output, cols = kwargs["output"], kwargs["cols"]
@@ -235,8 +244,7 @@ def generate(n: int, **kwargs: Any) -> None:
     \b
     sketchkit generate sheep -n 50 --tau 0.3 -o sheep.png
     """
-    if n < 1:
-        raise SketchkitError(f"n must be >= 1, got {n}")
+    check_count(n, "-n")
     s = session_from(kwargs)
     sketches = s.timed(lambda: s.sampler.generate(n, options=s.options))
     write_output(sketches, session=s, stem=s.info.name, **output_args(kwargs))
@@ -250,8 +258,8 @@ def generate(n: int, **kwargs: Any) -> None:
 @sampling_options(tau=0.3)
 def reconstruct(data: Path | None, split: str, rescale: str | None, indices: tuple[int, ...], n: int, **kwargs: Any) -> None:
     """Encode sketches and decode them again (vae models): one row per input, the input first."""
-    if n < 1:
-        raise SketchkitError(f"n must be >= 1, got {n}")
+    check_count(n, "-n")
+    check_count(n * len(indices), "-n times the number of --index values")
     s = session_from(kwargs)
     inputs = load_sketches(data, split, indices, rescale, s.info.scale_factor)
     repeated = [x for x in inputs for _ in range(n)]
@@ -276,6 +284,8 @@ def reconstruct(data: Path | None, split: str, rescale: str | None, indices: tup
 def interpolate(data: Path | None, split: str, rescale: str | None, indices: tuple[int, ...], corners: int,
                 steps: int, method: str, **kwargs: Any) -> None:
     """Morph between two sketches in latent space, or fill the paper's 4-corner grid (vae models)."""
+    check_count(steps, "--steps")
+    check_count(steps * steps, "--steps squared (a grid's size)")
     s = session_from(kwargs)
     if data is not None:
         if len(indices) not in (2, 4):
@@ -305,8 +315,7 @@ def interpolate(data: Path | None, split: str, rescale: str | None, indices: tup
 def complete(data: Path | None, split: str, rescale: str | None, index: int, keep_strokes: int | None, k: int,
              **kwargs: Any) -> None:
     """Continue the beginning of a sketch k ways (paper §5.4); the partial sketch comes first."""
-    if k < 1:
-        raise SketchkitError(f"k must be >= 1, got {k}")
+    check_count(k, "-k")
     s = session_from(kwargs)
     (sketch,) = load_sketches(data, split, [index], rescale, s.info.scale_factor)
     partial = first_strokes(sketch, keep_strokes)

@@ -79,10 +79,15 @@ def serve() -> None:
     help="Serve the models under these names, one per model in order [default: the name typed, "
     "'/' -> '-' (magenta/owl.gen -> magenta-owl.gen); a directory's model.json name].",
 )
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--max-sequence-rows", type=int, default=4096, show_default=True,
+              help="Stateful, cpu: rows one sequence may hold.")
+@click.option("--max-state-mb", type=int, default=1024, show_default=True,
+              help="Stateful, cpu: MB of state all sequences together may hold.")
+@click.option("--force", is_flag=True, help="Replace --out if it is a repository written by build-repo.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
                generate: bool, max_sketches_per_request: int, max_sketches_in_flight: int,
+               max_sequence_rows: int, max_state_mb: int,
                names: tuple[str, ...], force: bool) -> None:  # fmt: skip
     """Write a Triton model repository for MODELS (model directories or zoo names): per model
     <name>_generate (one request in, finished sketches out) and one Triton model per graph,
@@ -100,6 +105,7 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
         accelerator=accelerator, cuda_graphs=cuda_graphs, stateful=stateful, sequence_idle_s=sequence_idle_s,
         generate=generate, max_sketches_per_request=max_sketches_per_request,
         max_sketches_in_flight=max_sketches_in_flight,
+        max_sequence_rows=max_sequence_rows, max_state_bytes=max_state_mb << 20,
     )  # fmt: skip
     if names and len(names) != len(models):
         raise SketchkitError(f"got {len(names)} --name for {len(models)} models (give one per model, in order)")

@@ -125,9 +125,23 @@ def pull(names: tuple[str, ...]) -> None:
 @zoo.command("rm")
 @click.argument("name")
 def rm(name: str) -> None:
-    """Delete a cached model and its downloaded files."""
+    """Delete a cached model, its downloads (whole or partial) and their pins."""
     for path in client.remove(name):
         click.echo(f"removed {path}", err=True)
+
+
+@zoo.command("verify")
+def verify() -> None:
+    """Re-check the cache: each cached model loads, each download matches its SHA-256."""
+    report = client.verify()
+    for name, problem in report.items():
+        click.echo(f"{name}: {problem or 'ok'}")
+    problems = [f"{name}: {problem}" for name, problem in report.items() if problem]
+    if problems:
+        raise SketchkitError(
+            f"{len(problems)} cached model(s) failed: {'; '.join(problems)} (`sketchkit zoo rm NAME` clears one)"
+        )
+    click.echo(f"cache ok: {client.cache_dir()}", err=True)
 
 
 @zoo.command("path")

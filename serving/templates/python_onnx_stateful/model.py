@@ -6,6 +6,10 @@ stored state of the request's sequence (CORRID) to the graph's state input, stor
 output for the next request, drop it at END. At START the graph gets a 1-row zero placeholder,
 as Triton gives it. States idle longer than the config's "idle_seconds" (= the sequence batcher's
 max_sequence_idle_microseconds, after which Triton drops the sequence) are freed.
+
+Limits (config parameters): a sequence holds at most "max_rows" rows, and all sequences together
+at most "max_state_bytes" of state; a request past either gets a one-line error and its sequence
+is dropped. onnxruntime's memory arena is off, so memory goes back to the system when sequences end.
 """
 
 import json
@@ -23,6 +27,7 @@ def session(path, parameters):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.enable_cpu_mem_arena = False  # an arena keeps the peak for good; states come and go
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -48,6 +53,8 @@ class TritonPythonModel:
         self.state_in, self.state_out = p["state_input"], p["state_output"]
         self.placeholder = np.zeros((1, int(p["state_size"])), np.float32)
         self.idle_s = float(p["idle_seconds"])
+        self.max_rows = int(p.get("max_rows", "4096"))
+        self.max_state_bytes = int(p.get("max_state_bytes", str(1 << 30)))
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = session(path, p)
         check_names(self.session, self.inputs, self.outputs, path)
@@ -68,6 +75,17 @@ class TritonPythonModel:
         else:
             raise KeyError(f"sequence {corrid} has no state (ended, or idle longer than {self.idle_s:g} s)")
         feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+        rows = len(feeds[self.inputs[0]])
+        if rows > self.max_rows:
+            self.states.pop(corrid, None)
+            raise ValueError(f"sequence {corrid}: {rows} rows, over the cap of {self.max_rows} per sequence (max_rows)")
+        stored = sum(s.nbytes for c, (s, _) in self.states.items() if c != corrid)
+        if not end and stored + rows * self.placeholder.nbytes > self.max_state_bytes:
+            self.states.pop(corrid, None)
+            raise ValueError(
+                f"sequence {corrid}: {rows} more rows of state would pass the server's cap of "
+                f"{self.max_state_bytes} bytes (max_state_bytes); end other sequences first"
+            )
         feeds[self.start] = np.array([1 if start else 0], np.int32)  # the graph reads START too
         feeds[self.state_in] = state
         *outputs, next_state = self.session.run(self.outputs + [self.state_out], feeds)
