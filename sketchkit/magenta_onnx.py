@@ -191,8 +191,9 @@ def import_magenta(
     say = progress or (lambda _: None)
     mm = read_magenta(path)
     say(f"read {mm.source}: {mm.summary}")
+    info = magenta_info(mm, name=name, source=source)  # validated (name included) before any directory
     with staging_dir(out_dir) as tmp:
-        info = save_graphs(mm, magenta_info(mm, name=name, source=source), tmp, fp16, progress)
+        info = save_graphs(mm, info, tmp, fp16, progress)
     say(f"wrote {out_dir}")
     return info
 

@@ -311,3 +311,49 @@ def test_time_limit_stops_with_a_final_validation(six_sheep: Path, tmp_path: Pat
     train(hp, run, progress=False, time_limit=1e-9)
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["split"] == "valid" and recs[-1]["step"] == 2
+
+
+def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog) -> None:
+    """The CUDA-only stages cannot run here, so they are stood in for: capture returns the Loop
+    module as it is, and compile is the identity; the first capture attempt fails, as a compile
+    might on a GPU. What runs for real: the choice of path, the untrimmed encoder, the masks as
+    inputs, the cache per module and shape, the fallback with one warning, the check against the
+    eager loop. The whole model's losses and gradients must equal the eager path's."""
+    attempts = []
+
+    def fake_capture(module, sample, allow_unused_input=False):  # type: ignore[no-untyped-def]
+        attempts.append(module.step)
+        if len(attempts) == 1:
+            raise RuntimeError("compile failed (stood in)")
+        return module
+
+    monkeypatch.setattr(sequence, "fast_applies", lambda x: sequence._enabled and torch.is_grad_enabled())
+    monkeypatch.setattr(sequence, "compiled", lambda step: step)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:6]
+    factor = strokes.scale_factor(sheep.train)
+    longest = max(len(s) for s in short)  # N_max = the longest: both paths draw masks of one shape
+    batch, lengths = (torch.from_numpy(a) for a in strokes.to_batch(
+        [strokes.normalize(s, factor) for s in short], longest))  # fmt: skip
+    results, models = [], []
+    for fast in (True, False):
+        sequence.set_fast(fast)
+        try:
+            m = model("hyper").train()
+            torch.manual_seed(11)
+            out = m(batch, lengths)
+            (out.lr + out.kl).backward()
+        finally:
+            sequence.set_fast(True)
+        models.append(m)
+        results.append((out, {n: p.grad for n, p in m.named_parameters()}))
+    (fast_out, fast_grads), (eager_out, eager_grads) = results
+    # the encoder's two directions and the decoder: three loops captured, the first after a fallback
+    modes = [g["mode"] for g in sequence.stats()]
+    assert sorted(modes) == ["compiled+graph", "compiled+graph", "graph"], modes
+    assert len(attempts) == 4 and caplog.text.count("falling back") == 1
+    for k in ("ls", "lp", "kl"):
+        torch.testing.assert_close(getattr(fast_out, k), getattr(eager_out, k), atol=1e-6, rtol=0)
+    for name, g in eager_grads.items():
+        torch.testing.assert_close(fast_grads[name], g, atol=1e-5, rtol=0, msg=name)

@@ -221,8 +221,9 @@ def layer_norm_lstm_step(
     gates = _layer_norm_gates(xw + F.linear(h, w_hh), ln_gates_weight, ln_gates_bias)
     i, f, g, o = gates.chunk(4, 1)
     c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropped(torch.tanh(g), mask)
-    c_norm = F.layer_norm(c, (ln_c_weight.shape[0],), ln_c_weight, ln_c_bias, LN_EPS)
-    h = torch.sigmoid(o) * torch.tanh(c_norm)
+    h = torch.sigmoid(o) * torch.tanh(
+        F.layer_norm(c, (ln_c_weight.shape[0],), ln_c_weight, ln_c_bias, LN_EPS)
+    )
     return h, (h, c)
 
 
@@ -359,8 +360,9 @@ def hyper_lstm_step(
     gates = _layer_norm_gates(gates.reshape(B, 4 * H), ln_gates_weight, ln_gates_bias)
     i, f, g, o = gates.chunk(4, 1)
     c = torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * _dropped(torch.tanh(g), mask)
-    c_norm = F.layer_norm(c, (ln_c_weight.shape[0],), ln_c_weight, ln_c_bias, LN_EPS)
-    h = torch.sigmoid(o) * torch.tanh(c_norm)
+    h = torch.sigmoid(o) * torch.tanh(
+        F.layer_norm(c, (ln_c_weight.shape[0],), ln_c_weight, ln_c_bias, LN_EPS)
+    )
     return h, (h, c, hh, ch)
 
 
