@@ -340,7 +340,7 @@ def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog
     for fast in (True, False):
         sequence.set_fast(fast)
         try:
-            m = model("hyper").train()
+            m = model("layer_norm").train()
             torch.manual_seed(11)
             out = m(batch, lengths)
             (out.lr + out.kl).backward()
@@ -357,3 +357,21 @@ def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog
         torch.testing.assert_close(getattr(fast_out, k), getattr(eager_out, k), atol=1e-6, rtol=0)
     for name, g in eager_grads.items():
         torch.testing.assert_close(fast_grads[name], g, atol=1e-5, rtol=0, msg=name)
+
+
+def test_the_hyper_cell_never_captures(sheep, monkeypatch) -> None:
+    """HyperLSTMCell.graph_capture is off (its capture exhausted an H200's memory): with the fast
+    path on, its decoder loop stays eager and only the encoder's two loops are captured."""
+    captured = []
+    monkeypatch.setattr(sequence, "fast_applies", lambda x: sequence._enabled and torch.is_grad_enabled())
+    monkeypatch.setattr(sequence, "compiled", lambda step: step)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda m, s, **k: captured.append(m.step) or m)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:4]
+    factor = strokes.scale_factor(sheep.train)
+    batch, lengths = (torch.from_numpy(a) for a in strokes.to_batch(
+        [strokes.normalize(s, factor) for s in short], max(len(s) for s in short)))  # fmt: skip
+    m = model("hyper").train()
+    out = m(batch, lengths)
+    (out.lr + out.kl).backward()
+    assert captured and all(step is lstm_step for step in captured), captured

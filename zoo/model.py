@@ -262,6 +262,11 @@ class HyperLSTMCell(Cell):
     State (B, 2H + 2Hh) = [h | c | h_hyper | c_hyper].
     """
 
+    # On an H200 the CUDA-graph capture of the 2048-wide loop failed and left ~108 GiB in graph
+    # pools, so even the eager fallback ran out of memory (benchmarks/RESULTS.md, issue 11): this
+    # cell trains on the eager loop until its capture is fixed.
+    graph_capture = False
+
     def __init__(self, input_size: int, hidden_size: int, hyper_size: int, embed: int, keep: float = 1.0):
         super().__init__()
         H, Hh, E = hidden_size, hyper_size, embed

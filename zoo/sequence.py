@@ -111,7 +111,7 @@ def run(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The loop over xw (B, T, X), fast when `fast_applies` and a graph for these shapes exists or
     can be made (cached per `owner`, the module whose weights `params` are); else eager."""
-    if not fast_applies(xw):
+    if not fast_applies(xw) or not getattr(owner, "graph_capture", True):  # see HyperLSTMCell
         return loop(step, params, xw, carry, masks)
     B, T = xw.shape[:2]
     H = carry[0].shape[1]
