@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).parent))
+from results import RESULTS, write_section  # noqa: E402  (one section writer for RESULTS.md)
+
 SIMPLIFIED = ROOT.parent / "shared" / "data" / "quickdraw" / "simplified-25"
 
 BASELINE = """
@@ -123,13 +124,6 @@ def same_npz(a: Path, b: Path) -> bool:
         and all(np.array_equal(p, q) and p.dtype == q.dtype for p, q in zip(x.split(k), y.split(k), strict=True))
         for k in ("train", "valid", "test")
     )
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Data convert\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,8 @@ from sketchkit.runtime_onnx import OnnxRuntime, session_options
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).parent))
+from results import RESULTS, write_section  # noqa: E402  (one section writer for RESULTS.md)
 
 
 class Schedule:
@@ -187,13 +187,6 @@ def same_model(model, runtime: OnnxRuntime) -> float:
     with torch.inference_mode():
         p_torch, s_torch = model.step(torch.from_numpy(prev), None, torch.from_numpy(state))
     return float(max(np.abs(p_onnx - p_torch.numpy()).max(), np.abs(s_onnx - s_torch.numpy()).max()))
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Sampling\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
 
 
 def sampler_runs(model_dir: Path, threads: int, n: int, tau: float, runs: int) -> list[dict[str, float]]:

@@ -36,15 +36,10 @@ from sketchkit.runtime_triton import TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).parent))
+from results import RESULTS, write_section  # noqa: E402  (one section writer for RESULTS.md)
+
 STATS = re.compile(r"sketchkit engine: (\d+) evaluations, (\d+) rows stepped")
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Triton\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
 
 
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
