@@ -177,7 +177,7 @@ def main() -> None:
 Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dec_size}, M = {info.num_mixture}, N_max = {info.max_seq_len}),
 imported to ONNX. Server: the tritonserver 2.51 binary of nvidia-pytriton on 127.0.0.1, cpu-flavor
 repository (`sketchkit serve build-repo --flavor cpu`): `owl_generate` runs `sketchkit.engine` in the
-Python backend (onnxruntime, 1 intra-op thread, continuous batching across requests). Clients in
+Python backend (onnxruntime, 2 intra-op threads, continuous batching across requests). Clients in
 the same process, one gRPC channel per thread (`sketchkit.Client`). Machine: {cpu}, {os.cpu_count()} CPUs
 **shared** by server, clients and other work (1-min load average {", ".join(f"{x:.1f}" for x in loads)} at
 start / after the one-request runs / at the end); onnxruntime {version("onnxruntime")},

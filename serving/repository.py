@@ -232,7 +232,7 @@ def generate_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_conf
     cfg.instance_group.add(count=1, kind=kind)  # one engine per model: it batches every request
     for key in ("max_sketches_per_request", "max_sketches_in_flight", "max_rows_per_step", "max_len"):
         cfg.parameters[key].string_value = str(getattr(opts, key))
-    cfg.parameters["intra_op_threads"].string_value = "1"
+    cfg.parameters["intra_op_threads"].string_value = "2"
     return cfg
 
 
