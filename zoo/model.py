@@ -187,7 +187,7 @@ class LSTMCell(Cell):
         return lstm_step
 
     def weights(self) -> list[nn.Parameter]:
-        return [self.rnn.weight_hh_l0]
+        return [self.rnn.weight_hh_l0]  # type: ignore[list-item]  # an nn.LSTM parameter
 
     def sequence(
         self, x: torch.Tensor, state: torch.Tensor, drop: bool = False
@@ -310,7 +310,7 @@ class HyperLSTMCell(Cell):
     def weights(self) -> list[nn.Parameter]:
         return [
             self.weight_hh, self.bias, self.hyper_ih, self.hyper_hh, self.hyper_bias,
-            self.z_x.weight, self.z_x.bias, self.z_h.weight, self.z_h.bias, self.z_b.weight,
+            self.z_x.weight, self.z_x.bias, self.z_h.weight, self.z_h.bias, self.z_b.weight,  # type: ignore[list-item]
             self.alpha_x, self.alpha_h, self.beta_h,
             self.ln_gates_weight, self.ln_gates_bias, self.ln_c.weight, self.ln_c.bias,
         ]  # fmt: skip
