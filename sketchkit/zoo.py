@@ -120,7 +120,8 @@ def _row(name: str) -> dict[str, Any]:
 
 
 def _did_you_mean(name: str) -> str:
-    names = available_models() + sorted({n.split("/")[-1].split(".")[0] for n in available_models()})
+    models = available_models()
+    names = sorted(set(models) | {n.split("/")[-1].split(".")[0] for n in models})  # each name once
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     return f" (did you mean {', '.join(close)}?)" if close else " (see `sketchkit zoo list`)"
 
