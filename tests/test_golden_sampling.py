@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes import open_runtime
 from sketchkit.sampling import Sampler, SamplingOptions
 from sketchkit.zoo import resolve
 
@@ -72,3 +73,21 @@ def test_sheep_golden(case):
 def test_owl_golden(case, owl_dir):
     sampler = Sampler(OnnxRuntime(owl_dir))
     assert digest(OWL_CASES[case](sampler)) == GOLDEN[f"owl/{case}"]
+
+
+# ---- the same digests through the public loader: what `sketchkit generate sheep|owl` runs -----
+def test_sheep_golden_through_the_loader():
+    """`sketchkit generate sheep`: the name, resolved by the loader to the shipped model."""
+    runtime = open_runtime("sheep")
+    for case, run in SHEEP_CASES.items():
+        assert digest(run(Sampler(runtime))) == GOLDEN[f"sheep/{case}"], case
+
+
+def test_owl_golden_through_the_loader(zoo_mirror):
+    """`sketchkit generate owl` on the light install: the class name, pulled from the registry
+    (here a mirror of Magenta's files), converted by the torch-free importer, opened by the loader:
+    the same strokes as the PyTorch importer's graphs above."""
+    runtime = open_runtime("owl")
+    assert runtime.info.name == "magenta/owl.gen"
+    for case, run in OWL_CASES.items():
+        assert digest(run(Sampler(runtime))) == GOLDEN[f"owl/{case}"], case
