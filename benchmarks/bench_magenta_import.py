@@ -36,7 +36,7 @@ import onnxruntime as ort
 from sketchkit import magenta_onnx
 from sketchkit.graphs import graphs_for
 from sketchkit.magenta import magenta_info, read_magenta
-from sketchkit.runtime_onnx import session_options
+from sketchkit.runtimes.onnx import session_options
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402

@@ -31,9 +31,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from sketchkit.export.magenta import import_magenta, read_magenta, to_sketchrnn
 
-from export.magenta import import_magenta, read_magenta, to_sketchrnn
-from sketchkit.runtime_onnx import OnnxRuntime, session_options
+from sketchkit.runtimes.onnx import OnnxRuntime, session_options
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]

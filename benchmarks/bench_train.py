@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from sketchkit.zoo.config import HParams
+from sketchkit.zoo.loss import Losses, kl_loss, reconstruction_loss, train_loss
+from sketchkit.zoo.model import SketchRNN
+from sketchkit.zoo.train import load_data, make_batch
 from torch import nn
-
-from zoo.config import HParams
-from zoo.loss import Losses, kl_loss, reconstruction_loss, train_loss
-from zoo.model import SketchRNN
-from zoo.train import load_data, make_batch
 
 SHEEP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sketchrnn", "aaron_sheep.npz")
 
@@ -159,7 +158,7 @@ def sync(device: str) -> None:
 def time_rows(rows: list[Row], args: argparse.Namespace, batches: list, device: str) -> list[dict[str, Any]]:
     """Time `rows` block by block in turn (interleaved, so on a shared CPU they see the same load;
     on CUDA each row is timed alone)."""
-    from zoo import sequence
+    from sketchkit.zoo import sequence
 
     steps, models, firsts, captured = [], [], [], []
     for row in rows:

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sketchkit.serving.repository import RepoOptions, build_repo
+from sketchkit.serving.server import TritonServer, free_port
 
-from serving.repository import RepoOptions, build_repo
-from serving.server import TritonServer, free_port
 from sketchkit.client import Client
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtime_triton import TritonRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
+from sketchkit.runtimes.triton import TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        from export.magenta import import_magenta
+        from sketchkit.export.magenta import import_magenta
 
         model_dir = Path(tmp) / "owl"
         print(f"importing {args.magenta} -> {model_dir}", file=sys.stderr)

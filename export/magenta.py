@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from sketchkit.export.onnx import CHECKPOINT_META, Progress, TanhZSketchRNN, export_model
+from sketchkit.zoo.checkpoint import save as save_checkpoint
+from sketchkit.zoo.config import HParams
+from sketchkit.zoo.model import SketchRNN
 
-from export.onnx import CHECKPOINT_META, Progress, TanhZSketchRNN, export_model
 from sketchkit import strokes
 from sketchkit.datasets import drawing_to_stroke3, read_ndjson
 from sketchkit.errors import DataError
@@ -32,9 +35,6 @@ from sketchkit.magenta import (
     torch_lstm,
 )
 from sketchkit.modelinfo import ModelInfo
-from zoo.checkpoint import save as save_checkpoint
-from zoo.config import HParams
-from zoo.model import SketchRNN
 
 # ---------------------------------------------------------------------------------------------
 # Magenta weights -> SketchRNN
@@ -47,7 +47,7 @@ def _tf_lstm(w_xh: np.ndarray, w_hh: np.ndarray, bias: np.ndarray) -> dict[str, 
 
 
 def state_dict(mm: MagentaModel) -> dict[str, np.ndarray]:
-    """The weights under SketchRNN's parameter names (cell "lstm"; see /work/notes/MODEL_API.md)."""
+    """The weights under SketchRNN's parameter names (cell "lstm"; the mapping is in `SketchRNN`'s docstring, zoo/model.py)."""
     w = mm.weights
     out = {f"cell.rnn.{k}": v for k, v in _tf_lstm(w["dec_W_xh"], w["dec_W_hh"], w["dec_bias"]).items()}
     out["head.weight"] = w["dec_output_w"].T

@@ -19,15 +19,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from sketchkit.zoo import checkpoint
+from sketchkit.zoo.model import SketchRNN
+from sketchkit.zoo.runtime_torch import model_info  # noqa: F401 (export builds model.json with it)
 from torch import nn
 
 from sketchkit.errors import ModelError
 from sketchkit.graphs import Graph, Tensor, graphs_for
 from sketchkit.io import staging_dir
 from sketchkit.modelinfo import ModelInfo
-from zoo import checkpoint
-from zoo.model import SketchRNN
-from zoo.runtime_torch import model_info  # noqa: F401 (export builds model.json with it)
 
 OPSET = 17
 DYNAMIC = ("B", "T")  # the symbolic dims that stay symbolic in the ONNX file
@@ -267,7 +267,7 @@ def export_checkpoint(
     name: str | None = None,
     progress: Progress | None = None,
 ) -> tuple[ModelInfo, dict[str, float]]:
-    """A checkpoint (`zoo.checkpoint`) -> OUT_DIR; see `export_model`. The model's name is
+    """A checkpoint (`sketchkit.zoo.checkpoint`) -> OUT_DIR; see `export_model`. The model's name is
     `name`, else the checkpoint's, else its first dataset's file name."""
     path = Path(path)
     model, hp, meta = checkpoint.load(path)

@@ -37,7 +37,7 @@ from sketchkit.graphs import Graph, Tensor, concrete_dims, graphs_for
 from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import check_name, safe_name
-from sketchkit.runtime_triton import (
+from sketchkit.runtimes.triton import (
     CONTROL_START,
     INFO_PARAMETER,
     STATE_IN,

@@ -26,7 +26,7 @@ import numpy as np
 
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.mixture import Draws, draw_points, temperature
-from sketchkit.runtime import Runtime
+from sketchkit.runtimes.base import Runtime
 
 _ONE_HOT = np.eye(3, dtype=np.float32)
 

@@ -1,6 +1,6 @@
 """The `<name>_generate` Triton model's contract: one request in, finished sketches out.
 
-Written once as data (like `sketchkit.graphs`): `serving.repository` makes the config from it,
+Written once as data (like `sketchkit.graphs`): `sketchkit.serving.repository` makes the config from it,
 the model.py that serves it parses requests with `parse_inputs`, and the client
 (`sketchkit.client`) builds requests and reads answers from the same table.
 

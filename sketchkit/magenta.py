@@ -7,7 +7,7 @@ forget bias +1 added inside the cell, weights stored [in, 4H]. A VAE's initial d
 tanh(W z + b) split (c, h), with tanh on z first for files of version < 6.
 
 Both importers read files through `read_magenta` and describe the result with `magenta_info`:
-`sketchkit.magenta_onnx` (numpy + onnx, the default) and `export.magenta` (PyTorch, the reference).
+`sketchkit.magenta_onnx` (numpy + onnx, the default) and `sketchkit.export.magenta` (PyTorch, the reference).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 No PyTorch: the graphs are written node by node from the TensorFlow LSTM's maths, honouring the
 contract in `sketchkit.graphs` (tensor names, dtypes, dynamic B and T, the packed [h | c] state),
-so the sampler and the Triton repositories cannot tell them from `export.magenta`'s, which traces
+so the sampler and the Triton repositories cannot tell them from `sketchkit.export.magenta`'s, which traces
 a PyTorch model and stays the reference in the tests.
 
 TF LSTM (gates (i, j, f, o) along 4H, forget bias +1 inside the cell):
@@ -92,7 +92,7 @@ class _Graph:
 def decoder_step(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
     """prev [B, 5] (, z [B, Nz]), state [B, 2H] = [h | c] -> params [B, 6M+3], next_state.
 
-    The same arithmetic, in the same order, as the graph `export.onnx` traces from PyTorch's
+    The same arithmetic, in the same order, as the graph `sketchkit.export.onnx` traces from PyTorch's
     LSTM step (x W_ih^T + b, then + h W_hh^T; gates (i, f, g, o)), so the two importers' graphs
     give the same numbers, not merely close ones."""
     w, H = mm.weights, mm.dec_size

@@ -27,7 +27,7 @@ from sketchkit.engine import Engine, Request
 from sketchkit.errors import DataError, ModelError, SketchkitError
 from sketchkit.mixture import Draws, Mixture, draw_points, mixture, sample_points, temperature
 from sketchkit.modelinfo import MAX_SEQ_LEN, RULES
-from sketchkit.runtime import Runtime
+from sketchkit.runtimes.base import Runtime
 
 __all__ = ["Draws", "Mixture", "Sampler", "SamplingOptions", "draw_points", "mixture", "sample_points", "temperature"]
 

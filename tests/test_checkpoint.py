@@ -1,4 +1,4 @@
-"""zoo.checkpoint: one safetensors file that round-trips and refuses anything tampered with."""
+"""sketchkit.zoo.checkpoint: one safetensors file that round-trips and refuses anything tampered with."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.config import HParams  # noqa: E402
+from sketchkit.zoo.model import SketchRNN  # noqa: E402
+
 from sketchkit.errors import ModelError  # noqa: E402
-from zoo import checkpoint  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.model import SketchRNN  # noqa: E402
 
 HP = HParams(cell="hyper", enc_size=12, dec_size=16, z_size=6, num_mixture=3, hyper_size=8, hyper_embed=4)
 META = {

@@ -154,7 +154,7 @@ def test_sampling_commands_import_no_torch(tiny_uncond, tmp_path):
     code = (
         "import sys; from sketchkit.cli import main; "
         f"main(['generate', {str(tiny_uncond)!r}, '-n', '3', '--seed', '0', '-o', {str(tmp_path / 'x.png')!r}]); "
-        "print(sorted(m for m in ('torch', 'zoo.model', 'export', 'tritonclient') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'sketchkit.zoo.model', 'sketchkit.export', 'tritonclient') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

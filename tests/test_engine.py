@@ -11,9 +11,9 @@ import pytest
 
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, EngineBusy, Scheduler
 from sketchkit.errors import ModelError
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.hub import resolve
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
-from sketchkit.zoo import resolve
 
 
 @pytest.fixture(scope="module")

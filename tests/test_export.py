@@ -12,15 +12,16 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from export import onnx as onnx_export  # noqa: E402
+from sketchkit.export import onnx as onnx_export  # noqa: E402
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.config import HParams  # noqa: E402
+from sketchkit.zoo.model import SketchRNN  # noqa: E402
+
 from sketchkit.cli import main  # noqa: E402
 from sketchkit.errors import ModelError  # noqa: E402
 from sketchkit.graphs import graphs_for  # noqa: E402
 from sketchkit.modelinfo import ModelInfo  # noqa: E402
-from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
-from zoo import checkpoint  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.model import SketchRNN  # noqa: E402
+from sketchkit.runtimes.onnx import OnnxRuntime  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

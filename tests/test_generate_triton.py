@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sketchkit.serving.repository import RepoOptions, build_repo
+from sketchkit.serving.server import TritonServer, free_port
 
-from serving.repository import RepoOptions, build_repo
-from serving.server import TritonServer, free_port
 from sketchkit.client import Client
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtime_triton import TritonError, TritonRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
+from sketchkit.runtimes.triton import TritonError, TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 pytestmark = pytest.mark.triton
@@ -36,7 +36,7 @@ MAX_N = 64
 @pytest.fixture(scope="module")
 def owl(magenta_gen_dir, tmp_path_factory) -> Path:
     pytest.importorskip("torch", reason="importing a Magenta model needs the export extra (torch)")
-    from export.magenta import import_magenta
+    from sketchkit.export.magenta import import_magenta
 
     out = tmp_path_factory.mktemp("generate") / "owl"
     import_magenta(magenta_gen_dir / "owl.gen.json", out, name="owl")
@@ -201,7 +201,7 @@ def test_readme_repository_serves_zoo_names_made_safe(zoo_mirror, tmp_path):
     from click.testing import CliRunner
 
     from sketchkit.cli import cli
-    from sketchkit.zoo import resolve
+    from sketchkit.hub import resolve
 
     result = CliRunner().invoke(cli, ["serve", "build-repo", "sheep", "owl", "magenta/owl.gen", "--out",
                                       str(tmp_path / "repo"), "--no-stateful"])  # fmt: skip

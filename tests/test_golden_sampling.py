@@ -13,10 +13,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtimes import open_runtime
+from sketchkit.hub import load, resolve
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
-from sketchkit.zoo import resolve
 
 SHEEP_CASES = {
     "generate-tau0.3-seed1": lambda s: s.generate(5, options=SamplingOptions(tau=0.3, seed=1)),
@@ -56,7 +55,7 @@ def digest(sketches: list[np.ndarray]) -> str:
 @pytest.fixture(scope="module")
 def owl_dir(magenta_gen_dir, tmp_path_factory):
     pytest.importorskip("torch", reason="importing a Magenta model needs the export extra (torch)")
-    from export.magenta import import_magenta
+    from sketchkit.export.magenta import import_magenta
 
     out = tmp_path_factory.mktemp("golden") / "owl"
     import_magenta(magenta_gen_dir / "owl.gen.json", out)
@@ -78,7 +77,7 @@ def test_owl_golden(case, owl_dir):
 # ---- the same digests through the public loader: what `sketchkit generate sheep|owl` runs -----
 def test_sheep_golden_through_the_loader():
     """`sketchkit generate sheep`: the name, resolved by the loader to the shipped model."""
-    runtime = open_runtime("sheep")
+    runtime = load("sheep")
     for case, run in SHEEP_CASES.items():
         assert digest(run(Sampler(runtime))) == GOLDEN[f"sheep/{case}"], case
 
@@ -87,7 +86,7 @@ def test_owl_golden_through_the_loader(zoo_mirror):
     """`sketchkit generate owl` on the light install: the class name, pulled from the registry
     (here a mirror of Magenta's files), converted by the torch-free importer, opened by the loader:
     the same strokes as the PyTorch importer's graphs above."""
-    runtime = open_runtime("owl")
+    runtime = load("owl")
     assert runtime.info.name == "magenta/owl.gen"
     for case, run in OWL_CASES.items():
         assert digest(run(Sampler(runtime))) == GOLDEN[f"owl/{case}"], case

@@ -308,9 +308,10 @@ def test_npz_bombs_are_refused_in_little_memory(tmp_path: Path, kind: str, messa
 @pytest.mark.triton
 def test_stateful_triton_caps_rows_and_total_state(tiny_uncond: Path, tmp_path: Path) -> None:
     pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
-    from serving.repository import RepoOptions, build_repo
-    from serving.server import TritonServer, free_port
-    from sketchkit.runtime_triton import TritonError, TritonRuntime
+    from sketchkit.serving.repository import RepoOptions, build_repo
+    from sketchkit.serving.server import TritonServer, free_port
+
+    from sketchkit.runtimes.triton import TritonError, TritonRuntime
 
     info = ModelInfo.load(tiny_uncond)
     row = info.state_size * 4
@@ -502,9 +503,10 @@ def test_killed_pull_leaves_nothing_after_the_next_run(zoo_mirror, tmp_path: Pat
 
 def test_killed_checkpoint_writes_are_cleaned_at_resume(sheep, tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="training needs the train extra")
+    from sketchkit.zoo.config import HParams
+    from sketchkit.zoo.train import train
+
     from sketchkit.datasets import Dataset, save_npz
-    from zoo.config import HParams
-    from zoo.train import train
 
     few = [s for s in sheep.train if len(s) <= 30][:8]
     save_npz(tmp_path / "eight.npz", Dataset(few, few, few))

@@ -13,11 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from magenta_reference import JsModel, random_stroke5, write_vae_json  # noqa: E402
+from sketchkit.export import magenta  # noqa: E402
 
-from export import magenta  # noqa: E402
 from sketchkit.cli import main  # noqa: E402
 from sketchkit.modelinfo import ModelInfo  # noqa: E402
-from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
+from sketchkit.runtimes.onnx import OnnxRuntime  # noqa: E402
 from sketchkit.sampling import Sampler, SamplingOptions  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -128,7 +128,7 @@ def test_vae_matches_reference(tmp_path: Path, version: int) -> None:
         params, state = rt.step(prev, z, state)
         np.testing.assert_allclose(params, want, atol=1e-4)
     # the model also round-trips through our checkpoint, keeping the version < 6 tanh
-    from export.onnx import export_checkpoint
+    from sketchkit.export.onnx import export_checkpoint
 
     magenta.import_magenta(path, tmp_path / "vae2", checkpoint=tmp_path / "vae.safetensors")
     export_checkpoint(tmp_path / "vae.safetensors", tmp_path / "vae3")

@@ -1,6 +1,6 @@
 """The torch-free Magenta importer (`sketchkit.magenta_onnx`): the reader's checks, the graphs
 against the numpy reference of sketch-rnn-js (tests/magenta_reference.py) for every Magenta JSON
-in ../shared, and against the PyTorch importer (`export.magenta`, skipped without torch): the
+in ../shared, and against the PyTorch importer (`sketchkit.export.magenta`, skipped without torch): the
 same contract, the same numbers to 1e-5 over 50 chained steps, the same sketches for a seed."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sketchkit.errors import ModelError
 from sketchkit.magenta import read_magenta
 from sketchkit.magenta_onnx import import_magenta
 from sketchkit.modelinfo import ModelInfo
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 
 GEN_FILES = sorted(p.name for p in MAGENTA_GEN.glob("*.gen.json"))  # none without ../shared
 STEPS = 50
@@ -188,8 +188,8 @@ def _both(json_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
     chains drift apart (diving_board 0.1, dolphin 3e-3, lantern 0.3 by step 50), which says
     nothing about the graphs, and the graphs are what is compared here."""
     pytest.importorskip("torch", reason="the PyTorch importer is the reference (the export extra)")
-    from export import onnx as torch_export
-    from export.magenta import import_magenta as import_with_torch
+    from sketchkit.export import onnx as torch_export
+    from sketchkit.export.magenta import import_magenta as import_with_torch
 
     monkeypatch.setitem(torch_export.TOLERANCE, "float32", float("inf"))
     import_magenta(json_path, tmp_path / "onnx")

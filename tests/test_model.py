@@ -1,4 +1,4 @@
-"""zoo.model and zoo.loss: the loss against an independent numpy computation, the schedules at
+"""sketchkit.zoo.model and zoo.loss: the loss against an independent numpy computation, the schedules at
 known steps, numerical safety, the three cells, the step-wise contract and the masked encoder."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from sketchkit.zoo.config import HParams  # noqa: E402
+from sketchkit.zoo.loss import Losses, kl_loss, kl_weight, reconstruction_loss, train_loss  # noqa: E402
+from sketchkit.zoo.model import SketchRNN, reverse_within_length  # noqa: E402
+
 from sketchkit import strokes  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.loss import Losses, kl_loss, kl_weight, reconstruction_loss, train_loss  # noqa: E402
-from zoo.model import SketchRNN, reverse_within_length  # noqa: E402
 
 TINY = dict(enc_size=12, dec_size=16, z_size=6, num_mixture=3, hyper_size=8, hyper_embed=4, max_seq_len=30)
 
@@ -161,7 +162,7 @@ def test_fused_lstm_equals_its_step_loop(sheep) -> None:
     x = torch.cat([batch[:, :-1], torch.zeros(batch.shape[0], batch.shape[1] - 1, 6)], 2)
     state = torch.randn(batch.shape[0], m.state_size)
     fused, s1 = m.cell.sequence(x, state)
-    from zoo.model import Cell
+    from sketchkit.zoo.model import Cell
 
     loop, s2 = Cell.sequence(m.cell, x, state)
     torch.testing.assert_close(fused, loop, atol=1e-5, rtol=1e-5)
@@ -247,7 +248,7 @@ def test_params_layout_is_magentas() -> None:
         m.head.weight.zero_()
         m.head.bias.copy_(torch.arange(27.0))
         params, _ = m.step(torch.zeros(1, 5), torch.zeros(1, 6), m.init_state(torch.zeros(1, 6)))
-    from zoo.loss import split_params
+    from sketchkit.zoo.loss import split_params
 
     pen, pi, mu_x, mu_y, sx, sy, rho = split_params(params, 4)
     assert (

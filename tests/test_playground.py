@@ -234,9 +234,10 @@ def test_playground_help_loads_no_web_stack() -> None:
 @pytest.mark.triton
 def test_with_server_the_page_gets_the_same_sketches_through_triton(tmp_path: Path) -> None:
     pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
-    from serving.repository import RepoOptions, build_repo
-    from serving.server import TritonServer, free_port
-    from sketchkit.zoo import resolve
+    from sketchkit.serving.repository import RepoOptions, build_repo
+    from sketchkit.serving.server import TritonServer, free_port
+
+    from sketchkit.hub import resolve
 
     build_repo([resolve("sheep")], tmp_path / "repo", RepoOptions(flavor="cpu"))
     body = {"model": "sheep", "drawing": drawing(zigzag()), "k": 3, "tau": 0.6, "seed": 11}

@@ -10,9 +10,9 @@ import pytest
 from onnx_fixtures import make_model
 
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.runtime import Runtime
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtimes import open_runtime, resolve_model
+from sketchkit.hub import load, resolve
+from sketchkit.runtimes.base import Runtime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 
@@ -109,26 +109,38 @@ def test_missing_or_corrupt_model_json(tiny_uncond, tmp_path):
         OnnxRuntime(d)
 
 
-def test_resolve_model_accepts_directories_and_model_json(tiny_uncond):
-    assert resolve_model(tiny_uncond) == tiny_uncond
-    assert resolve_model(tiny_uncond / "model.json") == tiny_uncond
-    assert isinstance(open_runtime(str(tiny_uncond)), OnnxRuntime)
+def test_the_loader_accepts_directories_and_model_json(tiny_uncond, tmp_path, monkeypatch):
+    assert resolve(tiny_uncond) == tiny_uncond
+    assert resolve(tiny_uncond / "model.json") == tiny_uncond
+    assert isinstance(load(str(tiny_uncond)), OnnxRuntime)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(tiny_uncond, tmp_path / "m")
+    assert resolve("~/m") == tmp_path / "m"  # every rule in one place: ~ too
 
 
-def test_a_magenta_json_file_is_not_a_model_directory(tmp_path):
+def test_the_loader_converts_a_magenta_json_file_once(magenta_gen_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
+    f = shutil.copy(magenta_gen_dir / "owl.gen.json", tmp_path / "owl.gen.json")
+    rt = load(f, progress=False)
+    assert rt.info.name == "owl.gen" and rt.info.kind == "decoder-only"
+    d = resolve(f, progress=False)  # converted once, into the cache, keyed by the file's SHA-256
+    assert d.parent == tmp_path / "cache" / "imports" and resolve(f, progress=False) == d
+
+
+def test_files_that_are_not_models(tmp_path):
     f = tmp_path / "owl.gen.json"
     f.write_text("[{}, [], []]")
-    with pytest.raises(ModelError, match="import-magenta"):
-        resolve_model(f)
+    with pytest.raises(ModelError):
+        resolve(f)
     g = tmp_path / "notes.txt"
     g.write_text("hello")
     with pytest.raises(ModelError, match="not a model directory"):
-        resolve_model(g)
+        resolve(g)
 
 
 def test_unknown_model_name_says_how_to_list_models():
     with pytest.raises(SketchkitError) as e:
-        open_runtime("no-such-model-xyz")
+        load("no-such-model-xyz")
     assert "\n" not in str(e.value) and "sketchkit zoo list" in str(e.value)
 
 

@@ -1,5 +1,5 @@
-"""The training previews sample with the client's engine through `zoo.runtime_torch`: the shipped
-sheep checkpoint in torch steps like its exported graphs, and `zoo.train.sample` is the engine's
+"""The training previews sample with the client's engine through `sketchkit.zoo.runtime_torch`: the shipped
+sheep checkpoint in torch steps like its exported graphs, and `sketchkit.zoo.train.sample` is the engine's
 sketches (normalised units) for the generator's seed."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs the train extra (torch)")
 
-from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.runtime_torch import TorchRuntime  # noqa: E402
+from sketchkit.zoo.train import sample  # noqa: E402
+
+from sketchkit.hub import resolve  # noqa: E402
+from sketchkit.runtimes.onnx import OnnxRuntime  # noqa: E402
 from sketchkit.sampling import Sampler, SamplingOptions  # noqa: E402
-from sketchkit.zoo import resolve  # noqa: E402
-from zoo import checkpoint  # noqa: E402
-from zoo.runtime_torch import TorchRuntime  # noqa: E402
-from zoo.train import sample  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from onnx_fixtures import make_model, random_sketch
 
 from sketchkit.errors import DataError, ModelError, SketchkitError
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Draws, Sampler, SamplingOptions, lerp, mixture, rescale, sample_points, slerp
 
 

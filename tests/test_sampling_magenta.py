@@ -8,7 +8,7 @@ import pytest
 
 from sketchkit import datasets, strokes
 from sketchkit.cli import main
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Draws, Sampler, SamplingOptions, mixture, rescale, sample_points
 
 

@@ -1,4 +1,4 @@
-"""zoo.sequence and the cells' step functions: the teacher-forcing loop equals the cells as they
+"""sketchkit.zoo.sequence and the cells' step functions: the teacher-forcing loop equals the cells as they
 were before (one step at a time, dropout drawn per step; here with the same masks) in forward and
 gradients on real sheep, the loop module that CUDA graphs capture equals the plain loop, the
 compiled step too (slow), checkpoint keys are unchanged, and training needs neither cairosvg nor
@@ -16,12 +16,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
+from sketchkit.zoo import sequence  # noqa: E402
+from sketchkit.zoo.config import HParams  # noqa: E402
+from sketchkit.zoo.model import LN_EPS, SketchRNN, lstm_step  # noqa: E402
 
 from sketchkit import strokes  # noqa: E402
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
-from zoo import sequence  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.model import LN_EPS, SketchRNN, lstm_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = dict(enc_size=12, dec_size=24, z_size=6, num_mixture=3, hyper_size=10, hyper_embed=4, max_seq_len=60)
@@ -296,7 +296,7 @@ def test_training_needs_neither_cairosvg_nor_platformdirs(six_sheep: Path, tmp_p
 
 
 def test_time_limit_stops_with_a_final_validation(six_sheep: Path, tmp_path: Path) -> None:
-    from zoo.train import train
+    from sketchkit.zoo.train import train
 
     torch.set_num_threads(1)
     hp = HParams.from_toml(tiny_recipe(tmp_path, six_sheep))

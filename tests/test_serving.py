@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sketchkit.serving.repository import MARKER, RepoOptions, build_repo, read_config
 
-from serving.repository import MARKER, RepoOptions, build_repo, read_config
 from sketchkit.cli import cli
 from sketchkit.errors import SketchkitError
 from sketchkit.graphs import concrete_dims, graphs_for
 from sketchkit.modelinfo import ModelInfo
-from sketchkit.runtime_triton import INFO_PARAMETER, STATE_IN, STATE_OUT, STATEFUL_STEP, stateful_graph
+from sketchkit.runtimes.triton import INFO_PARAMETER, STATE_IN, STATE_OUT, STATEFUL_STEP, stateful_graph
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 

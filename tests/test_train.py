@@ -1,4 +1,4 @@
-"""zoo.train: a tiny model overfits 8 real sheep, a killed run resumes to the very same
+"""sketchkit.zoo.train: a tiny model overfits 8 real sheep, a killed run resumes to the very same
 parameters, the run directory holds what it promises, and the CLI drives it all."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.config import HParams  # noqa: E402
+from sketchkit.zoo.train import learning_rate, train  # noqa: E402
+
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
-from zoo import checkpoint  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.train import learning_rate, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,8 +187,9 @@ def test_zoo_and_cli_import_no_torch() -> None:
 
 
 def test_multi_class_dataset(sheep, eight_sheep: Path, tmp_path: Path) -> None:
+    from sketchkit.zoo.data import load_data
+
     from sketchkit.io import sha256_file
-    from zoo.data import load_data
 
     other = [s for s in sheep.valid if len(s) <= 40][:5]
     second = tmp_path / "more_sheep.npz"
@@ -207,7 +209,7 @@ def test_multi_class_dataset(sheep, eight_sheep: Path, tmp_path: Path) -> None:
 
 
 def test_ship_writes_weights_samples_and_card(eight_sheep: Path, tmp_path: Path) -> None:
-    from zoo.ship import ship
+    from ship import ship  # scripts/, on sys.path from tests/conftest.py
 
     run = tmp_path / "run"
     train(tiny(eight_sheep, num_steps=20, eval_every=10), run, progress=False)

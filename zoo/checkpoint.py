@@ -18,11 +18,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from sketchkit.zoo.config import HParams
+from sketchkit.zoo.model import SketchRNN
 
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.io import atomic_write
-from zoo.config import HParams
-from zoo.model import SketchRNN
 
 FORMAT = "sketchkit-checkpoint"
 VERSION = 1

@@ -1,6 +1,6 @@
 """Training data: a recipe's datasets loaded, clamped, filtered and normalised (paper A.1).
 
-Torch-free, so evaluation and shipping use it without the training loop (`zoo.train`, which
+Torch-free, so evaluation and shipping use it without the training loop (`sketchkit.zoo.train`, which
 stands above it)."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sketchkit.zoo.config import HParams
 
 from sketchkit import strokes
 from sketchkit.datasets import Dataset, concat, load_npz
 from sketchkit.errors import SketchkitError
 from sketchkit.io import sha256_file
-from zoo.config import HParams
 
 
 @dataclass

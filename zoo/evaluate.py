@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sketchkit.zoo.checkpoint import load
+from sketchkit.zoo.config import HParams
+from sketchkit.zoo.data import load_data
+from sketchkit.zoo.model import SketchRNN
 
 from sketchkit import strokes
-from zoo.checkpoint import load
-from zoo.config import HParams
-from zoo.data import load_data
-from zoo.model import SketchRNN
 
 
 @torch.no_grad()

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from sketchkit.zoo import sequence
+from sketchkit.zoo.config import HParams
+from sketchkit.zoo.loss import Losses, kl_loss, reconstruction_loss
 from torch import nn
-
-from zoo import sequence
-from zoo.config import HParams
-from zoo.loss import Losses, kl_loss, reconstruction_loss
 
 LN_EPS = 1e-3  # magenta's layer-norm epsilon (rnn.py), kept so its recipes behave the same
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sketchkit.zoo.model import SketchRNN
 
 from sketchkit.modelinfo import ModelInfo
-from zoo.model import SketchRNN
 
 
 def model_info(

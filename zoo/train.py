@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from sketchkit.zoo import checkpoint
+from sketchkit.zoo.config import HParams
+from sketchkit.zoo.data import load_data
+from sketchkit.zoo.evaluate import evaluate
+from sketchkit.zoo.loss import kl_weight, train_loss
+from sketchkit.zoo.model import SketchRNN
 
 from sketchkit import strokes
 from sketchkit.errors import SketchkitError
 from sketchkit.io import atomic_write, remove_stale_temps
-from zoo import checkpoint
-from zoo.config import HParams
-from zoo.data import load_data
-from zoo.evaluate import evaluate
-from zoo.loss import kl_weight, train_loss
-from zoo.model import SketchRNN
 
 log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
@@ -74,8 +74,9 @@ def sample(
     """n normalised stroke-3 sketches from sketchkit's engine (the client's decode loop: S_0,
     Eq. 8 temperature, early stop) over the torch model; the seed is `generator`'s, z ~ N(0, I)
     for a VAE unless given."""
+    from sketchkit.zoo.runtime_torch import TorchRuntime
+
     from sketchkit.sampling import Sampler, SamplingOptions
-    from zoo.runtime_torch import TorchRuntime
 
     model.eval()
     seed = None if generator is None else int(generator.initial_seed())

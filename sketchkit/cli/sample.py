@@ -65,11 +65,11 @@ class Session:
 
     def __init__(self, name: str, server: str | None, tau: float, seed: int | None, rule: str | None,
                  greedy: bool, max_len: int | None) -> None:
-        from sketchkit.runtimes import open_runtime
+        from sketchkit.hub import load
         from sketchkit.sampling import Sampler, SamplingOptions
 
         self.options = SamplingOptions(tau=tau, temperature_rule=rule, greedy=greedy, max_len=max_len, seed=seed)
-        self.runtime = open_runtime(name, server)
+        self.runtime = load(name, server)
         click.get_current_context().call_on_close(self.runtime.close)  # a Triton runtime ends its sequences
         self.info = self.runtime.info
         self.sampler = Sampler(self.runtime)

@@ -76,8 +76,8 @@ def train(
     _need_torch()
     import torch
 
-    from zoo.config import HParams
-    from zoo.train import train as run
+    from sketchkit.zoo.config import HParams
+    from sketchkit.zoo.train import train as run
 
     hp = HParams.from_toml(recipe) if recipe else HParams()
     d = hp.to_dict()
@@ -115,7 +115,7 @@ def train(
 def evaluate(checkpoint: Path, split: str, data: tuple[str, ...], as_json: bool) -> None:
     """Report L_R and L_KL of a checkpoint on a split, as in the paper's Table 1."""
     _need_torch()
-    from zoo.evaluate import evaluate_checkpoint
+    from sketchkit.zoo.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(str(checkpoint), split, [str(Path(p).resolve()) for p in data] or None)
     if as_json:

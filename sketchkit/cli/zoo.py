@@ -6,7 +6,7 @@ import json
 
 import click
 
-from sketchkit import zoo as client
+from sketchkit import hub as client
 from sketchkit.errors import SketchkitError
 
 

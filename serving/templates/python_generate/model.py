@@ -20,7 +20,7 @@ import triton_python_backend_utils as pb_utils
 
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, Scheduler
 from sketchkit.generation import Limits, inputs_for, pack, parse_inputs
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL

@@ -4,7 +4,7 @@
 metrics in its header), `samples.png` and `MODEL_CARD.md`, all written from the run directory so
 that re-shipping a later checkpoint regenerates every number in the card.
 
-    python -m zoo.ship runs/sheep zoo/models/sheep --name sheep --license "CC BY-NC 4.0" \\
+    python scripts/ship.py runs/sheep zoo/models/sheep --name sheep --license "CC BY-NC 4.0" \\
         --data-note "..." --hardware "..."
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sketchkit.export.onnx import export_model, model_info
+from sketchkit.zoo.checkpoint import load, save
+from sketchkit.zoo.data import load_data
+from sketchkit.zoo.evaluate import evaluate
+from sketchkit.zoo.train import sample, sketches_png
 
-from export.onnx import export_model, model_info
 from sketchkit.io import atomic_write
-from zoo.checkpoint import load, save
-from zoo.data import load_data
-from zoo.evaluate import evaluate
-from zoo.train import sample, sketches_png
 
 
 def _wall_minutes(run: Path, step: int) -> float | None:
@@ -112,7 +112,7 @@ def model_card(
 A sketch-rnn model (Ha & Eck, 2017) trained with sketchkit's PyTorch implementation (`zoo/`).
 Weights: `{name}.safetensors` (float16; the header holds the
 config, `scale_factor` {meta["scale_factor"]:.4f}, `max_seq_len` {meta["max_seq_len"]}, the dataset
-SHA-256 and the metrics below). Load it with `zoo.checkpoint.load`. The ONNX graphs and `model.json` beside
+SHA-256 and the metrics below). Load it with `sketchkit.zoo.checkpoint.load`. The ONNX graphs and `model.json` beside
 it were exported from these float16-rounded weights; they are what `sketchkit generate {name}` runs.
 {
         f'''
@@ -165,13 +165,13 @@ Weights: {license} (they derive from the training data's licence). Code: Apache-
 ```
 sketchkit train zoo/recipes/{name if name != "sheep" else "aaron_sheep"}.toml --out runs/{name} --threads 1
 sketchkit evaluate runs/{name}/best.safetensors --split test
-python -m zoo.ship runs/{name} zoo/models/{name} --name {name} --license "{license}"
+python scripts/ship.py runs/{name} zoo/models/{name} --name {name} --license "{license}"
 ```
 """
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m zoo.ship", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python scripts/ship.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="run directory with best.safetensors and metrics.jsonl")
     ap.add_argument("out", type=Path, help="model directory, e.g. zoo/models/sheep")
     ap.add_argument("--name", required=True)

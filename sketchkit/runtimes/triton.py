@@ -3,13 +3,13 @@
 Whole sketches (default for `generate`/`decode`/`complete` when the server has it):
 `<model>_generate` runs the sampling loop on the server, one request per call, continuously
 batched with every other client's (`TritonGenerator`; `sketchkit.generation` is its contract).
-Step mode (`mode="step"`, `?step=1` on a URL, or whatever the generate model does not cover,
+Step mode (`mode="step"`, `?step=1` on a URL given to `sketchkit.hub.load`, or whatever the generate model does not cover,
 such as `encode`) drives the loop here, one request per decoder step:
 Stateless (default): `<model>_decoder_step` takes the state with each request and returns the next
 one, so any request can go to any instance and Triton's dynamic batcher can merge the steps of
 many clients into one execution. `stateful=True`: `<model>_decoder_step_stateful` keeps the state
 on the server (one Triton sequence per generation); a step sends only `prev` (and z) plus the rows
-that go on. The repository layout is `serving.repository`'s; model.json travels in the step
+that go on. The repository layout is `sketchkit.serving.repository`'s; model.json travels in the step
 model's config, so the client needs nothing but the URL and the model name.
 
 tritonclient is imported when a runtime is made, never by `import sketchkit`.
@@ -21,7 +21,6 @@ import contextlib
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,7 +76,7 @@ def _first_line(text: str) -> str:
 
 
 class TritonRuntime:
-    """`sketchkit.runtime.Runtime` over tritonclient; safe to share between threads.
+    """`sketchkit.runtimes.base.Runtime` over tritonclient; safe to share between threads.
 
     url: grpc://host:8001 or http://host:8000. model: the served model name (Triton serves
     `<model>_<graph>`; a zoo name such as `magenta/owl.gen` is served as `magenta-owl.gen`).
@@ -124,25 +123,6 @@ class TritonRuntime:
         self._generator: TritonGenerator | None = None
         if self.mode == "generate" and self._serves(triton_name(self.model, generation.GENERATE)):
             self._generator = TritonGenerator(self)
-
-    @classmethod
-    def from_url(cls, url: str, model: str | os.PathLike[str], **kwargs: Any) -> TritonRuntime:
-        """For `--server URL`: `model` is a served model name, or a local model directory (its
-        model.json names the model). `?step=1` on the URL selects the step loop in this process
-        (stateless steps), `?stateful=1` the step loop with server-held state."""
-        parts = urlsplit(url if "://" in url else f"grpc://{url}")
-        if parts.query:
-            if parts.query in ("stateful", "stateful=1", "stateful=true"):
-                kwargs.setdefault("stateful", True)
-            elif parts.query in ("step", "step=1", "step=true"):
-                kwargs.setdefault("mode", "step")
-            else:
-                raise TritonError(f"unknown Triton URL option {parts.query!r} (only ?step=1 or ?stateful=1)")
-            url = url.split("?", 1)[0]
-        path = Path(model)
-        if (path / "model.json").is_file():  # the server's model.json is the one that counts
-            model = ModelInfo.load(path).name
-        return cls(url, str(model), **kwargs)
 
     def __repr__(self) -> str:
         return f"TritonRuntime({self.url!r}, {self.model!r}, mode={self.mode!r}{', stateful=True' if self.stateful else ''})"

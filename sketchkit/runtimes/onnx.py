@@ -100,7 +100,7 @@ class OnnxRuntime:
         return outputs
 
     def _load(self, graph: Graph) -> ort.InferenceSession:
-        import onnxruntime as ort  # here, not at import: `import sketchkit.runtime_onnx` stays cheap
+        import onnxruntime as ort  # here, not at import: `import sketchkit.runtimes.onnx` stays cheap
 
         path = graph_path(self.model_dir, self.info, graph.name)
         opts = session_options(self.threads)

@@ -1,7 +1,7 @@
 """Writes zoo/registry.json, the model zoo as data: one row per model, keyed by name.
 
-    python zoo/make_registry.py                      # regenerate (run from the repo root)
-    python zoo/make_registry.py publish DIR --tag T  # add our exported model DIR as release assets
+    python scripts/make_registry.py                     # regenerate (run from the repo root)
+    python scripts/make_registry.py publish DIR --tag T # add our exported model DIR as release assets
 
 Where the rows come from:
 - Magenta's class names: the table in magenta/magenta-js `sketch/README.md` ("Here is a list of
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REGISTRY = HERE / "registry.json"
+ZOO = HERE.parent / "zoo"
+REGISTRY = ZOO / "registry.json"
 SHARED = HERE.parent.parent / "shared" / "data"
 
 MAGENTA_URL = "https://storage.googleapis.com/quickdraw-models/sketchRNN"
@@ -141,7 +142,7 @@ def write(registry: dict[str, Any]) -> None:
 def shipped_rows(ours: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Rows for the model directories under zoo/models/, sizes read from their model.json."""
     rows = dict(ours)
-    for d in sorted(p for p in (HERE / "models").iterdir() if p.is_dir()):
+    for d in sorted(p for p in (ZOO / "models").iterdir() if p.is_dir()):
         row = rows.get(d.name) or {
             "kind": None,
             "cell": None,
@@ -181,7 +182,7 @@ def regenerate() -> None:
             "magenta_sha256": "pinned for the 40 H=512 gen files in shared/data/magenta-gen; "
             "null elsewhere (trust on first use)",
             "release_url": RELEASE_URL,
-            "generated_by": "zoo/make_registry.py",
+            "generated_by": "scripts/make_registry.py",
         },
         "models": {**ours, **magenta},
         "datasets": {
