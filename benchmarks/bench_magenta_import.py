@@ -47,13 +47,13 @@ SECTION = "## Magenta import without torch"
 
 def lstm_op_step(mm, info) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
     """The decoder step with ONNX's `LSTM` op (one time step) instead of plain nodes."""
-    H = mm.dec_size
-    b = magenta_onnx._Graph(graphs_for(info.kind)[-1], info.sizes)
+    H = mm.dims.dec_size
+    b = magenta_onnx._Graph(graphs_for(info.dims.kind)[-1], info.sizes)
     W, R, B = magenta_onnx._onnx_lstm(mm, "dec_")
     W, R, B = (b.const(n, a[None]) for n, a in (("W", W), ("R", R), ("B", B)))
     h, c = b.op("Split", ["state", b.const("split", np.array([H, H], np.int64))], 2, axis=1)
     axis0 = b.const("axis0", np.array([0], np.int64))
-    (x,) = b.op("Concat", ["prev", "z"] if mm.conditional else ["prev"], axis=1)
+    (x,) = b.op("Concat", ["prev", "z"] if mm.dims.vae else ["prev"], axis=1)
     (x3,) = b.op("Unsqueeze", [x, axis0])
     (h3,) = b.op("Unsqueeze", [h, axis0])
     (c3,) = b.op("Unsqueeze", [c, axis0])

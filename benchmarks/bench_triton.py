@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sketchkit.serving.repository import RepoOptions, build_repo
-from sketchkit.serving.server import TritonServer, free_port
 
 from sketchkit.client import Client
 from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.runtimes.triton import TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.serving.repository import RepoOptions, build_repo
+from sketchkit.serving.server import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -174,7 +174,7 @@ def main() -> None:
 
 `{" ".join(["python benchmarks/bench_triton.py", *sys.argv[1:]])}`
 
-Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dec_size}, M = {info.num_mixture}, N_max = {info.max_seq_len}),
+Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dims.dec_size}, M = {info.dims.num_mixture}, N_max = {info.max_seq_len}),
 imported to ONNX. Server: the tritonserver 2.51 binary of nvidia-pytriton on 127.0.0.1, cpu-flavor
 repository (`sketchkit serve build-repo --flavor cpu`): `owl_generate` runs `sketchkit.engine` in the
 Python backend (onnxruntime, 2 intra-op threads, continuous batching across requests). Clients in

@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sketchkit.magenta import read_magenta
+from sketchkit.modelinfo import ModelInfo
+
 HERE = Path(__file__).resolve().parent
 ZOO = HERE.parent / "zoo"
 REGISTRY = ZOO / "registry.json"
@@ -64,7 +67,9 @@ MAGENTA_CLASSES = [
 QUICKDRAW_URL = "https://storage.googleapis.com/quickdraw_dataset/sketchrnn/{class}.npz"
 # Our release assets: one flat namespace per tag, so each file is published as <model>.<file>.
 RELEASE_URL = "https://github.com/sketchkit/sketchkit/releases/download/{tag}/{asset}"
-SIZE_FIELDS = ("kind", "cell", "dec_size", "enc_size", "z_size", "num_mixture", "max_seq_len", "scale_factor")
+# A row carries the model's `dims` (sketchkit.dims.ModelDims, as in model.json and the checkpoint;
+# only the fields known before download), and what a client needs to preprocess: N_max, the scale.
+PREPROCESSING = ("max_seq_len", "scale_factor")
 
 
 def sha256(path: Path) -> str:
@@ -87,12 +92,7 @@ def magenta_rows(local: Path, quickdraw: list[str]) -> dict[str, dict[str, Any]]
                     "size": None,
                 }
                 row: dict[str, Any] = {
-                    "kind": "vae" if mode == "vae" else "decoder-only",
-                    "cell": "lstm",
-                    "dec_size": hidden,
-                    "enc_size": None if mode == "vae" else 0,
-                    "z_size": None if mode == "vae" else 0,
-                    "num_mixture": None,
+                    "dims": {"kind": "vae" if mode == "vae" else "decoder-only", "cell": "lstm", "dec_size": hidden},
                     "max_seq_len": None,
                     "scale_factor": None,
                     "format": "magenta-json",
@@ -110,8 +110,7 @@ def magenta_rows(local: Path, quickdraw: list[str]) -> dict[str, dict[str, Any]]
                     info, shapes, _ = json.loads(copy.read_text())
                     file.update(sha256=sha256(copy), size=copy.stat().st_size)
                     row.update(
-                        dec_size=shapes[3][0],
-                        num_mixture=(shapes[1][0] - 3) // 6,
+                        dims=read_magenta(copy).dims.to_dict(),
                         max_seq_len=info["max_seq_len"],
                         scale_factor=info["scale_factor"],
                         notes="sha256 of the byte-exact copy in shared/data/magenta-gen",
@@ -144,12 +143,7 @@ def shipped_rows(ours: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     rows = dict(ours)
     for d in sorted(p for p in (ZOO / "models").iterdir() if p.is_dir()):
         row = rows.get(d.name) or {
-            "kind": None,
-            "cell": None,
-            "dec_size": None,
-            "enc_size": None,
-            "z_size": None,
-            "num_mixture": None,
+            "dims": {},
             "max_seq_len": None,
             "scale_factor": None,
             "format": "sketchkit-onnx",
@@ -160,11 +154,15 @@ def shipped_rows(ours: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "notes": "shipped with the package",
             "files": [],
         }
+        for legacy in ("kind", "cell", "enc_size", "dec_size", "z_size", "num_mixture"):  # flat before dims
+            row.pop(legacy, None)
         row["shipped"] = f"models/{d.name}"
         if (d / "model.json").is_file():
-            info = json.loads((d / "model.json").read_text())
-            row.update({k: info[k] for k in SIZE_FIELDS}, license=info["license"], metrics=info["metrics"])
-            row["size"] = sum((d / f).stat().st_size for f in info["files"].values())
+            info = ModelInfo.load(d)  # any model.json version
+            row.update(dims=info.dims.to_dict(), **{k: getattr(info, k) for k in PREPROCESSING})
+            row.update(license=info.license, metrics=info.metrics)
+            row["size"] = sum((d / f).stat().st_size for f in info.files.values())
+            row = {k: row.pop(k) for k in ("dims", *PREPROCESSING)} | row  # dims first, as in the other rows
         rows[d.name] = row
     return rows
 
@@ -209,7 +207,8 @@ def regenerate() -> None:
 def publish(model_dir: Path, tag: str, stage: Path) -> None:
     """Add an exported model directory as release assets `<name>.<file>` under `tag`, copy them
     into `stage` for upload, and record their SHA-256 and size."""
-    info = json.loads((model_dir / "model.json").read_text())
+    loaded = ModelInfo.load(model_dir)
+    info = json.loads(loaded.to_json())
     name = info["name"]
     stage.mkdir(parents=True, exist_ok=True)
     files = []
@@ -228,7 +227,8 @@ def publish(model_dir: Path, tag: str, stage: Path) -> None:
     registry = json.loads(REGISTRY.read_text())
     old = registry["models"].get(name, {})
     registry["models"][name] = {
-        **{k: info[k] for k in SIZE_FIELDS},
+        "dims": info["dims"],
+        **{k: info[k] for k in PREPROCESSING},
         "format": "sketchkit-onnx",
         "origin": "sketchkit",
         "license": info["license"],

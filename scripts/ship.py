@@ -11,18 +11,19 @@ that re-shipping a later checkpoint regenerates every number in the card.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+
 from sketchkit.export.onnx import export_model, model_info
+from sketchkit.io import atomic_write
 from sketchkit.zoo.checkpoint import load, save
 from sketchkit.zoo.data import load_data
 from sketchkit.zoo.evaluate import evaluate
 from sketchkit.zoo.train import sample, sketches_png
-
-from sketchkit.io import atomic_write
 
 
 def _wall_minutes(run: Path, step: int) -> float | None:
@@ -53,10 +54,10 @@ def ship(
 ) -> dict[str, Any]:
     model, hp, meta = load(run / "best.safetensors")
     if data:  # a run trained elsewhere (a GPU machine) names its dataset by that machine's path
-        hp.dataset = [str(Path(data).resolve())]
+        hp = dataclasses.replace(hp, dataset=[str(Path(data).resolve())])
     ds = load_data(hp, scale_factor=meta["scale_factor"])
     metrics = dict(meta.get("metrics", {}), test=evaluate(model, ds.test, hp))
-    keep = {k: v for k, v in meta.items() if k not in ("format", "version", "hparams", "dtype", "metrics")}
+    keep = {k: v for k, v in meta.items() if k not in ("format", "version", "hparams", "dims", "recipe", "init_tanh_z", "dtype", "metrics")}
     extra = {"license": license, "source": f"sketchkit zoo/recipes, run {run.name}", "name": name}
     weights = out / f"{name}.safetensors"
     rounded = run / f"{name}.float16.safetensors"  # the float16 round trip, before `out` is replaced
@@ -74,7 +75,7 @@ def ship(
     sketches_png(out / "samples.png", sample(half, 25, tau=tau, generator=gen), cols=5)
     card = model_card(
         name,
-        hp.to_dict(),
+        hp.flat(),
         meta,
         metrics,
         license,
@@ -104,7 +105,7 @@ def model_card(
     seed: int,
 ) -> str:
     t, h, v = metrics["test"], metrics["test_float16"], metrics.get("valid", {})
-    kind = "VAE (conditional)" if hp["conditional"] else "decoder-only (unconditional)"
+    kind = "VAE" if hp["kind"] == "vae" else "decoder-only"
     recipe = "\n".join(f"{k} = {json.dumps(val)}" for k, val in hp.items() if k not in ("dataset", "note"))
     wall_text = f"about {wall:.0f} minutes" if wall else "unknown"
     return f"""# {name}: sketch-rnn {kind}

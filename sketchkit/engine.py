@@ -154,7 +154,7 @@ class Engine:
         # the row table: one entry per live row, all arrays aligned
         self._rows: dict[str, np.ndarray] = {
             "prev": np.zeros((0, 5), np.float32),
-            "state": np.zeros((0, self.info.state_size), np.float32),
+            "state": np.zeros((0, self.info.dims.state_size), np.float32),
             "owner": np.zeros(0, np.intp),  # index of its request in scheduler.running
             "row": np.zeros(0, np.intp),  # its row in the request (0..n-1)
             "slot": np.zeros(0, np.intp),  # its slot in the output store
@@ -164,8 +164,8 @@ class Engine:
             "sig": np.zeros(0),
             "draw": np.zeros(0, np.intp),  # its row in the step's buffer of random numbers
         }
-        if self.info.conditional:
-            self._rows["z"] = np.zeros((0, self.info.z_size), np.float32)
+        if self.info.dims.vae:
+            self._rows["z"] = np.zeros((0, self.info.dims.z_size), np.float32)
         self._samplers: list[tuple[np.random.Generator, int, int]] = []  # (rng, first, end) in the buffer
         self._any_greedy = False
         self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
@@ -223,7 +223,7 @@ class Engine:
                 r.state = self.runtime.init_state(r.z, r.n)
             except SketchkitError as e:
                 r.error = e
-                r.state = np.zeros((r.n, self.info.state_size), np.float32)
+                r.state = np.zeros((r.n, self.info.dims.state_size), np.float32)
         slots = self._take_slots(r.n, r.max_len)
         self._slots[id(r)] = slots
         self._length[slots] = r.max_len  # rows that never draw p3 are cut at max_len
@@ -330,7 +330,7 @@ class Engine:
         """Each sampling request fills its block of the step's random numbers from its own
         generator; `draw` picks the live rows' rows."""
         size = self._samplers[-1][2] if self._samplers else 0
-        exponential = np.empty((size, 3 + self.info.num_mixture))
+        exponential = np.empty((size, 3 + self.info.dims.num_mixture))
         normal = np.empty((size, 2))
         for rng, a, b in self._samplers:
             Draws.fill(rng, exponential[a:b], normal[a:b])

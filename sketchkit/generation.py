@@ -45,11 +45,11 @@ VAE_ONLY = ("z",)
 
 
 def inputs_for(info: ModelInfo) -> tuple[Tensor, ...]:
-    return tuple(t for t in INPUTS if info.conditional or t.name not in VAE_ONLY)
+    return tuple(t for t in INPUTS if info.dims.vae or t.name not in VAE_ONLY)
 
 
 def outputs_for(info: ModelInfo) -> tuple[Tensor, ...]:
-    return tuple(t for t in OUTPUTS if info.conditional or t.name not in VAE_ONLY)
+    return tuple(t for t in OUTPUTS if info.dims.vae or t.name not in VAE_ONLY)
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def parse_inputs(get: dict[str, np.ndarray], info: ModelInfo, limits: Limits) ->
             raise SketchkitError(f"unknown temperature rule {rule[:20]!r} (choose eq8 or js)")
     z = None
     if "z" in get:
-        z = _float_array("z", get["z"], (n, info.z_size))
+        z = _float_array("z", get["z"], (n, info.dims.z_size))
     prefix = None
     if "prefix" in get:
         prefix = _float_array("prefix", get["prefix"], (-1, 3))

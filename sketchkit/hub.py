@@ -591,12 +591,14 @@ def convert_local_magenta(path: Path, progress: bool = True) -> Path:
     out = cache_dir() / "imports" / digest[:16]
     if (out / "model.json").is_file():
         return out
+    from sketchkit.magenta import read_magenta
+    from sketchkit.magenta_onnx import import_magenta
+
+    read_magenta(path)  # not a Magenta model: one line, and nothing written to the cache
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out):
         if not (out / "model.json").is_file():
             _remove_stale(out)
-            from sketchkit.magenta_onnx import import_magenta
-
             say = (lambda msg: click.echo(msg, err=True)) if progress else None
             stem = path.name.removesuffix(".json")
             name = stem if is_valid_name(stem) else f"import-{digest[:12]}"

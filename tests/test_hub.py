@@ -48,7 +48,7 @@ def test_registry_holds_ours_magenta_and_quickdraw(magenta_gen_dir: Path) -> Non
     names = [f["name"] for v in models.values() for f in v["files"]]
     assert len(names) == len(set(names)), "two files would share a cache / mirror name"
     large = models["magenta-large/owl.vae"]
-    assert large["dec_size"] == 1024 and large["files"][0]["name"] == "large_models/owl.vae.json"
+    assert large["dims"] == {"kind": "vae", "cell": "lstm", "dec_size": 1024} and large["files"][0]["name"] == "large_models/owl.vae.json"
     assert large["files"][0]["url"].endswith("/sketchRNN/large_models/owl.vae.json")
     classes = hub.dataset_classes()
     assert len(classes) == 345 and "zigzag" in classes and "The Eiffel Tower" in classes
@@ -266,7 +266,7 @@ def test_pull_converts_and_generates(zoo_mirror, tmp_path: Path) -> None:
     assert d == tmp_path / "cache" / "models" / "magenta" / "owl.gen"
     assert [n for n, _ in zoo_mirror.log] == ["owl.vae.json", OWL]
     info = ModelInfo.load(d)
-    assert (info.kind, info.dec_size, info.num_mixture, info.max_seq_len) == ("decoder-only", 512, 20, 174)
+    assert (info.dims.kind, info.dims.dec_size, info.dims.num_mixture, info.max_seq_len) == ("decoder-only", 512, 20, 174)
     assert info.scale_factor == pytest.approx(76.6042)
     sketches = Sampler(OnnxRuntime(d)).generate(2, options=SamplingOptions(seed=0))
     assert len(sketches) == 2 and all(len(s) > 5 for s in sketches)

@@ -32,11 +32,11 @@ STEPS = 50
 
 def test_reads_sizes_from_shapes(magenta_gen_dir: Path) -> None:
     owl = read_magenta(magenta_gen_dir / "owl.gen.json")
-    assert (owl.name, owl.conditional, owl.version) == ("owl", False, 6)
-    assert (owl.dec_size, owl.num_mixture, owl.max_seq_len) == (512, 20, 174)
+    assert (owl.name, owl.dims.kind, owl.version) == ("owl", "decoder-only", 6)
+    assert (owl.dims.dec_size, owl.dims.num_mixture, owl.max_seq_len) == (512, 20, 174)
     assert owl.scale_factor == pytest.approx(76.6042)
     bear = read_magenta(magenta_gen_dir / "bear.gen.json")  # version 2, mode "gen"
-    assert (bear.conditional, bear.version, bear.info["mode"]) == (False, 2, "gen")
+    assert (bear.dims.kind, bear.version, bear.info["mode"]) == ("decoder-only", 2, "gen")
     for w in owl.weights.values():
         assert w.dtype == np.float32 and np.abs(w).max() <= 10.0
 
@@ -144,7 +144,7 @@ def test_vae_matches_reference(tmp_path: Path, version: int) -> None:
     path = write_vae_json(tmp_path / f"v{version}.vae.json", version)
     ref = JsModel(json.loads(path.read_text()))
     info = import_magenta(path, tmp_path / "vae")
-    assert (info.kind, info.dec_size, info.enc_size, info.z_size, info.state_size) == ("vae", 24, 12, 6, 48)
+    assert (info.dims.kind, info.dims.dec_size, info.dims.enc_size, info.dims.z_size, info.dims.state_size) == ("vae", 24, 12, 6, 48)
     assert sorted(info.files) == ["decoder_init", "decoder_step", "encoder"]
     rt = OnnxRuntime(tmp_path / "vae")
     rng = np.random.default_rng(1)
@@ -219,8 +219,8 @@ def assert_same_models(ours: Path, theirs: Path, seed: int) -> None:
     ra, rb = OnnxRuntime(ours), OnnxRuntime(theirs)
     rng = np.random.default_rng(seed)
     B = 3
-    z = rng.standard_normal((B, a.z_size)).astype(np.float32) if a.conditional else None
-    if a.conditional:
+    z = rng.standard_normal((B, a.dims.z_size)).astype(np.float32) if a.dims.vae else None
+    if a.dims.vae:
         strokes = np.stack([random_stroke5(rng, 7) for _ in range(B)])
         lengths = np.array([7, 4, 1])
         for x, y in zip(ra.encode(strokes, lengths), rb.encode(strokes, lengths), strict=True):

@@ -6,6 +6,7 @@ platformdirs and stops cleanly at its time limit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,12 +17,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
-from sketchkit.zoo import sequence  # noqa: E402
-from sketchkit.zoo.config import HParams  # noqa: E402
-from sketchkit.zoo.model import LN_EPS, SketchRNN, lstm_step  # noqa: E402
 
 from sketchkit import strokes  # noqa: E402
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
+from sketchkit.zoo import sequence  # noqa: E402
+from sketchkit.zoo.config import Recipe  # noqa: E402
+from sketchkit.zoo.model import LN_EPS, SketchRNN, lstm_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = dict(enc_size=12, dec_size=24, z_size=6, num_mixture=3, hyper_size=10, hyper_embed=4, max_seq_len=60)
@@ -30,7 +31,8 @@ KEEP = 0.8
 
 def model(cell: str) -> SketchRNN:
     torch.manual_seed(0)
-    m = SketchRNN(HParams(cell=cell, recurrent_dropout=KEEP, **SIZES))
+    hp = Recipe.of(cell=cell, recurrent_keep_prob=KEEP, **SIZES)
+    m = SketchRNN(hp.dims, hp.recurrent_keep_prob)
     with torch.no_grad():  # move every weight off its initial value, so no term hides behind a 0 or 1
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -243,9 +245,9 @@ def six_sheep(sheep, tmp_path: Path) -> Path:
 
 
 def tiny_recipe(tmp_path: Path, data: Path, **kw) -> Path:  # type: ignore[no-untyped-def]
-    hp = HParams(
+    hp = Recipe.of(
         dataset=[str(data)], max_seq_len=30, cell="layer_norm", enc_size=8, dec_size=12, z_size=4,
-        num_mixture=2, recurrent_dropout=0.9, batch_size=6, eval_every=3, log_every=2, num_samples=2,
+        num_mixture=2, recurrent_keep_prob=0.9, batch_size=6, eval_every=3, log_every=2, num_samples=2,
         num_steps=4, **kw,
     )  # fmt: skip
     path = tmp_path / "tiny.toml"
@@ -299,8 +301,7 @@ def test_time_limit_stops_with_a_final_validation(six_sheep: Path, tmp_path: Pat
     from sketchkit.zoo.train import train
 
     torch.set_num_threads(1)
-    hp = HParams.from_toml(tiny_recipe(tmp_path, six_sheep))
-    hp.num_steps = 10_000
+    hp = dataclasses.replace(Recipe.from_toml(tiny_recipe(tmp_path, six_sheep)), num_steps=10_000)
     run = tmp_path / "run"
     best = train(hp, run, progress=False, time_limit=1e-9)  # over as soon as the first step is done
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

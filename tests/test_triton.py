@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sketchkit.serving.repository import RepoOptions, build_repo
-from sketchkit.serving.server import ServerError, TritonServer, free_port
 
 from sketchkit.hub import load
 from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.runtimes.triton import TritonError, TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.serving.repository import RepoOptions, build_repo
+from sketchkit.serving.server import ServerError, TritonServer, free_port
 
 pytestmark = pytest.mark.triton
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 import torch
+
 from sketchkit.zoo import sequence
 from sketchkit.zoo.model import HyperLSTMCell
 

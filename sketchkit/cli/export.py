@@ -33,7 +33,7 @@ def _say(line: str) -> None:
 def _report(info: ModelInfo, out_dir: Path, diffs: dict[str, float] | None = None) -> None:
     check = f"onnxruntime vs PyTorch: max abs diff {max(diffs.values()):.1e}" if diffs else "built with onnx"
     click.echo(
-        f"{info.name}: {info.kind}, {info.cell} H={info.dec_size}, {info.precision} -> {out_dir} ({check})"
+        f"{info.name}: {info.dims.kind}, {info.dims.cell} H={info.dims.dec_size}, {info.precision} -> {out_dir} ({check})"
     )
 
 

@@ -294,9 +294,9 @@ def interpolate(data: Path | None, split: str, rescale: str | None, indices: tup
     else:
         if corners not in (2, 4):
             raise SketchkitError(f"--corners must be 2 or 4, got {corners}")
-        if not s.info.conditional:
+        if not s.info.dims.vae:
             raise SketchkitError(f"{s.info.name} is a decoder-only model: it has no latent space to interpolate")
-        ends = list(np.random.default_rng(kwargs["seed"]).standard_normal((corners, s.info.z_size)).astype(np.float32))
+        ends = list(np.random.default_rng(kwargs["seed"]).standard_normal((corners, s.info.dims.z_size)).astype(np.float32))
     if len(ends) == 4:
         sketches = s.timed(lambda: s.sampler.grid4(ends, steps, method, s.options))
         cols = steps

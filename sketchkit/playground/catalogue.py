@@ -58,7 +58,7 @@ class Catalogue:
         for name in dict.fromkeys(models):
             sampler = _warm(Sampler(load(name, server)))
             info = sampler.info
-            self.entries[name] = Entry(name, "server" if server else "command line", info.kind, info.license)
+            self.entries[name] = Entry(name, "server" if server else "command line", info.dims.kind, info.license)
             self._samplers[name] = sampler
         if zoo and not server:
             self._add_zoo()
@@ -78,7 +78,7 @@ class Catalogue:
             if group == "shipped" and not hub.is_cached(name):
                 continue  # shipped without its ONNX export: nothing to sample
             licence = (row.get("license") or "").split(" (")[0]
-            found[group].append(Entry(name, group, row.get("kind") or "", licence))
+            found[group].append(Entry(name, group, row["dims"].get("kind", ""), licence))
         for entries in found.values():
             self.entries.update((e.name, e) for e in entries)
 
@@ -109,9 +109,9 @@ class Catalogue:
         """The model's card for the page (opens it)."""
         info = self.sampler(name).info
         return {
-            "name": name, "kind": info.kind, "cell": info.cell, "dec_size": info.dec_size,
+            "name": name, "kind": info.dims.kind, "cell": info.dims.cell, "dec_size": info.dims.dec_size,
             "license": info.license, "source": info.source, "max_seq_len": info.max_seq_len, "scale_factor": info.scale_factor,
-            "conditional": info.conditional, "server": self.server,
+            "server": self.server,
         }
 
     def close(self) -> None:

@@ -53,14 +53,14 @@ class OnnxRuntime:
     # -- the Runtime protocol -------------------------------------------------------------------
 
     def encode(self, strokes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.info.conditional:
+        if not self.info.dims.vae:
             raise ModelError(f"{self.info.name} is a decoder-only model: it has no encoder")
         mu, presig = self._run(ENCODER, {"strokes": strokes, "lengths": lengths})
         return mu, presig
 
     def init_state(self, z: np.ndarray | None, batch: int) -> np.ndarray:
-        if not self.info.conditional:
-            return np.zeros((batch, self.info.state_size), dtype=np.float32)  # paper §3.3
+        if not self.info.dims.vae:
+            return np.zeros((batch, self.info.dims.state_size), dtype=np.float32)  # paper §3.3
         if z is None:
             raise ModelError(f"{self.info.name} is a vae model: its initial state needs z")
         (state,) = self._run(DECODER_INIT, {"z": z})
@@ -69,7 +69,7 @@ class OnnxRuntime:
     def step(
         self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.info.conditional:
+        if self.info.dims.vae:
             if z is None:
                 raise ModelError(f"{self.info.name} is a vae model: its decoder step needs z")
             params, next_state = self._run(DECODER_STEP, {"prev": prev, "z": z, "state": state})

@@ -134,7 +134,7 @@ class TritonRuntime:
     # -- the Runtime protocol -------------------------------------------------------------------
 
     def encode(self, strokes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.info.conditional:
+        if not self.info.dims.vae:
             raise TritonError(f"{self.model} is a decoder-only model: it has no encoder")
         mu, presig = self._run(ENCODER, {"strokes": strokes, "lengths": lengths})
         return mu, presig
@@ -142,8 +142,8 @@ class TritonRuntime:
     def init_state(self, z: np.ndarray | None, batch: int) -> np.ndarray:
         if self.stateful:
             return self._new_sequence(batch)
-        if not self.info.conditional:
-            return np.zeros((batch, self.info.state_size), dtype=np.float32)  # paper §3.3
+        if not self.info.dims.vae:
+            return np.zeros((batch, self.info.dims.state_size), dtype=np.float32)  # paper §3.3
         if z is None:
             raise TritonError(f"{self.model} is a vae model: its initial state needs z")
         (state,) = self._run(DECODER_INIT, {"z": z})
@@ -152,11 +152,11 @@ class TritonRuntime:
     def step(
         self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.info.conditional and z is None:
+        if self.info.dims.vae and z is None:
             raise TritonError(f"{self.model} is a vae model: its decoder step needs z")
         if self.stateful:
             return self._stateful_step(prev, z, state)
-        graph = graphs_for(self.info.kind)[-1]
+        graph = graphs_for(self.info.dims.kind)[-1]
         params, next_state = self._run(graph, {"prev": prev, "z": z, "state": state})
         return params, next_state
 
@@ -208,7 +208,7 @@ class TritonRuntime:
         start = bool((rows < 0).all())
         feeds = {"prev": prev, "z": z, ROWS.name: np.zeros_like(rows) if start else rows}
         (params,) = self._infer(
-            triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.kind), feeds, batched=False,
+            triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.dims.kind), feeds, batched=False,
             sequence=(seq, start, False),
         )  # fmt: skip
         return params, np.stack([np.full(len(prev), seq), np.arange(len(prev))], axis=1).astype(np.int64)
@@ -217,11 +217,11 @@ class TritonRuntime:
         """END a sequence (a one-row step whose result is dropped): the server frees its state."""
         feeds: dict[str, np.ndarray | None] = {
             "prev": np.zeros((1, 5), np.float32),
-            "z": np.zeros((1, self.info.z_size), np.float32),
+            "z": np.zeros((1, self.info.dims.z_size), np.float32),
             ROWS.name: np.zeros(1, np.int64),
         }
         with contextlib.suppress(TritonError):  # expired or server gone: nothing left to free
-            self._infer(triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.kind), feeds,
+            self._infer(triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.dims.kind), feeds,
                         batched=False, sequence=(seq, False, True))  # fmt: skip
 
     # -- requests -------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class TritonPythonModel:
                 sketches = [np.vstack([prefix, s]) for s in sketches]
             strokes, lengths = pack(sketches)
             tensors = [pb_utils.Tensor("strokes", strokes), pb_utils.Tensor("lengths", lengths)]
-            if self.info.conditional:
+            if self.info.dims.vae:
                 tensors.append(pb_utils.Tensor("z", z))
             response = pb_utils.InferenceResponse(output_tensors=tensors)
         except Exception as e:
