@@ -36,7 +36,7 @@ import onnxruntime as ort
 from sketchkit import magenta_onnx
 from sketchkit.graphs import graphs_for
 from sketchkit.magenta import magenta_info, read_magenta
-from sketchkit.runtimes.onnx import session_options
+from sketchkit.runtimes.onnx import open_session
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
@@ -91,7 +91,7 @@ def compare_step_graphs(json_path: Path, calls: int) -> tuple[list[str], dict[st
     onnx.save(magenta_onnx.decoder_step(mm, info), str(paths["plain"]))
     onnx.save(lstm_op_step(mm, info), str(paths["lstm_op"]))
     sessions = {
-        k: ort.InferenceSession(str(p), session_options(), providers=["CPUExecutionProvider"])
+        k: open_session(p)
         for k, p in paths.items()
     }
     # the two graphs agree (the LSTM op is a second implementation of the same maths)

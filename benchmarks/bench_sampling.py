@@ -33,7 +33,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from sketchkit.export.magenta import import_magenta, read_magenta, to_sketchrnn
-from sketchkit.runtimes.onnx import OnnxRuntime, session_options
+from sketchkit.runtimes.onnx import OnnxRuntime, open_session
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def matmul_session(k: int, n: int, threads: int | None) -> ort.InferenceSession:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    return open_session(model.SerializeToString(), threads)
 
 
 def floor_seconds(session: ort.InferenceSession, k: int, batches: list[int]) -> float:

@@ -25,6 +25,7 @@ from sketchkit.errors import ModelError
 from sketchkit.graphs import Graph, Tensor, graphs_for
 from sketchkit.io import staging_dir
 from sketchkit.modelinfo import ModelInfo
+from sketchkit.runtimes.onnx import open_session
 from sketchkit.zoo import checkpoint
 from sketchkit.zoo.model import SketchRNN
 from sketchkit.zoo.runtime_torch import model_info  # noqa: F401 (export builds model.json with it)
@@ -99,10 +100,7 @@ def _random_input(t: Tensor, info: ModelInfo, batch: int, T: int, rng: np.random
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return open_session(path, threads=1)  # the check runs small batches; one thread is plenty
 
 
 # ---------------------------------------------------------------------------------------------

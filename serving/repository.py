@@ -9,7 +9,7 @@ in `sketchkit.graphs` and each model's model.json (no tensor name is written by 
         1/model.py                       cpu flavor: templates/python_onnx/model.py
     REPO/<name>_decoder_step_stateful/   server-held state (see `stateful_step_onnx`)
     REPO/<name>_generate/                one request in, finished sketches out (continuous batching)
-        config.pbtxt                     inputs/outputs from `sketchkit.generation`
+        config.pbtxt                     inputs/outputs from `sketchkit.wire`
         1/model.py                       templates/python_generate/model.py (both flavors)
         1/model.json, 1/*.onnx           the model directory, byte for byte
 
@@ -32,17 +32,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.generation import GENERATE, REQUIRED, inputs_for, outputs_for
 from sketchkit.graphs import Graph, Tensor, concrete_dims, graphs_for
 from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import check_name, safe_name
-from sketchkit.runtimes.triton import (
+from sketchkit.wire import (
     CONTROL_START,
+    GENERATE,
     INFO_PARAMETER,
+    REQUIRED,
     STATE_IN,
     STATE_OUT,
     STATEFUL_STEP,
+    inputs_for,
+    outputs_for,
     stateful_graph,
     triton_name,
 )

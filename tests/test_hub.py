@@ -247,7 +247,7 @@ def test_publish_pull_and_sample_our_model(
     assert hub.candidates("tinyowl") == ["tinyowl"]
 
     d = hub.resolve("tinyowl", progress=False)
-    assert d == tmp_path / "cache" / "models" / "tinyowl" and ModelInfo.load(d).kind == "vae"
+    assert d == tmp_path / "cache" / "models" / "tinyowl" and ModelInfo.load(d).dims.kind == "vae"
     sketches = Sampler(OnnxRuntime(d)).generate(3, options=SamplingOptions(seed=1))
     assert len(sketches) == 3 and all(np.isfinite(s).all() for s in sketches)
     assert hub.resolve("tinyowl", progress=False) == d and len(zoo_mirror.log) == 4  # cached: no requests

@@ -16,8 +16,8 @@ from sketchkit.cli import cli
 from sketchkit.errors import SketchkitError
 from sketchkit.graphs import concrete_dims, graphs_for
 from sketchkit.modelinfo import ModelInfo
-from sketchkit.runtimes.triton import INFO_PARAMETER, STATE_IN, STATE_OUT, STATEFUL_STEP, stateful_graph
 from sketchkit.serving.repository import MARKER, RepoOptions, build_repo, read_config
+from sketchkit.wire import INFO_PARAMETER, STATE_IN, STATE_OUT, STATEFUL_STEP, stateful_graph
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 
@@ -89,10 +89,10 @@ def test_every_config_parses_into_triton_model_config(repo, tiny_vae, tiny_uncon
 
 
 def test_generate_config(repo, tiny_vae, tiny_uncond):
-    """<name>_generate: the contract of sketchkit.generation, a Python-backend model on both
+    """<name>_generate: the contract of sketchkit.wire, a Python-backend model on both
     flavors (KIND_GPU on gpu: its onnxruntime runs the CUDA provider), not decoupled (v2 infer
     works), one instance (one engine batches every request)."""
-    from sketchkit.generation import inputs_for, outputs_for
+    from sketchkit.wire import inputs_for, outputs_for
 
     flavor, out = repo
     pb, _ = _types()

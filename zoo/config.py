@@ -119,9 +119,12 @@ class Recipe:
         return dataclasses.asdict(self)  # dims as a nested object
 
     def flat(self) -> dict[str, Any]:
-        """Every setting at the top level (dims' fields included): for `--set KEY=VALUE`."""
+        """Every setting at the top level (dims' fields included): for `--set KEY=VALUE`. Sizes
+        the model does not have (0) are left out, so `--set cell=hyper` gets the default hyper
+        sizes and `--set kind=vae` the default encoder."""
         d = self.to_dict()
-        return {**d.pop("dims"), **d}
+        dims = {k: v for k, v in d.pop("dims").items() if not (type(v) is int and v == 0)}
+        return {**dims, **d}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -191,7 +191,7 @@ def _load_state(
     path: Path, model: SketchRNN, hp: Recipe, opt: torch.optim.Adam
 ) -> tuple[dict[str, Any], np.random.Generator]:
     tensors, meta = checkpoint.read_tensors(path)
-    if dataclasses.replace(checkpoint.recipe_of(meta), num_steps=0) != dataclasses.replace(hp, num_steps=0):
+    if dataclasses.replace(checkpoint.recipe_of(meta), num_steps=1) != dataclasses.replace(hp, num_steps=1):
         raise SketchkitError(
             f"{path}: the run was started with other hyperparameters (start a new run directory)"
         )

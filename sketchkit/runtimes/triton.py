@@ -2,7 +2,7 @@
 
 Whole sketches (default for `generate`/`decode`/`complete` when the server has it):
 `<model>_generate` runs the sampling loop on the server, one request per call, continuously
-batched with every other client's (`TritonGenerator`; `sketchkit.generation` is its contract).
+batched with every other client's (`TritonGenerator`; `sketchkit.wire` is its contract).
 Step mode (`mode="step"`, `?step=1` on a URL given to `sketchkit.hub.load`, or whatever the generate model does not cover,
 such as `encode`) drives the loop here, one request per decoder step:
 Stateless (default): `<model>_decoder_step` takes the state with each request and returns the next
@@ -26,36 +26,14 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from sketchkit import generation
+from sketchkit import wire
 from sketchkit.errors import SketchkitError
-from sketchkit.graphs import DECODER_INIT, DECODER_STEP, ENCODER, Graph, Tensor, graphs_for
+from sketchkit.graphs import DECODER_INIT, DECODER_STEP, ENCODER, Graph, graphs_for
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import safe_name
+from sketchkit.wire import INFO_PARAMETER, ROWS, STATEFUL_STEP, WIRE_DTYPES, stateful_graph, triton_name
 
-INFO_PARAMETER = "sketchkit_model_info"  # config parameter of <model>_decoder_step holding model.json
-STATEFUL_STEP = "decoder_step_stateful"
-STATE_IN = next(t.name for t in DECODER_STEP.inputs if t.dims[-1] == "S")  # "state"
-STATE_OUT = next(t.name for t in DECODER_STEP.outputs if t.dims[-1] == "S")  # "next_state"
-CONTROL_START = "START"
-ROWS = Tensor("rows", "int64", ("B",))
-_WIRE = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL", "bytes": "BYTES"}
 MODES = ("generate", "step")
-
-
-def triton_name(model: str, graph: str) -> str:
-    """The Triton model serving one graph of a sketchkit model."""
-    return f"{model}_{graph}"
-
-
-def stateful_graph(kind: str) -> Graph:
-    """The stateful step's tensors on the wire: the step's inputs without the state, plus `rows`
-    (which rows of the previous step go on); outputs without the next state."""
-    step = graphs_for(kind)[-1]
-    return Graph(
-        STATEFUL_STEP,
-        inputs=tuple(t for t in step.inputs if t.name != STATE_IN) + (ROWS,),
-        outputs=tuple(t for t in step.outputs if t.name != STATE_OUT),
-    )
 
 
 class TritonError(SketchkitError):
@@ -121,7 +99,7 @@ class TritonRuntime:
         if stateful:
             self._config(triton_name(self.model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
         self._generator: TritonGenerator | None = None
-        if self.mode == "generate" and self._serves(triton_name(self.model, generation.GENERATE)):
+        if self.mode == "generate" and self._serves(triton_name(self.model, wire.GENERATE)):
             self._generator = TritonGenerator(self)
 
     def __repr__(self) -> str:
@@ -366,8 +344,8 @@ class TritonRuntime:
             import tritonclient.http as tc
         inputs = []
         for key, array in arrays.items():
-            wire = "BYTES" if array.dtype == object else _WIRE[array.dtype.name]
-            inp = tc.InferInput(key, list(array.shape), wire)
+            dtype = "BYTES" if array.dtype == object else WIRE_DTYPES[array.dtype.name]
+            inp = tc.InferInput(key, list(array.shape), dtype)
             inp.set_data_from_numpy(array)
             inputs.append(inp)
         requested = [tc.InferRequestedOutput(n) for n in outputs]
@@ -387,7 +365,7 @@ class TritonGenerator:
 
     def __init__(self, runtime: TritonRuntime) -> None:
         self.runtime = runtime
-        self.name = triton_name(runtime.model, generation.GENERATE)
+        self.name = triton_name(runtime.model, wire.GENERATE)
 
     def generate(self, n: int, z: np.ndarray | None, options: Any) -> list[np.ndarray]:
         """n sketches (`options` is a `SamplingOptions`); z [n, Nz] decodes given latents."""
@@ -416,4 +394,4 @@ class TritonGenerator:
 
     def _run(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         strokes, lengths = self.runtime.infer(self.name, arrays, ["strokes", "lengths"])
-        return generation.unpack(strokes, lengths)
+        return wire.unpack(strokes, lengths)

@@ -19,9 +19,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, Scheduler
-from sketchkit.generation import Limits, inputs_for, pack, parse_inputs
 from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.wire import Limits, inputs_for, pack, parse_inputs
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
