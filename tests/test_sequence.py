@@ -172,6 +172,69 @@ def test_the_captured_loop_module_equals_the_loop(cell: str, sheep) -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "layer_norm"])
+def test_fused_loop_equals_the_step_loop(cell: str, sheep) -> None:
+    """zoo.fused (one autograd node, hand-written backward) against autograd over the cell's own
+    step function, on real sheep with dropout: forward within 1e-5, every gradient (inputs, initial
+    state, all weights) within 1e-4, and the final state."""
+    m = model(cell)
+    x, state = decoder_inputs(sheep, m)
+    state = state.detach().requires_grad_(True)
+    xw = m.cell.project(x)
+    masks = sequence.dropout_masks(xw.shape[1], xw.shape[0], m.cell.hidden_size, KEEP, xw)
+    carry = m.cell.unpack(state)
+    fused_fn = m.cell.fused_fn()
+    assert fused_fn is not None
+    h1, last1 = fused_fn(xw, carry, masks, *m.cell.weights())
+    h2, last2 = sequence.loop(m.cell.step_fn(), m.cell.weights(), xw, carry, masks)
+    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(m.cell.pack(last1), m.cell.pack(last2), atol=1e-5, rtol=0)
+    inputs = [x, state, *m.cell.weights()]
+    out1 = torch.cat([h1.flatten(1), *last1], 1)  # the loss reaches the last state too
+    out2 = torch.cat([h2.flatten(1), *last2], 1)
+    for a, b in zip(grads(out1, inputs), grads(out2, inputs), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    # and without dropout (masks None: evaluation, or keep = 1)
+    h3, _ = fused_fn(xw, carry, None, *m.cell.weights())
+    h4, _ = sequence.loop(m.cell.step_fn(), m.cell.weights(), xw, carry, None)
+    torch.testing.assert_close(h3, h4, atol=1e-5, rtol=0)
+
+
+def test_training_uses_the_fused_loop(sheep, monkeypatch) -> None:
+    """A layer-norm model in training mode runs its decoder and both encoder directions through
+    zoo.fused on the CPU (where it is faster than the step loop: benchmarks/RESULTS.md)."""
+    from zoo import fused
+
+    calls = []
+    real = fused.LSTMSequence.apply
+    monkeypatch.setattr(fused.LSTMSequence, "apply", lambda *a: calls.append(a[4].shape) or real(*a))
+    m = model("layer_norm").train()
+    short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:4]
+    factor = strokes.scale_factor(sheep.train)
+    batch, lengths = (torch.from_numpy(a) for a in strokes.to_batch(
+        [strokes.normalize(s, factor) for s in short], SIZES["max_seq_len"]))  # fmt: skip
+    out = m(batch, lengths)
+    (out.lr + out.kl).backward()
+    E, H = SIZES["enc_size"], SIZES["dec_size"]
+    assert calls == [(4 * E, E), (4 * E, E), (4 * H, H)]  # w_hh of fw, bw, decoder
+
+
+@pytest.mark.slow
+def test_compiled_fused_loop_equals_the_step_loop(sheep) -> None:
+    """The fused loop with its pointwise functions compiled (as on CUDA; inductor's CPU backend here)."""
+    m = model("layer_norm")
+    x, state = decoder_inputs(sheep, m)
+    xw = m.cell.project(x)
+    masks = sequence.dropout_masks(xw.shape[1], xw.shape[0], m.cell.hidden_size, KEEP, xw)
+    carry = m.cell.unpack(state)
+    h1, _ = m.cell.fused_fn()(xw, carry, masks, *m.cell.weights(), compile=sequence.compiled)
+    h2, _ = sequence.loop(m.cell.step_fn(), m.cell.weights(), xw, carry, masks)
+    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
+    inputs = [x, *m.cell.weights()]
+    for a, b in zip(grads(h1, inputs), grads(h2, inputs), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", ["layer_norm", "hyper"])
 def test_compiled_step_equals_the_eager_step(cell: str, sheep) -> None:
@@ -349,9 +412,10 @@ def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog
         models.append(m)
         results.append((out, {n: p.grad for n, p in m.named_parameters()}))
     (fast_out, fast_grads), (eager_out, eager_grads) = results
-    # the encoder's two directions and the decoder: three loops captured, the first after a fallback
+    # the encoder's two directions and the decoder: three loops captured (all fused: the LSTM and
+    # the layer-norm LSTM have a fused form), the first after a fallback
     modes = [g["mode"] for g in sequence.stats()]
-    assert sorted(modes) == ["compiled+graph", "compiled+graph", "graph"], modes
+    assert sorted(modes) == ["fused+compiled+graph", "fused+compiled+graph", "fused+graph"], modes
     assert len(attempts) == 4 and caplog.text.count("falling back") == 1
     for k in ("ls", "lp", "kl"):
         torch.testing.assert_close(getattr(fast_out, k), getattr(eager_out, k), atol=1e-6, rtol=0)

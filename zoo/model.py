@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import sequence
+from zoo import fused, sequence
 from zoo.config import HParams
 from zoo.loss import Losses, kl_loss, reconstruction_loss
 
@@ -59,7 +59,7 @@ class Encoder(nn.Module):
             zero = x.new_zeros(B, H)
             masks = sequence.dropout_masks(T, B, H, self.keep, x)
             xw = F.linear(x, w_ih, b_ih + b_hh)  # (B, T, 4 enc)
-            return sequence.run(rnn, lstm_step, [w_hh], xw, (zero, zero), masks)[0]
+            return sequence.run(rnn, lstm_step, [w_hh], xw, (zero, zero), masks, fused.lstm_sequence)[0]
         return rnn(x)[0]  # (B, T, enc)
 
     def forward(
@@ -135,6 +135,10 @@ class Cell(nn.Module):
         """The step function's weights, in its argument order."""
         raise NotImplementedError
 
+    def fused_fn(self) -> sequence.Fused | None:
+        """The whole teacher-forcing loop with a hand-written backward (zoo.fused), if this cell has one."""
+        return None
+
     def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return state.chunk(2, 1)  # [h | c]
 
@@ -160,7 +164,9 @@ class Cell(nn.Module):
             if drop and self.keep < 1.0
             else None
         )
-        h, carry = sequence.run(self, self.step_fn(), self.weights(), xw, self.unpack(state), masks)
+        h, carry = sequence.run(
+            self, self.step_fn(), self.weights(), xw, self.unpack(state), masks, self.fused_fn()
+        )
         return h, self.pack(carry)  # (B, T, H), (B, S)
 
 
@@ -185,6 +191,9 @@ class LSTMCell(Cell):
 
     def step_fn(self) -> sequence.Step:
         return lstm_step
+
+    def fused_fn(self) -> sequence.Fused:
+        return fused.lstm_sequence
 
     def weights(self) -> list[nn.Parameter]:
         return [self.rnn.weight_hh_l0]  # type: ignore[list-item]  # an nn.LSTM parameter
@@ -248,6 +257,9 @@ class LayerNormLSTMCell(Cell):
 
     def step_fn(self) -> sequence.Step:
         return layer_norm_lstm_step
+
+    def fused_fn(self) -> sequence.Fused:
+        return fused.lstm_sequence
 
     def weights(self) -> list[nn.Parameter]:
         return [self.weight_hh, self.ln_gates_weight, self.ln_gates_bias, self.ln_c.weight, self.ln_c.bias]
