@@ -18,7 +18,8 @@
 # The whole run keeps to BUDGET seconds (default 550; TINY: 150). TINY=1 runs the same path on the CPU with
 # tiny sizes and budgets (about two minutes): the dry run.
 # Env: OUT (required), SKETCHKIT_GPU_DATA (default .gpu/aaron_sheep.npz), SKETCHKIT_GPU_ENGINE
-# (an owl model for bench_engine.py; default .gpu/owl.gen.json if present), BUDGET, TINY, PYTHON.
+# (an owl model directory for bench_engine.py; default .gpu/owl), SKETCHKIT_GPU_ENGINE_CODE (the
+# checkout whose bench_engine.py and sketchkit/ to use; default .), BUDGET, TINY, PYTHON.
 set -uo pipefail
 
 START=$(date +%s)
@@ -26,7 +27,8 @@ TINY=${TINY:-0}
 if [ "$TINY" = "1" ]; then BUDGET=${BUDGET:-150}; else BUDGET=${BUDGET:-550}; fi
 PY=${PYTHON:-python3}
 DATA=${SKETCHKIT_GPU_DATA:-.gpu/aaron_sheep.npz}
-ENGINE_MODEL=${SKETCHKIT_GPU_ENGINE:-.gpu/owl.gen.json}
+ENGINE_MODEL=${SKETCHKIT_GPU_ENGINE:-.gpu/owl}  # an exported/imported model directory (no onnx needed)
+ENGINE_CODE=${SKETCHKIT_GPU_ENGINE_CODE:-.}  # a checkout whose benchmarks/bench_engine.py to run
 CANDIDATES=(lstm layernorm lstm256)
 : "${OUT:?set OUT to the folder whose files come back}"
 mkdir -p "$OUT"
@@ -94,9 +96,10 @@ declare -A PIDS
 ( timeout -k 5 200 "$PY" benchmarks/gpu/hyper_diagnose.py > "$WORK/diag_hyper.txt" 2>&1 ) &
 DIAG_PID=$!
 ENGINE_PID=""
-if [ -f "$ENGINE_MODEL" ] && [ -f benchmarks/bench_engine.py ]; then
-    ( timeout -k 5 200 "$PY" benchmarks/bench_engine.py --model "$ENGINE_MODEL" --threads 4 --json "$WORK/engine.json" \
-        > "$WORK/diag_engine.txt" 2>&1 ) &
+if [ -e "$ENGINE_MODEL" ] && [ -f "$ENGINE_CODE/benchmarks/bench_engine.py" ]; then
+    MODEL_ABS=$(realpath "$ENGINE_MODEL")
+    ( cd "$ENGINE_CODE" && PYTHONPATH=. timeout -k 5 240 "$PY" benchmarks/bench_engine.py --model "$MODEL_ABS" \
+        --threads 1 2 --workers 1 4 --no-write --json "$WORK/engine.json" > "$WORK/diag_engine.txt" 2>&1 ) &
     ENGINE_PID=$!
 else
     say "no engine benchmark ($ENGINE_MODEL or benchmarks/bench_engine.py missing)"
