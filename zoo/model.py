@@ -274,12 +274,6 @@ class HyperLSTMCell(Cell):
     State (B, 2H + 2Hh) = [h | c | h_hyper | c_hyper].
     """
 
-    # On an H200 the CUDA-graph capture of this cell's loop fails ("operation failed due to a previous
-    # error during capture") at any length, T = 10 included (benchmarks/gpu/hyper_probe.py), and the
-    # failed captures left ~108 GiB in graph pools at T = 250, so even the eager fallback ran out of
-    # memory (benchmarks/RESULTS.md, issue 11): this cell trains on the eager loop until it is fixed.
-    graph_capture = False
-
     def __init__(self, input_size: int, hidden_size: int, hyper_size: int, embed: int, keep: float = 1.0):
         super().__init__()
         H, Hh, E = hidden_size, hyper_size, embed

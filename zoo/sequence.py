@@ -99,24 +99,29 @@ def compiled(step: Step) -> Step:
     return _compiled[step]
 
 
-class Loop(nn.Module):
-    """`loop` (or the `fused` form of it) as a module whose parameters are the step's (the same
-    Parameter objects as the cell's, not copies): the form `make_graphed_callables` captures, with
-    the weights as inputs."""
+class Loop:
+    """`loop` (or the `fused` form of it) as a function of tensors only,
+    (xw, masks, *carry, *weights) -> (h, *last carry): the form `make_graphed_callables` captures.
 
-    def __init__(self, step: Step, params: Sequence[nn.Parameter], fused: Fused | None = None):
-        super().__init__()
-        self.step, self.fused = step, fused
-        self.weights = nn.ParameterList(params)
+    The weights enter as inputs, not as module parameters: a captured backward must not run the
+    gradient accumulation of a Parameter whose accumulator was made outside the capture. The
+    HyperLSTM's `hyper_ih` is such a Parameter (its input columns feed `project`, before the loop):
+    as a module parameter its capture failed on an H200 at every size with "operation would make
+    the legacy stream depend on a capturing blocking stream" (benchmarks/gpu/hyper_diagnose.py).
+    As inputs, the graph returns the weights' gradients and autograd accumulates them outside."""
 
-    def forward(
-        self, xw: torch.Tensor, masks: torch.Tensor, *carry: torch.Tensor
+    def __init__(self, step: Step, n_carry: int, fused: Fused | None = None):
+        self.step, self.n_carry, self.fused = step, n_carry, fused
+
+    def __call__(
+        self, xw: torch.Tensor, masks: torch.Tensor, *tensors: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        carry = tuple(c.contiguous() for c in carry)
+        carry = tuple(c.contiguous() for c in tensors[: self.n_carry])
+        weights = list(tensors[self.n_carry :])
         if self.fused is not None:
-            h, last = self.fused(xw, carry, masks, *self.weights)
+            h, last = self.fused(xw, carry, masks, *weights)
         else:
-            h, last = loop(self.step, list(self.weights), xw, carry, masks)
+            h, last = loop(self.step, weights, xw, carry, masks)
         return (h, *last)
 
 
@@ -133,20 +138,20 @@ def run(
     or can be made (cached per `owner`, the module whose weights `params` are); else the `fused`
     function when the cell has one, else the step-by-step loop."""
     fused = fused if _fused_enabled else None
-    if not fast_applies(xw) or not getattr(owner, "graph_capture", True):  # see HyperLSTMCell
+    if not fast_applies(xw):
         return uncaptured(step, params, xw, carry, masks, fused)
     B, T = xw.shape[:2]
     H = carry[0].shape[1]
     if masks is None:
         masks = torch.ones(T, B, H, device=xw.device, dtype=xw.dtype)
-    args = (xw, masks, *carry)
+    args = (xw, masks, *carry, *params)
     key = tuple((tuple(a.shape), a.dtype, a.requires_grad) for a in args) + (
         str(xw.device),
         fused is not None,
     )
     graphs = _graphs.setdefault(owner, {})
     if key not in graphs:
-        graphs[key] = _capture(step, params, args, fused) if len(graphs) < MAX_GRAPHS_PER_MODULE else None
+        graphs[key] = _capture(step, len(carry), args, fused) if len(graphs) < MAX_GRAPHS_PER_MODULE else None
     entry = graphs[key]
     if entry is not None:
         try:
@@ -184,23 +189,23 @@ def stats() -> list[dict[str, Any]]:
 
 
 def _capture(
-    step: Step, params: Sequence[nn.Parameter], args: tuple[torch.Tensor, ...], fused: Fused | None = None
+    step: Step, n_carry: int, args: tuple[torch.Tensor, ...], fused: Fused | None = None
 ) -> dict[str, Any] | None:
-    """Graph the loop: the fused function compiled, then eager, then the compiled step, then the
-    eager step; None: use the un-captured loop."""
+    """Graph the loop over args = (xw, masks, *carry, *weights): the fused function compiled, then
+    eager, then the compiled step, then the eager step; None: use the un-captured loop."""
     sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
     tries: list[tuple[str, Loop]] = []
     if fused is not None:
         tries += [
-            ("fused+compiled+graph", Loop(step, params, functools.partial(fused, compile=compiled))),
-            ("fused+graph", Loop(step, params, fused)),
+            ("fused+compiled+graph", Loop(step, n_carry, functools.partial(fused, compile=compiled))),
+            ("fused+graph", Loop(step, n_carry, fused)),
         ]
-    tries += [("compiled+graph", Loop(compiled(step), params)), ("graph", Loop(step, params))]
-    for mode, module in tries:
+    tries += [("compiled+graph", Loop(compiled(step), n_carry)), ("graph", Loop(step, n_carry))]
+    for mode, fn in tries:
         t0 = time.perf_counter()
         try:
-            graphed = torch.cuda.make_graphed_callables(module, sample, allow_unused_input=True)
-            _check(graphed, step, params, sample)
+            graphed = torch.cuda.make_graphed_callables(fn, sample, allow_unused_input=True)
+            _check(graphed, step, n_carry, sample)
         except Exception as e:  # noqa: BLE001 - any failure here must only cost speed
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             log.warning("fast cells: %s failed (%s: %s); falling back", mode, type(e).__name__, first[:200])
@@ -212,13 +217,11 @@ def _capture(
     return None
 
 
-def _check(
-    graphed: Callable[..., Any], step: Step, params: Sequence[nn.Parameter], sample: tuple[torch.Tensor, ...]
-) -> None:
+def _check(graphed: Callable[..., Any], step: Step, n_carry: int, sample: tuple[torch.Tensor, ...]) -> None:
     """The captured forward must equal the eager loop on the capture's own inputs."""
-    xw, masks, *carry = sample
+    xw, masks, *rest = sample
     with torch.no_grad():
-        want, _ = loop(step, params, xw, tuple(carry), masks)
+        want, _ = loop(step, rest[n_carry:], xw, tuple(rest[:n_carry]), masks)
         got = graphed(*sample)[0]
     err = float((got - want).abs().max())
     if not err <= CHECK_TOLERANCE * (1.0 + float(want.abs().max())):
