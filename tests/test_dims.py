@@ -13,7 +13,7 @@ import pytest
 from sketchkit import hub
 from sketchkit.dims import ModelDims
 from sketchkit.errors import ModelError
-from sketchkit.modelinfo import VERSION, ModelInfo, upgrade
+from sketchkit.modelinfo import V1_DIMS, VERSION, ModelInfo, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 SHEEP = ROOT / "zoo" / "models" / "sheep"
@@ -55,8 +55,7 @@ def test_the_shipped_v1_model_json_loads_as_v2() -> None:
 def test_a_v1_state_size_that_disagrees_is_refused() -> None:
     raw = json.loads((SHEEP / "model.json").read_text())
     v1 = upgrade(raw) if raw["version"] == 1 else raw
-    flat = {k: v for k, v in v1.items() if k != "dims"} | v1["dims"] | {"version": 1}
-    flat = {k: v for k, v in flat.items() if k not in ("hyper_size", "hyper_embed", "tanh_z")}
+    flat = {k: v for k, v in v1.items() if k != "dims"} | {k: v1["dims"][k] for k in V1_DIMS} | {"version": 1}
     assert ModelInfo.from_dict(dict(flat, state_size=512)).dims.state_size == 512
     with pytest.raises(ModelError, match="state_size 600, but its sizes give 512"):
         ModelInfo.from_dict(dict(flat, state_size=600))
