@@ -25,21 +25,21 @@ from sketchkit.zoo.model import SketchRNN  # noqa: E402
 pytestmark = pytest.mark.torch
 
 
-def tiny(cell: str = "lstm", conditional: bool = True, seed: int = 0) -> SketchRNN:
+def tiny(cell: str = "lstm", kind: str = "vae", seed: int = 0) -> SketchRNN:
     torch.manual_seed(seed)
-    hp = recipe_for(cell, conditional)
+    hp = recipe_for(cell, kind)
     return SketchRNN(hp.dims).eval()
 
 
-def recipe_for(cell: str = "lstm", conditional: bool = True) -> Recipe:
+def recipe_for(cell: str = "lstm", kind: str = "vae") -> Recipe:
     return Recipe.of(
-        kind="vae" if conditional else "decoder-only", cell=cell, enc_size=16, dec_size=32, z_size=8,
+        kind=kind, cell=cell, enc_size=16, dec_size=32, z_size=8,
         num_mixture=3, hyper_size=16, hyper_embed=4, max_seq_len=40,
     )  # fmt: skip
 
 
-def export_tiny(out: Path, cell: str = "lstm", conditional: bool = True, fp16: bool = False):  # type: ignore[no-untyped-def]
-    model = tiny(cell, conditional)
+def export_tiny(out: Path, cell: str = "lstm", kind: str = "vae", fp16: bool = False):  # type: ignore[no-untyped-def]
+    model = tiny(cell, kind)
     info = onnx_export.model_info(model, f"tiny-{cell}", scale_factor=20.0, max_seq_len=40, source="test")
     return onnx_export.export_model(model, info, out, fp16=fp16)
 
@@ -48,12 +48,11 @@ def _dims(value_info) -> list[str | int]:  # type: ignore[no-untyped-def]
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("conditional", [True, False], ids=["vae", "decoder-only"])
+@pytest.mark.parametrize("kind", ["vae", "decoder-only"])
 @pytest.mark.parametrize("cell", ["lstm", "layer_norm", "hyper"])
-def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, conditional: bool) -> None:
-    info, diffs = export_tiny(tmp_path / "m", cell, conditional)
+def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, kind: str) -> None:
+    info, diffs = export_tiny(tmp_path / "m", cell, kind)
     # parity: every output of every graph, 50 chained steps, batch 3 (export traced batch 2)
-    kind = "vae" if conditional else "decoder-only"
     expected = {f"{g.name}/{t.name}" for g in graphs_for(kind) for t in g.outputs}
     assert set(diffs) == expected
     assert max(diffs.values()) <= onnx_export.TOLERANCE["float32"]
@@ -73,10 +72,10 @@ def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, condition
     for B in (1, 5):
         z = (
             np.random.default_rng(B).standard_normal((B, info.dims.z_size)).astype(np.float32)
-            if conditional
+            if kind == "vae"
             else None
         )
-        if conditional:
+        if kind == "vae":
             strokes = np.zeros((B, 7, 5), np.float32)
             strokes[..., 2] = 1
             mu, _ = rt.encode(strokes, np.full(B, 7, np.int64))
