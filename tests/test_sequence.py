@@ -22,7 +22,7 @@ from sketchkit import strokes  # noqa: E402
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
 from sketchkit.zoo import sequence  # noqa: E402
 from sketchkit.zoo.config import Recipe  # noqa: E402
-from sketchkit.zoo.model import LN_EPS, SketchRNN, hyper_lstm_step, lstm_step  # noqa: E402
+from sketchkit.zoo.model import LN_EPS, SketchRNN, lstm_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = dict(enc_size=12, dec_size=24, z_size=6, num_mixture=3, hyper_size=10, hyper_embed=4, max_seq_len=60)
@@ -422,16 +422,15 @@ def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog
         torch.testing.assert_close(fast_grads[name], g, atol=1e-5, rtol=0, msg=name)
 
 
-def test_the_hyper_loop_captures_with_its_weights_as_inputs(sheep, monkeypatch) -> None:
-    """The HyperLSTM's decoder loop is captured too (capture stood in, as above), its weights passed
-    as inputs of the captured function, not as parameters: `hyper_ih` feeds both `project` (before
-    the loop) and the loop, and as a parameter inside the capture it broke CUDA-graph capture on an
-    H200 (benchmarks/gpu/hyper_diagnose.py). Losses and gradients equal the eager path's."""
+def test_the_hyper_decoder_is_never_captured(sheep, monkeypatch) -> None:
+    """HyperLSTMCell.graph_capture is off (its captured loop exhausted an H200's memory): with the
+    fast path on, its decoder loop stays on the step loop and only the encoder's two loops are
+    captured, each as a function of tensors (weights as inputs, no parameters inside)."""
     captured = []
 
     def fake_capture(fn, sample, allow_unused_input=False):  # type: ignore[no-untyped-def]
-        assert not isinstance(fn, torch.nn.Module)  # a function of tensors: no parameters inside
-        captured.append((fn.step, len(sample)))
+        assert not isinstance(fn, torch.nn.Module)
+        captured.append(fn.step)
         return fn
 
     monkeypatch.setattr(sequence, "fast_applies", lambda x: sequence._enabled and torch.is_grad_enabled())
@@ -442,23 +441,8 @@ def test_the_hyper_loop_captures_with_its_weights_as_inputs(sheep, monkeypatch) 
     factor = strokes.scale_factor(sheep.train)
     batch, lengths = (torch.from_numpy(a) for a in strokes.to_batch(
         [strokes.normalize(s, factor) for s in short], max(len(s) for s in short)))  # fmt: skip
-    results = []
-    for fast in (True, False):
-        sequence.set_fast(fast)
-        try:
-            m = model("hyper").train()
-            torch.manual_seed(5)
-            out = m(batch, lengths)
-            (out.lr + out.kl).backward()
-        finally:
-            sequence.set_fast(True)
-        results.append((out, {n: p.grad for n, p in m.named_parameters()}))
-    steps = [step for step, _ in captured]
-    assert steps.count(lstm_step) == 2 and hyper_lstm_step in steps, steps  # encoder fw, bw; decoder
-    n_inputs = dict((step, n) for step, n in captured)[hyper_lstm_step]
-    assert n_inputs == 2 + 4 + len(model("hyper").cell.weights())  # xw, masks, 4 carry, weights
-    (fast_out, fast_grads), (eager_out, eager_grads) = results
-    for k in ("ls", "lp", "kl"):
-        torch.testing.assert_close(getattr(fast_out, k), getattr(eager_out, k), atol=1e-6, rtol=0)
-    for name, g in eager_grads.items():
-        torch.testing.assert_close(fast_grads[name], g, atol=1e-5, rtol=0, msg=name)
+    m = model("hyper").train()
+    out = m(batch, lengths)
+    (out.lr + out.kl).backward()
+    assert captured == [lstm_step, lstm_step], captured
+    assert all(p.grad is not None for p in m.parameters())

@@ -107,7 +107,8 @@ class Loop:
     gradient accumulation of a Parameter whose accumulator was made outside the capture. The
     HyperLSTM's `hyper_ih` is such a Parameter (its input columns feed `project`, before the loop):
     as a module parameter its capture failed on an H200 at every size with "operation would make
-    the legacy stream depend on a capturing blocking stream" (benchmarks/gpu/hyper_diagnose.py).
+    the legacy stream depend on a capturing blocking stream" (benchmarks/gpu/hyper_diagnose.py);
+    as an input it got past that (and then ran out of memory: see HyperLSTMCell).
     As inputs, the graph returns the weights' gradients and autograd accumulates them outside."""
 
     def __init__(self, step: Step, n_carry: int, fused: Fused | None = None):
@@ -138,7 +139,7 @@ def run(
     or can be made (cached per `owner`, the module whose weights `params` are); else the `fused`
     function when the cell has one, else the step-by-step loop."""
     fused = fused if _fused_enabled else None
-    if not fast_applies(xw):
+    if not fast_applies(xw) or not getattr(owner, "graph_capture", True):  # see HyperLSTMCell
         return uncaptured(step, params, xw, carry, masks, fused)
     B, T = xw.shape[:2]
     H = carry[0].shape[1]

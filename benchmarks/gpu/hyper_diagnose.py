@@ -2,7 +2,9 @@
 
 On an H200 `make_graphed_callables` of the HyperLSTM loop failed at every T with "operation failed
 due to a previous error during capture" and left the RNG in capture state, so one failed try
-poisoned the next. Here each variant runs in its own process (a failure cannot leak), with
+poisoned the next. (Its first run named the cause: "operation would make the legacy stream depend
+on a capturing blocking stream", from `hyper_ih`, a Parameter used by `project` and by the loop;
+zoo.sequence.Loop now takes the weights as inputs, which this script passes.) Here each variant runs in its own process (a failure cannot leak), with
 CUDA_LAUNCH_BLOCKING=1 so the first failing call raises, and prints its whole traceback:
 
   sync          the eager loop, forward + backward, under torch.cuda.set_sync_debug_mode("error")
@@ -66,8 +68,9 @@ def one(variant: str, T: int = 10) -> None:
                     sequence.loop(hyper_lstm_step, cell.weights(), args[0], tuple(args[2:]), args[1])
                 g.replay()
     else:
-        sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in (xw, masks, *carry))
-        loop = sequence.Loop(hyper_lstm_step, cell.weights())
+        args = (xw, masks, *carry, *cell.weights())
+        sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+        loop = sequence.Loop(hyper_lstm_step, len(carry))
         fn = (
             torch.cuda.make_graphed_callables(loop, sample, allow_unused_input=True)
             if device == "cuda"
