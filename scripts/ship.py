@@ -51,6 +51,7 @@ def ship(
     tau: float = 0.5,
     seed: int = 0,
     data: str | None = None,
+    train: str = "",
 ) -> dict[str, Any]:
     model, hp, meta = load(run / "best.safetensors")
     if data:  # a run trained elsewhere (a GPU machine) names its dataset by that machine's path
@@ -90,6 +91,7 @@ def ship(
         status,
         tau,
         seed,
+        train,
     )
     with atomic_write(out / "MODEL_CARD.md", "w") as f:
         f.write(card)
@@ -108,6 +110,7 @@ def model_card(
     status: str,
     tau: float,
     seed: int,
+    train: str = "",
 ) -> str:
     t, h, v = metrics["test"], metrics["test_float16"], metrics.get("valid", {})
     kind = "VAE" if hp["kind"] == "vae" else "decoder-only"
@@ -169,7 +172,7 @@ Weights: {license} (they derive from the training data's licence). Code: Apache-
 
 ## Reproduce
 ```
-sketchkit train zoo/recipes/{name if name != "sheep" else "aaron_sheep"}.toml --out runs/{name} --threads 1
+{train or f"sketchkit train zoo/recipes/{name if name != 'sheep' else 'aaron_sheep'}.toml --out runs/{name} --threads 1"}
 sketchkit evaluate runs/{name}/best.safetensors --split test
 python scripts/ship.py runs/{name} zoo/models/{name} --name {name} --license "{license}"
 ```
@@ -187,10 +190,11 @@ def main() -> None:
     ap.add_argument("--status", default="", help="a sentence on the state of the model, shown first")
     ap.add_argument("--tau", type=float, default=0.5)
     ap.add_argument("--data", help="the dataset .npz, where the run's own path is not on this machine")
+    ap.add_argument("--train", default="", help="the training command the card's Reproduce section shows")
     args = ap.parse_args()
     metrics = ship(
         args.run, args.out, args.name, args.license, args.data_note, args.hardware, args.status, args.tau,
-        data=args.data,
+        data=args.data, train=args.train,
     )  # fmt: skip
     print(json.dumps({k: metrics[k] for k in ("test", "test_float16")}, indent=2))
 
