@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import subprocess
@@ -151,7 +152,27 @@ def model_at(ref: str) -> Any:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = subprocess.run(["git", "show", f"{ref}:zoo/model.py"], cwd=root, check=True, capture_output=True)
     mod = types.ModuleType(f"zoo_model_{ref}")
-    exec(compile(code.stdout, f"{ref}:zoo/model.py", "exec"), mod.__dict__)  # our own repository's code
+    # that code imports `zoo.*` (installed as sketchkit.zoo.* since issue 14): alias it while it runs
+    import sys
+
+    import sketchkit.zoo
+
+    names = ["zoo"] + [f"zoo.{m}" for m in ("config", "loss", "sequence", "fused")]
+    saved = {n: sys.modules.get(n) for n in names}
+    sys.modules["zoo"] = sketchkit.zoo
+    for n in names[1:]:
+        sys.modules[n] = importlib.import_module(f"sketchkit.{n}")
+    config = types.ModuleType("zoo.config")  # the old name of the recipe class (annotations only)
+    config.HParams = Recipe  # type: ignore[attr-defined]
+    sys.modules["zoo.config"] = config
+    try:
+        exec(compile(code.stdout, f"{ref}:zoo/model.py", "exec"), mod.__dict__)  # our own repository's code
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
     return mod
 
 
