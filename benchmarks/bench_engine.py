@@ -1,0 +1,333 @@
+"""The decode engine alone, in process (no Triton): concurrent one-sketch requests, continuous batching.
+
+    PYTHONPATH=. python benchmarks/bench_engine.py --model ../shared/data/magenta-gen/owl.gen.json
+    PYTHONPATH=. python benchmarks/bench_engine.py --model OWL_DIR --threads 8 --json engine.json --no-write
+
+Needs numpy and onnxruntime only (plus onnx when --model is a Magenta `.gen.json`, converted torch-free
+by `sketchkit.magenta_onnx`); sketchkit need not be installed (run from the repository root with
+PYTHONPATH=.), and nothing on its import path imports cairosvg, platformdirs or tritonclient.
+
+One run measures, on one onnxruntime runtime (`--threads` intra-op threads):
+1. baseline: the one-request in-process `Sampler`, `generate(1)` one sketch at a time (one thread),
+   and C threads sharing the Sampler without the engine (each call its own loop);
+2. the engine: one `BackgroundEngine` (the thread the Triton generate model runs), C client threads
+   (C = --clients, default 16 and 64) each submitting one-sketch requests (tau 0.3, seed fixed per
+   request) one at a time, --per-client each: sketches/s, p50/p99 latency from submit to answer,
+   mean rows per decoder evaluation, and the share of the engine thread's time spent in the graph;
+   the sketches of the baseline's seeds are compared bit for bit with the engine's;
+3. the ceiling: the decoder step alone at the batch sizes the engine ran (graph only, fixed inputs):
+   ms per step, GFLOP/s (plain LSTM cells: 2 (4H (5 + Nz + H) + H P) FLOPs per row), and the
+   sketches/s it would allow with that many rows in flight, given the mean steps per sketch.
+Writes the "Engine" section of benchmarks/RESULTS.md (--no-write: print only) and, with --json OUT,
+every number to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository's sketchkit, installed or not
+sys.path.insert(1, str(Path(__file__).parent))
+from results import RESULTS, write_section  # noqa: E402  (one section writer for RESULTS.md)
+
+from sketchkit.engine import BackgroundEngine, Engine, Request, Scheduler  # noqa: E402
+from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
+from sketchkit.sampling import Sampler, SamplingOptions  # noqa: E402
+
+
+class Timed:
+    """The runtime, adding up the seconds spent in its decoder step (the engine thread's only caller)."""
+
+    def __init__(self, runtime: OnnxRuntime) -> None:
+        self.inner, self.info = runtime, runtime.info
+        self.seconds = 0.0
+
+    def init_state(self, z, batch):
+        return self.inner.init_state(z, batch)
+
+    def step(self, prev, z, state):
+        t = time.perf_counter()
+        out = self.inner.step(prev, z, state)
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def encode(self, strokes, lengths):
+        return self.inner.encode(strokes, lengths)
+
+    def close(self):
+        self.inner.close()
+
+
+def load_model(spec: str, tmp: Path) -> Path:
+    """A model directory (model.json + graphs) as it is, or a Magenta JSON converted torch-free."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.is_file() and path.name.endswith(".json") and path.name != "model.json":
+        from sketchkit.magenta_onnx import import_magenta  # needs onnx; only here
+
+        out = tmp / "model"
+        t = time.perf_counter()
+        import_magenta(path, out, name=path.name.split(".")[0])
+        print(f"converted {path} -> {out} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        return out
+    if path.is_file():
+        return path.parent
+    sys.exit(f"error: --model {spec}: no such model directory or Magenta .json file")
+
+
+def summary(latencies: list[float], wall: float, errors: int) -> dict[str, float]:
+    ms = np.array(latencies or [np.nan]) * 1e3
+    return dict(sketches=len(latencies), wall_s=wall, rate=len(latencies) / wall, p50_ms=float(np.percentile(ms, 50)),
+                p99_ms=float(np.percentile(ms, 99)), errors=errors)  # fmt: skip
+
+
+def run_clients(ask, clients: int, per_client: int) -> dict[str, float]:
+    """`clients` threads, each calling ask(seed) per_client times one after the other."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+
+    def client(c: int) -> None:
+        barrier.wait()
+        for i in range(per_client):
+            t = time.perf_counter()
+            try:
+                ask(seed_of(c, i))
+            except Exception as e:  # counted and reported
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    t = time.perf_counter()
+    for th in threads:
+        th.join()
+    out = summary(latencies, time.perf_counter() - t, len(errors))
+    if errors:
+        print(f"  first error: {errors[0]}", file=sys.stderr)
+    return out
+
+
+def seed_of(client: int, i: int) -> int:
+    return client * 1000 + i
+
+
+def engine_run(sampler: Sampler, timed: Timed, tau: float, clients: int, per_client: int, keep: set[int]):
+    """C clients through one BackgroundEngine; returns (summary, sketches of the seeds in `keep`, lengths)."""
+    engine = Engine(timed, Scheduler())
+    background = BackgroundEngine(engine)
+    kept: dict[int, list[np.ndarray]] = {}
+    lengths: list[int] = []
+    lock = threading.Lock()
+
+    def ask(seed: int) -> None:
+        request: Request = sampler.generation(1, options=SamplingOptions(tau=tau, seed=seed))
+        done = threading.Event()
+        request.on_done = lambda _: done.set()
+        background.submit(request)
+        done.wait()
+        sketches = request.sketches()
+        with lock:
+            lengths.append(int(request.lengths[0]))  # type: ignore[index]
+            if seed in keep:
+                kept[seed] = sketches
+
+    timed.seconds = 0.0
+    result = run_clients(ask, clients, per_client)
+    background.stop()
+    result["evaluations"] = engine.evaluations
+    result["rows_per_evaluation"] = engine.rows_stepped / max(engine.evaluations, 1)
+    result["graph_s"] = timed.seconds
+    result["graph_share"] = timed.seconds / result["wall_s"]
+    result["ms_per_evaluation"] = 1e3 * result["wall_s"] / max(engine.evaluations, 1)
+    return result, kept, lengths
+
+
+def graph_only(runtime: OnnxRuntime, batch: int, seconds: float = 1.5) -> float:
+    """Seconds per decoder step at `batch` rows, fixed inputs (the state fed back), graph only."""
+    info = runtime.info
+    prev = np.tile(np.asarray(info.start_token, np.float32), (batch, 1))
+    z = np.zeros((batch, info.z_size), np.float32) if info.conditional else None
+    state = np.zeros((batch, info.state_size), np.float32)
+    for _ in range(20):
+        _, state = runtime.step(prev, z, state)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(50):
+            _, state = runtime.step(prev, z, state)
+        steps += 50
+    return (time.perf_counter() - t0) / steps
+
+
+def flops_per_row(info) -> float | None:
+    """FLOPs of one decoder step for one row (multiply-adds x 2; plain LSTM cells only)."""
+    if info.cell != "lstm":
+        return None
+    h, p = info.dec_size, 6 * info.num_mixture + 3
+    x = 5 + (info.z_size if info.conditional else 0)
+    return 2.0 * (4 * h * (x + h) + h * p)
+
+
+def machine() -> str:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = ROOT.parent / "shared/data/magenta-gen/owl.gen.json"
+    ap.add_argument("--model", default=str(default) if default.exists() else None, required=not default.exists(),
+                    help="a model directory (model.json + ONNX) or a Magenta .gen.json (converted torch-free)")  # fmt: skip
+    ap.add_argument("--tau", type=float, default=0.3)
+    ap.add_argument("--clients", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--per-client", type=int, default=50, help="one-sketch requests per client thread")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (0: its default)")
+    ap.add_argument("--baseline", type=int, default=20, help="one-sketch Sampler calls in the one-thread baseline")
+    ap.add_argument("--baseline-per-client", type=int, default=5, help="calls per thread, Sampler without the engine")
+    ap.add_argument("--json", type=Path, help="write every number to this file")
+    ap.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = load_model(args.model, Path(tmp))
+        runtime = OnnxRuntime(model_dir, threads=args.threads or None)
+        info = runtime.info
+        sampler = Sampler(runtime)
+        timed = Timed(runtime)
+        engine_sampler = Sampler(timed)  # type: ignore[arg-type]
+        loads = [os.getloadavg()[0]]
+        print(f"model {info.name}: {info.cell} H={info.dec_size} M={info.num_mixture}, {args.threads} threads", file=sys.stderr)
+
+        # 1. baseline: the one-request Sampler
+        sampler.generate(1, options=SamplingOptions(tau=args.tau, seed=10**6))  # warm-up (sessions, allocations)
+        keep = [seed_of(c, i) for c in range(2) for i in range(args.baseline // 2)]
+        reference, times = {}, []
+        for seed in keep:
+            t = time.perf_counter()
+            reference[seed] = sampler.generate(1, options=SamplingOptions(tau=args.tau, seed=seed))
+            times.append(time.perf_counter() - t)
+        base = summary(times, sum(times), 0)
+        print(f"baseline Sampler, one thread: {base}", file=sys.stderr)
+        shared = run_clients(lambda s: sampler.generate(1, options=SamplingOptions(tau=args.tau, seed=s)),
+                             16, args.baseline_per_client)  # fmt: skip
+        print(f"baseline Sampler, 16 threads, no engine: {shared}", file=sys.stderr)
+
+        # 2. the engine
+        runs: dict[str, dict] = {}
+        lengths: list[int] = []
+        identical = True
+        for clients in args.clients:
+            res, kept, lens = engine_run(engine_sampler, timed, args.tau, clients, args.per_client, set(keep))
+            identical &= all(len(kept[s]) == len(reference[s]) and all(
+                np.array_equal(a, b) for a, b in zip(kept[s], reference[s], strict=True)) for s in kept)  # fmt: skip
+            res["compared"] = len(kept)
+            lengths += lens
+            runs[str(clients)] = res
+            print(f"engine, {clients} clients: {res}", file=sys.stderr)
+        loads.append(os.getloadavg()[0])
+
+        # 3. the ceiling: the graph alone at the batch sizes the engine ran
+        steps = float(np.mean(lengths)) + 1  # the p3 step ends a sketch (not part of it) but is evaluated
+        ceiling = {}
+        flops = flops_per_row(info)
+        for clients in args.clients:
+            batch = max(1, round(runs[str(clients)]["rows_per_evaluation"]))
+            s = graph_only(runtime, batch)
+            ceiling[str(clients)] = dict(batch=batch, ms_per_step=1e3 * s, rows_per_s=batch / s,
+                                         gflops=None if flops is None else flops * batch / s / 1e9,
+                                         sketches_per_s=batch / s / steps)  # fmt: skip
+            print(f"graph only, batch {batch}: {ceiling[str(clients)]}", file=sys.stderr)
+        loads.append(os.getloadavg()[0])
+
+    results = dict(
+        command=" ".join(["PYTHONPATH=. python benchmarks/bench_engine.py", *sys.argv[1:]]),
+        machine=machine(), load=loads, numpy=np.__version__, onnxruntime=ort.__version__, python=platform.python_version(),
+        model=dict(name=info.name, cell=info.cell, dec_size=info.dec_size, num_mixture=info.num_mixture,
+                   conditional=info.conditional, flops_per_row_step=flops),
+        tau=args.tau, threads=args.threads, per_client=args.per_client,
+        baseline=dict(one_thread=base, threads16_no_engine=shared), engine=runs, bit_identical=identical,
+        steps_per_sketch=dict(mean=steps, sketch_points_mean=float(np.mean(lengths)),
+                              p50=float(np.median(lengths)), max=int(max(lengths))),
+        graph_only=ceiling,
+    )  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    text = report(results)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+        print(f"updated {RESULTS}", file=sys.stderr)
+
+
+def report(r: dict) -> str:
+    b1, b16 = r["baseline"]["one_thread"], r["baseline"]["threads16_no_engine"]
+    m = r["model"]
+    rows = [f"| `Sampler.generate(1)`, one thread, one at a time | {b1['rate']:.1f} | {b1['p50_ms']:.0f} ms "
+            f"| {b1['p99_ms']:.0f} ms | 1 | - |",
+            f"| `Sampler.generate(1)`, 16 threads, no engine | {b16['rate']:.1f} | {b16['p50_ms']:.0f} ms "
+            f"| {b16['p99_ms']:.0f} ms | 1 | - |"]  # fmt: skip
+    for clients, e in r["engine"].items():
+        rows.append(f"| engine, {clients} clients x {r['per_client']} | **{e['rate']:.1f}** | {e['p50_ms']:.0f} ms "
+                    f"| {e['p99_ms']:.0f} ms | {e['rows_per_evaluation']:.1f} | {e['ms_per_evaluation']:.2f} ms "
+                    f"({100 * e['graph_share']:.0f} % in the graph) |")  # fmt: skip
+    ceil = "\n".join(
+        f"| {c['batch']} | {c['ms_per_step']:.3f} ms | {c['rows_per_s']:.0f} | "
+        f"{'-' if c['gflops'] is None else format(c['gflops'], '.1f')} | {c['sketches_per_s']:.0f} |"
+        for c in r["graph_only"].values()
+    )
+    flops = m["flops_per_row_step"]
+    s = r["steps_per_sketch"]
+    return f"""## Engine (in process, no Triton)
+
+`{r["command"]}`
+
+Model {m["name"]} ({m["cell"]}, H = {m["dec_size"]}, M = {m["num_mixture"]}); onnxruntime {r["onnxruntime"]} on
+{r["threads"]} intra-op threads, numpy {r["numpy"]}, Python {r["python"]}. Machine: {r["machine"]}
+(1-min load {", ".join(f"{x:.1f}" for x in r["load"])} at start / after the engine runs / at the end).
+Clients are threads in the same process; each asks for one sketch at a time (tau {r["tau"]}, a fixed
+seed per request); latency is submit to answer. Engine sketches of the baseline's seeds are
+bit-identical to the baseline's: **{"yes" if r["bit_identical"] else "NO"}**.
+
+| way | sketches/s | p50 | p99 | rows per evaluation | per evaluation |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+The ceiling: the decoder step alone (graph only, fixed inputs) at the engine's mean batch;
+{"-" if flops is None else f"{flops / 1e6:.2f} MFLOP"} per row and step; {s["mean"]:.1f} steps per sketch
+(mean points {s["sketch_points_mean"]:.1f} + the end step; median {s["p50"]:.0f}, max {s["max"]}):
+
+| rows per step | graph time | rows/s | GFLOP/s | sketches/s at most |
+|---|---|---|---|---|
+{ceil}
+"""
+
+
+if __name__ == "__main__":
+    main()
