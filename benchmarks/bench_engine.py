@@ -25,10 +25,10 @@ every number to OUT.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -53,6 +53,7 @@ class Timed:
     def __init__(self, runtime: OnnxRuntime) -> None:
         self.inner, self.info = runtime, runtime.info
         self.seconds = 0.0
+        self.lock = threading.Lock()  # several engine threads
 
     def init_state(self, z, batch):
         return self.inner.init_state(z, batch)
@@ -60,7 +61,8 @@ class Timed:
     def step(self, prev, z, state):
         t = time.perf_counter()
         out = self.inner.step(prev, z, state)
-        self.seconds += time.perf_counter() - t
+        with self.lock:
+            self.seconds += time.perf_counter() - t
         return out
 
     def encode(self, strokes, lengths):
@@ -131,10 +133,11 @@ def seed_of(client: int, i: int) -> int:
     return client * 1000 + i
 
 
-def engine_run(sampler: Sampler, timed: Timed, tau: float, clients: int, per_client: int, keep: set[int]):
-    """C clients through one BackgroundEngine; returns (summary, sketches of the seeds in `keep`, lengths)."""
-    engine = Engine(timed, Scheduler())
-    background = BackgroundEngine(engine)
+def engine_run(sampler: Sampler, timed: Timed, tau: float, clients: int, per_client: int, keep: set[int], workers: int):
+    """C clients through one BackgroundEngine of `workers` engines; returns (summary, sketches of
+    the seeds in `keep`, lengths)."""
+    engines = [Engine(timed, Scheduler()) for _ in range(workers)]
+    background = BackgroundEngine(engines)
     kept: dict[int, list[np.ndarray]] = {}
     lengths: list[int] = []
     lock = threading.Lock()
@@ -152,30 +155,51 @@ def engine_run(sampler: Sampler, timed: Timed, tau: float, clients: int, per_cli
                 kept[seed] = sketches
 
     timed.seconds = 0.0
+    cpu = time.process_time()
     result = run_clients(ask, clients, per_client)
+    cpu = time.process_time() - cpu  # the whole process: engines, clients, onnxruntime's threads
     background.stop()
-    result["evaluations"] = engine.evaluations
-    result["rows_per_evaluation"] = engine.rows_stepped / max(engine.evaluations, 1)
-    result["graph_s"] = timed.seconds
-    result["graph_share"] = timed.seconds / result["wall_s"]
-    result["ms_per_evaluation"] = 1e3 * result["wall_s"] / max(engine.evaluations, 1)
+    result["cpu_ms_per_sketch"] = 1e3 * cpu / max(result["sketches"], 1)
+    result["cores_used"] = cpu / result["wall_s"]
+    evaluations = background.evaluations
+    result["evaluations"] = evaluations
+    result["rows_per_evaluation"] = background.rows_stepped / max(evaluations, 1)
+    result["graph_s"] = timed.seconds  # all engines' threads together
+    result["graph_share"] = timed.seconds / result["wall_s"] / workers  # of each engine thread's time
+    result["ms_per_evaluation"] = 1e3 * result["wall_s"] * workers / max(evaluations, 1)  # per engine
     return result, kept, lengths
 
 
-def graph_only(runtime: OnnxRuntime, batch: int, seconds: float = 1.5) -> float:
-    """Seconds per decoder step at `batch` rows, fixed inputs (the state fed back), graph only."""
+def graph_only(runtime: OnnxRuntime, batch: int, streams: int = 1, seconds: float = 1.0) -> float:
+    """Seconds per decoder step at `batch` rows, fixed inputs (the state fed back), graph only;
+    `streams` threads stepping at once, each its own batch (the seconds of one stream's step)."""
     info = runtime.info
-    prev = np.tile(np.asarray(info.start_token, np.float32), (batch, 1))
-    z = np.zeros((batch, info.z_size), np.float32) if info.conditional else None
-    state = np.zeros((batch, info.state_size), np.float32)
-    for _ in range(20):
-        _, state = runtime.step(prev, z, state)
-    steps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(50):
+    steps = [0] * streams
+    barrier = threading.Barrier(streams + 1)
+    stop = threading.Event()
+
+    def stream(k: int) -> None:
+        prev = np.tile(np.asarray(info.start_token, np.float32), (batch, 1))
+        z = np.zeros((batch, info.z_size), np.float32) if info.conditional else None
+        state = np.zeros((batch, info.state_size), np.float32)
+        for _ in range(20):
             _, state = runtime.step(prev, z, state)
-        steps += 50
-    return (time.perf_counter() - t0) / steps
+        barrier.wait()
+        while not stop.is_set():
+            for _ in range(10):
+                _, state = runtime.step(prev, z, state)
+            steps[k] += 10
+
+    threads = [threading.Thread(target=stream, args=(k,), daemon=True) for k in range(streams)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for th in threads:
+        th.join()
+    return (time.perf_counter() - t0) * streams / sum(steps)
 
 
 def flops_per_row(info) -> float | None:
@@ -189,11 +213,9 @@ def flops_per_row(info) -> float | None:
 
 def machine() -> str:
     cpu = platform.processor()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))  # fmt: skip
-    except (OSError, StopIteration):
-        pass
     return f"{cpu}, {os.cpu_count()} CPUs"
 
 
@@ -205,7 +227,10 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=0.3)
     ap.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--per-client", type=int, default=50, help="one-sketch requests per client thread")
-    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (0: its default)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="onnxruntime intra-op threads (0: its default); several: each is run (the first for the baseline)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="engines, each stepped by its own thread (a request goes to the least loaded); several: each is run")
     ap.add_argument("--baseline", type=int, default=20, help="one-sketch Sampler calls in the one-thread baseline")
     ap.add_argument("--baseline-per-client", type=int, default=5, help="calls per thread, Sampler without the engine")
     ap.add_argument("--json", type=Path, help="write every number to this file")
@@ -216,13 +241,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = load_model(args.model, Path(tmp))
-        runtime = OnnxRuntime(model_dir, threads=args.threads or None)
+        runtimes = {t: OnnxRuntime(model_dir, threads=t or None) for t in args.threads}
+        runtime = runtimes[args.threads[0]]
         info = runtime.info
         sampler = Sampler(runtime)
-        timed = Timed(runtime)
-        engine_sampler = Sampler(timed)  # type: ignore[arg-type]
         loads = [os.getloadavg()[0]]
-        print(f"model {info.name}: {info.cell} H={info.dec_size} M={info.num_mixture}, {args.threads} threads", file=sys.stderr)
+        print(f"model {info.name}: {info.cell} H={info.dec_size} M={info.num_mixture}", file=sys.stderr)
 
         # 1. baseline: the one-request Sampler
         sampler.generate(1, options=SamplingOptions(tau=args.tau, seed=10**6))  # warm-up (sessions, allocations)
@@ -238,31 +262,39 @@ def main() -> None:
                              16, args.baseline_per_client)  # fmt: skip
         print(f"baseline Sampler, 16 threads, no engine: {shared}", file=sys.stderr)
 
-        # 2. the engine
-        runs: dict[str, dict] = {}
+        # 2. the engine, each configuration
+        runs: list[dict] = []
         lengths: list[int] = []
         identical = True
-        for clients in args.clients:
-            res, kept, lens = engine_run(engine_sampler, timed, args.tau, clients, args.per_client, set(keep))
-            identical &= all(len(kept[s]) == len(reference[s]) and all(
-                np.array_equal(a, b) for a, b in zip(kept[s], reference[s], strict=True)) for s in kept)  # fmt: skip
-            res["compared"] = len(kept)
-            lengths += lens
-            runs[str(clients)] = res
-            print(f"engine, {clients} clients: {res}", file=sys.stderr)
+        for threads in args.threads:
+            timed = Timed(runtimes[threads])
+            engine_sampler = Sampler(timed)  # type: ignore[arg-type]
+            engine_sampler.generate(1, options=SamplingOptions(tau=args.tau, seed=10**6))
+            for workers in args.workers:
+                for clients in args.clients:
+                    res, kept, lens = engine_run(engine_sampler, timed, args.tau, clients, args.per_client, set(keep), workers)
+                    identical &= all(len(kept[s]) == len(reference[s]) and all(
+                        np.array_equal(a, b) for a, b in zip(kept[s], reference[s], strict=True)) for s in kept)  # fmt: skip
+                    res.update(threads=threads, workers=workers, clients=clients, compared=len(kept))
+                    lengths += lens
+                    runs.append(res)
+                    print(f"engine, {threads} threads, {workers} engines, {clients} clients: {res}", file=sys.stderr)
         loads.append(os.getloadavg()[0])
 
-        # 3. the ceiling: the graph alone at the batch sizes the engine ran
+        # 3. the ceiling: the graph alone, one stream at a time and `workers` streams at once
         steps = float(np.mean(lengths)) + 1  # the p3 step ends a sketch (not part of it) but is evaluated
-        ceiling = {}
         flops = flops_per_row(info)
-        for clients in args.clients:
-            batch = max(1, round(runs[str(clients)]["rows_per_evaluation"]))
-            s = graph_only(runtime, batch)
-            ceiling[str(clients)] = dict(batch=batch, ms_per_step=1e3 * s, rows_per_s=batch / s,
-                                         gflops=None if flops is None else flops * batch / s / 1e9,
-                                         sketches_per_s=batch / s / steps)  # fmt: skip
-            print(f"graph only, batch {batch}: {ceiling[str(clients)]}", file=sys.stderr)
+        batches = sorted({1, 8, 16, 64, *(max(1, round(r["rows_per_evaluation"])) for r in runs)})
+        ceiling = []
+        for threads in args.threads:
+            for streams in sorted({1, *args.workers}):
+                for batch in batches if streams == 1 else sorted({16 // streams, 64 // streams} - {0}):
+                    s = graph_only(runtimes[threads], batch, streams)
+                    rows = streams * batch / s
+                    c = dict(threads=threads, streams=streams, batch=batch, ms_per_step=1e3 * s, rows_per_s=rows,
+                             gflops=None if flops is None else flops * rows / 1e9, sketches_per_s=rows / steps)  # fmt: skip
+                    ceiling.append(c)
+                    print(f"graph only: {c}", file=sys.stderr)
         loads.append(os.getloadavg()[0])
 
     results = dict(
@@ -270,8 +302,9 @@ def main() -> None:
         machine=machine(), load=loads, numpy=np.__version__, onnxruntime=ort.__version__, python=platform.python_version(),
         model=dict(name=info.name, cell=info.cell, dec_size=info.dec_size, num_mixture=info.num_mixture,
                    conditional=info.conditional, flops_per_row_step=flops),
-        tau=args.tau, threads=args.threads, per_client=args.per_client,
-        baseline=dict(one_thread=base, threads16_no_engine=shared), engine=runs, bit_identical=identical,
+        tau=args.tau, per_client=args.per_client,
+        baseline=dict(threads=args.threads[0], one_thread=base, threads16_no_engine=shared), engine=runs,
+        bit_identical=identical,
         steps_per_sketch=dict(mean=steps, sketch_points_mean=float(np.mean(lengths)),
                               p50=float(np.median(lengths)), max=int(max(lengths))),
         graph_only=ceiling,
@@ -289,18 +322,19 @@ def main() -> None:
 def report(r: dict) -> str:
     b1, b16 = r["baseline"]["one_thread"], r["baseline"]["threads16_no_engine"]
     m = r["model"]
-    rows = [f"| `Sampler.generate(1)`, one thread, one at a time | {b1['rate']:.1f} | {b1['p50_ms']:.0f} ms "
-            f"| {b1['p99_ms']:.0f} ms | 1 | - |",
-            f"| `Sampler.generate(1)`, 16 threads, no engine | {b16['rate']:.1f} | {b16['p50_ms']:.0f} ms "
-            f"| {b16['p99_ms']:.0f} ms | 1 | - |"]  # fmt: skip
-    for clients, e in r["engine"].items():
-        rows.append(f"| engine, {clients} clients x {r['per_client']} | **{e['rate']:.1f}** | {e['p50_ms']:.0f} ms "
-                    f"| {e['p99_ms']:.0f} ms | {e['rows_per_evaluation']:.1f} | {e['ms_per_evaluation']:.2f} ms "
-                    f"({100 * e['graph_share']:.0f} % in the graph) |")  # fmt: skip
+    rows = [f"| `Sampler.generate(1)`, one thread, one at a time | {r['baseline']['threads']} | - | {b1['rate']:.1f} "
+            f"| {b1['p50_ms']:.0f} ms | {b1['p99_ms']:.0f} ms | 1 | - | - |",
+            f"| `Sampler.generate(1)`, 16 threads, no engine | {r['baseline']['threads']} | - | {b16['rate']:.1f} "
+            f"| {b16['p50_ms']:.0f} ms | {b16['p99_ms']:.0f} ms | 1 | - | - |"]  # fmt: skip
+    for e in r["engine"]:
+        rows.append(f"| engine, {e['clients']} clients x {r['per_client']} | {e['threads']} | {e['workers']} | **{e['rate']:.1f}** "
+                    f"| {e['p50_ms']:.0f} ms | {e['p99_ms']:.0f} ms | {e['rows_per_evaluation']:.1f} "
+                    f"| {e['ms_per_evaluation']:.2f} ms ({100 * e['graph_share']:.0f} % in the graph) "
+                    f"| {e['cpu_ms_per_sketch']:.1f} ms ({e['cores_used']:.2f} cores) |")  # fmt: skip
     ceil = "\n".join(
-        f"| {c['batch']} | {c['ms_per_step']:.3f} ms | {c['rows_per_s']:.0f} | "
+        f"| {c['threads']} | {c['streams']} | {c['batch']} | {c['ms_per_step']:.3f} ms | {c['rows_per_s']:.0f} | "
         f"{'-' if c['gflops'] is None else format(c['gflops'], '.1f')} | {c['sketches_per_s']:.0f} |"
-        for c in r["graph_only"].values()
+        for c in r["graph_only"]
     )
     flops = m["flops_per_row_step"]
     s = r["steps_per_sketch"]
@@ -308,23 +342,26 @@ def report(r: dict) -> str:
 
 `{r["command"]}`
 
-Model {m["name"]} ({m["cell"]}, H = {m["dec_size"]}, M = {m["num_mixture"]}); onnxruntime {r["onnxruntime"]} on
-{r["threads"]} intra-op threads, numpy {r["numpy"]}, Python {r["python"]}. Machine: {r["machine"]}
-(1-min load {", ".join(f"{x:.1f}" for x in r["load"])} at start / after the engine runs / at the end).
+Model {m["name"]} ({m["cell"]}, H = {m["dec_size"]}, M = {m["num_mixture"]}); onnxruntime {r["onnxruntime"]},
+numpy {r["numpy"]}, Python {r["python"]}. Machine: {r["machine"]} (1-min load
+{", ".join(f"{x:.1f}" for x in r["load"])} at start / after the engine runs / at the end).
 Clients are threads in the same process; each asks for one sketch at a time (tau {r["tau"]}, a fixed
-seed per request); latency is submit to answer. Engine sketches of the baseline's seeds are
-bit-identical to the baseline's: **{"yes" if r["bit_identical"] else "NO"}**.
+seed per request); latency is submit to answer; CPU per sketch: the process's CPU time (all threads)
+over the sketches made, and the mean cores it kept busy. "threads": onnxruntime intra-op threads; "engines":
+engines stepped by their own threads, a request going to the least loaded. The engine's sketches
+of the baseline's seeds are bit-identical to the baseline's: **{"yes" if r["bit_identical"] else "NO"}**.
 
-| way | sketches/s | p50 | p99 | rows per evaluation | per evaluation |
-|---|---|---|---|---|---|
+| way | threads | engines | sketches/s | p50 | p99 | rows per evaluation | per evaluation | CPU per sketch |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-The ceiling: the decoder step alone (graph only, fixed inputs) at the engine's mean batch;
-{"-" if flops is None else f"{flops / 1e6:.2f} MFLOP"} per row and step; {s["mean"]:.1f} steps per sketch
-(mean points {s["sketch_points_mean"]:.1f} + the end step; median {s["p50"]:.0f}, max {s["max"]}):
+The ceiling: the decoder step alone (graph only, fixed inputs); "streams" threads step at once, each its
+own batch; {"-" if flops is None else f"{flops / 1e6:.2f} MFLOP"} per row and step; {s["mean"]:.1f} steps per sketch
+(mean points {s["sketch_points_mean"]:.1f} + the end step; median {s["p50"]:.0f}, max {s["max"]}); sketches/s at
+most = rows/s / steps per sketch:
 
-| rows per step | graph time | rows/s | GFLOP/s | sketches/s at most |
-|---|---|---|---|---|
+| threads | streams | rows per step | step time | rows/s | GFLOP/s | sketches/s at most |
+|---|---|---|---|---|---|---|
 {ceil}
 """
 
