@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--per-client", type=int, default=50)
     ap.add_argument("--baseline-per-client", type=int, default=10, help="requests per in-process thread")
+    ap.add_argument("--engines", type=int, default=RepoOptions.engines, help="owl_generate's engines (threads)")
+    ap.add_argument("--intra-op-threads", type=int, default=RepoOptions.intra_op_threads,
+                    help="owl_generate's onnxruntime intra-op threads")  # fmt: skip
     ap.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
     args = ap.parse_args()
 
@@ -121,7 +124,8 @@ def main() -> None:
         import_magenta(args.magenta, model_dir, name="owl")
         local = Sampler(OnnxRuntime(model_dir))
         info = local.info
-        build_repo([model_dir], Path(tmp) / "repo", RepoOptions(flavor="cpu", stateful=False))
+        options = RepoOptions(flavor="cpu", stateful=False, engines=args.engines, intra_op_threads=args.intra_op_threads)
+        build_repo([model_dir], Path(tmp) / "repo", options)
         loads = [os.getloadavg()[0]]
         with TritonServer(Path(tmp) / "repo", free_port(), free_port(), log_path=Path(tmp) / "server.log") as server:
             client = Client(server.grpc_url)
@@ -177,7 +181,8 @@ def main() -> None:
 Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dec_size}, M = {info.num_mixture}, N_max = {info.max_seq_len}),
 imported to ONNX. Server: the tritonserver 2.51 binary of nvidia-pytriton on 127.0.0.1, cpu-flavor
 repository (`sketchkit serve build-repo --flavor cpu`): `owl_generate` runs `sketchkit.engine` in the
-Python backend (onnxruntime, 2 intra-op threads, continuous batching across requests). Clients in
+Python backend (onnxruntime, {args.intra_op_threads} intra-op threads, {args.engines} engine(s), continuous batching
+across requests). Clients in
 the same process, one gRPC channel per thread (`sketchkit.Client`). Machine: {cpu}, {os.cpu_count()} CPUs
 **shared** by server, clients and other work (1-min load average {", ".join(f"{x:.1f}" for x in loads)} at
 start / after the one-request runs / at the end); onnxruntime {version("onnxruntime")},

@@ -42,9 +42,15 @@ class TritonPythonModel:
         self.info = runtime.info
         self.names = [t.name for t in inputs_for(self.info)]
         self.limits = Limits(max_n=int(p["max_sketches_per_request"]), max_len=int(p["max_len"]))
-        scheduler = Scheduler(max_rows=int(p["max_rows_per_step"]), max_pending_rows=int(p["max_sketches_in_flight"]))
-        engine = Engine(runtime, scheduler, cancel_check_s=float(p.get("cancel_check_s", "0.2")))
-        self.engine = BackgroundEngine(engine, on_idle=self.log_statistics)
+        # several engines (config "engines"), each stepped by its own thread, share the in-flight cap
+        k = int(p.get("engines", "1"))
+        in_flight = -(-int(p["max_sketches_in_flight"]) // k)
+        engines = [
+            Engine(runtime, Scheduler(max_rows=int(p["max_rows_per_step"]), max_pending_rows=in_flight),
+                   cancel_check_s=float(p.get("cancel_check_s", "0.2")))
+            for _ in range(k)
+        ]  # fmt: skip
+        self.engine = BackgroundEngine(engines, on_idle=self.log_statistics)
 
     def execute(self, requests):
         for request in requests:
@@ -94,7 +100,8 @@ class TritonPythonModel:
         sender.send(response, flags=FINAL)
 
     def log_statistics(self, engine):
-        """One line in the server log each time the engine runs dry (benchmarks read it)."""
+        """One line in the server log each time an engine runs dry, the totals of all engines
+        (benchmarks read it)."""
         pb_utils.Logger.log_info(
             f"sketchkit engine: {engine.evaluations} evaluations, {engine.rows_stepped} rows stepped, "
             f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation"
