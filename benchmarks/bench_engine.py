@@ -137,7 +137,7 @@ def engine_run(sampler: Sampler, timed: Timed, tau: float, clients: int, per_cli
     """C clients through one BackgroundEngine of `workers` engines; returns (summary, sketches of
     the seeds in `keep`, lengths)."""
     engines = [Engine(timed, Scheduler()) for _ in range(workers)]
-    background = BackgroundEngine(engines)
+    background = BackgroundEngine(engines[0] if workers == 1 else engines)
     kept: dict[int, list[np.ndarray]] = {}
     lengths: list[int] = []
     lock = threading.Lock()
@@ -161,9 +161,9 @@ def engine_run(sampler: Sampler, timed: Timed, tau: float, clients: int, per_cli
     background.stop()
     result["cpu_ms_per_sketch"] = 1e3 * cpu / max(result["sketches"], 1)
     result["cores_used"] = cpu / result["wall_s"]
-    evaluations = background.evaluations
+    evaluations = sum(e.evaluations for e in engines)
     result["evaluations"] = evaluations
-    result["rows_per_evaluation"] = background.rows_stepped / max(evaluations, 1)
+    result["rows_per_evaluation"] = sum(e.rows_stepped for e in engines) / max(evaluations, 1)
     result["graph_s"] = timed.seconds  # all engines' threads together
     result["graph_share"] = timed.seconds / result["wall_s"] / workers  # of each engine thread's time
     result["ms_per_evaluation"] = 1e3 * result["wall_s"] * workers / max(evaluations, 1)  # per engine
