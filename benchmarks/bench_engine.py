@@ -1,23 +1,27 @@
 """The decode engine alone, in process (no Triton): concurrent one-sketch requests, continuous batching.
 
     PYTHONPATH=. python benchmarks/bench_engine.py --model ../shared/data/magenta-gen/owl.gen.json
-    PYTHONPATH=. python benchmarks/bench_engine.py --model OWL_DIR --threads 8 --json engine.json --no-write
+    PYTHONPATH=. python benchmarks/bench_engine.py --model OWL_DIR --threads 1 2 4 --workers 1 2 4 --json e.json --no-write
+    PYTHONPATH=. taskset -c 0,1 python benchmarks/bench_engine.py --model OWL_DIR --json e2.json --no-write  # 2 cores
 
 Needs numpy and onnxruntime only (plus onnx when --model is a Magenta `.gen.json`, converted torch-free
 by `sketchkit.magenta_onnx`); sketchkit need not be installed (run from the repository root with
 PYTHONPATH=.), and nothing on its import path imports cairosvg, platformdirs or tritonclient.
 
-One run measures, on one onnxruntime runtime (`--threads` intra-op threads):
+One run measures, on onnxruntime runtimes of `--threads` intra-op threads (each value in turn):
 1. baseline: the one-request in-process `Sampler`, `generate(1)` one sketch at a time (one thread),
-   and C threads sharing the Sampler without the engine (each call its own loop);
-2. the engine: one `BackgroundEngine` (the thread the Triton generate model runs), C client threads
-   (C = --clients, default 16 and 64) each submitting one-sketch requests (tau 0.3, seed fixed per
-   request) one at a time, --per-client each: sketches/s, p50/p99 latency from submit to answer,
-   mean rows per decoder evaluation, and the share of the engine thread's time spent in the graph;
-   the sketches of the baseline's seeds are compared bit for bit with the engine's;
-3. the ceiling: the decoder step alone at the batch sizes the engine ran (graph only, fixed inputs):
-   ms per step, GFLOP/s (plain LSTM cells: 2 (4H (5 + Nz + H) + H P) FLOPs per row), and the
-   sketches/s it would allow with that many rows in flight, given the mean steps per sketch.
+   and 16 threads sharing the Sampler without the engine (each call its own loop);
+2. the engine: a `BackgroundEngine` of `--workers` engines (1: the one thread the Triton generate
+   model runs; K: K engines, each stepped by its own thread, a request going to the least
+   loaded), C client threads (C = --clients, default 16 and 64) each submitting one-sketch
+   requests (tau 0.3, seed fixed per request) one at a time, --per-client each: sketches/s,
+   p50/p99 latency from submit to answer, mean rows per decoder evaluation, the share of the
+   engine threads' time spent in the graph, and the process's CPU time per sketch; the sketches
+   of the baseline's seeds are compared bit for bit with the engine's;
+3. the ceiling: the decoder step alone (graph only, fixed inputs) at batches 1, 8, 16, 64 and the
+   engine's, one stream, and K streams stepping at once: ms per step, GFLOP/s (plain LSTM cells:
+   2 (4H (5 + Nz + H) + H P) FLOPs per row) and the sketches/s that rate allows, given the mean
+   steps per sketch.
 Writes the "Engine" section of benchmarks/RESULTS.md (--no-write: print only) and, with --json OUT,
 every number to OUT.
 """
@@ -227,9 +231,9 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=0.3)
     ap.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--per-client", type=int, default=50, help="one-sketch requests per client thread")
-    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="onnxruntime intra-op threads (0: its default); several: each is run (the first for the baseline)")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="engines, each stepped by its own thread (a request goes to the least loaded); several: each is run")
     ap.add_argument("--baseline", type=int, default=20, help="one-sketch Sampler calls in the one-thread baseline")
     ap.add_argument("--baseline-per-client", type=int, default=5, help="calls per thread, Sampler without the engine")

@@ -13,6 +13,8 @@ stays callable with v2 `infer` (HTTP and gRPC) and with the HTTP `generate` exte
 """
 
 import json
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,11 @@ class TritonPythonModel:
             for _ in range(k)
         ]  # fmt: skip
         self.engine = BackgroundEngine(engines, on_idle=self.log_statistics)
+        # answers are packed and sent by a thread of their own: the engine's thread, the one that
+        # every step waits for, only hands finished requests over
+        self._answers = queue.SimpleQueue()
+        self._responder = threading.Thread(target=self._respond_loop, name="sketchkit-responder", daemon=True)
+        self._responder.start()
 
     def execute(self, requests):
         for request in requests:
@@ -79,8 +86,12 @@ class TritonPythonModel:
             job = self.sampler.generation(r.n, r.z, options)
         z = None if job.z is None else job.z.copy()  # the engine drops rows of job.z as they finish
         job.is_cancelled = request.is_cancelled
-        job.on_done = lambda done: self.respond(sender, done, z, r.prefix)
+        job.on_done = lambda done: self._answers.put((sender, done, z, r.prefix))
         self.engine.submit(job)  # EngineBusy (one line) when too many sketches are in flight
+
+    def _respond_loop(self):
+        while (answer := self._answers.get()) is not None:
+            self.respond(*answer)
 
     def respond(self, sender, job, z, prefix):
         if isinstance(job.error, Cancelled):
@@ -109,3 +120,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.stop()
+        self._answers.put(None)
+        self._responder.join(10)
