@@ -102,7 +102,7 @@ class RepoOptions:
             or self.max_sequence_rows < 1
             or self.max_state_bytes < 1
         ):
-            raise SketchkitError("max batch size, instances and the stateful caps must be >= 1, delays >= 0")
+            raise SketchkitError("max batch size, instances, engines, threads and the caps must be >= 1, delays >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
