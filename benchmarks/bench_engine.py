@@ -174,9 +174,11 @@ def engine_run(sampler: Sampler, timed: Timed, tau: float, clients: int, per_cli
     return result, kept, lengths
 
 
-def graph_only(runtime: OnnxRuntime, batch: int, streams: int = 1, seconds: float = 1.0) -> float:
-    """Seconds per decoder step at `batch` rows, fixed inputs (the state fed back), graph only;
-    `streams` threads stepping at once, each its own batch (the seconds of one stream's step)."""
+def graph_only(runtime: OnnxRuntime, batch: int, streams: int = 1, seconds: float = 1.0) -> tuple[float, float]:
+    """(seconds, CPU seconds) per decoder step at `batch` rows, fixed inputs (the state fed back),
+    graph only; `streams` threads stepping at once, each its own batch (the seconds of one
+    stream's step; the CPU of the whole process, onnxruntime's threads included, per step: what
+    a step costs the machine, which other load on it disturbs far less than the seconds)."""
     info = runtime.info
     steps = [0] * streams
     barrier = threading.Barrier(streams + 1)
@@ -198,12 +200,12 @@ def graph_only(runtime: OnnxRuntime, batch: int, streams: int = 1, seconds: floa
     for th in threads:
         th.start()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     time.sleep(seconds)
     stop.set()
     for th in threads:
         th.join()
-    return (time.perf_counter() - t0) * streams / sum(steps)
+    return (time.perf_counter() - t0) * streams / sum(steps), (time.process_time() - c0) / sum(steps)
 
 
 def flops_per_row(info) -> float | None:
@@ -293,10 +295,13 @@ def main() -> None:
         for threads in args.threads:
             for streams in sorted({1, *args.workers}):
                 for batch in batches if streams == 1 else sorted({16 // streams, 64 // streams} - {0}):
-                    s = graph_only(runtimes[threads], batch, streams)
+                    s, cpu = graph_only(runtimes[threads], batch, streams)
                     rows = streams * batch / s
                     c = dict(threads=threads, streams=streams, batch=batch, ms_per_step=1e3 * s, rows_per_s=rows,
-                             gflops=None if flops is None else flops * rows / 1e9, sketches_per_s=rows / steps)  # fmt: skip
+                             gflops=None if flops is None else flops * rows / 1e9, sketches_per_s=rows / steps,
+                             cpu_ms_per_step=1e3 * cpu,
+                             gflops_per_core=None if flops is None else flops * batch / cpu / 1e9,
+                             cpu_ms_per_sketch=1e3 * cpu / batch * steps)  # fmt: skip
                     ceiling.append(c)
                     print(f"graph only: {c}", file=sys.stderr)
         loads.append(os.getloadavg()[0])
@@ -337,7 +342,9 @@ def report(r: dict) -> str:
                     f"| {e['cpu_ms_per_sketch']:.1f} ms ({e['cores_used']:.2f} cores) |")  # fmt: skip
     ceil = "\n".join(
         f"| {c['threads']} | {c['streams']} | {c['batch']} | {c['ms_per_step']:.3f} ms | {c['rows_per_s']:.0f} | "
-        f"{'-' if c['gflops'] is None else format(c['gflops'], '.1f')} | {c['sketches_per_s']:.0f} |"
+        f"{'-' if c['gflops'] is None else format(c['gflops'], '.1f')} | {c['sketches_per_s']:.0f} "
+        f"| {c['cpu_ms_per_step']:.3f} ms | {'-' if c['gflops_per_core'] is None else format(c['gflops_per_core'], '.1f')} "
+        f"| {c['cpu_ms_per_sketch']:.2f} ms |"
         for c in r["graph_only"]
     )
     flops = m["flops_per_row_step"]
@@ -362,10 +369,11 @@ of the baseline's seeds are bit-identical to the baseline's: **{"yes" if r["bit_
 The ceiling: the decoder step alone (graph only, fixed inputs); "streams" threads step at once, each its
 own batch; {"-" if flops is None else f"{flops / 1e6:.2f} MFLOP"} per row and step; {s["mean"]:.1f} steps per sketch
 (mean points {s["sketch_points_mean"]:.1f} + the end step; median {s["p50"]:.0f}, max {s["max"]}); sketches/s at
-most = rows/s / steps per sketch:
+most = rows/s / steps per sketch. CPU per step: the process's CPU time (all threads) per step of one
+stream; GFLOP per CPU-second and the graph's CPU per sketch follow from it:
 
-| threads | streams | rows per step | step time | rows/s | GFLOP/s | sketches/s at most |
-|---|---|---|---|---|---|---|
+| threads | streams | rows per step | step time | rows/s | GFLOP/s | sketches/s at most | CPU per step | GFLOP per CPU-s | graph CPU per sketch |
+|---|---|---|---|---|---|---|---|---|---|
 {ceil}
 """
 
