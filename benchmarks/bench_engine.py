@@ -22,6 +22,8 @@ One run measures, on onnxruntime runtimes of `--threads` intra-op threads (each 
    engine's, one stream, and K streams stepping at once: ms per step, GFLOP/s (plain LSTM cells:
    2 (4H (5 + Nz + H) + H P) FLOPs per row) and the sketches/s that rate allows, given the mean
    steps per sketch.
+4. the engine's own work per step without the graph (a runtime returning fixed parameters),
+   at 16 and 64 rows in flight: CPU microseconds per step;
 Writes the "Engine" section of benchmarks/RESULTS.md (--no-write: print only) and, with --json OUT,
 every number to OUT.
 """
@@ -208,6 +210,45 @@ def graph_only(runtime: OnnxRuntime, batch: int, streams: int = 1, seconds: floa
     return (time.perf_counter() - t0) * streams / sum(steps), (time.process_time() - c0) / sum(steps)
 
 
+class FixedParams:
+    """A runtime whose step costs nothing: fixed parameters (the model's own, from one real step
+    at the start token) and the state passed through; what is left of a step is the engine's own
+    work (random draws, the mixture draw, the row table)."""
+
+    def __init__(self, runtime: OnnxRuntime, rows: int) -> None:
+        info = self.info = runtime.info
+        z = np.zeros((rows, info.z_size), np.float32) if info.conditional else None
+        state = runtime.init_state(z, rows)
+        self.params, _ = runtime.step(np.tile(np.asarray(info.start_token, np.float32), (rows, 1)), z, state)
+
+    def init_state(self, z, batch):
+        return np.zeros((batch, self.info.state_size), np.float32)
+
+    def step(self, prev, z, state):
+        return self.params[: len(prev)].copy(), state
+
+
+def engine_overhead(runtime: OnnxRuntime, rows: int, tau: float, steps: int = 2000, repeats: int = 5) -> float:
+    """CPU seconds of one engine step without the graph (`FixedParams`), `rows` one-sketch
+    requests in flight (a finished one replaced at once), best of `repeats`."""
+    fixed = FixedParams(runtime, rows)
+    sampler = Sampler(fixed)  # type: ignore[arg-type]
+    best = float("inf")
+    for _ in range(repeats):
+        engine, seed = Engine(fixed), 0  # type: ignore[arg-type]
+        for _ in range(rows):
+            engine.add(sampler.generation(1, options=SamplingOptions(tau=tau, seed=seed)))
+            seed += 1
+        t = time.thread_time()
+        for _ in range(steps):
+            for request in engine.step():
+                request.sketches()
+                engine.add(sampler.generation(1, options=SamplingOptions(tau=tau, seed=seed)))
+                seed += 1
+        best = min(best, (time.thread_time() - t) / steps)
+    return best
+
+
 def flops_per_row(info) -> float | None:
     """FLOPs of one decoder step for one row (multiply-adds x 2; plain LSTM cells only)."""
     if info.cell != "lstm":
@@ -306,6 +347,10 @@ def main() -> None:
                     print(f"graph only: {c}", file=sys.stderr)
         loads.append(os.getloadavg()[0])
 
+        # 4. the engine's own work per step, without the graph
+        overhead = {str(rows): 1e6 * engine_overhead(runtime, rows, args.tau) for rows in (16, 64)}
+        print(f"engine overhead per step, us: {overhead}", file=sys.stderr)
+
     results = dict(
         command=" ".join(["PYTHONPATH=. python benchmarks/bench_engine.py", *sys.argv[1:]]),
         machine=machine(), load=loads, numpy=np.__version__, onnxruntime=ort.__version__, python=platform.python_version(),
@@ -316,7 +361,7 @@ def main() -> None:
         bit_identical=identical,
         steps_per_sketch=dict(mean=steps, sketch_points_mean=float(np.mean(lengths)),
                               p50=float(np.median(lengths)), max=int(max(lengths))),
-        graph_only=ceiling,
+        graph_only=ceiling, engine_overhead_us=overhead,
     )  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
@@ -375,6 +420,10 @@ stream; GFLOP per CPU-second and the graph's CPU per sketch follow from it:
 | threads | streams | rows per step | step time | rows/s | GFLOP/s | sketches/s at most | CPU per step | GFLOP per CPU-s | graph CPU per sketch |
 |---|---|---|---|---|---|---|---|---|---|
 {ceil}
+
+The engine's own work per step (random draws, mixture draw, row table) without the graph (a runtime
+that returns fixed parameters; CPU time of the stepping thread, best of 5 x 2,000 steps):
+{", ".join(f"**{us:.0f} us** at {rows} rows" for rows, us in r["engine_overhead_us"].items())}.
 """
 
 

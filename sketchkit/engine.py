@@ -203,7 +203,7 @@ class Engine:
                     request.error = Cancelled("cancelled")
         if len(self._rows["prev"]) and any(r.error is None for r in running):
             self._advance(running)
-        finished = [r for r in running if r.done]
+        finished = [r for r in running if r.error is not None or r.live == 0 or r.t >= r.max_len]  # r.done, inlined
         if finished:
             self._retire(running)
             self._layout()
