@@ -286,6 +286,15 @@ def main() -> None:
 
     import onnxruntime as ort
 
+    partial: dict = dict(command=" ".join(["PYTHONPATH=. python benchmarks/bench_engine.py", *sys.argv[1:]]),
+                         machine=machine(), numpy=np.__version__, onnxruntime=ort.__version__, partial=True)  # fmt: skip
+
+    def save(**more) -> None:
+        """--json after every stage: a run cut short by a time limit still leaves what it measured."""
+        partial.update(more)
+        if args.json:
+            args.json.write_text(json.dumps(partial, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = load_model(args.model, Path(tmp))
         runtimes = {t: OnnxRuntime(model_dir, threads=t or None) for t in args.threads}
@@ -308,6 +317,7 @@ def main() -> None:
         shared = run_clients(lambda s: sampler.generate(1, options=SamplingOptions(tau=args.tau, seed=s)),
                              16, args.baseline_per_client)  # fmt: skip
         print(f"baseline Sampler, 16 threads, no engine: {shared}", file=sys.stderr)
+        save(baseline=dict(threads=args.threads[0], one_thread=base, threads16_no_engine=shared))
 
         # 2. the engine, each configuration
         runs: list[dict] = []
@@ -325,6 +335,7 @@ def main() -> None:
                     res.update(threads=threads, workers=workers, clients=clients, compared=len(kept))
                     lengths += lens
                     runs.append(res)
+                    save(engine=runs, bit_identical=identical)
                     print(f"engine, {threads} threads, {workers} engines, {clients} clients: {res}", file=sys.stderr)
         loads.append(os.getloadavg()[0])
 
@@ -344,6 +355,7 @@ def main() -> None:
                              gflops_per_core=None if flops is None else flops * batch / cpu / 1e9,
                              cpu_ms_per_sketch=1e3 * cpu / batch * steps)  # fmt: skip
                     ceiling.append(c)
+                    save(graph_only=ceiling, steps_per_sketch=steps)
                     print(f"graph only: {c}", file=sys.stderr)
         loads.append(os.getloadavg()[0])
 
