@@ -118,14 +118,17 @@ class Row:
     fast: bool = True
     sync_every_step: bool = False  # float() on the four losses every step, as zoo.train used to
     baseline_ref: str = ""  # run zoo/model.py of this git commit instead (CPU: today's loop)
+    fused: bool = True  # the cells' fused loops (zoo.fused); False: their step functions only
 
 
 def cell_rows(scale: int, baseline_ref: str) -> list[Row]:
     d = lambda n: max(n // scale, 8)  # noqa: E731
     rows = [
         Row(f"LSTM {d(256)}, enc {d(128)}", "lstm", d(256), d(128), 1.0),
-        Row(f"LSTM {d(512)}, enc {d(256)} (fused)", "lstm", d(512), d(256), 1.0),
-        Row(f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: eager", "layer_norm", d(512), d(256), 0.9, False),
+        Row(f"LSTM {d(512)}, enc {d(256)} (cuDNN)", "lstm", d(512), d(256), 1.0),
+        Row(f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: eager step loop", "layer_norm", d(512), d(256), 0.9, False, fused=False),
+        Row(f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: compiled step + graph (before)", "layer_norm", d(512), d(256), 0.9, fused=False),
+        Row(f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: fused loop", "layer_norm", d(512), d(256), 0.9, False),
         Row(f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: fast", "layer_norm", d(512), d(256), 0.9),
         Row(
             f"layer-norm LSTM {d(512)}, enc {d(256)}, keep 0.9: fast, float() x4 per step",
@@ -136,9 +139,9 @@ def cell_rows(scale: int, baseline_ref: str) -> list[Row]:
     ]  # fmt: skip
     if baseline_ref:
         for r in list(rows):
-            if r.keep < 1.0 and not r.fast:
-                rows.insert(rows.index(r), Row(r.name.replace("eager", f"today's loop ({baseline_ref})"),
-                            r.cell, r.dec, r.enc, r.keep, False, baseline_ref=baseline_ref))  # fmt: skip
+            if r.keep < 1.0 and not r.fast and not r.fused:
+                rows.insert(rows.index(r), Row(r.name.replace("eager step loop", f"the loop of {baseline_ref}"),
+                            r.cell, r.dec, r.enc, r.keep, False, baseline_ref=baseline_ref, fused=False))  # fmt: skip
     return rows
 
 
@@ -174,6 +177,7 @@ def time_rows(rows: list[Row], args: argparse.Namespace, batches: list, device: 
 
         def step(i: int, row: Row = row, model: Any = model, opt: Any = opt, hp: HParams = hp) -> None:
             sequence.set_fast(row.fast)
+            sequence.set_fused(row.fused)
             b, n = batches[i % len(batches)]
             losses = model(b, n)
             loss = train_loss(losses, i, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay)
@@ -204,12 +208,13 @@ def time_rows(rows: list[Row], args: argparse.Namespace, batches: list, device: 
             sync(device)
             times[r].append((time.perf_counter() - t) / per_block)
     sequence.set_fast(True)
+    sequence.set_fused(True)
     out = []
     for row, model, first, caps, ts in zip(rows, models, firsts, captured, times, strict=True):
         s_step = float(np.median(ts))
         out.append({
             "row": row.name, "cell": row.cell, "dec": row.dec, "enc": row.enc, "keep": row.keep,
-            "fast": row.fast, "sync_every_step": row.sync_every_step, "baseline_ref": row.baseline_ref,
+            "fast": row.fast, "fused": row.fused, "sync_every_step": row.sync_every_step, "baseline_ref": row.baseline_ref,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "s_per_step": s_step, "sketches_per_s": args.batch / s_step, "first_step_s": first,
             "steps": per_block * args.blocks, "block_s_per_step": ts,
@@ -249,8 +254,10 @@ def write_table(path: str, meta: dict[str, Any], results: list[dict[str, Any]]) 
             continue
         ratio = f"{r['s_per_step'] / ref['s_per_step']:.2f}" if ref and "s_per_step" in ref else ""
         fast = ", ".join(r["fast_paths"]) or (
-            "eager" if r["cell"] != "lstm" or r["keep"] < 1 else "cuDNN/MKL"
-        )
+            "cuDNN/MKL" if r["cell"] == "lstm" and r["keep"] == 1
+            else "fused loop" if r.get("fused", False) and r["cell"] != "hyper"
+            else "eager step loop"
+        )  # fmt: skip
         lines.append(
             f"| {r['row']} | {r['params_m']:.2f} M | {r['s_per_step']:.4f} | {r['sketches_per_s']:,.0f} | "
             f"{ratio} | {r['first_step_s']:.1f} s | {fast} |"
@@ -284,6 +291,7 @@ def cells_main(args: argparse.Namespace) -> None:
     lines: list[str] = []
     rows = cell_rows(args.cpu_scale if device == "cpu" else 1, args.baseline_ref if device == "cpu" else "")
     rows = [r for r in rows if not args.only or any(k in r.name for k in args.only)]
+    rows = [r for r in rows if not any(k in r.name for k in args.skip or [])]
     # on a shared CPU the rows of one cell size are interleaved (same load); on CUDA, one by one
     groups: dict[Any, list[Row]] = {}
     for i, row in enumerate(rows):
@@ -312,6 +320,7 @@ def main() -> None:
     ap.add_argument("--cpu-scale", type=int, default=8, help="--device cpu: sizes divided by this")
     ap.add_argument("--baseline-ref", default="56ec108", help="--device cpu: git commit of today's loop")
     ap.add_argument("--only", action="append", help="--device: rows whose name contains this")
+    ap.add_argument("--skip", action="append", help="--device: not the rows whose name contains this")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per implementation (after 1 warm-up)")
     ap.add_argument("--enc", type=int, default=128)

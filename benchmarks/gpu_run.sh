@@ -4,16 +4,22 @@
 #
 #   OUT=/some/empty/dir PYTHONUNBUFFERED=1 bash benchmarks/gpu_run.sh
 #
-# 1. the machine and versions; 2. benchmarks/bench_train.py --device cuda (eager vs fast cells);
-# 3. two sheep candidates trained at once on the one GPU, each stopped by the same --time-limit:
-#    zoo/recipes/aaron_sheep_gpu_layernorm.toml (fast cells) and aaron_sheep_gpu_lstm.toml (cuDNN),
-#    then each best checkpoint evaluated on the test split; 4. everything packed into a few files
-#    directly under $OUT: log.txt, bench_ln.json/.md, bench_hyper.json/.md, run_<name>.tar.gz (best.safetensors,
-#    metrics.jsonl, recipe.toml, eval_test.json, train.log, samples/, loss picture; never
-#    last.safetensors), summary.json.
+# 1. the machine and versions; 2. benchmarks/bench_train.py --device cuda (the layer-norm rows:
+#    eager step loop, compiled step + graph (the previous fast path), fused loop, fused + compiled +
+#    graph; then the HyperLSTM rows); 3. three sheep candidates trained at once on the one GPU, each
+#    stopped by the same --time-limit: zoo/recipes/aaron_sheep_gpu_{lstm,layernorm,lstm256}.toml,
+#    then each best checkpoint evaluated on the test split; meanwhile, on the CPU side,
+#    benchmarks/gpu/hyper_diagnose.py (which op breaks the HyperLSTM capture) and, when
+#    SKETCHKIT_GPU_ENGINE names an owl model, benchmarks/bench_engine.py (issue 9: the engine on
+#    this machine's cores); 4. everything packed into 7 files directly under $OUT: log.txt (with
+#    both bench tables), diag.txt (hyper_diagnose + engine), run_<name>.tar.gz for each candidate
+#    (best.safetensors, metrics.jsonl, recipe.toml, eval_test.json, train.log, samples/, loss
+#    picture; never last.safetensors), summary.json, bench.json (both bench tables' numbers).
 # The whole run keeps to BUDGET seconds (default 550; TINY: 150). TINY=1 runs the same path on the CPU with
 # tiny sizes and budgets (about two minutes): the dry run.
-# Env: OUT (required), SKETCHKIT_GPU_DATA (default .gpu/aaron_sheep.npz), BUDGET, TINY, PYTHON.
+# Env: OUT (required), SKETCHKIT_GPU_DATA (default .gpu/aaron_sheep.npz), SKETCHKIT_GPU_ENGINE
+# (an owl model directory for bench_engine.py; default .gpu/owl), SKETCHKIT_GPU_ENGINE_CODE (the
+# checkout whose bench_engine.py and sketchkit/ to use; default .), BUDGET, TINY, PYTHON.
 set -uo pipefail
 
 START=$(date +%s)
@@ -21,6 +27,9 @@ TINY=${TINY:-0}
 if [ "$TINY" = "1" ]; then BUDGET=${BUDGET:-150}; else BUDGET=${BUDGET:-550}; fi
 PY=${PYTHON:-python3}
 DATA=${SKETCHKIT_GPU_DATA:-.gpu/aaron_sheep.npz}
+ENGINE_MODEL=${SKETCHKIT_GPU_ENGINE:-.gpu/owl}  # an exported/imported model directory (no onnx needed)
+ENGINE_CODE=${SKETCHKIT_GPU_ENGINE_CODE:-.}  # a checkout whose benchmarks/bench_engine.py to run
+CANDIDATES=(lstm layernorm lstm256)
 : "${OUT:?set OUT to the folder whose files come back}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -34,12 +43,14 @@ if [ "$TINY" = "1" ]; then
     DEVICE=cpu
     BENCH=(--device cpu --cpu-scale 32 --batch 4 --steps 1 --blocks 1 --threads 1)
     BENCH_LIMIT=40
+    HYPER_LIMIT=40
     SIZES=(--set dec_size=16 --set enc_size=8 --set z_size=8 --set num_mixture=3 --set batch_size=8
         --set max_seq_len=60 --set eval_every=6 --set log_every=2 --set num_samples=4 --threads 1)
 else
     DEVICE=cuda
     BENCH=(--device cuda --batch 100 --steps 9 --blocks 3)
     BENCH_LIMIT=125
+    HYPER_LIMIT=70
     SIZES=(--threads 4)
 fi
 # after the time limit: start-up before train() counts it (~10 s), the last validation, checkpoint
@@ -68,26 +79,39 @@ git log -1 --format='commit %H %s' 2>/dev/null || true
 # two bench runs, each under its own limit, so a slow compile in one cannot lose the other's rows
 # (on CUDA every row of a run is warmed up before any is timed); both include the fused LSTM 512
 # that the ratios are taken against
-say "2. benchmark: layer-norm rows (at most ${BENCH_LIMIT}s), then HyperLSTM rows (at most ${BENCH_LIMIT}s)"
-timeout -k 10 "$BENCH_LIMIT" "$PY" benchmarks/bench_train.py "${BENCH[@]}" --data "$DATA" --out "$OUT/bench_ln" \
-    --only "LSTM 256" --only "(fused)" --only "layer-norm" \
+say "2. benchmark: layer-norm rows (at most ${BENCH_LIMIT}s), then HyperLSTM rows (at most ${HYPER_LIMIT}s)"
+timeout -k 10 "$BENCH_LIMIT" "$PY" benchmarks/bench_train.py "${BENCH[@]}" --data "$DATA" --out "$WORK/bench_ln" \
+    --only "LSTM 256" --only "(cuDNN)" --only "layer-norm" --skip "float()" \
     || say "layer-norm benchmark exited with $? (its table holds the rows it finished)"
-timeout -k 10 "$BENCH_LIMIT" "$PY" benchmarks/bench_train.py "${BENCH[@]}" --data "$DATA" --out "$OUT/bench_hyper" \
-    --only "(fused)" --only "HyperLSTM" \
+timeout -k 10 "$HYPER_LIMIT" "$PY" benchmarks/bench_train.py "${BENCH[@]}" --data "$DATA" --out "$WORK/bench_hyper" \
+    --only "(cuDNN)" --only "HyperLSTM" \
     || say "HyperLSTM benchmark exited with $? (its table holds the rows it finished)"
+for b in bench_ln bench_hyper; do [ -f "$WORK/$b.md" ] && { echo "== $b"; cat "$WORK/$b.md"; }; done  # into log.txt
 
 LIMIT=$((BUDGET - $(elapsed) - RESERVE))
 [ "$LIMIT" -lt 20 ] && LIMIT=20
-say "3. training two candidates at once, --time-limit ${LIMIT}s each"
+say "3. training ${#CANDIDATES[@]} candidates at once, --time-limit ${LIMIT}s each"
 declare -A PIDS
-for name in layernorm lstm; do
+# the CPU-side diagnostics run beside the training (small GPU use; their own processes)
+( timeout -k 5 200 "$PY" benchmarks/gpu/hyper_diagnose.py > "$WORK/diag_hyper.txt" 2>&1 ) &
+DIAG_PID=$!
+ENGINE_PID=""
+if [ -e "$ENGINE_MODEL" ] && [ -f "$ENGINE_CODE/benchmarks/bench_engine.py" ]; then
+    MODEL_ABS=$(realpath "$ENGINE_MODEL")
+    ( cd "$ENGINE_CODE" && PYTHONPATH=. timeout -k 5 240 "$PY" benchmarks/bench_engine.py --model "$MODEL_ABS" \
+        --threads 1 2 --workers 1 4 --no-write --json "$WORK/engine.json" > "$WORK/diag_engine.txt" 2>&1 ) &
+    ENGINE_PID=$!
+else
+    say "no engine benchmark ($ENGINE_MODEL or benchmarks/bench_engine.py missing)"
+fi
+for name in "${CANDIDATES[@]}"; do
     mkdir -p "$WORK/$name"
     timeout -k 5 $((LIMIT + KILL_AFTER)) "$PY" -m sketchkit train "zoo/recipes/aaron_sheep_gpu_$name.toml" \
         --data "$DATA" --out "$WORK/$name" --device "$DEVICE" --time-limit "$LIMIT" --fresh --quiet "${SIZES[@]}" \
         > "$WORK/$name/train.log" 2>&1 &
     PIDS[$name]=$!
 done
-for name in layernorm lstm; do
+for name in "${CANDIDATES[@]}"; do
     wait "${PIDS[$name]}"
     say "train $name exited with $?"
     tail -n 5 "$WORK/$name/train.log"
@@ -95,7 +119,7 @@ done
 
 say "evaluating each best checkpoint on the test split (both at once)"
 EVALS=()
-for name in layernorm lstm; do
+for name in "${CANDIDATES[@]}"; do
     if [ -f "$WORK/$name/best.safetensors" ]; then
         timeout -k 5 40 "$PY" -m sketchkit evaluate "$WORK/$name/best.safetensors" --split test --data "$DATA" --json \
             > "$WORK/$name/eval_test.json" 2> "$WORK/$name/eval_test.err" &
@@ -105,7 +129,9 @@ for name in layernorm lstm; do
     fi
 done
 for pid in "${EVALS[@]}"; do wait "$pid"; done  # by pid: a bare wait would also wait for the tee of the log
-for name in layernorm lstm; do
+wait "$DIAG_PID"
+[ -n "$ENGINE_PID" ] && wait "$ENGINE_PID"
+for name in "${CANDIDATES[@]}"; do
     [ -f "$WORK/$name/eval_test.err" ] && cat "$WORK/$name/eval_test.err"
     [ -f "$WORK/$name/eval_test.json" ] && { echo "$name test:"; cat "$WORK/$name/eval_test.json"; }
 done
@@ -132,9 +158,15 @@ for run in sorted(p for p in work.iterdir() if p.is_dir()):
     }
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
+bench = {b: json.loads((work / f"{b}.json").read_text()) for b in ("bench_ln", "bench_hyper") if (work / f"{b}.json").exists()}
+if (work / "engine.json").exists():
+    bench["engine"] = json.loads((work / "engine.json").read_text())
+(out / "bench.json").write_text(json.dumps(bench, indent=2))
+diag = [f"=== {p.name}\n{p.read_text()}" for p in (work / "diag_hyper.txt", work / "diag_engine.txt") if p.exists()]
+(out / "diag.txt").write_text("\n".join(diag))
 EOF
 LIMIT_BYTES=$((16 * 1024 * 1024 - 65536))
-for name in layernorm lstm; do
+for name in "${CANDIDATES[@]}"; do
     [ -d "$WORK/$name" ] || continue
     tar -czf "$OUT/run_$name.tar.gz" -C "$WORK" --exclude=last.safetensors "$name"
     if [ "$(stat -c %s "$OUT/run_$name.tar.gz")" -gt "$LIMIT_BYTES" ]; then

@@ -152,21 +152,82 @@ def test_encoder_dropout_loop_equals_the_old_loop(sheep) -> None:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "layer_norm", "hyper"])
-def test_the_captured_loop_module_equals_the_loop(cell: str, sheep) -> None:
-    """`Loop` (what make_graphed_callables captures on CUDA) passes weights and carry as the
-    plain loop does: the same numbers, gradients reaching the very same Parameters."""
+def test_the_captured_loop_function_equals_the_loop(cell: str, sheep) -> None:
+    """`Loop` (what make_graphed_callables captures on CUDA) takes carry and weights as inputs and
+    computes what the plain loop does: the same numbers, the same gradients for the weights."""
     m = model(cell)
     x, state = decoder_inputs(sheep, m)
     xw = m.cell.project(x)
     masks = sequence.dropout_masks(xw.shape[1], xw.shape[0], m.cell.hidden_size, KEEP, xw)
     carry = m.cell.unpack(state)
-    loop_module = sequence.Loop(m.cell.step_fn(), m.cell.weights())
-    assert {id(p) for p in loop_module.parameters()} == {id(p) for p in m.cell.weights()}
-    h1, *last1 = loop_module(xw, masks, *carry)
+    h1, *last1 = sequence.Loop(m.cell.step_fn(), len(carry))(xw, masks, *carry, *m.cell.weights())
     h2, last2 = sequence.loop(m.cell.step_fn(), m.cell.weights(), xw, carry, masks)
     # (Loop makes the carry contiguous: BLAS may then sum in another order, hence not atol=0)
     torch.testing.assert_close(h1, h2, atol=1e-6, rtol=0)
     torch.testing.assert_close(m.cell.pack(tuple(last1)), m.cell.pack(last2), atol=1e-6, rtol=0)
+    inputs = [x, *m.cell.weights()]
+    for a, b in zip(grads(h1, inputs), grads(h2, inputs), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "layer_norm"])
+def test_fused_loop_equals_the_step_loop(cell: str, sheep) -> None:
+    """zoo.fused (one autograd node, hand-written backward) against autograd over the cell's own
+    step function, on real sheep with dropout: forward within 1e-5, every gradient (inputs, initial
+    state, all weights) within 1e-4, and the final state."""
+    m = model(cell)
+    x, state = decoder_inputs(sheep, m)
+    state = state.detach().requires_grad_(True)
+    xw = m.cell.project(x)
+    masks = sequence.dropout_masks(xw.shape[1], xw.shape[0], m.cell.hidden_size, KEEP, xw)
+    carry = m.cell.unpack(state)
+    fused_fn = m.cell.fused_fn()
+    assert fused_fn is not None
+    h1, last1 = fused_fn(xw, carry, masks, *m.cell.weights())
+    h2, last2 = sequence.loop(m.cell.step_fn(), m.cell.weights(), xw, carry, masks)
+    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(m.cell.pack(last1), m.cell.pack(last2), atol=1e-5, rtol=0)
+    inputs = [x, state, *m.cell.weights()]
+    out1 = torch.cat([h1.flatten(1), *last1], 1)  # the loss reaches the last state too
+    out2 = torch.cat([h2.flatten(1), *last2], 1)
+    for a, b in zip(grads(out1, inputs), grads(out2, inputs), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    # and without dropout (masks None: evaluation, or keep = 1)
+    h3, _ = fused_fn(xw, carry, None, *m.cell.weights())
+    h4, _ = sequence.loop(m.cell.step_fn(), m.cell.weights(), xw, carry, None)
+    torch.testing.assert_close(h3, h4, atol=1e-5, rtol=0)
+
+
+def test_training_uses_the_fused_loop(sheep, monkeypatch) -> None:
+    """A layer-norm model in training mode runs its decoder and both encoder directions through
+    zoo.fused on the CPU (where it is faster than the step loop: benchmarks/RESULTS.md)."""
+    from zoo import fused
+
+    calls = []
+    real = fused.LSTMSequence.apply
+    monkeypatch.setattr(fused.LSTMSequence, "apply", lambda *a: calls.append(a[4].shape) or real(*a))
+    m = model("layer_norm").train()
+    short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:4]
+    factor = strokes.scale_factor(sheep.train)
+    batch, lengths = (torch.from_numpy(a) for a in strokes.to_batch(
+        [strokes.normalize(s, factor) for s in short], SIZES["max_seq_len"]))  # fmt: skip
+    out = m(batch, lengths)
+    (out.lr + out.kl).backward()
+    E, H = SIZES["enc_size"], SIZES["dec_size"]
+    assert calls == [(4 * E, E), (4 * E, E), (4 * H, H)]  # w_hh of fw, bw, decoder
+
+
+@pytest.mark.slow
+def test_compiled_fused_loop_equals_the_step_loop(sheep) -> None:
+    """The fused loop with its pointwise functions compiled (as on CUDA; inductor's CPU backend here)."""
+    m = model("layer_norm")
+    x, state = decoder_inputs(sheep, m)
+    xw = m.cell.project(x)
+    masks = sequence.dropout_masks(xw.shape[1], xw.shape[0], m.cell.hidden_size, KEEP, xw)
+    carry = m.cell.unpack(state)
+    h1, _ = m.cell.fused_fn()(xw, carry, masks, *m.cell.weights(), compile=sequence.compiled)
+    h2, _ = sequence.loop(m.cell.step_fn(), m.cell.weights(), xw, carry, masks)
+    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
     inputs = [x, *m.cell.weights()]
     for a, b in zip(grads(h1, inputs), grads(h2, inputs), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
@@ -182,7 +243,7 @@ def test_compiled_step_equals_the_eager_step(cell: str, sheep) -> None:
     masks = sequence.dropout_masks(xw.shape[1], xw.shape[0], m.cell.hidden_size, KEEP, xw)
     carry = m.cell.unpack(state)
     step = m.cell.step_fn()
-    h1, *_ = sequence.Loop(sequence.compiled(step), m.cell.weights())(xw, masks, *carry)
+    h1, *_ = sequence.Loop(sequence.compiled(step), len(carry))(xw, masks, *carry, *m.cell.weights())
     h2, _ = sequence.loop(step, m.cell.weights(), xw, carry, masks)
     torch.testing.assert_close(h1, h2, atol=1e-5, rtol=0)
     inputs = [x, *m.cell.weights()]
@@ -349,9 +410,10 @@ def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog
         models.append(m)
         results.append((out, {n: p.grad for n, p in m.named_parameters()}))
     (fast_out, fast_grads), (eager_out, eager_grads) = results
-    # the encoder's two directions and the decoder: three loops captured, the first after a fallback
+    # the encoder's two directions and the decoder: three loops captured (all fused: the LSTM and
+    # the layer-norm LSTM have a fused form), the first after a fallback
     modes = [g["mode"] for g in sequence.stats()]
-    assert sorted(modes) == ["compiled+graph", "compiled+graph", "graph"], modes
+    assert sorted(modes) == ["fused+compiled+graph", "fused+compiled+graph", "fused+graph"], modes
     assert len(attempts) == 4 and caplog.text.count("falling back") == 1
     for k in ("ls", "lp", "kl"):
         torch.testing.assert_close(getattr(fast_out, k), getattr(eager_out, k), atol=1e-6, rtol=0)
@@ -359,13 +421,20 @@ def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog
         torch.testing.assert_close(fast_grads[name], g, atol=1e-5, rtol=0, msg=name)
 
 
-def test_the_hyper_cell_never_captures(sheep, monkeypatch) -> None:
-    """HyperLSTMCell.graph_capture is off (its capture exhausted an H200's memory): with the fast
-    path on, its decoder loop stays eager and only the encoder's two loops are captured."""
+def test_the_hyper_decoder_is_never_captured(sheep, monkeypatch) -> None:
+    """HyperLSTMCell.graph_capture is off (its captured loop exhausted an H200's memory): with the
+    fast path on, its decoder loop stays on the step loop and only the encoder's two loops are
+    captured, each as a function of tensors (weights as inputs, no parameters inside)."""
     captured = []
+
+    def fake_capture(fn, sample, allow_unused_input=False):  # type: ignore[no-untyped-def]
+        assert not isinstance(fn, torch.nn.Module)
+        captured.append(fn.step)
+        return fn
+
     monkeypatch.setattr(sequence, "fast_applies", lambda x: sequence._enabled and torch.is_grad_enabled())
     monkeypatch.setattr(sequence, "compiled", lambda step: step)
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda m, s, **k: captured.append(m.step) or m)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:4]
     factor = strokes.scale_factor(sheep.train)
@@ -374,4 +443,5 @@ def test_the_hyper_cell_never_captures(sheep, monkeypatch) -> None:
     m = model("hyper").train()
     out = m(batch, lengths)
     (out.lr + out.kl).backward()
-    assert captured and all(step is lstm_step for step in captured), captured
+    assert captured == [lstm_step, lstm_step], captured
+    assert all(p.grad is not None for p in m.parameters())

@@ -94,7 +94,9 @@ class HParams:
             if not 0.0 <= getattr(self, name) <= 1.0:  # nan fails this too
                 raise SketchkitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.random_scale >= 1.0:
-            raise SketchkitError(f"random_scale must be < 1 (a scale of 1 - s must stay > 0), got {self.random_scale}")
+            raise SketchkitError(
+                f"random_scale must be < 1 (a scale of 1 - s must stay > 0), got {self.random_scale}"
+            )
 
     # ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import sequence
+from zoo import fused, sequence
 from zoo.config import HParams
 from zoo.loss import Losses, kl_loss, reconstruction_loss
 
@@ -59,7 +59,7 @@ class Encoder(nn.Module):
             zero = x.new_zeros(B, H)
             masks = sequence.dropout_masks(T, B, H, self.keep, x)
             xw = F.linear(x, w_ih, b_ih + b_hh)  # (B, T, 4 enc)
-            return sequence.run(rnn, lstm_step, [w_hh], xw, (zero, zero), masks)[0]
+            return sequence.run(rnn, lstm_step, [w_hh], xw, (zero, zero), masks, fused.lstm_sequence)[0]
         return rnn(x)[0]  # (B, T, enc)
 
     def forward(
@@ -135,6 +135,10 @@ class Cell(nn.Module):
         """The step function's weights, in its argument order."""
         raise NotImplementedError
 
+    def fused_fn(self) -> sequence.Fused | None:
+        """The whole teacher-forcing loop with a hand-written backward (zoo.fused), if this cell has one."""
+        return None
+
     def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return state.chunk(2, 1)  # [h | c]
 
@@ -160,7 +164,9 @@ class Cell(nn.Module):
             if drop and self.keep < 1.0
             else None
         )
-        h, carry = sequence.run(self, self.step_fn(), self.weights(), xw, self.unpack(state), masks)
+        h, carry = sequence.run(
+            self, self.step_fn(), self.weights(), xw, self.unpack(state), masks, self.fused_fn()
+        )
         return h, self.pack(carry)  # (B, T, H), (B, S)
 
 
@@ -185,6 +191,9 @@ class LSTMCell(Cell):
 
     def step_fn(self) -> sequence.Step:
         return lstm_step
+
+    def fused_fn(self) -> sequence.Fused:
+        return fused.lstm_sequence
 
     def weights(self) -> list[nn.Parameter]:
         return [self.rnn.weight_hh_l0]  # type: ignore[list-item]  # an nn.LSTM parameter
@@ -249,6 +258,9 @@ class LayerNormLSTMCell(Cell):
     def step_fn(self) -> sequence.Step:
         return layer_norm_lstm_step
 
+    def fused_fn(self) -> sequence.Fused:
+        return fused.lstm_sequence
+
     def weights(self) -> list[nn.Parameter]:
         return [self.weight_hh, self.ln_gates_weight, self.ln_gates_bias, self.ln_c.weight, self.ln_c.bias]
 
@@ -262,10 +274,11 @@ class HyperLSTMCell(Cell):
     State (B, 2H + 2Hh) = [h | c | h_hyper | c_hyper].
     """
 
-    # On an H200 the CUDA-graph capture of this cell's loop fails ("operation failed due to a previous
-    # error during capture") at any length, T = 10 included (benchmarks/gpu/hyper_probe.py), and the
-    # failed captures left ~108 GiB in graph pools at T = 250, so even the eager fallback ran out of
-    # memory (benchmarks/RESULTS.md, issue 11): this cell trains on the eager loop until it is fixed.
+    # Its decoder loop is never CUDA-graph captured (the encoder's loops are): captured under autograd,
+    # the step-by-step loop keeps every step's weight gradients (w_hh alone is 64 MiB) and activations
+    # in the graph's memory pool, and at the paper's sizes (H 2048, T 250) the capture exhausted an
+    # H200's 140 GiB (benchmarks/RESULTS.md, issue 11). The way out is the LN-LSTM's: a fused loop with a
+    # hand-written backward that sums the weight gradients once (zoo.fused); not written yet.
     graph_capture = False
 
     def __init__(self, input_size: int, hidden_size: int, hyper_size: int, embed: int, keep: float = 1.0):

@@ -58,7 +58,9 @@ class TorchRuntime:
         return self.model.init_state(self._tensor(z), batch).cpu().numpy()
 
     @torch.no_grad()
-    def step(self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step(
+        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         params, next_state = self.model.step(self._tensor(prev), self._tensor(z), self._tensor(state))  # type: ignore[arg-type]
         return params.float().cpu().numpy(), next_state.float().cpu().numpy()
 

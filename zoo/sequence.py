@@ -1,28 +1,31 @@
-"""The teacher-forcing time loop of the recurrent cells, and its fast form on CUDA.
+"""The teacher-forcing time loop of the recurrent cells, and its fast forms.
 
 Training runs a cell over all N_max steps of a fixed-shape batch. Stepping through time in Python
-launches a dozen small kernels per step, forward and backward: on an H200 the layer-norm LSTM 512
-took 8.5x the cuDNN LSTM's train step (issue 11). Neither fusing the step nor launching the whole
-loop at once was enough alone, so with grad enabled on CUDA the loop runs as
-  1. the step compiled by `torch.compile` (fullgraph, static shapes): a few fused kernels per step,
-     forward and backward (AOTAutograd compiles both);
-  2. the whole T-step loop, forward and backward, captured once per input shape as two CUDA graphs
-     (`torch.cuda.make_graphed_callables`) and replayed: one launch per pass.
+with autograd launches a dozen small kernels per step, forward and backward, plus one weight-gradient
+matmul per step: on an H200 the layer-norm LSTM 512 took 8.5x the cuDNN LSTM's train step (issue 11).
+So there are three forms of the same loop:
+  1. `loop`: the cell's step function, step by step under autograd. The reference; the HyperLSTM.
+  2. a fused sequence function (zoo.fused, for the LSTM and layer-norm LSTM): one autograd node for
+     the whole loop with a hand-written backward (one addmm and one pointwise function per step
+     each way; the weight gradients as one matmul over all T). Used wherever it exists, CPU included.
+  3. with grad enabled on CUDA, that function (else the step) with its pointwise parts compiled by
+     `torch.compile`, and the whole T-step loop, forward and backward, captured once per input
+     shape as two CUDA graphs (`torch.cuda.make_graphed_callables`) and replayed: one launch per pass.
 The loop's inputs are the input projections for all T (the caller hoists them out of the loop: one
 matmul), the initial state and the recurrent-dropout masks for all T, drawn outside the graph (a
 captured graph must hold no RNG). The masks keep each unit with probability `keep` and scale the
 kept ones by 1 / keep, exactly as `F.dropout(g, 1 - keep)` did per step before.
 
 Each CUDA-only stage that fails (compile, capture, or a captured graph whose forward disagrees with
-the eager loop) logs one warning line and falls back: compiled + graphed -> graphed eager step ->
-the eager loop. A training run never dies because of the fast path. Everywhere else (CPU, no grad,
-other shapes) the eager loop below runs: on CPU it is as fast as anything measured
-(benchmarks/RESULTS.md, "Fast recurrent cells").
+the eager loop) logs one warning line and falls back: fused compiled + graphed -> fused graphed ->
+compiled step graphed -> graphed eager step -> the un-captured loop. A training run never dies
+because of the fast path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -37,11 +40,14 @@ log = logging.getLogger(__name__)
 
 # (xw_t (B, X), carry (tensors), mask_t (B, H) or None, *params) -> (h (B, H), next carry)
 Step = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
+# (xw (B, T, X), carry, masks (T, B, H) or None, *params, compile=None or `compiled`) -> (h (B, T, H), last carry)
+Fused = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
 
 MAX_GRAPHS_PER_MODULE = 2  # training has one shape; a second covers e.g. a decoder-only zero state
 CHECK_TOLERANCE = 1e-3  # a captured forward farther than this from the eager loop is not used
 
 _enabled = os.environ.get("SKETCHKIT_FAST_CELLS", "1") != "0"
+_fused_enabled = os.environ.get("SKETCHKIT_FUSED_CELLS", "1") != "0"
 _graphs: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 _compiled: dict[Step, Step] = {}
 
@@ -50,6 +56,13 @@ def set_fast(enabled: bool) -> None:
     """Switch the CUDA fast path on or off (benchmarks compare both; SKETCHKIT_FAST_CELLS=0 at start)."""
     global _enabled
     _enabled = enabled
+
+
+def set_fused(enabled: bool) -> None:
+    """Use the cells' fused loops (zoo.fused) or only their step functions (benchmarks compare
+    both; SKETCHKIT_FUSED_CELLS=0 at start)."""
+    global _fused_enabled
+    _fused_enabled = enabled
 
 
 def fast_applies(x: torch.Tensor) -> bool:
@@ -79,25 +92,37 @@ def loop(
 
 
 def compiled(step: Step) -> Step:
-    """`step` compiled once for the whole process (fullgraph, static shapes)."""
+    """`step` (or a fused loop's pointwise function) compiled once for the whole process (fullgraph,
+    static shapes)."""
     if step not in _compiled:
         _compiled[step] = torch.compile(step, fullgraph=True, dynamic=False)
     return _compiled[step]
 
 
-class Loop(nn.Module):
-    """`loop` as a module whose parameters are the step's (the same Parameter objects as the
-    cell's, not copies): the form `make_graphed_callables` captures, with the weights as inputs."""
+class Loop:
+    """`loop` (or the `fused` form of it) as a function of tensors only,
+    (xw, masks, *carry, *weights) -> (h, *last carry): the form `make_graphed_callables` captures.
 
-    def __init__(self, step: Step, params: Sequence[nn.Parameter]):
-        super().__init__()
-        self.step = step
-        self.weights = nn.ParameterList(params)
+    The weights enter as inputs, not as module parameters: a captured backward must not run the
+    gradient accumulation of a Parameter whose accumulator was made outside the capture. The
+    HyperLSTM's `hyper_ih` is such a Parameter (its input columns feed `project`, before the loop):
+    as a module parameter its capture failed on an H200 at every size with "operation would make
+    the legacy stream depend on a capturing blocking stream" (benchmarks/gpu/hyper_diagnose.py);
+    as an input it got past that (and then ran out of memory: see HyperLSTMCell).
+    As inputs, the graph returns the weights' gradients and autograd accumulates them outside."""
 
-    def forward(
-        self, xw: torch.Tensor, masks: torch.Tensor, *carry: torch.Tensor
+    def __init__(self, step: Step, n_carry: int, fused: Fused | None = None):
+        self.step, self.n_carry, self.fused = step, n_carry, fused
+
+    def __call__(
+        self, xw: torch.Tensor, masks: torch.Tensor, *tensors: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        h, last = loop(self.step, list(self.weights), xw, tuple(c.contiguous() for c in carry), masks)
+        carry = tuple(c.contiguous() for c in tensors[: self.n_carry])
+        weights = list(tensors[self.n_carry :])
+        if self.fused is not None:
+            h, last = self.fused(xw, carry, masks, *weights)
+        else:
+            h, last = loop(self.step, weights, xw, carry, masks)
         return (h, *last)
 
 
@@ -108,20 +133,26 @@ def run(
     xw: torch.Tensor,
     carry: tuple[torch.Tensor, ...],
     masks: torch.Tensor | None,
+    fused: Fused | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """The loop over xw (B, T, X), fast when `fast_applies` and a graph for these shapes exists or
-    can be made (cached per `owner`, the module whose weights `params` are); else eager."""
+    """The loop over xw (B, T, X): captured when `fast_applies` and a graph for these shapes exists
+    or can be made (cached per `owner`, the module whose weights `params` are); else the `fused`
+    function when the cell has one, else the step-by-step loop."""
+    fused = fused if _fused_enabled else None
     if not fast_applies(xw) or not getattr(owner, "graph_capture", True):  # see HyperLSTMCell
-        return loop(step, params, xw, carry, masks)
+        return uncaptured(step, params, xw, carry, masks, fused)
     B, T = xw.shape[:2]
     H = carry[0].shape[1]
     if masks is None:
         masks = torch.ones(T, B, H, device=xw.device, dtype=xw.dtype)
-    args = (xw, masks, *carry)
-    key = tuple((tuple(a.shape), a.dtype, a.requires_grad) for a in args) + (str(xw.device),)
+    args = (xw, masks, *carry, *params)
+    key = tuple((tuple(a.shape), a.dtype, a.requires_grad) for a in args) + (
+        str(xw.device),
+        fused is not None,
+    )
     graphs = _graphs.setdefault(owner, {})
     if key not in graphs:
-        graphs[key] = _capture(step, params, args) if len(graphs) < MAX_GRAPHS_PER_MODULE else None
+        graphs[key] = _capture(step, len(carry), args, fused) if len(graphs) < MAX_GRAPHS_PER_MODULE else None
     entry = graphs[key]
     if entry is not None:
         try:
@@ -130,6 +161,20 @@ def run(
         except Exception as e:  # noqa: BLE001 - as in _capture: only speed may be lost
             log.warning("fast cells: a captured loop failed (%s: %s); eager from now on", type(e).__name__, e)
             graphs[key] = None
+    return uncaptured(step, params, xw, carry, masks, fused)
+
+
+def uncaptured(
+    step: Step,
+    params: Sequence[torch.Tensor],
+    xw: torch.Tensor,
+    carry: tuple[torch.Tensor, ...],
+    masks: torch.Tensor | None,
+    fused: Fused | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The fused function if the cell has one (faster on CPU too: benchmarks/RESULTS.md), else `loop`."""
+    if fused is not None:
+        return fused(xw, carry, masks, *params)
     return loop(step, params, xw, carry, masks)
 
 
@@ -145,15 +190,23 @@ def stats() -> list[dict[str, Any]]:
 
 
 def _capture(
-    step: Step, params: Sequence[nn.Parameter], args: tuple[torch.Tensor, ...]
+    step: Step, n_carry: int, args: tuple[torch.Tensor, ...], fused: Fused | None = None
 ) -> dict[str, Any] | None:
-    """Graph the loop, compiled step first, eager step second; None: use the eager loop."""
+    """Graph the loop over args = (xw, masks, *carry, *weights): the fused function compiled, then
+    eager, then the compiled step, then the eager step; None: use the un-captured loop."""
     sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
-    for mode, fn in (("compiled+graph", compiled(step)), ("graph", step)):
+    tries: list[tuple[str, Loop]] = []
+    if fused is not None:
+        tries += [
+            ("fused+compiled+graph", Loop(step, n_carry, functools.partial(fused, compile=compiled))),
+            ("fused+graph", Loop(step, n_carry, fused)),
+        ]
+    tries += [("compiled+graph", Loop(compiled(step), n_carry)), ("graph", Loop(step, n_carry))]
+    for mode, fn in tries:
         t0 = time.perf_counter()
         try:
-            graphed = torch.cuda.make_graphed_callables(Loop(fn, params), sample, allow_unused_input=True)
-            _check(graphed, step, params, sample)
+            graphed = torch.cuda.make_graphed_callables(fn, sample, allow_unused_input=True)
+            _check(graphed, step, n_carry, sample)
         except Exception as e:  # noqa: BLE001 - any failure here must only cost speed
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             log.warning("fast cells: %s failed (%s: %s); falling back", mode, type(e).__name__, first[:200])
@@ -165,13 +218,11 @@ def _capture(
     return None
 
 
-def _check(
-    graphed: Callable[..., Any], step: Step, params: Sequence[nn.Parameter], sample: tuple[torch.Tensor, ...]
-) -> None:
+def _check(graphed: Callable[..., Any], step: Step, n_carry: int, sample: tuple[torch.Tensor, ...]) -> None:
     """The captured forward must equal the eager loop on the capture's own inputs."""
-    xw, masks, *carry = sample
+    xw, masks, *rest = sample
     with torch.no_grad():
-        want, _ = loop(step, params, xw, tuple(carry), masks)
+        want, _ = loop(step, rest[n_carry:], xw, tuple(rest[:n_carry]), masks)
         got = graphed(*sample)[0]
     err = float((got - want).abs().max())
     if not err <= CHECK_TOLERANCE * (1.0 + float(want.abs().max())):

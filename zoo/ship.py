@@ -65,8 +65,13 @@ def ship(
     metrics["test_float16"] = evaluate(half, ds.test, hp)
     # the graphs first: the export replaces the whole directory (atomically), then the rest joins it
     info = model_info(
-        half, name, meta["scale_factor"], meta["max_seq_len"],
-        source=extra["source"], license=license, metrics={"test": metrics["test_float16"], "step": meta["step"]},
+        half,
+        name,
+        meta["scale_factor"],
+        meta["max_seq_len"],
+        source=extra["source"],
+        license=license,
+        metrics={"test": metrics["test_float16"], "step": meta["step"]},
     )
     export_model(half, info, out)
     save(weights, model, hp, dict(keep, metrics=metrics, **extra), dtype=torch.float16)

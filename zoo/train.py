@@ -234,7 +234,9 @@ def train(
     started = time.perf_counter()
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out, ["best.safetensors", "last.safetensors", "metrics.jsonl", "recipe.toml"])  # killed writes
+    remove_stale_temps(
+        out, ["best.safetensors", "last.safetensors", "metrics.jsonl", "recipe.toml"]
+    )  # killed writes
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(hp)
     torch.manual_seed(hp.seed)
