@@ -364,9 +364,10 @@ class BackgroundEngine:
     One engine by default. Given several (each with its own scheduler, over one runtime), each
     runs in its own thread and a request goes to the one with the fewest sketches in flight:
     a request lives in one engine, so its sketches stay what they are alone, and the engines'
-    graph evaluations run at once (onnxruntime releases the GIL). On CPU that is how a second
-    core is used well: onnxruntime's intra-op threads hardly speed up a batch-16 LSTM step,
-    two batches of 8 on two threads do (benchmarks/RESULTS.md, "Engine")."""
+    graph evaluations run at once (onnxruntime releases the GIL). That is how free cores get
+    used (onnxruntime's intra-op threads speed a batch-16 LSTM 512 step up only ~1.2x), at the
+    price of smaller batches: on 2 shared cores two engines cost more CPU per sketch than they
+    gained (benchmarks/RESULTS.md, "Issue 9: the throughput ceiling")."""
 
     def __init__(self, engine: Engine | list[Engine], on_idle: Callable[[BackgroundEngine], None] | None = None) -> None:
         self.engines = [engine] if isinstance(engine, Engine) else list(engine)
