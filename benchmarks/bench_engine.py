@@ -49,7 +49,7 @@ sys.path.insert(1, str(Path(__file__).parent))
 from results import RESULTS, write_section  # noqa: E402  (one section writer for RESULTS.md)
 
 from sketchkit.engine import BackgroundEngine, Engine, Request, Scheduler  # noqa: E402
-from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
+from sketchkit.runtimes.onnx import OnnxRuntime  # noqa: E402
 from sketchkit.sampling import Sampler, SamplingOptions  # noqa: E402
 
 
@@ -188,8 +188,8 @@ def graph_only(runtime: OnnxRuntime, batch: int, streams: int = 1, seconds: floa
 
     def stream(k: int) -> None:
         prev = np.tile(np.asarray(info.start_token, np.float32), (batch, 1))
-        z = np.zeros((batch, info.z_size), np.float32) if info.conditional else None
-        state = np.zeros((batch, info.state_size), np.float32)
+        z = np.zeros((batch, info.dims.z_size), np.float32) if info.dims.vae else None
+        state = np.zeros((batch, info.dims.state_size), np.float32)
         for _ in range(20):
             _, state = runtime.step(prev, z, state)
         barrier.wait()
@@ -217,12 +217,12 @@ class FixedParams:
 
     def __init__(self, runtime: OnnxRuntime, rows: int) -> None:
         info = self.info = runtime.info
-        z = np.zeros((rows, info.z_size), np.float32) if info.conditional else None
+        z = np.zeros((rows, info.dims.z_size), np.float32) if info.dims.vae else None
         state = runtime.init_state(z, rows)
         self.params, _ = runtime.step(np.tile(np.asarray(info.start_token, np.float32), (rows, 1)), z, state)
 
     def init_state(self, z, batch):
-        return np.zeros((batch, self.info.state_size), np.float32)
+        return np.zeros((batch, self.info.dims.state_size), np.float32)
 
     def step(self, prev, z, state):
         return self.params[: len(prev)].copy(), state
@@ -251,10 +251,11 @@ def engine_overhead(runtime: OnnxRuntime, rows: int, tau: float, steps: int = 20
 
 def flops_per_row(info) -> float | None:
     """FLOPs of one decoder step for one row (multiply-adds x 2; plain LSTM cells only)."""
-    if info.cell != "lstm":
+    d = info.dims
+    if d.cell != "lstm":
         return None
-    h, p = info.dec_size, 6 * info.num_mixture + 3
-    x = 5 + (info.z_size if info.conditional else 0)
+    h, p = d.dec_size, 6 * d.num_mixture + 3
+    x = 5 + d.z_size
     return 2.0 * (4 * h * (x + h) + h * p)
 
 
@@ -302,7 +303,7 @@ def main() -> None:
         info = runtime.info
         sampler = Sampler(runtime)
         loads = [os.getloadavg()[0]]
-        print(f"model {info.name}: {info.cell} H={info.dec_size} M={info.num_mixture}", file=sys.stderr)
+        print(f"model {info.name}: {info.dims.cell} H={info.dims.dec_size} M={info.dims.num_mixture}", file=sys.stderr)
 
         # 1. baseline: the one-request Sampler
         sampler.generate(1, options=SamplingOptions(tau=args.tau, seed=10**6))  # warm-up (sessions, allocations)
@@ -366,8 +367,8 @@ def main() -> None:
     results = dict(
         command=" ".join(["PYTHONPATH=. python benchmarks/bench_engine.py", *sys.argv[1:]]),
         machine=machine(), load=loads, numpy=np.__version__, onnxruntime=ort.__version__, python=platform.python_version(),
-        model=dict(name=info.name, cell=info.cell, dec_size=info.dec_size, num_mixture=info.num_mixture,
-                   conditional=info.conditional, flops_per_row_step=flops),
+        model=dict(name=info.name, cell=info.dims.cell, dec_size=info.dims.dec_size, num_mixture=info.dims.num_mixture,
+                   vae=info.dims.vae, flops_per_row_step=flops),
         tau=args.tau, per_client=args.per_client,
         baseline=dict(threads=args.threads[0], one_thread=base, threads16_no_engine=shared), engine=runs,
         bit_identical=identical,

@@ -36,7 +36,7 @@ import onnxruntime as ort
 from sketchkit import magenta_onnx
 from sketchkit.graphs import graphs_for
 from sketchkit.magenta import magenta_info, read_magenta
-from sketchkit.runtime_onnx import session_options
+from sketchkit.runtimes.onnx import open_session
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import write_section  # noqa: E402
@@ -47,13 +47,13 @@ SECTION = "## Magenta import without torch"
 
 def lstm_op_step(mm, info) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
     """The decoder step with ONNX's `LSTM` op (one time step) instead of plain nodes."""
-    H = mm.dec_size
-    b = magenta_onnx._Graph(graphs_for(info.kind)[-1], info.sizes)
+    H = mm.dims.dec_size
+    b = magenta_onnx._Graph(graphs_for(info.dims.kind)[-1], info.sizes)
     W, R, B = magenta_onnx._onnx_lstm(mm, "dec_")
     W, R, B = (b.const(n, a[None]) for n, a in (("W", W), ("R", R), ("B", B)))
     h, c = b.op("Split", ["state", b.const("split", np.array([H, H], np.int64))], 2, axis=1)
     axis0 = b.const("axis0", np.array([0], np.int64))
-    (x,) = b.op("Concat", ["prev", "z"] if mm.conditional else ["prev"], axis=1)
+    (x,) = b.op("Concat", ["prev", "z"] if mm.dims.vae else ["prev"], axis=1)
     (x3,) = b.op("Unsqueeze", [x, axis0])
     (h3,) = b.op("Unsqueeze", [h, axis0])
     (c3,) = b.op("Unsqueeze", [c, axis0])
@@ -91,7 +91,7 @@ def compare_step_graphs(json_path: Path, calls: int) -> tuple[list[str], dict[st
     onnx.save(magenta_onnx.decoder_step(mm, info), str(paths["plain"]))
     onnx.save(lstm_op_step(mm, info), str(paths["lstm_op"]))
     sessions = {
-        k: ort.InferenceSession(str(p), session_options(), providers=["CPUExecutionProvider"])
+        k: open_session(p)
         for k, p in paths.items()
     }
     # the two graphs agree (the LSTM op is a second implementation of the same maths)

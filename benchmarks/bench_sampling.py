@@ -32,8 +32,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.magenta import import_magenta, read_magenta, to_sketchrnn
-from sketchkit.runtime_onnx import OnnxRuntime, session_options
+from sketchkit.export.magenta import import_magenta, read_magenta, to_sketchrnn
+from sketchkit.runtimes.onnx import OnnxRuntime, open_session
 from sketchkit.sampling import Sampler, SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def batch1_loop(model, info, n: int, tau: float, rng: np.random.Generator) -> tuple[list[int], float]:
     """n sketches, each its own loop of batch-1 PyTorch steps; -> (lengths, seconds in torch)."""
-    M, sqrt_tau = info.num_mixture, np.sqrt(tau)
+    M, sqrt_tau = info.dims.num_mixture, np.sqrt(tau)
     lengths, torch_seconds = [], 0.0
     start = torch.tensor([info.start_token], dtype=torch.float32)
     with torch.inference_mode():
@@ -132,7 +132,7 @@ def matmul_session(k: int, n: int, threads: int | None) -> ort.InferenceSession:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    return open_session(model.SerializeToString(), threads)
 
 
 def floor_seconds(session: ort.InferenceSession, k: int, batches: list[int]) -> float:
@@ -182,7 +182,7 @@ def same_model(model, runtime: OnnxRuntime) -> float:
     """Max abs difference of one step's outputs between PyTorch and the ONNX graph."""
     rng = np.random.default_rng(0)
     prev = rng.standard_normal((4, 5)).astype(np.float32)
-    state = (rng.standard_normal((4, runtime.info.state_size)) * 0.5).astype(np.float32)
+    state = (rng.standard_normal((4, runtime.info.dims.state_size)) * 0.5).astype(np.float32)
     p_onnx, s_onnx = runtime.step(prev, None, state)
     with torch.inference_mode():
         p_torch, s_torch = model.step(torch.from_numpy(prev), None, torch.from_numpy(state))
@@ -192,7 +192,7 @@ def same_model(model, runtime: OnnxRuntime) -> float:
 def sampler_runs(model_dir: Path, threads: int, n: int, tau: float, runs: int) -> list[dict[str, float]]:
     """`runs` timed generate() calls (after a warm-up), each with the floor at its batch sizes."""
     runtime = Schedule(OnnxRuntime(model_dir, threads=threads or None))
-    H = runtime.info.dec_size
+    H = runtime.info.dims.dec_size
     k = 5 + H
     floor_session = matmul_session(k, 4 * H, threads or None)
     sampler = Sampler(runtime)
@@ -262,7 +262,7 @@ def main() -> None:
 
     b_total, b_points, b_torch = median(base, "total"), median(base, "points"), median(base, "torch")
     b_rate, b_pps = args.n / b_total, b_points / b_total
-    H, k = info.dec_size, 5 + info.dec_size
+    H, k = info.dims.dec_size, 5 + info.dims.dec_size
     rows = []
     for th, runs in configs.items():
         total, points = median(runs, "total"), median(runs, "points")
@@ -285,7 +285,7 @@ def main() -> None:
 
 `{command}`
 
-Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {H}, M = {info.num_mixture}, N_max = {info.max_seq_len}),
+Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {H}, M = {info.dims.num_mixture}, N_max = {info.max_seq_len}),
 exported to ONNX; the PyTorch side loads the same JSON and agrees with the graph to {diff:.1e} on one step.
 n = {args.n} sketches at tau = {args.tau} (rule {info.temperature_rule}); medians of {args.runs} sampler runs
 per configuration and {args.baseline_runs} baseline runs, in one process. Machine: {cpu}, {os.cpu_count()} CPUs,

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.config import HParams
-from zoo.loss import Losses, kl_loss, reconstruction_loss, train_loss
-from zoo.model import SketchRNN
-from zoo.train import load_data, make_batch
+from sketchkit.zoo.config import Recipe
+from sketchkit.zoo.loss import Losses, kl_loss, reconstruction_loss, train_loss
+from sketchkit.zoo.model import SketchRNN
+from sketchkit.zoo.train import load_data, make_batch
 
 SHEEP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sketchrnn", "aaron_sheep.npz")
 
@@ -50,16 +50,17 @@ SHEEP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "s
 class LoopSketchRNN(nn.Module):
     """The straightforward baseline: nn.LSTMCell stepped through time, head applied per step."""
 
-    def __init__(self, hp: HParams):
+    def __init__(self, hp: Recipe):
         super().__init__()
         self.hp = hp
-        self.fw = nn.LSTMCell(5, hp.enc_size)
-        self.bw = nn.LSTMCell(5, hp.enc_size)
-        self.mu = nn.Linear(2 * hp.enc_size, hp.z_size)
-        self.presig = nn.Linear(2 * hp.enc_size, hp.z_size)
-        self.init = nn.Linear(hp.z_size, 2 * hp.dec_size)
-        self.dec = nn.LSTMCell(5 + hp.z_size, hp.dec_size)
-        self.head = nn.Linear(hp.dec_size, 6 * hp.num_mixture + 3)
+        d = hp.dims
+        self.fw = nn.LSTMCell(5, d.enc_size)
+        self.bw = nn.LSTMCell(5, d.enc_size)
+        self.mu = nn.Linear(2 * d.enc_size, d.z_size)
+        self.presig = nn.Linear(2 * d.enc_size, d.z_size)
+        self.init = nn.Linear(d.z_size, 2 * d.dec_size)
+        self.dec = nn.LSTMCell(5 + d.z_size, d.dec_size)
+        self.head = nn.Linear(d.dec_size, 6 * d.num_mixture + 3)
 
     def encode_direction(self, cell: nn.LSTMCell, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -90,8 +91,8 @@ class LoopSketchRNN(nn.Module):
         return Losses(ls=ls, lp=lp, kl=kl_loss(mu, presig))
 
 
-def step_fn(model: nn.Module, hp: HParams):
-    opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+def step_fn(model: nn.Module, hp: Recipe):
+    opt = torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
 
     def step(batch: torch.Tensor, lengths: torch.Tensor, i: int) -> None:
         losses = model(batch, lengths)
@@ -154,6 +155,12 @@ def model_at(ref: str) -> Any:
     return mod
 
 
+def v1_view(hp: Recipe) -> Any:
+    """A recipe as the flat, version 1 `HParams` that zoo/model.py of an older commit reads."""
+    d = hp.to_dict()
+    return types.SimpleNamespace(**d.pop("dims"), **d, conditional=hp.dims.vae, recurrent_dropout=hp.recurrent_keep_prob)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -162,20 +169,23 @@ def sync(device: str) -> None:
 def time_rows(rows: list[Row], args: argparse.Namespace, batches: list, device: str) -> list[dict[str, Any]]:
     """Time `rows` block by block in turn (interleaved, so on a shared CPU they see the same load;
     on CUDA each row is timed alone)."""
-    from zoo import sequence
+    from sketchkit.zoo import sequence
 
     steps, models, firsts, captured = [], [], [], []
     for row in rows:
-        hp = HParams(
+        hp = Recipe.of(
             dataset=[args.data], cell=row.cell, enc_size=row.enc, dec_size=row.dec, z_size=128,
             num_mixture=20, hyper_size=max(256 // args.cpu_scale if device == "cpu" else 256, 8),
-            hyper_embed=32, recurrent_dropout=row.keep, batch_size=args.batch, max_seq_len=250, lr=1e-3,
+            hyper_embed=32, recurrent_keep_prob=row.keep, batch_size=args.batch, max_seq_len=250, learning_rate=1e-3,
         )  # fmt: skip
         torch.manual_seed(0)
-        model = (model_at(row.baseline_ref).SketchRNN if row.baseline_ref else SketchRNN)(hp).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+        if row.baseline_ref:
+            model = model_at(row.baseline_ref).SketchRNN(v1_view(hp)).to(device)
+        else:
+            model = SketchRNN(hp.dims, hp.recurrent_keep_prob).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
 
-        def step(i: int, row: Row = row, model: Any = model, opt: Any = opt, hp: HParams = hp) -> None:
+        def step(i: int, row: Row = row, model: Any = model, opt: Any = opt, hp: Recipe = hp) -> None:
             sequence.set_fast(row.fast)
             sequence.set_fused(row.fused)
             b, n = batches[i % len(batches)]
@@ -273,7 +283,7 @@ def cells_main(args: argparse.Namespace) -> None:
     device = args.device
     if device == "cpu":
         torch.set_num_threads(args.threads)
-    hp = HParams(dataset=[args.data], batch_size=args.batch, max_seq_len=250)
+    hp = Recipe(dataset=[args.data], batch_size=args.batch, max_seq_len=250)
     data = load_data(hp)
     rng = np.random.default_rng(0)
     batches = []
@@ -331,17 +341,17 @@ def main() -> None:
     if args.device:
         return cells_main(args)
     torch.set_num_threads(args.threads)
-    hp = HParams(
+    hp = Recipe.of(
         dataset=[args.data],
         cell="lstm",
         enc_size=args.enc,
         dec_size=args.dec,
         z_size=128,
         num_mixture=20,
-        recurrent_dropout=1.0,
+        recurrent_keep_prob=1.0,
         batch_size=args.batch,
         max_seq_len=250,
-        lr=1e-3,
+        learning_rate=1e-3,
     )
     data = load_data(hp)
     rng = np.random.default_rng(0)
@@ -349,7 +359,7 @@ def main() -> None:
     batches = [(torch.from_numpy(b), torch.from_numpy(n)) for b, n in batches]
     torch.manual_seed(0)
     impls = {
-        "zoo (fused nn.LSTM)": step_fn(SketchRNN(hp), hp),
+        "zoo (fused nn.LSTM)": step_fn(SketchRNN(hp.dims, hp.recurrent_keep_prob), hp),
         "per-timestep loop (nn.LSTMCell)": step_fn(LoopSketchRNN(hp), hp),
     }
     times: dict[str, list[float]] = {k: [] for k in impls}

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.repository import RepoOptions, build_repo
-from serving.server import TritonServer, free_port
 from sketchkit.client import Client
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtime_triton import TritonRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
+from sketchkit.runtimes.triton import TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.serving.repository import RepoOptions, build_repo
+from sketchkit.serving.server import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -137,7 +137,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        from export.magenta import import_magenta
+        from sketchkit.export.magenta import import_magenta
 
         model_dir = Path(tmp) / "owl"
         print(f"importing {args.magenta} -> {model_dir}", file=sys.stderr)
@@ -203,7 +203,7 @@ def main() -> None:
 
 `{" ".join(["python benchmarks/bench_triton.py", *sys.argv[1:]])}`
 
-Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dec_size}, M = {info.num_mixture}, N_max = {info.max_seq_len}),
+Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dims.dec_size}, M = {info.dims.num_mixture}, N_max = {info.max_seq_len}),
 imported to ONNX. Server: the tritonserver 2.51 binary of nvidia-pytriton on 127.0.0.1, cpu-flavor
 repository (`sketchkit serve build-repo --flavor cpu`): `owl_generate` runs `sketchkit.engine` in the
 Python backend (onnxruntime, {args.intra_op_threads} intra-op threads, {args.engines} engine(s), continuous batching

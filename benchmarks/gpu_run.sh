@@ -32,8 +32,14 @@ ENGINE_CODE=${SKETCHKIT_GPU_ENGINE_CODE:-.}  # a checkout whose benchmarks/bench
 CANDIDATES=(lstm layernorm lstm256)
 : "${OUT:?set OUT to the folder whose files come back}"
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")
+# sketchkit is not installed there: lay the checkout out as pyproject's package-dir mapping installs
+# it (zoo/, export/, serving/ as sketchkit.zoo, .export, .serving), with symlinks, and import from that
+mkdir -p "$WORK/src/sketchkit"
+for entry in "$PWD"/sketchkit/*; do ln -s "$entry" "$WORK/src/sketchkit/"; done
+for pkg in zoo export serving; do ln -s "$PWD/$pkg" "$WORK/src/sketchkit/$pkg"; done
+export PYTHONPATH="$WORK/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONSAFEPATH=1  # python -m sketchkit must not put the checkout's own sketchkit/ (no zoo in it) first
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
 elapsed() { echo $(($(date +%s) - START)); }
@@ -41,7 +47,7 @@ say() { echo "[gpu_run $(elapsed)s] $*"; }
 
 if [ "$TINY" = "1" ]; then
     DEVICE=cpu
-    BENCH=(--device cpu --cpu-scale 32 --batch 4 --steps 1 --blocks 1 --threads 1)
+    BENCH=(--device cpu --cpu-scale 32 --batch 4 --steps 1 --blocks 1 --threads 1 --baseline-ref "")
     BENCH_LIMIT=40
     HYPER_LIMIT=40
     SIZES=(--set dec_size=16 --set enc_size=8 --set z_size=8 --set num_mixture=3 --set batch_size=8

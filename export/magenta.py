@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.onnx import CHECKPOINT_META, Progress, TanhZSketchRNN, export_model
 from sketchkit import strokes
 from sketchkit.datasets import drawing_to_stroke3, read_ndjson
 from sketchkit.errors import DataError
+from sketchkit.export.onnx import CHECKPOINT_META, Progress, export_model
 from sketchkit.magenta import (
     DEFAULT_START,
     START_TOKENS,
@@ -32,9 +32,9 @@ from sketchkit.magenta import (
     torch_lstm,
 )
 from sketchkit.modelinfo import ModelInfo
-from zoo.checkpoint import save as save_checkpoint
-from zoo.config import HParams
-from zoo.model import SketchRNN
+from sketchkit.zoo.checkpoint import save as save_checkpoint
+from sketchkit.zoo.config import Recipe
+from sketchkit.zoo.model import SketchRNN
 
 # ---------------------------------------------------------------------------------------------
 # Magenta weights -> SketchRNN
@@ -47,12 +47,12 @@ def _tf_lstm(w_xh: np.ndarray, w_hh: np.ndarray, bias: np.ndarray) -> dict[str, 
 
 
 def state_dict(mm: MagentaModel) -> dict[str, np.ndarray]:
-    """The weights under SketchRNN's parameter names (cell "lstm"; see /work/notes/MODEL_API.md)."""
+    """The weights under SketchRNN's parameter names (cell "lstm"; the mapping is in `SketchRNN`'s docstring, zoo/model.py)."""
     w = mm.weights
     out = {f"cell.rnn.{k}": v for k, v in _tf_lstm(w["dec_W_xh"], w["dec_W_hh"], w["dec_bias"]).items()}
     out["head.weight"] = w["dec_output_w"].T
     out["head.bias"] = w["dec_output_b"]
-    if mm.conditional:
+    if mm.dims.vae:
         for d in ("fw", "bw"):
             lstm = _tf_lstm(w[f"enc_{d}_W_xh"], w[f"enc_{d}_W_hh"], w[f"enc_{d}_bias"])
             out.update({f"encoder.{d}.{k}": v for k, v in lstm.items()})
@@ -60,27 +60,25 @@ def state_dict(mm: MagentaModel) -> dict[str, np.ndarray]:
             out[f"encoder.{head}.weight"] = w[f"enc_{head}_w"].T
             out[f"encoder.{head}.bias"] = w[f"enc_{head}_b"]
         # Magenta's initial state is (c, h); ours is [h | c]
-        H = mm.dec_size
+        H = mm.dims.dec_size
         out["init.weight"] = np.concatenate([w["init_w"][:, H:], w["init_w"][:, :H]], axis=1).T
         out["init.bias"] = np.concatenate([w["init_b"][H:], w["init_b"][:H]])
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def to_sketchrnn(mm: MagentaModel) -> SketchRNN:
-    """A SketchRNN (cell "lstm", eval mode) holding the Magenta model's weights exactly."""
-    hp = HParams(
-        conditional=mm.conditional,
-        cell="lstm",
-        dec_size=mm.dec_size,
-        num_mixture=mm.num_mixture,
+def magenta_recipe(mm: MagentaModel) -> Recipe:
+    """The recipe saved with an imported model's checkpoint: its dims, N_max and where it came from."""
+    return Recipe(
+        dims=mm.dims,
         max_seq_len=mm.max_seq_len,
-        recurrent_dropout=1.0,
-        enc_size=mm.enc_size if mm.conditional else HParams.enc_size,
-        z_size=mm.z_size if mm.conditional else HParams.z_size,
+        recurrent_keep_prob=1.0,
         note=f"imported from Magenta sketch-rnn-js {mm.source} (version {mm.version})",
     )
-    cls = TanhZSketchRNN if mm.tanh_z else SketchRNN
-    model = cls(hp)
+
+
+def to_sketchrnn(mm: MagentaModel) -> SketchRNN:
+    """A SketchRNN (cell "lstm", eval mode) holding the Magenta model's weights exactly."""
+    model = SketchRNN(mm.dims)  # tanh_z included: decoder_init squashes z like sketch-rnn-js
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict(mm).items()}, strict=True)
     return model.eval()
 
@@ -109,11 +107,11 @@ def quickdraw_sketches(path: str | os.PathLike[str], max_len: int) -> list[np.nd
 
 
 def reconstruction_loss(
-    model: SketchRNN, sketches: list[np.ndarray], start: tuple[float, ...], seed: int = 0
+    model: SketchRNN, sketches: list[np.ndarray], start: tuple[float, ...], max_len: int, seed: int = 0
 ) -> float:
     """L_R = L_s + L_p (paper Eq. 9, over N_max = the model's max_seq_len) of normalised
     sketches, with `start` as the first decoder input instead of S_0; lower is more likely."""
-    batch, lengths = strokes.to_batch(sketches, model.hp.max_seq_len)
+    batch, lengths = strokes.to_batch(sketches, max_len)
     batch[:, 0] = start
     with torch.no_grad():
         losses = model(
@@ -123,11 +121,11 @@ def reconstruction_loss(
 
 
 def choose_start_token(
-    model: SketchRNN, sketches: list[np.ndarray]
+    model: SketchRNN, sketches: list[np.ndarray], max_len: int
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The start token ((0,0,1,0,0) of the paper, or the zeros of the legacy sketch-rnn-js
     `generate()`) under which `sketches` have the lower L_R, and L_R under each."""
-    losses = {name: reconstruction_loss(model, sketches, token) for name, token in START_TOKENS.items()}
+    losses = {name: reconstruction_loss(model, sketches, token, max_len) for name, token in START_TOKENS.items()}
     return START_TOKENS[min(losses, key=losses.__getitem__)], losses
 
 
@@ -158,7 +156,7 @@ def import_magenta(
     start, metrics = DEFAULT_START, dict[str, Any]()
     if drawings is not None:
         sketches = quickdraw_sketches(drawings, mm.max_seq_len)
-        start, losses = choose_start_token(model, sketches)
+        start, losses = choose_start_token(model, sketches, mm.max_seq_len)
         metrics["start_token_lr"] = {"drawings": Path(drawings).name, "n": len(sketches), **losses}
         say(
             f"start token {list(start)}: L_R of {len(sketches)} drawings "
@@ -168,7 +166,6 @@ def import_magenta(
     info, diffs = export_model(model, info, out_dir, fp16=fp16, progress=progress)
     if checkpoint is not None:  # after the export: a model that failed its checks is not saved
         meta = {k: v for k, v in dataclasses.asdict(info).items() if k in CHECKPOINT_META}
-        meta["init_tanh_z"] = isinstance(model, TanhZSketchRNN)
-        save_checkpoint(checkpoint, model, model.hp, meta)
+        save_checkpoint(checkpoint, model, magenta_recipe(mm), meta)
         say(f"wrote {checkpoint}")
     return info, diffs

@@ -25,9 +25,10 @@ from sketchkit.errors import ModelError
 from sketchkit.graphs import Graph, Tensor, graphs_for
 from sketchkit.io import staging_dir
 from sketchkit.modelinfo import ModelInfo
-from zoo import checkpoint
-from zoo.model import SketchRNN
-from zoo.runtime_torch import model_info  # noqa: F401 (export builds model.json with it)
+from sketchkit.runtimes.onnx import open_session
+from sketchkit.zoo import checkpoint
+from sketchkit.zoo.model import SketchRNN
+from sketchkit.zoo.runtime_torch import model_info  # noqa: F401 (export builds model.json with it)
 
 OPSET = 17
 DYNAMIC = ("B", "T")  # the symbolic dims that stay symbolic in the ONNX file
@@ -72,15 +73,6 @@ class GraphModule(nn.Module):
         return self.model.step(x["prev"], x.get("z"), x["state"])
 
 
-class TanhZSketchRNN(SketchRNN):
-    """A Magenta VAE of version < 6: sketch-rnn-js (`get_init_state_from_latent_vector`) squashes
-    a given z with tanh before the initial-state projection, so our `decoder_init` graph does too.
-    The decoder input keeps the raw z, as in the JS `update()`."""
-
-    def init_state(self, z: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
-        return super().init_state(None if z is None else torch.tanh(z), batch)
-
-
 def dynamic_axes(graph: Graph) -> dict[str, dict[int, str]]:
     """{tensor name: {axis: symbolic name}} for torch.onnx.export, read from the graph table."""
     return {
@@ -108,10 +100,7 @@ def _random_input(t: Tensor, info: ModelInfo, batch: int, T: int, rng: np.random
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return open_session(path, threads=1)  # the check runs small batches; one thread is plenty
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +168,7 @@ def validate(
     """Max abs diff, onnxruntime vs PyTorch, per "graph/output", on random inputs of batch
     CHECK_BATCH; the decoder step is chained `steps` times, each side feeding its own state."""
     rng = np.random.default_rng(seed)
-    graphs = {g.name: g for g in graphs_for(info.kind)}
+    graphs = {g.name: g for g in graphs_for(info.dims.kind)}
     sessions = {name: _session(directory / info.files[name]) for name in graphs}
     diffs: dict[str, float] = {}
 
@@ -206,12 +195,12 @@ def validate(
         return {t.name: _random_input(t, info, CHECK_BATCH, CHECK_T, rng) for t in graphs[name].inputs}
 
     z = None
-    if info.conditional:
+    if info.dims.vae:
         run("encoder", sample("encoder"))
-        z = rng.standard_normal((CHECK_BATCH, info.z_size)).astype(np.float32)
+        z = rng.standard_normal((CHECK_BATCH, info.dims.z_size)).astype(np.float32)
         (state_ref,), (state_ort,) = run("decoder_init", {"z": z})
     else:
-        state_ref = state_ort = np.zeros((CHECK_BATCH, info.state_size), np.float32)
+        state_ref = state_ort = np.zeros((CHECK_BATCH, info.dims.state_size), np.float32)
     for _ in range(steps):  # two chains: each side is fed its own previous state
         feed = {"prev": sample("decoder_step")["prev"], **({"z": z} if z is not None else {})}
         (_, state_ref), (_, state_ort) = run(
@@ -231,14 +220,14 @@ def export_model(
     fp16: bool = False,
     progress: Progress | None = None,
 ) -> tuple[ModelInfo, dict[str, float]]:
-    """Write OUT_DIR = the graphs of `info.kind` + model.json, after checking each graph and the
+    """Write OUT_DIR = the graphs of `info.dims.kind` + model.json, after checking each graph and the
     onnxruntime/PyTorch parity; returns the written ModelInfo and the max abs diff per output.
     Raises ModelError (and writes nothing) when a graph fails the check or the tolerance."""
     say = progress or (lambda _: None)
     model = model.float().eval()
     precision = "float16" if fp16 else "float32"
     tol = TOLERANCE[precision]
-    graphs = graphs_for(info.kind)
+    graphs = graphs_for(info.dims.kind)
     info = dataclasses.replace(info, precision=precision, files={g.name: f"{g.name}.onnx" for g in graphs})
     out_dir = Path(out_dir)
     with staging_dir(out_dir) as tmp:
@@ -267,16 +256,12 @@ def export_checkpoint(
     name: str | None = None,
     progress: Progress | None = None,
 ) -> tuple[ModelInfo, dict[str, float]]:
-    """A checkpoint (`zoo.checkpoint`) -> OUT_DIR; see `export_model`. The model's name is
+    """A checkpoint (`sketchkit.zoo.checkpoint`) -> OUT_DIR; see `export_model`. The model's name is
     `name`, else the checkpoint's, else its first dataset's file name."""
     path = Path(path)
     model, hp, meta = checkpoint.load(path)
     if not isinstance(meta.get("scale_factor"), (int, float)):
         raise ModelError(f"{path}: checkpoint has no scale_factor")
-    if meta.get("init_tanh_z"):  # an imported Magenta VAE of version < 6
-        legacy = TanhZSketchRNN(hp)
-        legacy.load_state_dict(model.state_dict())
-        model = legacy
     fields = {
         k: meta[k] for k in CHECKPOINT_META if k in meta and k not in ("name", "scale_factor", "max_seq_len")
     }

@@ -9,7 +9,7 @@ in `sketchkit.graphs` and each model's model.json (no tensor name is written by 
         1/model.py                       cpu flavor: templates/python_onnx/model.py
     REPO/<name>_decoder_step_stateful/   server-held state (see `stateful_step_onnx`)
     REPO/<name>_generate/                one request in, finished sketches out (continuous batching)
-        config.pbtxt                     inputs/outputs from `sketchkit.generation`
+        config.pbtxt                     inputs/outputs from `sketchkit.wire`
         1/model.py                       templates/python_generate/model.py (both flavors)
         1/model.json, 1/*.onnx           the model directory, byte for byte
 
@@ -32,17 +32,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.generation import GENERATE, REQUIRED, inputs_for, outputs_for
 from sketchkit.graphs import Graph, Tensor, concrete_dims, graphs_for
 from sketchkit.io import atomic_directory
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import check_name, safe_name
-from sketchkit.runtime_triton import (
+from sketchkit.wire import (
     CONTROL_START,
+    GENERATE,
     INFO_PARAMETER,
+    REQUIRED,
     STATE_IN,
     STATE_OUT,
     STATEFUL_STEP,
+    inputs_for,
+    outputs_for,
     stateful_graph,
     triton_name,
 )
@@ -189,7 +192,7 @@ def stateful_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_conf
     `next_state`. cpu: the Python backend cannot do implicit state, so model.py keeps it in a dict
     keyed by the correlation id (END or `sequence_idle_s` frees it)."""
     pb = _pb()
-    graph = stateful_graph(info.kind)
+    graph = stateful_graph(info.dims.kind)
     cfg = _base(triton_name(name, STATEFUL_STEP), graph, info, opts, batched=False)
     seq = cfg.sequence_batching
     seq.max_sequence_idle_microseconds = int(opts.sequence_idle_s * 1e6)
@@ -204,16 +207,16 @@ def stateful_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_conf
             ctl.data_type = pb.TYPE_UINT64
         else:
             ctl.int32_false_true.extend([0, 1])
-    state_dims = [-1, info.state_size]  # [rows of the sequence's batch, S]
+    state_dims = [-1, info.dims.state_size]  # [rows of the sequence's batch, S]
     if opts.flavor == "gpu":
         st = seq.state.add(
             input_name=STATE_IN, output_name=STATE_OUT, data_type=pb.TYPE_FP32, dims=state_dims
         )
-        st.initial_state.add(name="zeros", data_type=pb.TYPE_FP32, dims=[1, info.state_size], zero_data=True)
+        st.initial_state.add(name="zeros", data_type=pb.TYPE_FP32, dims=[1, info.dims.state_size], zero_data=True)
     else:
         cfg.parameters["state_input"].string_value = STATE_IN
         cfg.parameters["state_output"].string_value = STATE_OUT
-        cfg.parameters["state_size"].string_value = str(info.state_size)
+        cfg.parameters["state_size"].string_value = str(info.dims.state_size)
         cfg.parameters["idle_seconds"].string_value = str(opts.sequence_idle_s)
         cfg.parameters["max_rows"].string_value = str(opts.max_sequence_rows)
         cfg.parameters["max_state_bytes"].string_value = str(opts.max_state_bytes)
@@ -282,7 +285,7 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
     step = onnx.load(str(model_dir / info.files["decoder_step"]))
     nodes, inits = [], []
     step = compose.add_prefix(step, "step/", rename_inputs=False, rename_outputs=False)
-    if info.conditional:
+    if info.dims.vae:
         init = compose.add_prefix(
             onnx.load(str(model_dir / info.files["decoder_init"])), "init/", rename_inputs=False
         )
@@ -296,7 +299,7 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
             helper.make_node("ConstantOfShape", ["wrap/zeros_shape"], ["wrap/zeros"],
                              value=numpy_helper.from_array(np.zeros(1, np.float32))),
         ]  # fmt: skip
-        inits.append(numpy_helper.from_array(np.array([info.state_size], np.int64), "wrap/S"))
+        inits.append(numpy_helper.from_array(np.array([info.dims.state_size], np.int64), "wrap/S"))
         initial = "wrap/zeros"
     nodes += [
         helper.make_node("Gather", [STATE_IN, "rows"], ["wrap/gathered"], axis=0),
@@ -310,7 +313,7 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
     # row, small next to the LSTM's (5 + Nz + H) x 4H)
     nodes += step.graph.node
     inits += step.graph.initializer
-    graph = stateful_graph(info.kind)
+    graph = stateful_graph(info.dims.kind)
     tensors = {t.name: t for t in (*graph.inputs, *graph.outputs)}
     elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
 
@@ -322,10 +325,10 @@ def stateful_step_onnx(model_dir: Path, info: ModelInfo, out: Path) -> None:
     inputs = [vi(t.name) for t in graph.inputs]
     inputs += [
         helper.make_tensor_value_info(CONTROL_START, onnx.TensorProto.INT32, [1]),
-        helper.make_tensor_value_info(STATE_IN, onnx.TensorProto.FLOAT, ["K", info.state_size]),
+        helper.make_tensor_value_info(STATE_IN, onnx.TensorProto.FLOAT, ["K", info.dims.state_size]),
     ]
     outputs = [vi(t.name) for t in graph.outputs]
-    outputs.append(helper.make_tensor_value_info(STATE_OUT, onnx.TensorProto.FLOAT, ["B", info.state_size]))
+    outputs.append(helper.make_tensor_value_info(STATE_OUT, onnx.TensorProto.FLOAT, ["B", info.dims.state_size]))
     model = helper.make_model(
         helper.make_graph(nodes, STATEFUL_STEP, inputs, outputs, inits),
         opset_imports=step.opset_import, ir_version=step.ir_version,
@@ -384,7 +387,7 @@ def build_repo(
     stateless_template = "python_onnx" if opts.flavor == "cpu" else None
     with atomic_directory(out) as tmp:
         for name, (model_dir, info) in zip(served, infos, strict=True):
-            for graph in graphs_for(info.kind):
+            for graph in graphs_for(info.dims.kind):
                 cfg = graph_config(name, graph, info, opts)
                 copy = partial(shutil.copyfile, model_dir / info.files[graph.name])
                 _write_model(tmp, cfg, copy, stateless_template)

@@ -131,7 +131,7 @@ def free_port() -> int:
 
 def check_repository(repo: Path) -> list[str]:
     """Model names in a cpu-flavor repository; a clear error for anything this server cannot load."""
-    from serving.repository import read_config
+    from sketchkit.serving.repository import read_config
 
     if not repo.is_dir():
         raise ServerError(f"{repo}: no such model repository")

@@ -63,13 +63,14 @@ class Client:
         self.close()
 
     def _generator(self, model: str) -> Any:
-        from sketchkit.runtime_triton import TritonError, TritonRuntime
+        from sketchkit.hub import load
+        from sketchkit.runtimes.triton import TritonError
 
         name = safe_name(model)
         with self._lock:
-            runtime = self._runtimes.get(name)
+            runtime: Any = self._runtimes.get(name)
             if runtime is None:
-                runtime = TritonRuntime(self.url, name, timeout_s=self.timeout_s, retries=self.retries)
+                runtime = load(model, server=self.url, timeout_s=self.timeout_s, retries=self.retries)
                 self._runtimes[name] = runtime
         generator = runtime.remote_generator()
         if generator is None:

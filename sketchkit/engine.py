@@ -26,7 +26,7 @@ import numpy as np
 
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.mixture import _draw, draw_points, temperature
-from sketchkit.runtime import Runtime
+from sketchkit.runtimes.base import Runtime
 
 _ONE_HOT = np.eye(3, dtype=np.float32)
 _STROKE3 = np.array([0, 1, 3])  # stroke-5 (dx, dy, p1, p2, p3) -> stroke-3 (dx, dy, p2: the pen lifts)
@@ -155,7 +155,7 @@ class Engine:
         # the row table: one entry per live row, all arrays aligned
         self._rows: dict[str, np.ndarray] = {
             "prev": np.zeros((0, 5), np.float32),
-            "state": np.zeros((0, self.info.state_size), np.float32),
+            "state": np.zeros((0, self.info.dims.state_size), np.float32),
             "owner": np.zeros(0, np.intp),  # index of its request in scheduler.running
             "row": np.zeros(0, np.intp),  # its row in the request (0..n-1)
             "slot": np.zeros(0, np.intp),  # its slot in the output store
@@ -165,11 +165,11 @@ class Engine:
             "sig": np.zeros(0),
             "draw": np.zeros(0, np.intp),  # its row in the step's buffer of random numbers
         }
-        if self.info.conditional:
-            self._rows["z"] = np.zeros((0, self.info.z_size), np.float32)
+        if self.info.dims.vae:
+            self._rows["z"] = np.zeros((0, self.info.dims.z_size), np.float32)
         # per sampling request: its generator's two methods and its block of the step's buffers
         self._samplers: list[tuple[Callable[..., object], Callable[..., object], np.ndarray, np.ndarray]] = []
-        self._exponential = np.zeros((0, 3 + self.info.num_mixture))  # the step's Exp(1) numbers
+        self._exponential = np.zeros((0, 3 + self.info.dims.num_mixture))  # the step's Exp(1) numbers
         self._normal = np.zeros((0, 2))  # and its N(0, 1) pairs
         self._any_greedy = False
         self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
@@ -227,7 +227,7 @@ class Engine:
                 r.state = self.runtime.init_state(r.z, r.n)
             except SketchkitError as e:
                 r.error = e
-                r.state = np.zeros((r.n, self.info.state_size), np.float32)
+                r.state = np.zeros((r.n, self.info.dims.state_size), np.float32)
         slots = self._take_slots(r.n, r.max_len)
         self._slots[id(r)] = slots
         self._length[slots] = r.max_len  # rows that never draw p3 are cut at max_len
@@ -268,7 +268,7 @@ class Engine:
         n = np.array([0 if r.greedy else r.n for r in running], np.intp)
         start = np.cumsum(n) - n
         size = int(n.sum())
-        self._exponential = np.empty((size, 3 + self.info.num_mixture))
+        self._exponential = np.empty((size, 3 + self.info.dims.num_mixture))
         self._normal = np.empty((size, 2))
         # Draws.fill's order, the generator's methods bound once: Exp(1) [n, 3 + M], then N(0, 1) [n, 2]
         self._samplers = [
@@ -311,14 +311,14 @@ class Engine:
             params = np.where(bad[:, None], 0, params)
         if not self._any_greedy:
             gumbel, normal = self._draws(None)
-            pen, offset = _draw(params, self.info.num_mixture, rows["div"][:, None], rows["sig"][:, None], gumbel, normal)
+            pen, offset = _draw(params, self.info.dims.num_mixture, rows["div"][:, None], rows["sig"][:, None], gumbel, normal)
         else:
             pen, offset = np.zeros(len(params), np.intp), np.zeros((len(params), 2))
             sampled = ~rows["greedy"]
             if sampled.any():
                 gumbel, normal = self._draws(sampled)
                 pen[sampled], offset[sampled] = _draw(
-                    params[sampled], self.info.num_mixture, rows["div"][sampled, None], rows["sig"][sampled, None],
+                    params[sampled], self.info.dims.num_mixture, rows["div"][sampled, None], rows["sig"][sampled, None],
                     gumbel, normal,
                 )  # fmt: skip
             pen[~sampled], offset[~sampled] = draw_points(params[~sampled], 1.0, 1.0, None)

@@ -7,7 +7,7 @@ forget bias +1 added inside the cell, weights stored [in, 4H]. A VAE's initial d
 tanh(W z + b) split (c, h), with tanh on z first for files of version < 6.
 
 Both importers read files through `read_magenta` and describe the result with `magenta_info`:
-`sketchkit.magenta_onnx` (numpy + onnx, the default) and `export.magenta` (PyTorch, the reference).
+`sketchkit.magenta_onnx` (numpy + onnx, the default) and `sketchkit.export.magenta` (PyTorch, the reference).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sketchkit.dims import ModelDims
 from sketchkit.errors import ModelError
 from sketchkit.modelinfo import ModelInfo
 
@@ -55,8 +56,22 @@ class MagentaModel:
     source: str
 
     @property
-    def conditional(self) -> bool:
-        return not (self.info["mode"] == 2 or self.info["mode"] == "gen")
+    def dims(self) -> ModelDims:
+        """What the model is, read from the weights' shapes. Magenta's mode 2 ("gen") is our
+        kind "decoder-only". sketch-rnn-js squashes z with tanh before the initial-state
+        projection in files of version < 6 (`get_init_state_from_latent_vector`; the decoder
+        input keeps the raw z): `tanh_z`."""
+        vae = not (self.info["mode"] == 2 or self.info["mode"] == "gen")
+        w = self.weights
+        return ModelDims(
+            kind="vae" if vae else "decoder-only",
+            cell="lstm",
+            enc_size=w["enc_fw_W_hh"].shape[0] if vae else 0,
+            dec_size=w["dec_W_hh"].shape[0],
+            z_size=w["init_w"].shape[0] if vae else 0,
+            num_mixture=(w["dec_output_b"].shape[0] - 3) // 6,
+            tanh_z=vae and self.version < 6,
+        )
 
     @property
     def version(self) -> int:
@@ -67,33 +82,11 @@ class MagentaModel:
         return str(self.info["name"])
 
     @property
-    def dec_size(self) -> int:
-        return self.weights["dec_W_hh"].shape[0]
-
-    @property
-    def enc_size(self) -> int:
-        return self.weights["enc_fw_W_hh"].shape[0] if self.conditional else 0
-
-    @property
-    def z_size(self) -> int:
-        return self.weights["init_w"].shape[0] if self.conditional else 0
-
-    @property
-    def num_mixture(self) -> int:
-        return (self.weights["dec_output_b"].shape[0] - 3) // 6
-
-    @property
     def summary(self) -> str:
         """One line for progress output: kind, version and sizes."""
-        kind = "vae" if self.conditional else "decoder-only"
-        sizes = f", Nz {self.z_size}, encoder {self.enc_size}" if self.conditional else ""
-        return f"{self.name}, {kind}, version {self.version}, H {self.dec_size}, M {self.num_mixture}{sizes}"
-
-    @property
-    def tanh_z(self) -> bool:
-        """sketch-rnn-js squashes z with tanh before the initial-state projection in files of
-        version < 6 (`get_init_state_from_latent_vector`); the decoder input keeps the raw z."""
-        return self.conditional and self.version < 6
+        d = self.dims
+        sizes = f", Nz {d.z_size}, encoder {d.enc_size}" if d.vae else ""
+        return f"{self.name}, {d.kind}, version {self.version}, H {d.dec_size}, M {d.num_mixture}{sizes}"
 
     @property
     def scale_factor(self) -> float:
@@ -265,15 +258,9 @@ def magenta_info(
     published = {f"magenta_{k}": mm.info[k] for k in ("r_loss", "kl_loss", "training_size") if k in mm.info}
     return ModelInfo(
         name=name or mm.name,
-        kind="vae" if mm.conditional else "decoder-only",
-        cell="lstm",
-        dec_size=mm.dec_size,
-        num_mixture=mm.num_mixture,
-        state_size=2 * mm.dec_size,
+        dims=mm.dims,
         scale_factor=mm.scale_factor,
         max_seq_len=mm.max_seq_len,
-        enc_size=mm.enc_size,
-        z_size=mm.z_size,
         start_token=tuple(float(x) for x in start_token),
         temperature_rule="js",
         source=source or mm.source,

@@ -2,7 +2,7 @@
 
 No PyTorch: the graphs are written node by node from the TensorFlow LSTM's maths, honouring the
 contract in `sketchkit.graphs` (tensor names, dtypes, dynamic B and T, the packed [h | c] state),
-so the sampler and the Triton repositories cannot tell them from `export.magenta`'s, which traces
+so the sampler and the Triton repositories cannot tell them from `sketchkit.export.magenta`'s, which traces
 a PyTorch model and stays the reference in the tests.
 
 TF LSTM (gates (i, j, f, o) along 4H, forget bias +1 inside the cell):
@@ -92,14 +92,14 @@ class _Graph:
 def decoder_step(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
     """prev [B, 5] (, z [B, Nz]), state [B, 2H] = [h | c] -> params [B, 6M+3], next_state.
 
-    The same arithmetic, in the same order, as the graph `export.onnx` traces from PyTorch's
+    The same arithmetic, in the same order, as the graph `sketchkit.export.onnx` traces from PyTorch's
     LSTM step (x W_ih^T + b, then + h W_hh^T; gates (i, f, g, o)), so the two importers' graphs
     give the same numbers, not merely close ones."""
-    w, H = mm.weights, mm.dec_size
+    w, H = mm.weights, mm.dims.dec_size
     W_ih, W_hh, bias = torch_lstm(w["dec_W_xh"], w["dec_W_hh"], w["dec_bias"])
-    b = _Graph(graphs_for(info.kind)[-1], info.sizes)
+    b = _Graph(graphs_for(info.dims.kind)[-1], info.sizes)
     h, c = b.op("Split", ["state", b.const("split_state", np.array([H, H], np.int64))], 2, axis=1)
-    x = b.op("Concat", ["prev", "z"], axis=1)[0] if mm.conditional else "prev"
+    x = b.op("Concat", ["prev", "z"], axis=1)[0] if mm.dims.vae else "prev"
     (xw,) = b.op("Gemm", [x, b.const("W_ih", W_ih), b.const("b", bias)], transB=1)
     (hw,) = b.op("MatMul", [h, b.const("W_hh", W_hh.T)])
     # Sum, not Add: onnxruntime would fuse MatMul + Add into one Gemm, whose other rounding
@@ -122,11 +122,11 @@ def decoder_step(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
 def decoder_init(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
     """z [B, Nz] -> state [B, 2H] = tanh(W z' + b) with Magenta's (c, h) halves swapped to
     [h | c]; z' = tanh(z) for files of version < 6 (`MagentaModel.tanh_z`)."""
-    w, H = mm.weights, mm.dec_size
+    w, H = mm.weights, mm.dims.dec_size
     b = _Graph(graphs_for("vae")[1], info.sizes)
     kernel = b.const("init_W", np.concatenate([w["init_w"][:, H:], w["init_w"][:, :H]], axis=1).T)
     bias = b.const("init_b", np.concatenate([w["init_b"][H:], w["init_b"][:H]]))
-    z = b.op("Tanh", ["z"])[0] if mm.tanh_z else "z"
+    z = b.op("Tanh", ["z"])[0] if mm.dims.tanh_z else "z"
     (pre,) = b.op("Gemm", [z, kernel, bias], transB=1)
     b.op("Tanh", [pre], ["state"])
     return b.model(f"sketchkit {info.name}: decoder_init (see sketchkit.graphs)")
@@ -148,7 +148,7 @@ def _onnx_lstm(mm: MagentaModel, prefix: str) -> tuple[np.ndarray, np.ndarray, n
 def encoder(mm: MagentaModel, info: ModelInfo) -> onnx.ModelProto:
     """strokes [B, T, 5], lengths [B] -> mu, presig [B, Nz] from [h_fw | h_bw], the final states
     of the two directions over each sketch's real points (Eq. 1-2)."""
-    w, E = mm.weights, mm.enc_size
+    w, E = mm.weights, mm.dims.enc_size
     fw, bw = _onnx_lstm(mm, "enc_fw_"), _onnx_lstm(mm, "enc_bw_")
     b = _Graph(graphs_for("vae")[0], info.sizes)
     W, R, B = (
@@ -201,10 +201,10 @@ def import_magenta(
 def save_graphs(
     mm: MagentaModel, info: ModelInfo, directory: Path, fp16: bool = False, progress: Progress | None = None
 ) -> ModelInfo:
-    """Write the graphs of `info.kind` and model.json into `directory`; returns the ModelInfo
+    """Write the graphs of `info.dims.kind` and model.json into `directory`; returns the ModelInfo
     written (its precision and files filled in)."""
     say = progress or (lambda _: None)
-    graphs = graphs_for(info.kind)
+    graphs = graphs_for(info.dims.kind)
     precision = "float16" if fp16 else "float32"
     info = dataclasses.replace(info, precision=precision, files={g.name: f"{g.name}.onnx" for g in graphs})
     for g in graphs:

@@ -11,21 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sketchkit.dims import MAX_SIZE, ModelDims
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.graphs import graphs_for
 from sketchkit.io import atomic_write
 from sketchkit.names import check_name, is_valid_name
 
 FORMAT = "sketchkit-onnx"
-VERSION = 1
-# Stated bounds: a model.json (from a download or a Triton server) cannot make the client allocate
-# more than these allow. The paper's largest model is H 2048 (HyperLSTM state 2H + 2 x 256).
-MAX_SIZE = 1 << 14  # enc_size, dec_size, z_size, state_size
-MAX_MIXTURE = 256  # M
+VERSION = 2  # 2: the model's dimensions as one `dims` object; 1 (flat sizes) is converted on load
+# Stated bounds (the sizes' own are in `sketchkit.dims`): a model.json from a download or a Triton
+# server cannot make the client allocate more than these allow.
 MAX_SEQ_LEN = 10_000  # N_max
 MAX_JSON_BYTES = 1 << 20  # model.json itself
-KINDS = ("vae", "decoder-only")
-CELLS = ("lstm", "layer_norm", "hyper")
+V1_DIMS = ("kind", "cell", "enc_size", "dec_size", "z_size", "num_mixture")  # flat in version 1
 RULES = ("eq8", "js")
 PRECISIONS = ("float32", "float16")
 
@@ -33,15 +31,9 @@ PRECISIONS = ("float32", "float16")
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    kind: str  # "vae" | "decoder-only"
-    cell: str  # "lstm" | "layer_norm" | "hyper"
-    dec_size: int
-    num_mixture: int
-    state_size: int
+    dims: ModelDims  # what the model is: kind, cell, sizes, M (`sketchkit.dims`)
     scale_factor: float
     max_seq_len: int
-    enc_size: int = 0
-    z_size: int = 0
     start_token: tuple[float, ...] = (0.0, 0.0, 1.0, 0.0, 0.0)
     temperature_rule: str = "eq8"  # default rule for this model: "eq8" (paper) or "js"
     precision: str = "float32"
@@ -56,13 +48,9 @@ class ModelInfo:
         validate(self)
 
     @property
-    def conditional(self) -> bool:
-        return self.kind == "vae"
-
-    @property
     def sizes(self) -> dict[str, int]:
         """Values of the symbolic dims in `sketchkit.graphs`."""
-        return {"Nz": self.z_size, "S": self.state_size, "P": 6 * self.num_mixture + 3}
+        return {"Nz": self.dims.z_size, "S": self.dims.state_size, "P": 6 * self.dims.num_mixture + 3}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -75,17 +63,19 @@ class ModelInfo:
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
         if not isinstance(d, dict):
             raise ModelError(f"model.json: expected a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
         if d.get("format") != FORMAT:
             raise ModelError(f"not a sketchkit model.json (format {d.get('format')!r})")
+        d = upgrade(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
         if unknown:
             raise ModelError(f"model.json has unknown fields: {', '.join(sorted(unknown))}")
         start = d.get("start_token", (0, 0, 1, 0, 0))
         if not isinstance(start, (list, tuple)):
             raise ModelError(f"model.json: start_token must be a list of 5 numbers, got {start!r}")
+        dims = ModelDims.from_dict(d.get("dims"), "model.json: dims")
         try:
-            info = cls(**dict(d, start_token=tuple(start)))
+            info = cls(**dict(d, dims=dims, start_token=tuple(start)))
         except TypeError as e:
             raise ModelError(f"model.json: {e}") from None
         return info
@@ -109,9 +99,25 @@ class ModelInfo:
             info = cls.from_dict(d)
         except ModelError as e:
             raise ModelError(f"{path}: {str(e).removeprefix('model.json: ')}") from None
-        for g in graphs_for(info.kind):
+        for g in graphs_for(info.dims.kind):
             graph_path(directory, info, g.name)
         return info
+
+
+def upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A model.json of an older version as the current one. Version 1 had the dimensions flat
+    (and state_size, now derived): they move into `dims`, and a state_size that disagrees with
+    them is refused."""
+    if d.get("version") != 1:
+        return d
+    d = dict(d, version=VERSION)
+    flat = {k: d.pop(k) for k in V1_DIMS if k in d}
+    state_size = d.pop("state_size", None)
+    dims = ModelDims.from_dict(flat, "model.json (version 1)")
+    if state_size is not None and state_size != dims.state_size:
+        raise ModelError(f"model.json (version 1): state_size {state_size!r}, but its sizes give {dims.state_size}")
+    d["dims"] = dims.to_dict()
+    return d
 
 
 def graph_path(directory: str | os.PathLike[str], info: ModelInfo, graph: str) -> Path:
@@ -148,17 +154,14 @@ def validate(info: ModelInfo) -> None:
             check_name(str(info.name))
         except SketchkitError as e:
             raise ModelError(f"model.json: {e}") from None
-    _one_of(info, "kind", KINDS)
-    _one_of(info, "cell", CELLS)
+    if not isinstance(info.dims, ModelDims):
+        raise ModelError(f"model.json: dims must be a ModelDims, got {type(info.dims).__name__}")
     _one_of(info, "temperature_rule", RULES)
     _one_of(info, "precision", PRECISIONS)
     if info.format != FORMAT or info.version != VERSION:
         raise ModelError(f"model.json: unsupported format {info.format!r} version {info.version!r}")
-    for name in ("dec_size", "state_size"):
-        _int_in(info, name, 1, MAX_SIZE)
-    for name in ("enc_size", "z_size"):
-        _int_in(info, name, 1 if info.kind == "vae" else 0, MAX_SIZE)
-    _int_in(info, "num_mixture", 1, MAX_MIXTURE)
+    if info.dims.state_size > MAX_SIZE:
+        raise ModelError(f"model.json: the decoder state ({info.dims.state_size} wide) is over {MAX_SIZE}")
     _int_in(info, "max_seq_len", 1, MAX_SEQ_LEN)
     sf = info.scale_factor
     if isinstance(sf, bool) or not isinstance(sf, numbers.Real) or not (math.isfinite(sf) and sf > 0):

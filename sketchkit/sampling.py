@@ -27,7 +27,7 @@ from sketchkit.engine import Engine, Request
 from sketchkit.errors import DataError, ModelError, SketchkitError
 from sketchkit.mixture import Draws, Mixture, draw_points, mixture, sample_points, temperature
 from sketchkit.modelinfo import MAX_SEQ_LEN, RULES
-from sketchkit.runtime import Runtime
+from sketchkit.runtimes.base import Runtime
 
 __all__ = ["Draws", "Mixture", "Sampler", "SamplingOptions", "draw_points", "mixture", "sample_points", "temperature"]
 
@@ -123,13 +123,13 @@ class Sampler:
         options = options or SamplingOptions()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise SketchkitError(f"n must be >= 1, got {n}")
-        if not self.info.conditional:
+        if not self.info.dims.vae:
             if z is not None:
                 raise ModelError(f"{self.info.name} is a decoder-only model: it takes no latent vector z")
             return self._request_from_start(None, int(n), options)
         if z is None:
             z_rng, _ = _rngs(options.seed)
-            z = z_rng.standard_normal((n, self.info.z_size)).astype(np.float32)
+            z = z_rng.standard_normal((n, self.info.dims.z_size)).astype(np.float32)
         if len(self._check_z(z)) != n:
             raise SketchkitError(f"got {len(z)} latent vectors for n = {n}")
         return self._request_from_start(self._check_z(z), int(n), options)
@@ -137,7 +137,7 @@ class Sampler:
     def decode(self, z: np.ndarray | None, options: SamplingOptions | None = None) -> list[np.ndarray]:
         """One sketch per latent vector z [B, Nz] (the decoder half of the VAE)."""
         options = options or SamplingOptions()
-        if not self.info.conditional:
+        if not self.info.dims.vae:
             raise ModelError(f"{self.info.name} is a decoder-only model: it takes no latent vector z")
         z = self._check_z(z)
         return self.generate(len(z), z, options)
@@ -216,7 +216,7 @@ class Sampler:
         max_len = options.max_len or self.info.max_seq_len
         if len(s) >= max_len:
             raise DataError(f"the partial sketch has {len(s)} points: nothing left to complete (max_len {max_len})")
-        z1 = self.encode([s])[0] if self.info.conditional else None
+        z1 = self.encode([s])[0] if self.info.dims.vae else None
         seq = strokes.to_stroke5(strokes.normalize(s, self.info.scale_factor), len(s))
         state = self.runtime.init_state(z1, 1)
         for prev in np.vstack([self.start_token, seq[:-1]]):  # read S_0, s_1 .. s_{n-1}
@@ -252,13 +252,13 @@ class Sampler:
     # -- helpers --------------------------------------------------------------------------------
 
     def _need_encoder(self, what: str) -> None:
-        if not self.info.conditional:
+        if not self.info.dims.vae:
             raise ModelError(f"{self.info.name} is a decoder-only model: {what} needs a vae model (with an encoder)")
 
     def _check_z(self, z: np.ndarray | None) -> np.ndarray:
         arr = np.asarray(z, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self.info.z_size or len(arr) == 0:
-            raise SketchkitError(f"z must have shape (n, {self.info.z_size}), got {arr.shape}")
+        if arr.ndim != 2 or arr.shape[1] != self.info.dims.z_size or len(arr) == 0:
+            raise SketchkitError(f"z must have shape (n, {self.info.dims.z_size}), got {arr.shape}")
         if not np.isfinite(arr).all():
             raise SketchkitError("z contains NaN or infinite values")
         return arr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ SHARED = Path(os.environ.get("SKETCHKIT_SHARED", ROOT.parent / "shared"))
 SKETCHRNN = SHARED / "data" / "sketchrnn"
 MAGENTA_GEN = SHARED / "data" / "magenta-gen"
 QUICKDRAW = SHARED / "data" / "quickdraw"
+# the release scripts (make_registry, ship) live in scripts/, outside the installed package
+sys.path.append(str(ROOT / "scripts"))
 
 
 def need(path: Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sketchkit.dims import ModelDims
 from sketchkit.magenta import MagentaModel
 from sketchkit.magenta_onnx import save_graphs
 from sketchkit.modelinfo import ModelInfo
@@ -83,15 +84,9 @@ def make_model(
     mm = MagentaModel({"name": "tiny", "mode": mode, "version": version}, w, source="tests/onnx_fixtures.py")
     info = ModelInfo(
         name=name or f"tiny-{kind}",
-        kind=kind,
-        cell="lstm",
-        dec_size=H,
-        num_mixture=M,
-        state_size=2 * H,
+        dims=ModelDims(kind=kind, cell="lstm", enc_size=enc_size, dec_size=H, z_size=z_size, num_mixture=M),
         scale_factor=scale_factor,
         max_seq_len=max_seq_len,
-        enc_size=enc_size if kind == "vae" else 0,
-        z_size=z_size if kind == "vae" else 0,
         source="tests/onnx_fixtures.py (random weights)",
         license="Apache-2.0",
     )

@@ -1,4 +1,4 @@
-"""zoo.checkpoint: one safetensors file that round-trips and refuses anything tampered with."""
+"""sketchkit.zoo.checkpoint: one safetensors file that round-trips and refuses anything tampered with."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sketchkit.errors import ModelError  # noqa: E402
-from zoo import checkpoint  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.model import SketchRNN  # noqa: E402
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.config import Recipe  # noqa: E402
+from sketchkit.zoo.model import SketchRNN  # noqa: E402
 
-HP = HParams(cell="hyper", enc_size=12, dec_size=16, z_size=6, num_mixture=3, hyper_size=8, hyper_embed=4)
+HP = Recipe.of(cell="hyper", enc_size=12, dec_size=16, z_size=6, num_mixture=3, hyper_size=8, hyper_embed=4)
 META = {
     "scale_factor": 63.1,
     "max_seq_len": 250,
@@ -27,7 +27,7 @@ META = {
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[Path, SketchRNN]:
     torch.manual_seed(0)
-    model = SketchRNN(HP)
+    model = SketchRNN(HP.dims)
     path = tmp_path / "m.safetensors"
     checkpoint.save(path, model, HP, META)
     return path, model
@@ -45,7 +45,7 @@ def test_round_trip(saved) -> None:
     # no pickle anywhere: the header is plain JSON
     n = int.from_bytes(path.read_bytes()[:8], "little")
     header = json.loads(path.read_bytes()[8 : 8 + n])
-    assert json.loads(header["__metadata__"]["sketchkit"])["hparams"]["cell"] == "hyper"
+    assert json.loads(header["__metadata__"]["sketchkit"])["dims"]["cell"] == "hyper"
 
 
 def test_float16(tmp_path: Path, saved) -> None:
@@ -115,8 +115,8 @@ def test_refuses_plain_safetensors(tmp_path: Path) -> None:
 def test_refuses_weights_that_do_not_fit_the_config(tmp_path: Path, saved) -> None:
     _, model = saved
     path = tmp_path / "bad.safetensors"
-    other = HParams(**{**HP.to_dict(), "dec_size": 20})  # a consistent hash over inconsistent content
-    checkpoint.write_tensors(path, dict(model.state_dict()), {"hparams": other.to_dict(), "dtype": "float32"})
+    other = Recipe.of(**{**HP.flat(), "dec_size": 20})  # a consistent hash over inconsistent content
+    checkpoint.write_tensors(path, dict(model.state_dict()), {**checkpoint.recipe_meta(other), "dtype": "float32"})
     with pytest.raises(ModelError, match="shape"):
         checkpoint.load(path)
 

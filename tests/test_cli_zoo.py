@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sketchkit import zoo
+from sketchkit import hub
 
 
 def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -38,7 +38,7 @@ def test_zoo_lists_downloadable_models_by_default(zoo_mirror) -> None:
     assert out == run("zoo", "list").stdout
     assert out.splitlines()[0].split() == ["NAME", "KIND", "CELL/H", "SIZE", "STATE", "LICENCE"]
     table = states(out)
-    assert len(table) == len(zoo.available_models())
+    assert len(table) == len(hub.available_models())
     assert table["magenta/owl.gen"] == "-" and table["sheep"].startswith("shipped")
     owl = run("zoo", "list", "owl", "--json").stdout.splitlines()
     rows = [json.loads(line) for line in owl]
@@ -57,7 +57,7 @@ def test_info_says_how_each_file_is_verified(zoo_mirror, magenta_gen_dir: Path) 
     assert "max_seq_len: 174" in out and "cached: no" in out
     assert "sha256: unknown upstream, not pinned yet" in run("zoo", "info", "magenta-large/owl.gen").stdout
     zoo_mirror.files["large_models/owl.gen.json"] = magenta_gen_dir / "owl.gen.json"
-    zoo.fetch(zoo.registry()["models"]["magenta-large/owl.gen"]["files"][0], progress=False)
+    hub.fetch(hub.registry()["models"]["magenta-large/owl.gen"]["files"][0], progress=False)
     digest = hashlib.sha256((magenta_gen_dir / "owl.gen.json").read_bytes()).hexdigest()
     assert (
         f"sha256: unknown upstream, pinned on first download {digest}"

@@ -11,9 +11,9 @@ import pytest
 
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, EngineBusy, Scheduler
 from sketchkit.errors import ModelError
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.hub import resolve
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
-from sketchkit.zoo import resolve
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_requests_stepped_together_equal_their_own_runs(sheep):
 def test_completion_and_vae_decode_stepped_together(tiny_vae):
     sampler = Sampler(OnnxRuntime(tiny_vae))
     partial = sampler.generate(1, options=SamplingOptions(seed=9))[0][:6]
-    z = np.random.default_rng(0).standard_normal((3, sampler.info.z_size)).astype(np.float32)
+    z = np.random.default_rng(0).standard_normal((3, sampler.info.dims.z_size)).astype(np.float32)
     o1, o2 = SamplingOptions(tau=0.7, seed=1), SamplingOptions(tau=0.4, seed=2)
     engine = Engine(sampler.runtime)
     a, b = sampler.completion(partial, 4, o1), sampler.generation(3, z, o2)

@@ -12,30 +12,34 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from export import onnx as onnx_export  # noqa: E402
 from sketchkit.cli import main  # noqa: E402
 from sketchkit.errors import ModelError  # noqa: E402
+from sketchkit.export import onnx as onnx_export  # noqa: E402
 from sketchkit.graphs import graphs_for  # noqa: E402
 from sketchkit.modelinfo import ModelInfo  # noqa: E402
-from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
-from zoo import checkpoint  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.model import SketchRNN  # noqa: E402
+from sketchkit.runtimes.onnx import OnnxRuntime  # noqa: E402
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.config import Recipe  # noqa: E402
+from sketchkit.zoo.model import SketchRNN  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 
-def tiny(cell: str = "lstm", conditional: bool = True, seed: int = 0) -> SketchRNN:
+def tiny(cell: str = "lstm", kind: str = "vae", seed: int = 0) -> SketchRNN:
     torch.manual_seed(seed)
-    hp = HParams(
-        cell=cell, conditional=conditional, enc_size=16, dec_size=32, z_size=8, num_mixture=3,
-        hyper_size=16, hyper_embed=4, max_seq_len=40,
+    hp = recipe_for(cell, kind)
+    return SketchRNN(hp.dims).eval()
+
+
+def recipe_for(cell: str = "lstm", kind: str = "vae") -> Recipe:
+    return Recipe.of(
+        kind=kind, cell=cell, enc_size=16, dec_size=32, z_size=8,
+        num_mixture=3, hyper_size=16, hyper_embed=4, max_seq_len=40,
     )  # fmt: skip
-    return SketchRNN(hp).eval()
 
 
-def export_tiny(out: Path, cell: str = "lstm", conditional: bool = True, fp16: bool = False):  # type: ignore[no-untyped-def]
-    model = tiny(cell, conditional)
+def export_tiny(out: Path, cell: str = "lstm", kind: str = "vae", fp16: bool = False):  # type: ignore[no-untyped-def]
+    model = tiny(cell, kind)
     info = onnx_export.model_info(model, f"tiny-{cell}", scale_factor=20.0, max_seq_len=40, source="test")
     return onnx_export.export_model(model, info, out, fp16=fp16)
 
@@ -44,18 +48,17 @@ def _dims(value_info) -> list[str | int]:  # type: ignore[no-untyped-def]
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("conditional", [True, False], ids=["vae", "decoder-only"])
+@pytest.mark.parametrize("kind", ["vae", "decoder-only"])
 @pytest.mark.parametrize("cell", ["lstm", "layer_norm", "hyper"])
-def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, conditional: bool) -> None:
-    info, diffs = export_tiny(tmp_path / "m", cell, conditional)
+def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, kind: str) -> None:
+    info, diffs = export_tiny(tmp_path / "m", cell, kind)
     # parity: every output of every graph, 50 chained steps, batch 3 (export traced batch 2)
-    kind = "vae" if conditional else "decoder-only"
     expected = {f"{g.name}/{t.name}" for g in graphs_for(kind) for t in g.outputs}
     assert set(diffs) == expected
     assert max(diffs.values()) <= onnx_export.TOLERANCE["float32"]
     # the files, names, dtypes and axes are the table's
     loaded = ModelInfo.load(tmp_path / "m")
-    assert loaded == info and info.kind == kind and info.cell == cell and info.precision == "float32"
+    assert loaded == info and info.dims.kind == kind and info.dims.cell == cell and info.precision == "float32"
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(["model.json", *info.files.values()])
     for g in graphs_for(kind):
         proto = onnx.load(str(tmp_path / "m" / info.files[g.name])).graph
@@ -68,18 +71,18 @@ def test_every_cell_exports_to_the_contract(tmp_path: Path, cell: str, condition
     rt = OnnxRuntime(tmp_path / "m")
     for B in (1, 5):
         z = (
-            np.random.default_rng(B).standard_normal((B, info.z_size)).astype(np.float32)
-            if conditional
+            np.random.default_rng(B).standard_normal((B, info.dims.z_size)).astype(np.float32)
+            if kind == "vae"
             else None
         )
-        if conditional:
+        if kind == "vae":
             strokes = np.zeros((B, 7, 5), np.float32)
             strokes[..., 2] = 1
             mu, _ = rt.encode(strokes, np.full(B, 7, np.int64))
             assert mu.shape == (B, 8)
         state = rt.init_state(z, B)
         params, state = rt.step(np.tile(np.float32([0, 0, 1, 0, 0]), (B, 1)), z, state)
-        assert params.shape == (B, 21) and state.shape == (B, info.state_size)
+        assert params.shape == (B, 21) and state.shape == (B, info.dims.state_size)
 
 
 def test_fp16_export(tmp_path: Path) -> None:
@@ -108,7 +111,7 @@ def test_checkpoint_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     checkpoint.save(
         ckpt,
         model,
-        model.hp,
+        recipe_for("layer_norm"),
         {"scale_factor": 12.5, "step": 7, "metrics": {"valid_lr": -0.5}, "name": "sheep"},
     )
     main(["export", str(ckpt), str(tmp_path / "out")])
@@ -140,7 +143,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path: Path, capsys: pytest.Capt
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}...")
     model = tiny()
     no_scale = tmp_path / "noscale.safetensors"
-    checkpoint.save(no_scale, model, model.hp, {"step": 1})
+    checkpoint.save(no_scale, model, recipe_for(), {"step": 1})
     for path, message in (
         (bad, "not a readable safetensors"),
         (no_scale, "no scale_factor"),

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.repository import RepoOptions, build_repo
-from serving.server import TritonServer, free_port
 from sketchkit.client import Client
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtime_triton import TritonError, TritonRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
+from sketchkit.runtimes.triton import TritonError, TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.serving.repository import RepoOptions, build_repo
+from sketchkit.serving.server import TritonServer, free_port
 
 pytestmark = pytest.mark.triton
 
@@ -36,7 +36,7 @@ MAX_N = 64
 @pytest.fixture(scope="module")
 def owl(magenta_gen_dir, tmp_path_factory) -> Path:
     pytest.importorskip("torch", reason="importing a Magenta model needs the export extra (torch)")
-    from export.magenta import import_magenta
+    from sketchkit.export.magenta import import_magenta
 
     out = tmp_path_factory.mktemp("generate") / "owl"
     import_magenta(magenta_gen_dir / "owl.gen.json", out, name="owl")
@@ -124,7 +124,7 @@ def test_vae_generate_decode_and_complete_through_the_runtime(server, local):
     remote = Sampler(runtime)
     sketches = ref.generate(4, options=options)
     assert same(remote.generate(4, options=options), sketches)
-    z = np.random.default_rng(0).standard_normal((3, ref.info.z_size)).astype(np.float32)
+    z = np.random.default_rng(0).standard_normal((3, ref.info.dims.z_size)).astype(np.float32)
     assert same(remote.decode(z, options), ref.decode(z, options))
     assert same(remote.complete(sketches[0][:5], k=3, options=options), ref.complete(sketches[0][:5], k=3, options=options))
     assert same(remote.reconstruct(sketches[:2], options), ref.reconstruct(sketches[:2], options))
@@ -173,7 +173,7 @@ def test_bad_input_is_one_line_and_the_server_goes_on(server, local, case):
 
 def test_bad_tensors_over_grpc(server, local):
     runtime = TritonRuntime(server.grpc_url, "tiny-vae")
-    n, nz = np.array([2], np.int32), local["tiny-vae"].info.z_size
+    n, nz = np.array([2], np.int32), local["tiny-vae"].info.dims.z_size
     cases = {
         "prefix NaN": ({"n": n, "prefix": np.array([[1.0, np.nan, 0]], np.float32)}, "input prefix contains NaN or infinite values"),
         "prefix inf": ({"n": n, "prefix": np.array([[np.inf, 0, 0]], np.float32)}, "contains NaN or infinite"),
@@ -201,7 +201,7 @@ def test_readme_repository_serves_zoo_names_made_safe(zoo_mirror, tmp_path):
     from click.testing import CliRunner
 
     from sketchkit.cli import cli
-    from sketchkit.zoo import resolve
+    from sketchkit.hub import resolve
 
     result = CliRunner().invoke(cli, ["serve", "build-repo", "sheep", "owl", "magenta/owl.gen", "--out",
                                       str(tmp_path / "repo"), "--no-stateful"])  # fmt: skip

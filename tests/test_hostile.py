@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sketchkit import datasets, zoo
+from sketchkit import datasets, hub
 from sketchkit.errors import ModelError
 from sketchkit.modelinfo import ModelInfo
 
@@ -85,8 +85,9 @@ def model_copy(src: Path, dst: Path, **changes: object) -> Path:
     shutil.copytree(src, dst)
     d = json.loads((dst / "model.json").read_text())
     for key, value in changes.items():
-        if key.startswith("files."):
-            d["files"][key.removeprefix("files.")] = value
+        if key.startswith(("files.", "dims.")):
+            part, _, field = key.partition(".")
+            d[part][field] = value
         else:
             d[key] = value
     (dst / "model.json").write_text(json.dumps(d))
@@ -94,7 +95,7 @@ def model_copy(src: Path, dst: Path, **changes: object) -> Path:
 
 
 def file_row(name: str) -> dict:
-    return zoo.registry()["models"][name]["files"][0]
+    return hub.registry()["models"][name]["files"][0]
 
 
 def need_converter() -> None:
@@ -144,12 +145,12 @@ def test_half_file_without_length_is_neither_pinned_nor_stuck(zoo_mirror, magent
     code, _, err = cli("zoo", "pull", "magenta-large/owl.gen")
     one_line(code, err)
     cache = tmp_path / "cache"
-    assert zoo.pins() == {} and not files(cache / "downloads")  # not trusted, not kept
+    assert hub.pins() == {} and not files(cache / "downloads")  # not trusted, not kept
     assert not (cache / "models" / "magenta-large" / "owl.gen").exists()
     zoo_mirror.half.clear()  # upstream is whole again: the next fetch gets and pins the real file
-    path = zoo.fetch(file_row("magenta-large/owl.gen"), progress=False)
+    path = hub.fetch(file_row("magenta-large/owl.gen"), progress=False)
     assert path.read_bytes() == (magenta_gen_dir / OWL).read_bytes()
-    assert zoo.pins() == {file_row("magenta-large/owl.gen")["url"]: zoo.sha256_file(path)}
+    assert hub.pins() == {file_row("magenta-large/owl.gen")["url"]: hub.sha256_file(path)}
 
 
 def test_zoo_rm_clears_pins_partials_and_leftovers(zoo_mirror, tmp_path: Path) -> None:
@@ -160,12 +161,12 @@ def test_zoo_rm_clears_pins_partials_and_leftovers(zoo_mirror, tmp_path: Path) -
     (downloads / LARGE_OWL).write_text("half")  # what the old code kept and pinned
     (downloads / f"{LARGE_OWL}.part").write_text("part")
     (models / ".owl.gen.k1.tmp" / "sub").mkdir(parents=True)  # a killed pull's temp dir
-    zoo._pin(file_row("magenta-large/owl.gen")["url"], "0" * 64)
+    hub._pin(file_row("magenta-large/owl.gen")["url"], "0" * 64)
     code, _, err = cli("zoo", "verify")
     assert "magenta-large/owl.gen" in one_line(code, err)
     code, _, err = cli("zoo", "rm", "magenta-large/owl.gen")
     assert code == 0, err
-    assert zoo.pins() == {} and not files(downloads) and not list(models.iterdir())
+    assert hub.pins() == {} and not files(downloads) and not list(models.iterdir())
     assert cli("zoo", "verify")[0] == 0
 
 
@@ -178,7 +179,7 @@ def test_planted_part_link_is_not_followed(zoo_mirror, magenta_gen_dir: Path, tm
     downloads.mkdir(parents=True)
     part = downloads / f"{OWL}.part"
     part.symlink_to(outside) if link == "symlink" else os.link(outside, part)
-    path = zoo.fetch(file_row("magenta/owl.gen"), progress=False)
+    path = hub.fetch(file_row("magenta/owl.gen"), progress=False)
     assert path.read_bytes() == (magenta_gen_dir / OWL).read_bytes()
     assert outside.read_bytes() == b"x" * 1000
 
@@ -190,8 +191,8 @@ def test_oversize_download_stops_at_the_registry_size(zoo_mirror, tmp_path: Path
     zoo_mirror.extra[OWL] = 300 * MB
     if not length:
         zoo_mirror.no_length.add(OWL)
-    with pytest.raises(zoo.DownloadError, match=f"more than the {size} the registry lists; nothing kept") as e:
-        zoo.fetch(file_row("magenta/owl.gen"), progress=False)
+    with pytest.raises(hub.DownloadError, match=f"more than the {size} the registry lists; nothing kept") as e:
+        hub.fetch(file_row("magenta/owl.gen"), progress=False)
     assert "\n" not in str(e.value)
     assert not list((tmp_path / "cache" / "downloads").iterdir())
     time.sleep(0.5)  # let the server notice the hang-up
@@ -203,9 +204,9 @@ def test_unknown_size_is_capped(zoo_mirror, magenta_gen_dir: Path, tmp_path: Pat
     zoo_mirror.extra[LARGE_OWL] = 300 * MB
     zoo_mirror.no_length.add(LARGE_OWL)
     monkeypatch.setenv("SKETCHKIT_DOWNLOAD_MAX_BYTES", str(5 * MB))
-    with pytest.raises(zoo.DownloadError, match="SKETCHKIT_DOWNLOAD_MAX_BYTES"):
-        zoo.fetch(file_row("magenta-large/owl.gen"), progress=False)
-    assert not files(tmp_path / "cache" / "downloads") and zoo.pins() == {}
+    with pytest.raises(hub.DownloadError, match="SKETCHKIT_DOWNLOAD_MAX_BYTES"):
+        hub.fetch(file_row("magenta-large/owl.gen"), progress=False)
+    assert not files(tmp_path / "cache" / "downloads") and hub.pins() == {}
 
 
 @pytest.mark.parametrize(
@@ -232,10 +233,12 @@ def test_bad_download_limits_are_one_line(zoo_mirror) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"state_size": 10**12}, "state_size must be an integer in"),
+        ({"dims.dec_size": 10**12}, "dec_size must be an integer in"),
+        ({"dims.kind": "gen"}, "kind must be one of vae, decoder-only"),
+        ({"dims.extra": 1}, "unknown field(s) extra"),
         ({"max_seq_len": 10**9}, "max_seq_len must be an integer in"),
         ({"max_seq_len": 0}, "max_seq_len must be an integer in"),
-        ({"num_mixture": 10**9}, "num_mixture must be an integer in"),
+        ({"dims.num_mixture": 10**9}, "num_mixture must be an integer in"),
         ({"scale_factor": 0}, "scale_factor must be a finite number > 0"),
         ({"scale_factor": -63.1}, "scale_factor must be a finite number > 0"),
         ({"scale_factor": "63"}, "scale_factor must be a finite number > 0"),
@@ -308,12 +311,12 @@ def test_npz_bombs_are_refused_in_little_memory(tmp_path: Path, kind: str, messa
 @pytest.mark.triton
 def test_stateful_triton_caps_rows_and_total_state(tiny_uncond: Path, tmp_path: Path) -> None:
     pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
-    from serving.repository import RepoOptions, build_repo
-    from serving.server import TritonServer, free_port
-    from sketchkit.runtime_triton import TritonError, TritonRuntime
+    from sketchkit.runtimes.triton import TritonError, TritonRuntime
+    from sketchkit.serving.repository import RepoOptions, build_repo
+    from sketchkit.serving.server import TritonServer, free_port
 
     info = ModelInfo.load(tiny_uncond)
-    row = info.state_size * 4
+    row = info.dims.state_size * 4
     opts = RepoOptions(flavor="cpu", max_sequence_rows=64, max_state_bytes=3 * 64 * row)
     build_repo([tiny_uncond], tmp_path / "repo", opts)
     with TritonServer(tmp_path / "repo", free_port(), free_port(), log_path=tmp_path / "log", startup_timeout_s=120) as server:
@@ -377,7 +380,7 @@ def test_deeply_nested_ndjson_is_one_line(tmp_path: Path, command: str) -> None:
 
 @pytest.mark.parametrize(
     ("line", "message"),
-    [("lr = nan", "lr must be a finite number > 0"), ("eval_every = 0", "eval_every must be positive"),
+    [("lr = nan", "learning_rate must be a finite number > 0"),  # a version 1 name, converted ("eval_every = 0", "eval_every must be positive"),
      ("grad_clip = -1.0", "grad_clip must be a finite number > 0")],
 )  # fmt: skip
 def test_bad_training_config_is_one_line(tmp_path: Path, line: str, message: str) -> None:
@@ -395,7 +398,7 @@ def _wrong_width_model(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     m = onnx.load(str(dst / "decoder_step.onnx"))
-    width = 6 * ModelInfo.load(src).num_mixture + 3
+    width = 6 * ModelInfo.load(src).dims.num_mixture + 3
     for node in m.graph.node:
         node.output[:] = ["hostile/params_full" if o == "params" else o for o in node.output]
     consts = {"hostile/cut_s": [0], "hostile/cut_e": [width - 1], "hostile/cut_a": [1], "hostile/one": [1], "hostile/zeros2": [0, 0], "hostile/ones2": [1, 1]}
@@ -503,12 +506,12 @@ def test_killed_pull_leaves_nothing_after_the_next_run(zoo_mirror, tmp_path: Pat
 def test_killed_checkpoint_writes_are_cleaned_at_resume(sheep, tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="training needs the train extra")
     from sketchkit.datasets import Dataset, save_npz
-    from zoo.config import HParams
-    from zoo.train import train
+    from sketchkit.zoo.config import Recipe
+    from sketchkit.zoo.train import train
 
     few = [s for s in sheep.train if len(s) <= 30][:8]
     save_npz(tmp_path / "eight.npz", Dataset(few, few, few))
-    hp = HParams(dataset=[str(tmp_path / "eight.npz")], max_seq_len=30, cell="lstm", enc_size=8, dec_size=16,
+    hp = Recipe.of(dataset=[str(tmp_path / "eight.npz")], max_seq_len=30, cell="lstm", enc_size=8, dec_size=16,
                  z_size=4, num_mixture=3, batch_size=8, num_steps=2, eval_every=1, log_every=1, num_samples=1)  # fmt: skip
     run = tmp_path / "run"
     run.mkdir()

@@ -18,10 +18,11 @@ HEAVY = {
     "onnxruntime",
     "onnx",
     "safetensors",
-    "zoo",
-    "export",
-    "serving",
+    "sketchkit.zoo",
+    "sketchkit.export",
+    "sketchkit.serving",
 }
+OURS = ("sketchkit.zoo", "sketchkit.export", "sketchkit.serving")  # reported apart from sketchkit
 # what a virtualenv / editable install / numpy itself put in sys.modules
 INFRA = {"__main__", "_distutils_hack", "_virtualenv", "cython_runtime", "colorama"}
 INFRA_PREFIXES = ("__editable__", "_cython_")
@@ -29,7 +30,8 @@ INFRA_PREFIXES = ("__editable__", "_cython_")
 PROBE = """
 import json, sys
 {code}
-print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
+ours = {ours!r}
+print(json.dumps(sorted({{next((p for p in ours if m == p or m.startswith(p + ".")), m.split(".")[0]) for m in sys.modules}})))
 """
 
 
@@ -37,7 +39,7 @@ def loaded_packages(code: str) -> set[str]:
     """Top-level packages in sys.modules after running `code` in a fresh interpreter, minus the
     standard library and install machinery."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(code=code)],
+        [sys.executable, "-c", PROBE.format(code=code, ours=OURS)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -49,6 +51,19 @@ def loaded_packages(code: str) -> set[str]:
 
 def test_import_sketchkit_is_light() -> None:
     assert loaded_packages("import sketchkit, sketchkit.cli") <= {"sketchkit", "click"}
+
+
+def test_no_generic_top_level_names() -> None:
+    """zoo/, export/ and serving/ install as sketchkit.zoo, .export, .serving (pyproject.toml's
+    package-dir): outside the source tree, `import export` finds nothing of ours."""
+    code = (
+        "import importlib.util, sketchkit.zoo, sketchkit.export, sketchkit.serving\n"
+        "print([n for n in ('zoo', 'export', 'serving') if importlib.util.find_spec(n)])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1] / "tests" / "fixtures")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("command", [["render", "--help"], ["data", "--help"], ["data", "convert", "--help"]])
@@ -87,16 +102,22 @@ def test_client_is_light_until_used() -> None:
 # ---------------------------------------------------------------------------------------------
 # no import cycles: each module stands above what it uses
 
-PACKAGES = ("sketchkit", "zoo", "export", "serving")
+def package_dirs(root: Path) -> dict[str, str]:
+    """The installed packages and the folders they come from, as pyproject.toml maps them."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    return tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 
 
 def import_graph(root: Path) -> dict[str, set[str]]:
     """{module: modules of ours it imports}, read with `ast` from every file of our packages,
     imports inside functions included (a lazy import that closes a loop is still a loop)."""
     files = {
-        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
-        for pkg in PACKAGES
-        for p in (root / pkg).rglob("*.py")
+        ".".join([*package.split("."), *p.relative_to(root / folder).with_suffix("").parts]).removesuffix(".__init__"): p
+        for package, folder in package_dirs(root).items()
+        for p in (root / folder).rglob("*.py")
         if "templates" not in p.parts  # Triton's model.py files run in the server, not here
     }
     graph: dict[str, set[str]] = {}
@@ -152,6 +173,7 @@ def test_cycles_finds_a_loop() -> None:
 
 def test_no_import_cycles() -> None:
     graph = import_graph(Path(__file__).resolve().parents[1])
-    assert {"sketchkit.cli", "zoo.train", "export.magenta", "serving.repository"} <= set(graph)
-    assert "zoo.data" in graph["zoo.evaluate"]  # the edge that replaced zoo.evaluate -> zoo.train
+    assert {"sketchkit.cli", "sketchkit.zoo.train", "sketchkit.export.magenta", "sketchkit.serving.repository"} <= set(graph)
+    assert "sketchkit.zoo.data" in graph["sketchkit.zoo.evaluate"]
+    assert {"sketchkit.hub", "sketchkit.runtimes.onnx", "sketchkit.runtimes.triton"} <= set(graph)  # the edge that replaced zoo.evaluate -> zoo.train
     assert cycles(graph) == []

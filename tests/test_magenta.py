@@ -14,10 +14,10 @@ torch = pytest.importorskip("torch")
 
 from magenta_reference import JsModel, random_stroke5, write_vae_json  # noqa: E402
 
-from export import magenta  # noqa: E402
 from sketchkit.cli import main  # noqa: E402
+from sketchkit.export import magenta  # noqa: E402
 from sketchkit.modelinfo import ModelInfo  # noqa: E402
-from sketchkit.runtime_onnx import OnnxRuntime  # noqa: E402
+from sketchkit.runtimes.onnx import OnnxRuntime  # noqa: E402
 from sketchkit.sampling import Sampler, SamplingOptions  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -99,7 +99,7 @@ def test_vae_matches_reference(tmp_path: Path, version: int) -> None:
     path = write_vae_json(tmp_path / f"v{version}.vae.json", version)
     ref = JsModel(json.loads(path.read_text()))
     info, diffs = magenta.import_magenta(path, tmp_path / "vae")
-    assert info.kind == "vae" and (info.dec_size, info.enc_size, info.z_size, info.state_size) == (
+    assert info.dims.kind == "vae" and (info.dims.dec_size, info.dims.enc_size, info.dims.z_size, info.dims.state_size) == (
         24,
         12,
         6,
@@ -128,7 +128,7 @@ def test_vae_matches_reference(tmp_path: Path, version: int) -> None:
         params, state = rt.step(prev, z, state)
         np.testing.assert_allclose(params, want, atol=1e-4)
     # the model also round-trips through our checkpoint, keeping the version < 6 tanh
-    from export.onnx import export_checkpoint
+    from sketchkit.export.onnx import export_checkpoint
 
     magenta.import_magenta(path, tmp_path / "vae2", checkpoint=tmp_path / "vae.safetensors")
     export_checkpoint(tmp_path / "vae.safetensors", tmp_path / "vae3")
@@ -146,7 +146,7 @@ def test_import_writes_contract_model_dir(owl_dir: Path) -> None:
 
     out = owl_dir
     info = ModelInfo.load(out)
-    assert (info.name, info.kind, info.cell, info.state_size) == ("owl", "decoder-only", "lstm", 1024)
+    assert (info.name, info.dims.kind, info.dims.cell, info.dims.state_size) == ("owl", "decoder-only", "lstm", 1024)
     assert info.temperature_rule == "js" and "Apache-2.0" in info.license and info.source == "owl.gen.json"
     assert info.files == {"decoder_step": "decoder_step.onnx"} and sorted(p.name for p in out.iterdir()) == [
         "decoder_step.onnx",

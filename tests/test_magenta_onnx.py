@@ -1,6 +1,6 @@
 """The torch-free Magenta importer (`sketchkit.magenta_onnx`): the reader's checks, the graphs
 against the numpy reference of sketch-rnn-js (tests/magenta_reference.py) for every Magenta JSON
-in ../shared, and against the PyTorch importer (`export.magenta`, skipped without torch): the
+in ../shared, and against the PyTorch importer (`sketchkit.export.magenta`, skipped without torch): the
 same contract, the same numbers to 1e-5 over 50 chained steps, the same sketches for a seed."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sketchkit.errors import ModelError
 from sketchkit.magenta import read_magenta
 from sketchkit.magenta_onnx import import_magenta
 from sketchkit.modelinfo import ModelInfo
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 
 GEN_FILES = sorted(p.name for p in MAGENTA_GEN.glob("*.gen.json"))  # none without ../shared
 STEPS = 50
@@ -32,11 +32,11 @@ STEPS = 50
 
 def test_reads_sizes_from_shapes(magenta_gen_dir: Path) -> None:
     owl = read_magenta(magenta_gen_dir / "owl.gen.json")
-    assert (owl.name, owl.conditional, owl.version) == ("owl", False, 6)
-    assert (owl.dec_size, owl.num_mixture, owl.max_seq_len) == (512, 20, 174)
+    assert (owl.name, owl.dims.kind, owl.version) == ("owl", "decoder-only", 6)
+    assert (owl.dims.dec_size, owl.dims.num_mixture, owl.max_seq_len) == (512, 20, 174)
     assert owl.scale_factor == pytest.approx(76.6042)
     bear = read_magenta(magenta_gen_dir / "bear.gen.json")  # version 2, mode "gen"
-    assert (bear.conditional, bear.version, bear.info["mode"]) == (False, 2, "gen")
+    assert (bear.dims.kind, bear.version, bear.info["mode"]) == ("decoder-only", 2, "gen")
     for w in owl.weights.values():
         assert w.dtype == np.float32 and np.abs(w).max() <= 10.0
 
@@ -144,7 +144,7 @@ def test_vae_matches_reference(tmp_path: Path, version: int) -> None:
     path = write_vae_json(tmp_path / f"v{version}.vae.json", version)
     ref = JsModel(json.loads(path.read_text()))
     info = import_magenta(path, tmp_path / "vae")
-    assert (info.kind, info.dec_size, info.enc_size, info.z_size, info.state_size) == ("vae", 24, 12, 6, 48)
+    assert (info.dims.kind, info.dims.dec_size, info.dims.enc_size, info.dims.z_size, info.dims.state_size) == ("vae", 24, 12, 6, 48)
     assert sorted(info.files) == ["decoder_init", "decoder_step", "encoder"]
     rt = OnnxRuntime(tmp_path / "vae")
     rng = np.random.default_rng(1)
@@ -188,8 +188,8 @@ def _both(json_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
     chains drift apart (diving_board 0.1, dolphin 3e-3, lantern 0.3 by step 50), which says
     nothing about the graphs, and the graphs are what is compared here."""
     pytest.importorskip("torch", reason="the PyTorch importer is the reference (the export extra)")
-    from export import onnx as torch_export
-    from export.magenta import import_magenta as import_with_torch
+    from sketchkit.export import onnx as torch_export
+    from sketchkit.export.magenta import import_magenta as import_with_torch
 
     monkeypatch.setitem(torch_export.TOLERANCE, "float32", float("inf"))
     import_magenta(json_path, tmp_path / "onnx")
@@ -219,8 +219,8 @@ def assert_same_models(ours: Path, theirs: Path, seed: int) -> None:
     ra, rb = OnnxRuntime(ours), OnnxRuntime(theirs)
     rng = np.random.default_rng(seed)
     B = 3
-    z = rng.standard_normal((B, a.z_size)).astype(np.float32) if a.conditional else None
-    if a.conditional:
+    z = rng.standard_normal((B, a.dims.z_size)).astype(np.float32) if a.dims.vae else None
+    if a.dims.vae:
         strokes = np.stack([random_stroke5(rng, 7) for _ in range(B)])
         lengths = np.array([7, 4, 1])
         for x, y in zip(ra.encode(strokes, lengths), rb.encode(strokes, lengths), strict=True):

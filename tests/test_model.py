@@ -1,4 +1,4 @@
-"""zoo.model and zoo.loss: the loss against an independent numpy computation, the schedules at
+"""sketchkit.zoo.model and zoo.loss: the loss against an independent numpy computation, the schedules at
 known steps, numerical safety, the three cells, the step-wise contract and the masked encoder."""
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sketchkit import strokes  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.loss import Losses, kl_loss, kl_weight, reconstruction_loss, train_loss  # noqa: E402
-from zoo.model import SketchRNN, reverse_within_length  # noqa: E402
+from sketchkit.zoo.config import Recipe  # noqa: E402
+from sketchkit.zoo.loss import Losses, kl_loss, kl_weight, reconstruction_loss, train_loss  # noqa: E402
+from sketchkit.zoo.model import SketchRNN, reverse_within_length  # noqa: E402
 
 TINY = dict(enc_size=12, dec_size=16, z_size=6, num_mixture=3, hyper_size=8, hyper_embed=4, max_seq_len=30)
 
 
 def tiny(**kw) -> SketchRNN:
     torch.manual_seed(0)
-    return SketchRNN(HParams(**{**TINY, **kw}))
+    hp = Recipe.of(**{**TINY, **kw})
+    return SketchRNN(hp.dims, hp.recurrent_keep_prob)
 
 
 def real_batch(sheep, n: int = 4, max_len: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +110,7 @@ def test_loss_is_finite_on_extreme_inputs() -> None:
 
 
 def test_extreme_offsets_through_the_model() -> None:
-    m = tiny(cell="lstm", recurrent_dropout=1.0)
+    m = tiny(cell="lstm", recurrent_keep_prob=1.0)
     batch = torch.zeros(3, 31, 5)
     batch[:, :, 4] = 1
     batch[:, 0] = torch.tensor([0, 0, 1, 0, 0.0])
@@ -156,12 +157,12 @@ def test_step_matches_teacher_forcing(cell: str, sheep) -> None:
 
 
 def test_fused_lstm_equals_its_step_loop(sheep) -> None:
-    m = tiny(cell="lstm", recurrent_dropout=1.0)
+    m = tiny(cell="lstm", recurrent_keep_prob=1.0)
     batch, lengths = real_batch(sheep)
     x = torch.cat([batch[:, :-1], torch.zeros(batch.shape[0], batch.shape[1] - 1, 6)], 2)
     state = torch.randn(batch.shape[0], m.state_size)
     fused, s1 = m.cell.sequence(x, state)
-    from zoo.model import Cell
+    from sketchkit.zoo.model import Cell
 
     loop, s2 = Cell.sequence(m.cell, x, state)
     torch.testing.assert_close(fused, loop, atol=1e-5, rtol=1e-5)
@@ -169,7 +170,7 @@ def test_fused_lstm_equals_its_step_loop(sheep) -> None:
 
 
 def test_dropout_only_in_training(sheep) -> None:
-    m = tiny(cell="layer_norm", recurrent_dropout=0.5)
+    m = tiny(cell="layer_norm", recurrent_keep_prob=0.5)
     batch, lengths = real_batch(sheep)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     m.eval()
@@ -182,7 +183,7 @@ def test_dropout_only_in_training(sheep) -> None:
 
 
 def test_decoder_only_variant(sheep) -> None:
-    m = tiny(conditional=False, cell="hyper")
+    m = tiny(kind="decoder-only", cell="hyper")
     assert m.encoder is None and m.init is None
     batch, lengths = real_batch(sheep)
     out = m(batch, lengths)
@@ -247,7 +248,7 @@ def test_params_layout_is_magentas() -> None:
         m.head.weight.zero_()
         m.head.bias.copy_(torch.arange(27.0))
         params, _ = m.step(torch.zeros(1, 5), torch.zeros(1, 6), m.init_state(torch.zeros(1, 6)))
-    from zoo.loss import split_params
+    from sketchkit.zoo.loss import split_params
 
     pen, pi, mu_x, mu_y, sx, sy, rho = split_params(params, 4)
     assert (
@@ -268,7 +269,7 @@ def test_numpy_reference_is_meaningful() -> None:
 
 def test_stepwise_methods_never_drop(sheep) -> None:
     """encode / step are the inference contract: the same numbers in training mode."""
-    m = tiny(cell="hyper", recurrent_dropout=0.5)
+    m = tiny(cell="hyper", recurrent_keep_prob=0.5)
     batch, lengths = real_batch(sheep)
     z = torch.randn(batch.shape[0], TINY["z_size"])
     with torch.no_grad():

@@ -95,7 +95,7 @@ def test_models_lists_the_command_line_models_first_then_the_zoo_with_licences(s
 def test_model_card(server: str) -> None:
     status, card = request(server, "/api/model", {"model": "sheep"})
     assert status == 200
-    assert (card["kind"], card["conditional"], card["max_seq_len"], card["license"]) == ("vae", True, 250, "CC BY-NC 4.0")
+    assert (card["kind"], card["max_seq_len"], card["license"]) == ("vae", 250, "CC BY-NC 4.0")
 
 
 def test_complete_returns_k_endings_that_start_with_the_simplified_drawing(server: str) -> None:
@@ -234,9 +234,9 @@ def test_playground_help_loads_no_web_stack() -> None:
 @pytest.mark.triton
 def test_with_server_the_page_gets_the_same_sketches_through_triton(tmp_path: Path) -> None:
     pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
-    from serving.repository import RepoOptions, build_repo
-    from serving.server import TritonServer, free_port
-    from sketchkit.zoo import resolve
+    from sketchkit.hub import resolve
+    from sketchkit.serving.repository import RepoOptions, build_repo
+    from sketchkit.serving.server import TritonServer, free_port
 
     build_repo([resolve("sheep")], tmp_path / "repo", RepoOptions(flavor="cpu"))
     body = {"model": "sheep", "drawing": drawing(zigzag()), "k": 3, "tau": 0.6, "seed": 11}

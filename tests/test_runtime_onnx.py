@@ -10,9 +10,9 @@ import pytest
 from onnx_fixtures import make_model
 
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.runtime import Runtime
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtimes import open_runtime, resolve_model
+from sketchkit.hub import load, resolve
+from sketchkit.runtimes.base import Runtime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 
@@ -31,16 +31,16 @@ def test_shapes_of_every_graph(tiny_vae):
     info = rt.info
     B = 3
     mu, presig = rt.encode(np.zeros((B, 7, 5), np.float32), np.array([7, 2, 1]))
-    assert mu.shape == presig.shape == (B, info.z_size)
+    assert mu.shape == presig.shape == (B, info.dims.z_size)
     state = rt.init_state(mu, B)
-    assert state.shape == (B, info.state_size) and state.dtype == np.float32
+    assert state.shape == (B, info.dims.state_size) and state.dtype == np.float32
     params, nxt = rt.step(np.zeros((B, 5), np.float32), mu, state)
-    assert params.shape == (B, 6 * info.num_mixture + 3) and nxt.shape == state.shape
+    assert params.shape == (B, 6 * info.dims.num_mixture + 3) and nxt.shape == state.shape
 
 
 def test_decoder_only_starts_from_zeros_and_has_no_encoder(tiny_uncond):
     rt = OnnxRuntime(tiny_uncond)
-    np.testing.assert_array_equal(rt.init_state(None, 4), np.zeros((4, rt.info.state_size), np.float32))
+    np.testing.assert_array_equal(rt.init_state(None, 4), np.zeros((4, rt.info.dims.state_size), np.float32))
     with pytest.raises(ModelError, match="decoder-only"):
         rt.encode(np.zeros((1, 3, 5), np.float32), np.array([3]))
 
@@ -50,7 +50,7 @@ def test_vae_needs_z(tiny_vae):
     with pytest.raises(ModelError, match="needs z"):
         rt.init_state(None, 2)
     with pytest.raises(ModelError, match="needs z"):
-        rt.step(np.zeros((1, 5), np.float32), None, np.zeros((1, rt.info.state_size), np.float32))
+        rt.step(np.zeros((1, 5), np.float32), None, np.zeros((1, rt.info.dims.state_size), np.float32))
 
 
 def test_graphs_load_lazily(tiny_vae):
@@ -83,7 +83,7 @@ def test_truncated_onnx_is_a_model_error(tiny_vae, tmp_path):
 def test_sizes_that_disagree_with_model_json_are_refused(tiny_uncond, tmp_path):
     d = copy_model(tiny_uncond, tmp_path / "wrong-size")
     meta = json.loads((d / "model.json").read_text())
-    meta["state_size"] += 2
+    meta["dims"]["dec_size"] += 1  # the state (2H) and the graphs no longer agree
     (d / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="state has shape"):
         Sampler(OnnxRuntime(d)).generate(1)
@@ -109,30 +109,42 @@ def test_missing_or_corrupt_model_json(tiny_uncond, tmp_path):
         OnnxRuntime(d)
 
 
-def test_resolve_model_accepts_directories_and_model_json(tiny_uncond):
-    assert resolve_model(tiny_uncond) == tiny_uncond
-    assert resolve_model(tiny_uncond / "model.json") == tiny_uncond
-    assert isinstance(open_runtime(str(tiny_uncond)), OnnxRuntime)
+def test_the_loader_accepts_directories_and_model_json(tiny_uncond, tmp_path, monkeypatch):
+    assert resolve(tiny_uncond) == tiny_uncond
+    assert resolve(tiny_uncond / "model.json") == tiny_uncond
+    assert isinstance(load(str(tiny_uncond)), OnnxRuntime)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(tiny_uncond, tmp_path / "m")
+    assert resolve("~/m") == tmp_path / "m"  # every rule in one place: ~ too
 
 
-def test_a_magenta_json_file_is_not_a_model_directory(tmp_path):
+def test_the_loader_converts_a_magenta_json_file_once(magenta_gen_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
+    f = shutil.copy(magenta_gen_dir / "owl.gen.json", tmp_path / "owl.gen.json")
+    rt = load(f, progress=False)
+    assert rt.info.name == "owl.gen" and rt.info.dims.kind == "decoder-only"
+    d = resolve(f, progress=False)  # converted once, into the cache, keyed by the file's SHA-256
+    assert d.parent == tmp_path / "cache" / "imports" and resolve(f, progress=False) == d
+
+
+def test_files_that_are_not_models(tmp_path):
     f = tmp_path / "owl.gen.json"
     f.write_text("[{}, [], []]")
-    with pytest.raises(ModelError, match="import-magenta"):
-        resolve_model(f)
+    with pytest.raises(ModelError):
+        resolve(f)
     g = tmp_path / "notes.txt"
     g.write_text("hello")
     with pytest.raises(ModelError, match="not a model directory"):
-        resolve_model(g)
+        resolve(g)
 
 
 def test_unknown_model_name_says_how_to_list_models():
     with pytest.raises(SketchkitError) as e:
-        open_runtime("no-such-model-xyz")
+        load("no-such-model-xyz")
     assert "\n" not in str(e.value) and "sketchkit zoo list" in str(e.value)
 
 
 def test_make_model_writes_both_kinds(tmp_path):
     vae = make_model(tmp_path / "v", "vae", hidden=8, num_mixture=2)
     assert sorted(p.name for p in vae.iterdir()) == ["decoder_init.onnx", "decoder_step.onnx", "encoder.onnx", "model.json"]
-    assert OnnxRuntime(vae).info.state_size == 16
+    assert OnnxRuntime(vae).info.dims.state_size == 16

@@ -10,7 +10,7 @@ import pytest
 from onnx_fixtures import make_model, random_sketch
 
 from sketchkit.errors import DataError, ModelError, SketchkitError
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Draws, Sampler, SamplingOptions, lerp, mixture, rescale, sample_points, slerp
 
 
@@ -158,7 +158,7 @@ def fixed_params(model_dir, batch: int) -> tuple[np.ndarray, int]:
     rt = OnnxRuntime(model_dir)
     prev = np.tile(np.asarray(rt.info.start_token, np.float32), (batch, 1))
     params, _ = rt.step(prev, None, rt.init_state(None, batch))
-    return params, rt.info.num_mixture
+    return params, rt.info.dims.num_mixture
 
 
 @pytest.mark.parametrize(("tau", "rule"), [(1.0, "eq8"), (0.5, "eq8"), (0.5, "js")])
@@ -238,7 +238,7 @@ def test_extreme_logits_never_pick_a_default_index():
 
 def greedy_reference(rt: OnnxRuntime, z: np.ndarray | None, max_len: int) -> np.ndarray:
     """The argmax path written out plainly: one row, argmax of pi and of q, the chosen mean."""
-    info, M = rt.info, rt.info.num_mixture
+    info, M = rt.info, rt.info.dims.num_mixture
     state = rt.init_state(None if z is None else z[None], 1)
     prev = np.asarray(info.start_token, np.float32)[None]
     rows = []
@@ -263,7 +263,7 @@ def test_greedy_is_the_argmax_path_and_tau_to_0_tends_to_it(model):
     rt = OnnxRuntime(model)
     sampler = Sampler(rt)
     n = 3
-    z = np.random.default_rng(0).standard_normal((n, rt.info.z_size)).astype(np.float32) if rt.info.conditional else None
+    z = np.random.default_rng(0).standard_normal((n, rt.info.dims.z_size)).astype(np.float32) if rt.info.dims.vae else None
     greedy = sampler.generate(n, z=z, options=SamplingOptions(greedy=True))
     cold = sampler.generate(n, z=z, options=SamplingOptions(tau=1e-6, seed=4))
     for i in range(n):
@@ -280,7 +280,7 @@ def test_generate_decodes_the_z_it_draws(tiny_vae):
     opts = SamplingOptions(seed=11)
     a = sampler.generate(5, options=opts)
     z = rt.z_init[-1]
-    assert z.shape == (5, rt.info.z_size) and abs(z.std() - 1) < 0.5
+    assert z.shape == (5, rt.info.dims.z_size) and abs(z.std() - 1) < 0.5
     assert same(a, sampler.decode(z, opts))
 
 
@@ -295,7 +295,7 @@ def test_encode_uses_the_real_lengths(tiny_vae):
     mu_alone, _ = sampler.encode([short])
     mu_batch, presig = sampler.encode([long, short])
     np.testing.assert_allclose(mu_batch[1], mu_alone[0], atol=1e-5)
-    assert mu_batch.shape == presig.shape == (2, sampler.info.z_size)
+    assert mu_batch.shape == presig.shape == (2, sampler.info.dims.z_size)
 
 
 def test_encode_refuses_bad_sketches(tiny_vae, tiny_uncond):
@@ -313,7 +313,7 @@ def test_encode_refuses_bad_sketches(tiny_vae, tiny_uncond):
     with pytest.raises(ModelError, match="decoder-only"):
         Sampler(OnnxRuntime(tiny_uncond)).generate(1, z=np.zeros((1, 4), np.float32))
     with pytest.raises(SketchkitError, match="2 latent vectors for n = 3"):
-        sampler.generate(3, z=np.zeros((2, sampler.info.z_size), np.float32))
+        sampler.generate(3, z=np.zeros((2, sampler.info.dims.z_size), np.float32))
 
 
 def test_reconstruct_decodes_mu(tiny_vae):
@@ -341,7 +341,7 @@ def test_lerp_and_slerp():
 def test_interpolate_grid4_and_analogy_in_latent_space(tiny_vae):
     rt = Recording(OnnxRuntime(tiny_vae))
     sampler = Sampler(rt)
-    Nz = rt.info.z_size
+    Nz = rt.info.dims.z_size
     za, zb, zc, zd = np.random.default_rng(0).standard_normal((4, Nz)).astype(np.float32)
     path = sampler.interpolate(za, zb, steps=5, method="lerp", options=SamplingOptions(seed=0))
     assert len(path) == 5

@@ -8,7 +8,7 @@ import pytest
 
 from sketchkit import datasets, strokes
 from sketchkit.cli import main
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Draws, Sampler, SamplingOptions, mixture, rescale, sample_points
 
 
@@ -67,7 +67,7 @@ def test_seed_and_greedy_on_the_real_model(owl):
 def test_first_offsets_match_the_real_mixture(owl):
     """At tau = 1 from the start state (the same for every row), offsets match Eq. 3's moments."""
     rt = OnnxRuntime(owl)
-    N, M = 20000, rt.info.num_mixture
+    N, M = 20000, rt.info.dims.num_mixture
     prev = np.tile(np.asarray(rt.info.start_token, np.float32), (N, 1))
     params, _ = rt.step(prev, None, rt.init_state(None, N))
     for rule in ("eq8", "js"):

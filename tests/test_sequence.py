@@ -1,4 +1,4 @@
-"""zoo.sequence and the cells' step functions: the teacher-forcing loop equals the cells as they
+"""sketchkit.zoo.sequence and the cells' step functions: the teacher-forcing loop equals the cells as they
 were before (one step at a time, dropout drawn per step; here with the same masks) in forward and
 gradients on real sheep, the loop module that CUDA graphs capture equals the plain loop, the
 compiled step too (slow), checkpoint keys are unchanged, and training needs neither cairosvg nor
@@ -6,6 +6,7 @@ platformdirs and stops cleanly at its time limit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,9 +20,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from sketchkit import strokes  # noqa: E402
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
-from zoo import sequence  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.model import LN_EPS, SketchRNN, lstm_step  # noqa: E402
+from sketchkit.zoo import sequence  # noqa: E402
+from sketchkit.zoo.config import Recipe  # noqa: E402
+from sketchkit.zoo.model import LN_EPS, SketchRNN, lstm_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = dict(enc_size=12, dec_size=24, z_size=6, num_mixture=3, hyper_size=10, hyper_embed=4, max_seq_len=60)
@@ -30,7 +31,8 @@ KEEP = 0.8
 
 def model(cell: str) -> SketchRNN:
     torch.manual_seed(0)
-    m = SketchRNN(HParams(cell=cell, recurrent_dropout=KEEP, **SIZES))
+    hp = Recipe.of(cell=cell, recurrent_keep_prob=KEEP, **SIZES)
+    m = SketchRNN(hp.dims, hp.recurrent_keep_prob)
     with torch.no_grad():  # move every weight off its initial value, so no term hides behind a 0 or 1
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -201,7 +203,7 @@ def test_fused_loop_equals_the_step_loop(cell: str, sheep) -> None:
 def test_training_uses_the_fused_loop(sheep, monkeypatch) -> None:
     """A layer-norm model in training mode runs its decoder and both encoder directions through
     zoo.fused on the CPU (where it is faster than the step loop: benchmarks/RESULTS.md)."""
-    from zoo import fused
+    from sketchkit.zoo import fused
 
     calls = []
     real = fused.LSTMSequence.apply
@@ -304,9 +306,9 @@ def six_sheep(sheep, tmp_path: Path) -> Path:
 
 
 def tiny_recipe(tmp_path: Path, data: Path, **kw) -> Path:  # type: ignore[no-untyped-def]
-    hp = HParams(
+    hp = Recipe.of(
         dataset=[str(data)], max_seq_len=30, cell="layer_norm", enc_size=8, dec_size=12, z_size=4,
-        num_mixture=2, recurrent_dropout=0.9, batch_size=6, eval_every=3, log_every=2, num_samples=2,
+        num_mixture=2, recurrent_keep_prob=0.9, batch_size=6, eval_every=3, log_every=2, num_samples=2,
         num_steps=4, **kw,
     )  # fmt: skip
     path = tmp_path / "tiny.toml"
@@ -357,11 +359,10 @@ def test_training_needs_neither_cairosvg_nor_platformdirs(six_sheep: Path, tmp_p
 
 
 def test_time_limit_stops_with_a_final_validation(six_sheep: Path, tmp_path: Path) -> None:
-    from zoo.train import train
+    from sketchkit.zoo.train import train
 
     torch.set_num_threads(1)
-    hp = HParams.from_toml(tiny_recipe(tmp_path, six_sheep))
-    hp.num_steps = 10_000
+    hp = dataclasses.replace(Recipe.from_toml(tiny_recipe(tmp_path, six_sheep)), num_steps=10_000)
     run = tmp_path / "run"
     best = train(hp, run, progress=False, time_limit=1e-9)  # over as soon as the first step is done
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from serving.repository import MARKER, RepoOptions, build_repo, read_config
 from sketchkit.cli import cli
 from sketchkit.errors import SketchkitError
 from sketchkit.graphs import concrete_dims, graphs_for
 from sketchkit.modelinfo import ModelInfo
-from sketchkit.runtime_triton import INFO_PARAMETER, STATE_IN, STATE_OUT, STATEFUL_STEP, stateful_graph
+from sketchkit.serving.repository import MARKER, RepoOptions, build_repo, read_config
+from sketchkit.wire import INFO_PARAMETER, STATE_IN, STATE_OUT, STATEFUL_STEP, stateful_graph
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 
@@ -65,7 +65,7 @@ def test_every_config_parses_into_triton_model_config(repo, tiny_vae, tiny_uncon
     pb, types = _types()
     for model_dir in (tiny_vae, tiny_uncond):
         info = ModelInfo.load(model_dir)
-        for graph in graphs_for(info.kind):
+        for graph in graphs_for(info.dims.kind):
             cfg = read_config(out / f"{info.name}_{graph.name}" / "config.pbtxt")
             assert cfg.name == f"{info.name}_{graph.name}"
             assert cfg.backend == ("onnxruntime" if flavor == "gpu" else "python")
@@ -89,10 +89,10 @@ def test_every_config_parses_into_triton_model_config(repo, tiny_vae, tiny_uncon
 
 
 def test_generate_config(repo, tiny_vae, tiny_uncond):
-    """<name>_generate: the contract of sketchkit.generation, a Python-backend model on both
+    """<name>_generate: the contract of sketchkit.wire, a Python-backend model on both
     flavors (KIND_GPU on gpu: its onnxruntime runs the CUDA provider), not decoupled (v2 infer
     works), one instance (one engine batches every request)."""
-    from sketchkit.generation import inputs_for, outputs_for
+    from sketchkit.wire import inputs_for, outputs_for
 
     flavor, out = repo
     pb, _ = _types()
@@ -106,7 +106,7 @@ def test_generate_config(repo, tiny_vae, tiny_uncond):
         assert [t.name for t in cfg.input] == [t.name for t in inputs_for(info)]
         assert [t.name for t in cfg.output] == [t.name for t in outputs_for(info)]
         assert [t.name for t in cfg.input if not t.optional] == ["n"]
-        assert ("z" in [t.name for t in cfg.input]) == info.conditional
+        assert ("z" in [t.name for t in cfg.input]) == info.dims.vae
         shapes = {t.name: list(t.dims) for t in (*cfg.input, *cfg.output)}
         assert shapes["n"] == shapes["tau"] == shapes["seed"] == [1] and shapes["strokes"] == [-1, -1, 3]
         assert cfg.input[0].data_type == pb.TYPE_INT32 and cfg.input[2].data_type == pb.TYPE_INT64
@@ -158,7 +158,7 @@ def test_stateful_config(repo, tiny_vae, tiny_uncond):
     for model_dir in (tiny_vae, tiny_uncond):
         info = ModelInfo.load(model_dir)
         cfg = read_config(out / f"{info.name}_{STATEFUL_STEP}" / "config.pbtxt")
-        graph = stateful_graph(info.kind)
+        graph = stateful_graph(info.dims.kind)
         assert cfg.max_batch_size == 0  # one sequence carries the whole [B, ...] batch
         assert [t.name for t in cfg.input] == [t.name for t in graph.inputs]
         assert [t.name for t in cfg.output] == ["params"]
@@ -172,16 +172,16 @@ def test_stateful_config(repo, tiny_vae, tiny_uncond):
             assert controls == {"START": K.CONTROL_SEQUENCE_START}
             (state,) = seq.state
             assert (state.input_name, state.output_name) == (STATE_IN, STATE_OUT)
-            assert list(state.dims) == [-1, info.state_size]
+            assert list(state.dims) == [-1, info.dims.state_size]
             assert state.initial_state[0].zero_data and list(state.initial_state[0].dims) == [
                 1,
-                info.state_size,
+                info.dims.state_size,
             ]
         else:  # model.py keeps the state per correlation id
             assert controls == {"START": K.CONTROL_SEQUENCE_START, "END": K.CONTROL_SEQUENCE_END,
                                 "CORRID": K.CONTROL_SEQUENCE_CORRID}  # fmt: skip
             assert not seq.state
-            assert cfg.parameters["state_size"].string_value == str(info.state_size)
+            assert cfg.parameters["state_size"].string_value == str(info.dims.state_size)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_vae", "tiny_uncond"])
@@ -199,13 +199,13 @@ def test_stateful_graph_steps_like_the_stateless_one(fixture, request, tmp_path)
     step = ort.InferenceSession(str(model_dir / info.files["decoder_step"]))
     rng = np.random.default_rng(0)
     B = 6
-    z = rng.standard_normal((B, info.z_size)).astype(np.float32)
-    if info.conditional:
+    z = rng.standard_normal((B, info.dims.z_size)).astype(np.float32)
+    if info.dims.vae:
         init = ort.InferenceSession(str(model_dir / info.files["decoder_init"]))
         (state,) = init.run(None, {"z": z})
     else:
-        state = np.zeros((B, info.state_size), np.float32)
-    stored = np.zeros((1, info.state_size), np.float32)
+        state = np.zeros((B, info.dims.state_size), np.float32)
+    stored = np.zeros((1, info.dims.state_size), np.float32)
     keep = np.zeros(B, np.int64)
     for t, rows in enumerate(
         [None, np.arange(6), np.array([0, 2, 3, 5]), np.array([1, 1, 1, 3]), np.array([2])]
@@ -214,10 +214,10 @@ def test_stateful_graph_steps_like_the_stateless_one(fixture, request, tmp_path)
             state, z = state[rows], z[rows]
             keep = rows
         prev = rng.standard_normal((len(state), 5)).astype(np.float32)
-        feeds = {"prev": prev, "state": state} | ({"z": z} if info.conditional else {})
+        feeds = {"prev": prev, "state": state} | ({"z": z} if info.dims.vae else {})
         params, state = step.run(None, feeds)
         wfeeds = {"prev": prev, "rows": keep, "START": np.array([t == 0], np.int32), STATE_IN: stored}
-        wparams, stored = wrapped.run(["params", STATE_OUT], wfeeds | ({"z": z} if info.conditional else {}))
+        wparams, stored = wrapped.run(["params", STATE_OUT], wfeeds | ({"z": z} if info.dims.vae else {}))
         np.testing.assert_array_equal(wparams, params)
         np.testing.assert_array_equal(stored, state)
 

@@ -1,8 +1,9 @@
-"""zoo.train: a tiny model overfits 8 real sheep, a killed run resumes to the very same
+"""sketchkit.zoo.train: a tiny model overfits 8 real sheep, a killed run resumes to the very same
 parameters, the run directory holds what it promises, and the CLI drives it all."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,9 +18,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
-from zoo import checkpoint  # noqa: E402
-from zoo.config import HParams  # noqa: E402
-from zoo.train import learning_rate, train  # noqa: E402
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.config import Recipe  # noqa: E402
+from sketchkit.zoo.train import learning_rate, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def eight_sheep(sheep, tmp_path: Path) -> Path:
     return path
 
 
-def tiny(dataset: Path, **kw) -> HParams:
+def tiny(dataset: Path, **kw) -> Recipe:
     base = dict(
         dataset=[str(dataset)],
         max_seq_len=40,
@@ -42,9 +43,9 @@ def tiny(dataset: Path, **kw) -> HParams:
         dec_size=48,
         z_size=8,
         num_mixture=5,
-        recurrent_dropout=1.0,
+        recurrent_keep_prob=1.0,
         batch_size=8,
-        lr=3e-3,
+        learning_rate=3e-3,
         random_scale=0.0,
         kl_decay=0.99,
         w_kl=0.5,
@@ -53,7 +54,7 @@ def tiny(dataset: Path, **kw) -> HParams:
         num_samples=4,
         num_steps=300,
     )
-    return HParams(**{**base, **kw})
+    return Recipe.of(**{**base, **kw})
 
 
 def _records(run: Path) -> list[dict]:
@@ -76,7 +77,7 @@ def test_tiny_model_overfits_eight_sheep(eight_sheep: Path, tmp_path: Path) -> N
     _, hp, meta = checkpoint.load(run / "best.safetensors")
     assert meta["step"] == 300 and meta["max_seq_len"] == 40 and meta["scale_factor"] > 0
     assert len(meta["dataset_sha256"]) == 64 and meta["metrics"]["valid"]["loss"] == best["loss"]
-    assert HParams.from_toml(run / "recipe.toml") == hp
+    assert Recipe.from_toml(run / "recipe.toml") == hp
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
@@ -85,7 +86,7 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_is_exact(eight_sheep: Path, tmp_path: Path) -> None:
     """Stopping at step 6 and resuming to 12 equals running to 12 (dropout on: RNG restored)."""
-    kw = dict(cell="layer_norm", recurrent_dropout=0.9, eval_every=6, random_scale=0.15, augment_prob=0.2)
+    kw = dict(cell="layer_norm", recurrent_keep_prob=0.9, eval_every=6, random_scale=0.15, augment_prob=0.2)
     train(tiny(eight_sheep, num_steps=12, **kw), tmp_path / "a", progress=False)
     train(tiny(eight_sheep, num_steps=6, **kw), tmp_path / "b", progress=False)
     train(tiny(eight_sheep, num_steps=12, **kw), tmp_path / "b", progress=False)
@@ -134,8 +135,8 @@ def test_resume_after_sigkill(eight_sheep: Path, tmp_path: Path) -> None:
     stopped = int(checkpoint.read_tensors(run / "last.safetensors")[1]["step"])
     target = stopped + 5
     torch.set_num_threads(1)
-    train(HParams.from_dict({**hp.to_dict(), "num_steps": target}), run, progress=False)
-    train(HParams.from_dict({**hp.to_dict(), "num_steps": target}), tmp_path / "straight", progress=False)
+    train(dataclasses.replace(hp, num_steps=target), run, progress=False)
+    train(dataclasses.replace(hp, num_steps=target), tmp_path / "straight", progress=False)
     a, b = _params(run / "last.safetensors"), _params(tmp_path / "straight" / "last.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -150,11 +151,11 @@ def test_resume_refuses_other_hparams(eight_sheep: Path, tmp_path: Path) -> None
 
 
 def test_learning_rate_schedules() -> None:
-    hp = HParams(lr=1e-3, lr_decay=0.9999, min_lr=1e-5)
+    hp = Recipe(learning_rate=1e-3, learning_rate_decay=0.9999, min_learning_rate=1e-5)
     assert learning_rate(hp, 0) == pytest.approx(1e-3)
     assert learning_rate(hp, 10_000) == pytest.approx((1e-3 - 1e-5) * 0.9999**10_000 + 1e-5)
     assert learning_rate(hp, 10**7) == pytest.approx(1e-5)
-    assert learning_rate(HParams(lr=1e-4), 10**6) == 1e-4  # the paper: constant
+    assert learning_rate(Recipe(learning_rate=1e-4), 10**6) == 1e-4  # the paper: constant
 
 
 def test_cli_train_and_evaluate(eight_sheep: Path, tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_cli_train_and_evaluate(eight_sheep: Path, tmp_path: Path) -> None:
     run = tmp_path / "cli"
     main(["train", str(recipe), "--out", str(run), "--quiet", "--set", "dec_size=24", "--set", "cell=hyper"])
     _, hp, _ = checkpoint.load(run / "best.safetensors")
-    assert hp.dec_size == 24 and hp.cell == "hyper"
+    assert hp.dims.dec_size == 24 and hp.dims.cell == "hyper"
     out = subprocess.run(
         [sys.executable, "-m", "sketchkit", "evaluate", str(run / "best.safetensors"), "--json"],
         capture_output=True,
@@ -177,23 +178,23 @@ def test_cli_train_and_evaluate(eight_sheep: Path, tmp_path: Path) -> None:
     bad = subprocess.run(
         [sys.executable, "-m", "sketchkit", "train", "--set", "cell=gru"], capture_output=True, text=True
     )
-    assert bad.returncode == 1 and bad.stderr.startswith("error: unknown cell")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "unknown cell 'gru'" in bad.stderr
 
 
 def test_zoo_and_cli_import_no_torch() -> None:
-    code = "import sys, zoo, zoo.config, sketchkit.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, sketchkit.zoo, sketchkit.zoo.config, sketchkit.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_multi_class_dataset(sheep, eight_sheep: Path, tmp_path: Path) -> None:
     from sketchkit.io import sha256_file
-    from zoo.data import load_data
+    from sketchkit.zoo.data import load_data
 
     other = [s for s in sheep.valid if len(s) <= 40][:5]
     second = tmp_path / "more_sheep.npz"
     save_npz(second, Dataset(other, other, other))
     hp = tiny(eight_sheep, num_steps=2, eval_every=2)
-    hp.dataset = [str(eight_sheep), str(second)]
+    hp = dataclasses.replace(hp, dataset=[str(eight_sheep), str(second)])
     data = load_data(hp)
     assert data.classes == ["eight_sheep", "more_sheep"] and len(data.train) == 13
     assert data.dataset_sha256 not in (sha256_file(eight_sheep), sha256_file(second))
@@ -207,7 +208,7 @@ def test_multi_class_dataset(sheep, eight_sheep: Path, tmp_path: Path) -> None:
 
 
 def test_ship_writes_weights_samples_and_card(eight_sheep: Path, tmp_path: Path) -> None:
-    from zoo.ship import ship
+    from ship import ship  # scripts/, on sys.path from tests/conftest.py
 
     run = tmp_path / "run"
     train(tiny(eight_sheep, num_steps=20, eval_every=10), run, progress=False)

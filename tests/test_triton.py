@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.repository import RepoOptions, build_repo
-from serving.server import ServerError, TritonServer, free_port
-from sketchkit.runtime_onnx import OnnxRuntime
-from sketchkit.runtime_triton import TritonError, TritonRuntime
+from sketchkit.hub import load
+from sketchkit.runtimes.onnx import OnnxRuntime
+from sketchkit.runtimes.triton import TritonError, TritonRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.serving.repository import RepoOptions, build_repo
+from sketchkit.serving.server import ServerError, TritonServer, free_port
 
 pytestmark = pytest.mark.triton
 
@@ -169,7 +170,7 @@ def test_bad_url():
     with pytest.raises(TritonError, match="bad Triton URL"):
         TritonRuntime("ftp://x:1", "m")
     with pytest.raises(TritonError, match="only \\?step=1 or \\?stateful=1"):
-        TritonRuntime.from_url("grpc://127.0.0.1:1?fast=1", "m")
+        load("m", server="grpc://127.0.0.1:1?fast=1")
 
 
 def test_kill_server_mid_generation(small_repo, tmp_path):

@@ -1,5 +1,5 @@
 """The PyTorch side of sketchkit: model, training, recipes and the shipped models.
 
-`import zoo` stays light (no torch): torch is imported by `zoo.model`, `zoo.train`,
-`zoo.evaluate` and `zoo.checkpoint` only.
+`import sketchkit.zoo` stays light (no torch): torch is imported by `sketchkit.zoo.model`, `sketchkit.zoo.train`,
+`sketchkit.zoo.evaluate` and `sketchkit.zoo.checkpoint` only.
 """

@@ -1,5 +1,8 @@
 """Checkpoints: one `.safetensors` file = weights + a JSON header under the key "sketchkit"
-(the HParams config, scale_factor, max_seq_len, dataset_sha256, step, metrics, ...).
+(`dims`: what the model is, `sketchkit.dims.ModelDims`; `recipe`: how it was trained, without
+the dims; scale_factor, max_seq_len, dataset_sha256, step, metrics, ...). Loading a model needs
+`dims` only (whisper's ckpt["dims"]). Version 1 headers (one flat `hparams` object, and
+`init_tanh_z` for imported Magenta VAEs) are converted on load (`zoo.config.upgrade`).
 
 The header also holds "sketchkit_sha256", a SHA-256 over the JSON and every tensor's name,
 dtype, shape and bytes, so a flipped bit anywhere is refused with a ModelError rather than
@@ -21,11 +24,12 @@ from safetensors.torch import save as st_save
 
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.io import atomic_write
-from zoo.config import HParams
-from zoo.model import SketchRNN
+from sketchkit.zoo.config import Recipe
+from sketchkit.zoo.model import SketchRNN
 
 FORMAT = "sketchkit-checkpoint"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # what `read_tensors` accepts
 
 
 def _digest(header: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -68,41 +72,63 @@ def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     if _digest(header, tensors) != digest:
         raise ModelError(f"{path}: checksum mismatch: the file was modified or corrupted")
     meta = json.loads(header)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if meta.get("format") != FORMAT or meta.get("version") not in VERSIONS:
         raise ModelError(
             f"{path}: unsupported checkpoint format {meta.get('format')!r} v{meta.get('version')}"
         )
     return tensors, meta
 
 
+def recipe_meta(recipe: Recipe) -> dict[str, Any]:
+    """A recipe as checkpoint metadata: `dims`, and `recipe` (the rest)."""
+    d = recipe.to_dict()
+    return {"dims": d.pop("dims"), "recipe": d}
+
+
+def recipe_of(meta: dict[str, Any]) -> Recipe:
+    """The recipe in checkpoint metadata of any version (KeyError when there is none)."""
+    if meta.get("version") == 1:
+        if not isinstance(meta.get("hparams"), dict):
+            raise KeyError("hparams")
+        d = dict(meta["hparams"], version=1)
+        if meta.get("init_tanh_z"):  # an imported Magenta VAE of version < 6
+            d["tanh_z"] = True
+        return Recipe.from_dict(d)
+    if not isinstance(meta.get("recipe"), dict):
+        raise KeyError("recipe")
+    return Recipe.from_dict({**meta["recipe"], "dims": meta["dims"]})
+
+
 def save(
     path: str | os.PathLike[str],
     model: SketchRNN,
-    hparams: HParams,
+    recipe: Recipe,
     meta: dict[str, Any],
     dtype: torch.dtype = torch.float32,
 ) -> None:
     """Save a model. `meta` should hold scale_factor, max_seq_len, dataset_sha256, step,
     metrics; `dtype=torch.float16` halves the file (the loader casts back to float32)."""
+    if recipe.dims != model.dims:
+        raise SketchkitError(f"the recipe's dims {recipe.dims} are not the model's {model.dims}")
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    meta = dict(meta, hparams=hparams.to_dict(), dtype=str(dtype).removeprefix("torch."))
-    meta.setdefault("max_seq_len", hparams.max_seq_len)
+    meta = dict(meta, **recipe_meta(recipe), dtype=str(dtype).removeprefix("torch."))
+    meta.setdefault("max_seq_len", recipe.max_seq_len)
     write_tensors(path, tensors, meta)
 
 
 def load(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[SketchRNN, HParams, dict[str, Any]]:
-    """(model in eval mode, float32, hparams, meta) from a checkpoint; any inconsistency is a
-    ModelError with a one-line message."""
+) -> tuple[SketchRNN, Recipe, dict[str, Any]]:
+    """(model in eval mode, float32, recipe, meta) from a checkpoint of any version; any
+    inconsistency is a ModelError with a one-line message."""
     tensors, meta = read_tensors(path)
     try:
-        hp = HParams.from_dict(meta["hparams"])
+        hp = recipe_of(meta)
     except (KeyError, TypeError) as e:
-        raise ModelError(f"{path}: checkpoint has no usable hparams ({e})") from None
+        raise ModelError(f"{path}: checkpoint has no usable recipe ({e})") from None
     except SketchkitError as e:
         raise ModelError(f"{path}: {e}") from None
-    model = SketchRNN(hp)
+    model = SketchRNN(hp.dims)
     weights = {
         k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if not k.startswith("train.")
     }

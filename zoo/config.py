@@ -1,9 +1,16 @@
-"""`HParams`: the one typed configuration of a sketch-rnn model and its training recipe.
+"""`Recipe`: how a sketch-rnn model is trained, around what it is (`sketchkit.dims.ModelDims`).
 
-It travels inside every checkpoint (JSON) and is written by hand as a recipe (TOML). The defaults
-are the paper's A.3 setting (HyperLSTM decoder of 2048 with layer norm, encoder 512, Nz 128,
-M 20, batch 100, Adam 1e-4, clip 1.0, KL_min 0.20, R 0.99999, scale augmentation 0.90-1.10,
-w_KL 1.0, recurrent dropout keep 0.9). No torch here: the client and the CLI read it cheaply.
+A recipe is the model's dimensions (`dims`) plus the data, loss, optimiser and bookkeeping
+settings; it is written by hand as TOML (the dimensions in a `[dims]` table) and travels inside
+every checkpoint (JSON: `dims` and `recipe`, `zoo.checkpoint`). The defaults are the paper's A.3
+setting (HyperLSTM decoder of 2048 with layer norm, encoder 512, Nz 128, M 20, batch 100, Adam
+learning rate 1e-4, clip 1.0, KL_min 0.20, R 0.99999, scale augmentation 0.90-1.10, w_KL 1.0,
+recurrent dropout with keep probability 0.9). Frozen: change one with `dataclasses.replace`.
+
+Names: `learning_rate` is the optimiser's step size; `lr` is never used for it (in the metrics
+`lr` is the paper's reconstruction loss L_R = L_s + L_p, beside `ls`, `lp`, `kl`). Version 1
+recipes and checkpoints (flat sizes, `conditional`, `lr`, `lr_decay`, `min_lr`,
+`recurrent_dropout` holding a keep probability) load through `upgrade`. No torch here.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sketchkit.errors import SketchkitError
+from sketchkit.dims import ModelDims
+from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.io import atomic_write
 
 if sys.version_info >= (3, 11):
@@ -25,11 +33,21 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the tomli backport (pyproject: tomli; python_version < "3.11")
     import tomli as tomllib
 
-CELLS = ("lstm", "layer_norm", "hyper")
+VERSION = 2  # 2: dims in their own table, the names below; 1: flat (converted by `upgrade`)
+DIM_FIELDS = tuple(f.name for f in dataclasses.fields(ModelDims))
+V1_NAMES = {  # version 1 name -> today's
+    "lr": "learning_rate",
+    "lr_decay": "learning_rate_decay",
+    "min_lr": "min_learning_rate",
+    "recurrent_dropout": "recurrent_keep_prob",  # it always held the KEEP probability
+}
 
 
-@dataclass
-class HParams:
+@dataclass(frozen=True)
+class Recipe:
+    # --- the model (paper §3, A.3) -----------------------------------------------------------
+    dims: ModelDims = field(default_factory=ModelDims)
+
     # --- data -------------------------------------------------------------------------------
     dataset: list[str] = field(
         default_factory=list
@@ -37,16 +55,8 @@ class HParams:
     max_seq_len: int = 250  # N_max: sketches longer than this are dropped; L_s, L_p are divided by it
     offset_limit: float = 1000.0  # clamp pixel offsets to +-limit before normalising (magenta's loader)
 
-    # --- model (paper §3, A.3) -----------------------------------------------------------------
-    conditional: bool = True  # False: decoder-only model (paper §3.3: no encoder, zero initial state)
-    enc_size: int = 512  # hidden size of each direction of the bidirectional LSTM encoder
-    dec_size: int = 2048  # decoder hidden size H
-    z_size: int = 128  # N_z, latent size
-    num_mixture: int = 20  # M, Gaussian mixture components (output is 6M + 3 wide)
-    cell: str = "hyper"  # decoder cell: "lstm" | "layer_norm" | "hyper" (HyperLSTM with layer norm)
-    hyper_size: int = 256  # HyperLSTM: size of the small hyper LSTM
-    hyper_embed: int = 32  # HyperLSTM: size of the embeddings that scale the main cell's weights
-    recurrent_dropout: float = 0.9  # KEEP probability of the recurrent dropout (Semeniuta 2016); 1.0 = off
+    # --- regularisation -----------------------------------------------------------------------
+    recurrent_keep_prob: float = 0.9  # keep probability of the recurrent dropout (Semeniuta 2016); 1.0 = off
 
     # --- loss (Eq. 9-15) --------------------------------------------------------------------
     w_kl: float = 1.0  # w_KL
@@ -56,9 +66,9 @@ class HParams:
 
     # --- optimisation -------------------------------------------------------------------------
     batch_size: int = 100
-    lr: float = 1e-4
-    lr_decay: float = 1.0  # magenta: lr_step = (lr - min_lr) * lr_decay^step + min_lr; 1.0 = constant (paper)
-    min_lr: float = 1e-5
+    learning_rate: float = 1e-4  # Adam's step size
+    learning_rate_decay: float = 1.0  # magenta: (learning_rate - min) * decay^step + min; 1.0 = constant (paper)
+    min_learning_rate: float = 1e-5
     grad_clip: float = 1.0  # gradients clipped by value to +-grad_clip (as magenta does)
     num_steps: int = 1_000_000
     seed: int = 0
@@ -72,25 +82,27 @@ class HParams:
     log_every: int = 20  # a train line in metrics.jsonl every this many steps
     num_samples: int = 16  # sketches drawn at each validation
     note: str = ""  # free text: why this recipe deviates from the paper
+    version: int = VERSION
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise SketchkitError(f"unknown cell {self.cell!r} (choose from {', '.join(CELLS)})")
-        if not 0.0 < self.recurrent_dropout <= 1.0:
+        if not isinstance(self.dims, ModelDims):
+            raise SketchkitError(f"dims must be a ModelDims, got {type(self.dims).__name__}")
+        if self.version != VERSION:
+            raise SketchkitError(f"recipe version {self.version} (this sketchkit writes {VERSION})")
+        if not 0.0 < self.recurrent_keep_prob <= 1.0:
             raise SketchkitError(
-                f"recurrent_dropout is a keep probability in (0, 1], got {self.recurrent_dropout}"
+                f"recurrent_keep_prob is a keep probability in (0, 1], got {self.recurrent_keep_prob}"
             )
-        for name in ("enc_size", "dec_size", "z_size", "num_mixture", "max_seq_len", "batch_size",
-                     "hyper_size", "hyper_embed", "num_steps", "eval_every", "log_every", "num_samples"):  # fmt: skip
+        for name in ("max_seq_len", "batch_size", "num_steps", "eval_every", "log_every", "num_samples"):
             if getattr(self, name) < 1:
                 raise SketchkitError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip", "offset_limit"):  # > 0 and finite (nan fails both)
+        for name in ("learning_rate", "grad_clip", "offset_limit"):  # > 0 and finite (nan fails both)
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise SketchkitError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
-        for name in ("min_lr", "w_kl", "kl_min", "random_scale"):
+        for name in ("min_learning_rate", "w_kl", "kl_min", "random_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise SketchkitError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        for name in ("kl_decay", "eta_min", "lr_decay", "augment_prob"):
+        for name in ("kl_decay", "eta_min", "learning_rate_decay", "augment_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # nan fails this too
                 raise SketchkitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.random_scale >= 1.0:
@@ -99,26 +111,42 @@ class HParams:
             )
 
     # ---------------------------------------------------------------------------------------
+    @classmethod
+    def of(cls, **kw: Any) -> Recipe:
+        """A recipe from flat keywords (today's names): `ModelDims`'s fields go into `dims`."""
+        dims = {k: kw.pop(k) for k in DIM_FIELDS if k in kw}
+        return cls.from_dict({**kw, "dims": dims, "version": VERSION})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # dims as a nested object
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting at the top level (dims' fields included): for `--set KEY=VALUE`. Sizes
+        the model does not have (0) are left out, so `--set cell=hyper` gets the default hyper
+        sizes and `--set kind=vae` the default encoder."""
+        d = self.to_dict()
+        dims = {k: v for k, v in d.pop("dims").items() if not (type(v) is int and v == 0)}
+        return {**dims, **d}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HParams:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        d = upgrade(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
         if unknown:
             raise SketchkitError(f"unknown hyperparameter(s): {', '.join(unknown)}")
-        out = {}
-        for k, v in d.items():
-            default = getattr(cls(), k)
-            out[k] = _coerce(k, v, default)
-        return cls(**out)
+        try:
+            dims = ModelDims.from_dict(d.get("dims", {}))
+        except ModelError as e:
+            raise SketchkitError(str(e)) from None
+        out = {k: _coerce(k, v, getattr(DEFAULT, k)) for k, v in d.items() if k not in ("dims", "version")}
+        return cls(dims=dims, **out)
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> HParams:
+    def from_toml(cls, path: str | os.PathLike[str]) -> Recipe:
         """A recipe; dataset paths are resolved relative to the recipe file."""
         path = Path(path)
         try:
@@ -128,15 +156,43 @@ class HParams:
         except tomllib.TOMLDecodeError as e:
             raise SketchkitError(f"{path}: invalid TOML ({e})") from None
         hp = cls.from_dict(d)
-        hp.dataset = [str((path.parent / p).resolve()) if not os.path.isabs(p) else p for p in hp.dataset]
-        return hp
+        dataset = [str((path.parent / p).resolve()) if not os.path.isabs(p) else p for p in hp.dataset]
+        return dataclasses.replace(hp, dataset=dataset)
 
     def to_toml(self) -> str:
-        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
+        d = self.to_dict()
+        dims = d.pop("dims")
+        top = "".join(f"{k} = {_toml_value(v)}\n" for k, v in {"version": d.pop("version"), **d}.items())
+        return top + "\n[dims]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in dims.items())
 
     def save_toml(self, path: str | os.PathLike[str]) -> None:
         with atomic_write(path, "w") as f:
             f.write(self.to_toml())
+
+
+DEFAULT = Recipe()
+
+
+def upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A recipe of an older version (a dict from TOML or a checkpoint) as today's. Version 1
+    (any recipe without a `dims` table and without `version = 2`): the sizes were flat, the
+    kind was `conditional = true|false`, and the names of `V1_NAMES` were used."""
+    if not isinstance(d, dict):
+        raise SketchkitError(f"a recipe must be a table, got {type(d).__name__}")
+    version = d.get("version", VERSION if "dims" in d else 1)
+    if version == VERSION:
+        return d
+    if version != 1:
+        raise SketchkitError(f"unknown recipe version {version!r} (this sketchkit reads 1 and {VERSION})")
+    d = {V1_NAMES.get(k, k): v for k, v in d.items() if k != "version"}
+    dims = dict(d.pop("dims", {}))
+    if "conditional" in d:
+        conditional = d.pop("conditional")
+        if not isinstance(conditional, bool):
+            raise SketchkitError(f"hyperparameter conditional: expected bool, got {conditional!r}")
+        dims["kind"] = "vae" if conditional else "decoder-only"
+    dims.update({k: d.pop(k) for k in DIM_FIELDS if k in d})
+    return {**d, "dims": dims, "version": VERSION}
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

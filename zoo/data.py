@@ -1,6 +1,6 @@
 """Training data: a recipe's datasets loaded, clamped, filtered and normalised (paper A.1).
 
-Torch-free, so evaluation and shipping use it without the training loop (`zoo.train`, which
+Torch-free, so evaluation and shipping use it without the training loop (`sketchkit.zoo.train`, which
 stands above it)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sketchkit import strokes
 from sketchkit.datasets import Dataset, concat, load_npz
 from sketchkit.errors import SketchkitError
 from sketchkit.io import sha256_file
-from zoo.config import HParams
+from sketchkit.zoo.config import Recipe
 
 
 @dataclass
@@ -36,7 +36,7 @@ class TrainData:
         return getattr(self, name)
 
 
-def load_data(hp: HParams, scale_factor: float | None = None) -> TrainData:
+def load_data(hp: Recipe, scale_factor: float | None = None) -> TrainData:
     """Load the recipe's datasets (several = multi-class), clamp offsets to +-offset_limit (as
     magenta's loader), drop sketches longer than max_seq_len, and normalise by the scale factor
     = std of all train offsets (paper A.1), or by `scale_factor` when given (evaluation)."""

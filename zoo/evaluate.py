@@ -6,23 +6,24 @@ max(L_KL, KL_min) (what magenta's evaluation prints; Table 1's smallest KL is ex
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from sketchkit import strokes
-from zoo.checkpoint import load
-from zoo.config import HParams
-from zoo.data import load_data
-from zoo.model import SketchRNN
+from sketchkit.zoo.checkpoint import load
+from sketchkit.zoo.config import Recipe
+from sketchkit.zoo.data import load_data
+from sketchkit.zoo.model import SketchRNN
 
 
 @torch.no_grad()
 def evaluate(
     model: SketchRNN,
     sketches: Sequence[np.ndarray],
-    hp: HParams,
+    hp: Recipe,
     batch_size: int = 100,
     seed: int = 1234,
 ) -> dict[str, float]:
@@ -44,7 +45,7 @@ def evaluate(
     n = max(len(sketches), 1)
     out = {k: v / n for k, v in sums.items()}
     out["lr"] = out["ls"] + out["lp"]
-    out["kl_floored"] = max(out["kl"], hp.kl_min) if hp.conditional else 0.0
+    out["kl_floored"] = max(out["kl"], hp.kl_min) if hp.dims.vae else 0.0
     out["loss"] = out["lr"] + hp.w_kl * out["kl"]  # Eq. 14 (zoo.loss.eval_loss), raw KL
     return out
 
@@ -54,7 +55,7 @@ def evaluate_checkpoint(path: str, split: str = "test", data: list[str] | None =
     factor, and evaluate one split."""
     model, hp, meta = load(path, device="cuda" if torch.cuda.is_available() else "cpu")
     if data:
-        hp.dataset = list(data)
+        hp = dataclasses.replace(hp, dataset=list(data))
     ds = load_data(hp, scale_factor=meta.get("scale_factor"))
     out = evaluate(model, ds.split(split), hp)
     out.update(n=len(ds.split(split)), step=int(meta.get("step", 0)))

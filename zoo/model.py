@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import fused, sequence
-from zoo.config import HParams
-from zoo.loss import Losses, kl_loss, reconstruction_loss
+from sketchkit.dims import ModelDims
+from sketchkit.zoo import fused, sequence
+from sketchkit.zoo.loss import Losses, kl_loss, reconstruction_loss
 
 LN_EPS = 1e-3  # magenta's layer-norm epsilon (rnn.py), kept so its recipes behave the same
 
@@ -41,15 +41,15 @@ class Encoder(nn.Module):
     over S and S_reverse; the output at position len - 1 is each direction's final state, so
     padding never reaches it."""
 
-    def __init__(self, hp: HParams):
+    def __init__(self, dims: ModelDims, keep: float = 1.0):
         super().__init__()
-        self.fw = nn.LSTM(5, hp.enc_size, batch_first=True)
-        self.bw = nn.LSTM(5, hp.enc_size, batch_first=True)
+        self.fw = nn.LSTM(5, dims.enc_size, batch_first=True)
+        self.bw = nn.LSTM(5, dims.enc_size, batch_first=True)
         for rnn in (self.fw, self.bw):
             init_lstm_(*rnn.all_weights[0])
-        self.mu = nn.Linear(2 * hp.enc_size, hp.z_size)
-        self.presig = nn.Linear(2 * hp.enc_size, hp.z_size)
-        self.keep = hp.recurrent_dropout
+        self.mu = nn.Linear(2 * dims.enc_size, dims.z_size)
+        self.presig = nn.Linear(2 * dims.enc_size, dims.z_size)
+        self.keep = keep
 
     def run(self, rnn: nn.LSTM, x: torch.Tensor, drop: bool) -> torch.Tensor:
         if drop and self.keep < 1.0:  # recurrent dropout needs the step-by-step cell
@@ -385,12 +385,12 @@ def hyper_lstm_step(
     return h, (h, c, hh, ch)
 
 
-def make_cell(hp: HParams, input_size: int) -> Cell:
-    if hp.cell == "lstm":
-        return LSTMCell(input_size, hp.dec_size, hp.recurrent_dropout)
-    if hp.cell == "layer_norm":
-        return LayerNormLSTMCell(input_size, hp.dec_size, hp.recurrent_dropout)
-    return HyperLSTMCell(input_size, hp.dec_size, hp.hyper_size, hp.hyper_embed, hp.recurrent_dropout)
+def make_cell(dims: ModelDims, input_size: int, keep: float = 1.0) -> Cell:
+    if dims.cell == "lstm":
+        return LSTMCell(input_size, dims.dec_size, keep)
+    if dims.cell == "layer_norm":
+        return LayerNormLSTMCell(input_size, dims.dec_size, keep)
+    return HyperLSTMCell(input_size, dims.dec_size, dims.hyper_size, dims.hyper_embed, keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def make_cell(hp: HParams, input_size: int) -> Cell:
 
 
 class SketchRNN(nn.Module):
-    """The sketch-rnn VAE (conditional) or decoder-only model.
+    """The sketch-rnn model of `dims.kind`: the VAE ("vae") or the decoder-only model.
 
     Parameters: `encoder.*` (VAE only), `init.weight` (S, Nz) / `init.bias` (S) (VAE only: the
     initial state tanh(W_z z + b_z)), `cell.*` (see the cell classes), `head.weight` (P, H) /
@@ -414,13 +414,15 @@ class SketchRNN(nn.Module):
     our [h | c]. The output layer (H, 6M+3) is `head.weight^T`; its column layout is ours.
     """
 
-    def __init__(self, hp: HParams):
+    def __init__(self, dims: ModelDims, keep: float = 1.0):
+        """dims: what the model is (`sketchkit.dims`); keep: the keep probability of the
+        recurrent dropout in training (a recipe's `recurrent_keep_prob`; 1.0 = none)."""
         super().__init__()
-        self.hp = hp
-        self.encoder = Encoder(hp) if hp.conditional else None
-        self.cell = make_cell(hp, 5 + (hp.z_size if hp.conditional else 0))
-        self.init = nn.Linear(hp.z_size, self.cell.state_size) if hp.conditional else None
-        self.head = nn.Linear(hp.dec_size, 6 * hp.num_mixture + 3)
+        self.dims = dims
+        self.encoder = Encoder(dims, keep) if dims.vae else None
+        self.cell = make_cell(dims, 5 + dims.z_size, keep)
+        self.init = nn.Linear(dims.z_size, self.cell.state_size) if dims.vae else None
+        self.head = nn.Linear(dims.dec_size, 6 * dims.num_mixture + 3)
 
     @property
     def state_size(self) -> int:
@@ -435,12 +437,14 @@ class SketchRNN(nn.Module):
         return self.encoder(strokes, lengths)
 
     def init_state(self, z: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
-        """[h_0; c_0] = tanh(W_z z + b_z) packed (B, S); zeros for a decoder-only model (§3.3)."""
+        """[h_0; c_0] = tanh(W_z z + b_z) packed (B, S); zeros for a decoder-only model (§3.3).
+        `dims.tanh_z` (a Magenta VAE of version < 6): sketch-rnn-js squashes a given z with tanh
+        before the projection (the decoder input keeps the raw z, as in the JS `update()`)."""
         if self.init is None or z is None:
             if batch is None:
                 raise ValueError("a decoder-only model needs the batch size for its zero state")
             return torch.zeros(batch, self.state_size, device=self.head.weight.device)
-        return torch.tanh(self.init(z))
+        return torch.tanh(self.init(torch.tanh(z) if self.dims.tanh_z else z))
 
     def step(
         self, prev: torch.Tensor, z: torch.Tensor | None, state: torch.Tensor

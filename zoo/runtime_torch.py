@@ -11,25 +11,19 @@ import numpy as np
 import torch
 
 from sketchkit.modelinfo import ModelInfo
-from zoo.model import SketchRNN
+from sketchkit.zoo.model import SketchRNN
 
 
 def model_info(
     model: SketchRNN, name: str, scale_factor: float, max_seq_len: int, **fields: object
 ) -> ModelInfo:
-    """The model.json of a SketchRNN; `fields` sets the rest (source, license, metrics, ...)."""
-    hp = model.hp
+    """The model.json of a SketchRNN (its `dims` as they are); `fields` sets the rest (source,
+    license, metrics, ...)."""
     return ModelInfo(
         name=name,
-        kind="vae" if hp.conditional else "decoder-only",
-        cell=hp.cell,
-        dec_size=hp.dec_size,
-        num_mixture=hp.num_mixture,
-        state_size=model.state_size,
+        dims=model.dims,
         scale_factor=float(scale_factor),
         max_seq_len=int(max_seq_len),
-        enc_size=hp.enc_size if hp.conditional else 0,
-        z_size=hp.z_size if hp.conditional else 0,
         **fields,  # type: ignore[arg-type]
     )
 
@@ -40,9 +34,11 @@ class TorchRuntime:
     scale_factor 1.0 (default): sketches come back in the model's normalised units.
     """
 
-    def __init__(self, model: SketchRNN, name: str = "training", scale_factor: float = 1.0) -> None:
+    def __init__(
+        self, model: SketchRNN, name: str = "training", scale_factor: float = 1.0, max_seq_len: int = 250
+    ) -> None:
         self.model = model
-        self.info = model_info(model, name, scale_factor, model.hp.max_seq_len)
+        self.info = model_info(model, name, scale_factor, max_seq_len)
         self.device = model.head.weight.device
 
     def _tensor(self, array: np.ndarray | None) -> torch.Tensor | None:

@@ -5,7 +5,7 @@ resume after a kill.
 A run directory holds
     best.safetensors   the best validation loss so far (weights + config + metrics)
     last.safetensors   the resume state: weights, Adam moments, RNG states, step (train.* tensors)
-    recipe.toml        the HParams of the run
+    recipe.toml        the Recipe of the run
     metrics.jsonl      one JSON line per log / validation
     loss.png           the loss curves, redrawn at each validation
     samples/           sketches drawn at each validation (z ~ N(0, I), tau = 0.5)
@@ -15,6 +15,7 @@ missing: training needs neither, nor platformdirs (a bare GPU machine has none o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -31,12 +32,12 @@ import torch
 from sketchkit import strokes
 from sketchkit.errors import SketchkitError
 from sketchkit.io import atomic_write, remove_stale_temps
-from zoo import checkpoint
-from zoo.config import HParams
-from zoo.data import load_data
-from zoo.evaluate import evaluate
-from zoo.loss import kl_weight, train_loss
-from zoo.model import SketchRNN
+from sketchkit.zoo import checkpoint
+from sketchkit.zoo.config import Recipe
+from sketchkit.zoo.data import load_data
+from sketchkit.zoo.evaluate import evaluate
+from sketchkit.zoo.loss import kl_weight, train_loss
+from sketchkit.zoo.model import SketchRNN
 
 log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 def make_batch(
-    sketches: Sequence[np.ndarray], hp: HParams, rng: np.random.Generator
+    sketches: Sequence[np.ndarray], hp: Recipe, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random training batch with magenta's augmentation: scale each axis by
     U(1 - s, 1 + s) (paper A.3), then drop points in straight runs with augment_prob."""
@@ -70,17 +71,18 @@ def sample(
     tau: float = 0.5,
     z: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    max_seq_len: int = 250,
 ) -> list[np.ndarray]:
     """n normalised stroke-3 sketches from sketchkit's engine (the client's decode loop: S_0,
     Eq. 8 temperature, early stop) over the torch model; the seed is `generator`'s, z ~ N(0, I)
     for a VAE unless given."""
     from sketchkit.sampling import Sampler, SamplingOptions
-    from zoo.runtime_torch import TorchRuntime
+    from sketchkit.zoo.runtime_torch import TorchRuntime
 
     model.eval()
     seed = None if generator is None else int(generator.initial_seed())
     options = SamplingOptions(tau=tau, temperature_rule="eq8", seed=seed)
-    return Sampler(TorchRuntime(model)).generate(n, None if z is None else z.detach().cpu().numpy(), options)
+    return Sampler(TorchRuntime(model, max_seq_len=max_seq_len)).generate(n, None if z is None else z.detach().cpu().numpy(), options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _save_state(
-    path: Path, model: SketchRNN, opt: torch.optim.Adam, rng: np.random.Generator, meta: dict[str, Any]
+    path: Path, model: SketchRNN, hp: Recipe, opt: torch.optim.Adam, rng: np.random.Generator, meta: dict[str, Any]
 ) -> None:
     tensors = dict(model.state_dict())
     names = {id(p): n for n, p in model.named_parameters()}
@@ -182,14 +184,14 @@ def _save_state(
     if torch.cuda.is_available():
         tensors["train.rng.cuda"] = torch.cuda.get_rng_state()
     meta = dict(meta, numpy_rng=rng.bit_generator.state)
-    checkpoint.write_tensors(path, tensors, dict(meta, hparams=model.hp.to_dict(), dtype="float32"))
+    checkpoint.write_tensors(path, tensors, dict(meta, **checkpoint.recipe_meta(hp), dtype="float32"))
 
 
 def _load_state(
-    path: Path, model: SketchRNN, opt: torch.optim.Adam
+    path: Path, model: SketchRNN, hp: Recipe, opt: torch.optim.Adam
 ) -> tuple[dict[str, Any], np.random.Generator]:
     tensors, meta = checkpoint.read_tensors(path)
-    if meta["hparams"] | {"num_steps": 0} != model.hp.to_dict() | {"num_steps": 0}:
+    if dataclasses.replace(checkpoint.recipe_of(meta), num_steps=1) != dataclasses.replace(hp, num_steps=1):
         raise SketchkitError(
             f"{path}: the run was started with other hyperparameters (start a new run directory)"
         )
@@ -215,13 +217,15 @@ def _load_state(
 # the loop
 
 
-def learning_rate(hp: HParams, step: int) -> float:
-    """Constant lr (paper), or magenta's decay (lr - min_lr) * lr_decay^step + min_lr."""
-    return (hp.lr - hp.min_lr) * hp.lr_decay**step + hp.min_lr if hp.lr_decay < 1.0 else hp.lr
+def learning_rate(hp: Recipe, step: int) -> float:
+    """Constant (paper), or magenta's decay (learning_rate - min) * decay^step + min."""
+    if hp.learning_rate_decay >= 1.0:
+        return hp.learning_rate
+    return (hp.learning_rate - hp.min_learning_rate) * hp.learning_rate_decay**step + hp.min_learning_rate
 
 
 def train(
-    hp: HParams,
+    hp: Recipe,
     out_dir: str | os.PathLike[str],
     device: str | None = None,
     resume: bool = True,
@@ -240,14 +244,14 @@ def train(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(hp)
     torch.manual_seed(hp.seed)
-    model = SketchRNN(hp).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+    model = SketchRNN(hp.dims, hp.recurrent_keep_prob).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
     rng = np.random.default_rng(hp.seed)
     step, best = 0, {"loss": math.inf}
     last = out / "last.safetensors"
     records: list[dict[str, Any]] = []
     if resume and last.exists():
-        meta, rng = _load_state(last, model, opt)
+        meta, rng = _load_state(last, model, hp, opt)
         step, best = int(meta["step"]), meta["best"]
         records = [r for r in _read_jsonl(out / "metrics.jsonl") if r["step"] <= step]
         _write_jsonl(out / "metrics.jsonl", records)  # forget lines logged after the last save
@@ -267,9 +271,9 @@ def train(
     bar = _progress(hp.num_steps, step, progress)
     stop = step >= hp.num_steps
     while not stop:
-        lr = learning_rate(hp, step)
+        rate = learning_rate(hp, step)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = rate  # torch's name
         batch, lengths = make_batch(data.train, hp, rng)
         losses = model(torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device))
         loss = train_loss(losses, step, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay)  # Eq. 15
@@ -291,7 +295,7 @@ def train(
                 "step": step,
                 **means,
                 "eta": kl_weight(step - 1, hp.eta_min, hp.kl_decay),
-                "lr_rate": lr,
+                "learning_rate": rate,
                 "sketches_per_s": n_window * hp.batch_size / dt,
                 "time": time.time(),
             }
@@ -313,11 +317,11 @@ def train(
             rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
             records.append(rec)
             _append_jsonl(out / "metrics.jsonl", rec)
-            _save_state(last, model, opt, rng, dict(base_meta, step=step, best=best))
+            _save_state(last, model, hp, opt, rng, dict(base_meta, step=step, best=best))
             loss_curve_png(out / "loss.png", records)
             gen = torch.Generator(device=device).manual_seed(hp.seed + 1)
             sketches_png(
-                out / "samples" / f"step_{step:07d}.png", sample(model, hp.num_samples, generator=gen)
+                out / "samples" / f"step_{step:07d}.png", sample(model, hp.num_samples, generator=gen, max_seq_len=hp.max_seq_len)
             )
             model.train()
             bar.write(

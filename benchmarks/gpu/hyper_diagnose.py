@@ -31,8 +31,8 @@ VARIANTS = ["sync", "fwd", "graph-256", "graph-2048", "graph-bmm", "graph-nolt"]
 def one(variant: str, T: int = 10) -> None:
     import torch
 
-    from zoo import model, sequence
-    from zoo.model import HyperLSTMCell, hyper_lstm_step
+    from sketchkit.zoo import model, sequence
+    from sketchkit.zoo.model import HyperLSTMCell, hyper_lstm_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     H, Hh = (256, 64) if variant == "graph-256" else (2048, 256)

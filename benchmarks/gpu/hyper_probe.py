@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from zoo import sequence
-from zoo.model import HyperLSTMCell
+from sketchkit.zoo import sequence
+from sketchkit.zoo.model import HyperLSTMCell
 
 cuda = torch.cuda.is_available()
 device = "cuda" if cuda else "cpu"

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from sketchkit import __version__
+from sketchkit._version import __version__
 from sketchkit.errors import SketchkitError
 
 # command name -> "module:attribute"; one module per noun, read top-down like the docs

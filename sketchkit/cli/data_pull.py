@@ -21,7 +21,7 @@ def pull(classes: tuple[str, ...], out: Path | None) -> None:
     CLASS is a QuickDraw class name (`cat`, `palm tree` or `palm_tree`). The file is checked
     against the SHA-256 pinned on its first download (Google publishes none).
     """
-    from sketchkit import zoo
+    from sketchkit import hub
 
     for cls in classes:
-        click.echo(zoo.pull_data(cls, out))
+        click.echo(hub.pull_data(cls, out))

@@ -33,7 +33,7 @@ def _say(line: str) -> None:
 def _report(info: ModelInfo, out_dir: Path, diffs: dict[str, float] | None = None) -> None:
     check = f"onnxruntime vs PyTorch: max abs diff {max(diffs.values()):.1e}" if diffs else "built with onnx"
     click.echo(
-        f"{info.name}: {info.kind}, {info.cell} H={info.dec_size}, {info.precision} -> {out_dir} ({check})"
+        f"{info.name}: {info.dims.kind}, {info.dims.cell} H={info.dims.dec_size}, {info.precision} -> {out_dir} ({check})"
     )
 
 
@@ -50,7 +50,7 @@ name_option = click.option("--name", default=None, help="Model name in model.jso
 @name_option
 def export(checkpoint: Path, out_dir: Path, fp16: bool, name: str | None) -> None:
     """Export CHECKPOINT (.safetensors) to OUT_DIR: ONNX graphs + model.json, verified."""
-    onnx_export = _load("export.onnx")
+    onnx_export = _load("sketchkit.export.onnx")
     info, diffs = onnx_export.export_checkpoint(checkpoint, out_dir, fp16=fp16, name=name, progress=_say)
     _report(info, out_dir, diffs)
 
@@ -86,7 +86,7 @@ def import_magenta(
 
         _report(build(model_json, out_dir, name=name, fp16=fp16, progress=_say), out_dir)
         return
-    magenta = _load("export.magenta", "import-magenta --drawings/--checkpoint")
+    magenta = _load("sketchkit.export.magenta", "import-magenta --drawings/--checkpoint")
     info, diffs = magenta.import_magenta(
         model_json, out_dir, name=name, drawings=drawings, fp16=fp16, checkpoint=checkpoint, progress=_say
     )

@@ -65,11 +65,11 @@ class Session:
 
     def __init__(self, name: str, server: str | None, tau: float, seed: int | None, rule: str | None,
                  greedy: bool, max_len: int | None) -> None:
-        from sketchkit.runtimes import open_runtime
+        from sketchkit.hub import load
         from sketchkit.sampling import Sampler, SamplingOptions
 
         self.options = SamplingOptions(tau=tau, temperature_rule=rule, greedy=greedy, max_len=max_len, seed=seed)
-        self.runtime = open_runtime(name, server)
+        self.runtime = load(name, server)
         click.get_current_context().call_on_close(self.runtime.close)  # a Triton runtime ends its sequences
         self.info = self.runtime.info
         self.sampler = Sampler(self.runtime)
@@ -294,9 +294,9 @@ def interpolate(data: Path | None, split: str, rescale: str | None, indices: tup
     else:
         if corners not in (2, 4):
             raise SketchkitError(f"--corners must be 2 or 4, got {corners}")
-        if not s.info.conditional:
+        if not s.info.dims.vae:
             raise SketchkitError(f"{s.info.name} is a decoder-only model: it has no latent space to interpolate")
-        ends = list(np.random.default_rng(kwargs["seed"]).standard_normal((corners, s.info.z_size)).astype(np.float32))
+        ends = list(np.random.default_rng(kwargs["seed"]).standard_normal((corners, s.info.dims.z_size)).astype(np.float32))
     if len(ends) == 4:
         sketches = s.timed(lambda: s.sampler.grid4(ends, steps, method, s.options))
         cols = steps

@@ -98,11 +98,11 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     <name>_encoder, <name>_decoder_init, <name>_decoder_step, for custom loops."""
     from pathlib import Path
 
-    from serving.repository import RepoOptions
-    from serving.repository import build_repo as build
     from sketchkit.errors import SketchkitError
+    from sketchkit.hub import resolve
     from sketchkit.names import safe_name
-    from sketchkit.runtimes import resolve_model
+    from sketchkit.serving.repository import RepoOptions
+    from sketchkit.serving.repository import build_repo as build
 
     options = RepoOptions(
         flavor=flavor, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, instances=instances,
@@ -114,7 +114,7 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     if names and len(names) != len(models):
         raise SketchkitError(f"got {len(names)} --name for {len(models)} models (give one per model, in order)")
     typed: list[str | None] = [*names] or [None if Path(m).is_dir() else safe_name(m) for m in models]
-    built = build([resolve_model(m) for m in models], out, options, force=force, names=typed)
+    built = build([resolve(m) for m in models], out, options, force=force, names=typed)
     click.echo(f"wrote {out} ({flavor}): {', '.join(built)}")
 
 
@@ -140,7 +140,7 @@ def start(
 ) -> None:
     """Run a local tritonserver (from the nvidia-pytriton wheel) on REPO, a cpu-flavor repository,
     on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    from serving.server import ServerError, TritonServer
+    from sketchkit.serving.server import ServerError, TritonServer
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

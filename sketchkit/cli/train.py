@@ -76,11 +76,11 @@ def train(
     _need_torch()
     import torch
 
-    from zoo.config import HParams
-    from zoo.train import train as run
+    from sketchkit.zoo.config import Recipe
+    from sketchkit.zoo.train import train as run
 
-    hp = HParams.from_toml(recipe) if recipe else HParams()
-    d = hp.to_dict()
+    hp = Recipe.from_toml(recipe) if recipe else Recipe()
+    d = hp.flat()  # --set dec_size=256 sets a dimension like any other setting
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -90,7 +90,7 @@ def train(
         d["dataset"] = [str(Path(p).resolve()) for p in data]
     if steps is not None:
         d["num_steps"] = steps
-    hp = HParams.from_dict(d)
+    hp = Recipe.from_dict(dict(d, version=1))  # flat, and the version 1 names (lr=...) still work
     if threads:
         torch.set_num_threads(threads)
     out = out_dir or Path("runs") / (recipe.stem if recipe else "run")
@@ -115,7 +115,7 @@ def train(
 def evaluate(checkpoint: Path, split: str, data: tuple[str, ...], as_json: bool) -> None:
     """Report L_R and L_KL of a checkpoint on a split, as in the paper's Table 1."""
     _need_torch()
-    from zoo.evaluate import evaluate_checkpoint
+    from sketchkit.zoo.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(str(checkpoint), split, [str(Path(p).resolve()) for p in data] or None)
     if as_json:

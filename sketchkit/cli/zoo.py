@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
 
-from sketchkit import zoo as client
+from sketchkit import hub as client
+from sketchkit.dims import ModelDims
 from sketchkit.errors import SketchkitError
+
+DIM_FIELDS = tuple(f.name for f in dataclasses.fields(ModelDims))
 
 
 @click.group(invoke_without_command=True)
@@ -58,8 +62,8 @@ def list_models(pattern: str | None, cached: bool, as_json: bool) -> None:
         table.append(
             (
                 name,
-                row["kind"] or "?",
-                f"{row['cell'] or '?'} {row['dec_size'] or '?'}",
+                row["dims"].get("kind", "?"),
+                f"{row['dims'].get('cell', '?')} {row['dims'].get('dec_size', '?')}",
                 _size(row),
                 state,
                 (row["license"] or "?").split(" (")[0],
@@ -81,14 +85,10 @@ def info(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(row, indent=2))
         return
+    click.echo(f"name: {row['name']}")
+    for key in DIM_FIELDS:  # every dimension, known or not (the dataclass's fields, in order)
+        click.echo(f"{key}: {'?' if row['dims'].get(key) is None else row['dims'][key]}")
     for key in (
-        "name",
-        "kind",
-        "cell",
-        "dec_size",
-        "enc_size",
-        "z_size",
-        "num_mixture",
         "max_seq_len",
         "scale_factor",
         "format",

@@ -118,7 +118,7 @@ def _model_input(sampler: Sampler, drawing: validate.Drawing) -> tuple[Canvas, l
 
 
 def _need_vae(sampler: Sampler, name: str, what: str) -> None:
-    if not sampler.info.conditional:
+    if not sampler.info.dims.vae:
         raise RequestError(f"{name} is a decoder-only model: {what} needs a vae model (one with an encoder)", 422)
 
 

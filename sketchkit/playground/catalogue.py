@@ -19,7 +19,7 @@ import numpy as np
 
 from sketchkit.errors import SketchkitError
 from sketchkit.playground.validate import RequestError
-from sketchkit.runtime import Runtime
+from sketchkit.runtimes.base import Runtime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 GROUPS = ("command line", "shipped", "cached", "downloadable", "server")
@@ -48,7 +48,7 @@ class Catalogue:
     """
 
     def __init__(self, models: Sequence[str] = ("sheep",), server: str | None = None, zoo: bool = True) -> None:
-        from sketchkit.runtimes import open_runtime
+        from sketchkit.hub import load
 
         self.server = server
         self.entries: dict[str, Entry] = {}
@@ -56,9 +56,9 @@ class Catalogue:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         for name in dict.fromkeys(models):
-            sampler = _warm(Sampler(open_runtime(name, server)))
+            sampler = _warm(Sampler(load(name, server)))
             info = sampler.info
-            self.entries[name] = Entry(name, "server" if server else "command line", info.kind, info.license)
+            self.entries[name] = Entry(name, "server" if server else "command line", info.dims.kind, info.license)
             self._samplers[name] = sampler
         if zoo and not server:
             self._add_zoo()
@@ -66,19 +66,19 @@ class Catalogue:
             self._locks[name] = threading.Lock()
 
     def _add_zoo(self) -> None:
-        from sketchkit import zoo
+        from sketchkit import hub
 
-        rows = zoo.registry()["models"]
+        rows = hub.registry()["models"]
         found: dict[str, list[Entry]] = {"shipped": [], "cached": [], "downloadable": []}
-        for name in zoo.available_models():
+        for name in hub.available_models():
             row = rows[name]
             if name in self.entries or not (row.get("shipped") or row["files"]):
                 continue  # offered already, or not published yet
-            group = "shipped" if row.get("shipped") else "cached" if zoo.is_cached(name) else "downloadable"
-            if group == "shipped" and not zoo.is_cached(name):
+            group = "shipped" if row.get("shipped") else "cached" if hub.is_cached(name) else "downloadable"
+            if group == "shipped" and not hub.is_cached(name):
                 continue  # shipped without its ONNX export: nothing to sample
             licence = (row.get("license") or "").split(" (")[0]
-            found[group].append(Entry(name, group, row.get("kind") or "", licence))
+            found[group].append(Entry(name, group, row["dims"].get("kind", ""), licence))
         for entries in found.values():
             self.entries.update((e.name, e) for e in entries)
 
@@ -109,9 +109,9 @@ class Catalogue:
         """The model's card for the page (opens it)."""
         info = self.sampler(name).info
         return {
-            "name": name, "kind": info.kind, "cell": info.cell, "dec_size": info.dec_size,
+            "name": name, "kind": info.dims.kind, "cell": info.dims.cell, "dec_size": info.dims.dec_size,
             "license": info.license, "source": info.source, "max_seq_len": info.max_seq_len, "scale_factor": info.scale_factor,
-            "conditional": info.conditional, "server": self.server,
+            "server": self.server,
         }
 
     def close(self) -> None:
@@ -126,13 +126,12 @@ class Catalogue:
             raise RequestError(f"unknown model {shown!r}: pick one from the list", 404)
 
     def _open(self, name: str) -> Runtime:
-        from sketchkit import zoo
-        from sketchkit.runtimes import open_runtime
+        from sketchkit import hub
 
         try:
-            path: Path = zoo.pull(name, progress=False)
-        except zoo.DownloadError as e:
+            path: Path = hub.pull(name, progress=False)
+        except hub.DownloadError as e:
             raise RequestError(f"cannot download {name}: {e}", 502) from None
         except SketchkitError as e:
             raise RequestError(f"cannot open {name}: {e}", 422) from None
-        return open_runtime(path)
+        return hub.load(path)

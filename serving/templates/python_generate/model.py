@@ -21,9 +21,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, Scheduler
-from sketchkit.generation import Limits, inputs_for, pack, parse_inputs
-from sketchkit.runtime_onnx import OnnxRuntime
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.wire import Limits, inputs_for, pack, parse_inputs
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -103,7 +103,7 @@ class TritonPythonModel:
                 sketches = [np.vstack([prefix, s]) for s in sketches]
             strokes, lengths = pack(sketches)
             tensors = [pb_utils.Tensor("strokes", strokes), pb_utils.Tensor("lengths", lengths)]
-            if self.info.conditional:
+            if self.info.dims.vae:
                 tensors.append(pb_utils.Tensor("z", z))
             response = pb_utils.InferenceResponse(output_tensors=tensors)
         except Exception as e:

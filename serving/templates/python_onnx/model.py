@@ -10,19 +10,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from sketchkit.runtimes.onnx import open_session
 
 
 def session(path, parameters):
-    """A CPU session; threads from the config's "intra_op_threads" (default 1: the server shares
-    the machine with its clients, and a step is small)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(parameters.get("intra_op_threads", "1"))
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A CPU session (the project's one session helper); threads from the config's
+    "intra_op_threads" (default 1: the server shares the machine with its clients, and a step is
+    small)."""
+    return open_session(path, threads=int(parameters.get("intra_op_threads", "1")))
 
 
 def parameters_of(config):

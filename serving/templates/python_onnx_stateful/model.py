@@ -17,18 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from sketchkit.runtimes.onnx import open_session
 
 
 def session(path, parameters):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(parameters.get("intra_op_threads", "1"))
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.enable_cpu_mem_arena = False  # an arena keeps the peak for good; states come and go
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # no memory arena: it keeps the peak for good, and states come and go
+    return open_session(path, threads=int(parameters.get("intra_op_threads", "1")), mem_arena=False)
 
 
 def control(request, name):

@@ -255,8 +255,8 @@ async function pick(name) {
   $("card").textContent = `${c.kind} · ${c.cell} ${c.dec_size} · up to ${c.max_seq_len} points · licence ${c.license || "?"}`
     + (c.server ? ` · via ${c.server}` : " · in process");
   for (const b of document.querySelectorAll("button.vae")) {
-    b.disabled = !c.conditional;
-    b.title = c.conditional ? "" : `${name} is decoder-only: this needs a vae model`;
+    b.disabled = c.kind !== "vae";
+    b.title = c.kind === "vae" ? "" : `${name} is decoder-only: this needs a vae model`;
   }
   say(`${name} ready: draw, then press "finish it"`);
 }

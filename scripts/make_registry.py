@@ -1,7 +1,7 @@
 """Writes zoo/registry.json, the model zoo as data: one row per model, keyed by name.
 
-    python zoo/make_registry.py                      # regenerate (run from the repo root)
-    python zoo/make_registry.py publish DIR --tag T  # add our exported model DIR as release assets
+    python scripts/make_registry.py                     # regenerate (run from the repo root)
+    python scripts/make_registry.py publish DIR --tag T # add our exported model DIR as release assets
 
 Where the rows come from:
 - Magenta's class names: the table in magenta/magenta-js `sketch/README.md` ("Here is a list of
@@ -26,8 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sketchkit.magenta import read_magenta
+from sketchkit.modelinfo import ModelInfo
+
 HERE = Path(__file__).resolve().parent
-REGISTRY = HERE / "registry.json"
+ZOO = HERE.parent / "zoo"
+REGISTRY = ZOO / "registry.json"
 SHARED = HERE.parent.parent / "shared" / "data"
 
 MAGENTA_URL = "https://storage.googleapis.com/quickdraw-models/sketchRNN"
@@ -63,7 +67,9 @@ MAGENTA_CLASSES = [
 QUICKDRAW_URL = "https://storage.googleapis.com/quickdraw_dataset/sketchrnn/{class}.npz"
 # Our release assets: one flat namespace per tag, so each file is published as <model>.<file>.
 RELEASE_URL = "https://github.com/sketchkit/sketchkit/releases/download/{tag}/{asset}"
-SIZE_FIELDS = ("kind", "cell", "dec_size", "enc_size", "z_size", "num_mixture", "max_seq_len", "scale_factor")
+# A row carries the model's `dims` (sketchkit.dims.ModelDims, as in model.json and the checkpoint;
+# only the fields known before download), and what a client needs to preprocess: N_max, the scale.
+PREPROCESSING = ("max_seq_len", "scale_factor")
 
 
 def sha256(path: Path) -> str:
@@ -86,12 +92,7 @@ def magenta_rows(local: Path, quickdraw: list[str]) -> dict[str, dict[str, Any]]
                     "size": None,
                 }
                 row: dict[str, Any] = {
-                    "kind": "vae" if mode == "vae" else "decoder-only",
-                    "cell": "lstm",
-                    "dec_size": hidden,
-                    "enc_size": None if mode == "vae" else 0,
-                    "z_size": None if mode == "vae" else 0,
-                    "num_mixture": None,
+                    "dims": {"kind": "vae" if mode == "vae" else "decoder-only", "cell": "lstm", "dec_size": hidden},
                     "max_seq_len": None,
                     "scale_factor": None,
                     "format": "magenta-json",
@@ -109,8 +110,7 @@ def magenta_rows(local: Path, quickdraw: list[str]) -> dict[str, dict[str, Any]]
                     info, shapes, _ = json.loads(copy.read_text())
                     file.update(sha256=sha256(copy), size=copy.stat().st_size)
                     row.update(
-                        dec_size=shapes[3][0],
-                        num_mixture=(shapes[1][0] - 3) // 6,
+                        dims=read_magenta(copy).dims.to_dict(),
                         max_seq_len=info["max_seq_len"],
                         scale_factor=info["scale_factor"],
                         notes="sha256 of the byte-exact copy in shared/data/magenta-gen",
@@ -141,14 +141,9 @@ def write(registry: dict[str, Any]) -> None:
 def shipped_rows(ours: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Rows for the model directories under zoo/models/, sizes read from their model.json."""
     rows = dict(ours)
-    for d in sorted(p for p in (HERE / "models").iterdir() if p.is_dir()):
+    for d in sorted(p for p in (ZOO / "models").iterdir() if p.is_dir()):
         row = rows.get(d.name) or {
-            "kind": None,
-            "cell": None,
-            "dec_size": None,
-            "enc_size": None,
-            "z_size": None,
-            "num_mixture": None,
+            "dims": {},
             "max_seq_len": None,
             "scale_factor": None,
             "format": "sketchkit-onnx",
@@ -159,11 +154,15 @@ def shipped_rows(ours: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "notes": "shipped with the package",
             "files": [],
         }
+        for legacy in ("kind", "cell", "enc_size", "dec_size", "z_size", "num_mixture"):  # flat before dims
+            row.pop(legacy, None)
         row["shipped"] = f"models/{d.name}"
         if (d / "model.json").is_file():
-            info = json.loads((d / "model.json").read_text())
-            row.update({k: info[k] for k in SIZE_FIELDS}, license=info["license"], metrics=info["metrics"])
-            row["size"] = sum((d / f).stat().st_size for f in info["files"].values())
+            info = ModelInfo.load(d)  # any model.json version
+            row.update(dims=info.dims.to_dict(), **{k: getattr(info, k) for k in PREPROCESSING})
+            row.update(license=info.license, metrics=info.metrics)
+            row["size"] = sum((d / f).stat().st_size for f in info.files.values())
+            row = {k: row.pop(k) for k in ("dims", *PREPROCESSING)} | row  # dims first, as in the other rows
         rows[d.name] = row
     return rows
 
@@ -181,7 +180,7 @@ def regenerate() -> None:
             "magenta_sha256": "pinned for the 40 H=512 gen files in shared/data/magenta-gen; "
             "null elsewhere (trust on first use)",
             "release_url": RELEASE_URL,
-            "generated_by": "zoo/make_registry.py",
+            "generated_by": "scripts/make_registry.py",
         },
         "models": {**ours, **magenta},
         "datasets": {
@@ -208,7 +207,8 @@ def regenerate() -> None:
 def publish(model_dir: Path, tag: str, stage: Path) -> None:
     """Add an exported model directory as release assets `<name>.<file>` under `tag`, copy them
     into `stage` for upload, and record their SHA-256 and size."""
-    info = json.loads((model_dir / "model.json").read_text())
+    loaded = ModelInfo.load(model_dir)
+    info = json.loads(loaded.to_json())
     name = info["name"]
     stage.mkdir(parents=True, exist_ok=True)
     files = []
@@ -227,7 +227,8 @@ def publish(model_dir: Path, tag: str, stage: Path) -> None:
     registry = json.loads(REGISTRY.read_text())
     old = registry["models"].get(name, {})
     registry["models"][name] = {
-        **{k: info[k] for k in SIZE_FIELDS},
+        "dims": info["dims"],
+        **{k: info[k] for k in PREPROCESSING},
         "format": "sketchkit-onnx",
         "origin": "sketchkit",
         "license": info["license"],

@@ -1,4 +1,5 @@
-"""The model zoo client: a name becomes a model directory, downloaded, verified and cached.
+"""The hub: the one way from a model's name (or path, or a Triton URL) to a runtime, `load`, beside
+the registry table and the download client that it needs (whisper's `load_model` + `_MODELS`).
 
 The table is data (`zoo/registry.json`, like whisper's `_MODELS`); this module adds what whisper
 and timm leave out: the SHA-256 is checked while streaming (or, where upstream publishes none,
@@ -39,11 +40,12 @@ from typing import Any
 
 import click
 
-from sketchkit import __version__
+from sketchkit._version import __version__
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.io import atomic_directory, atomic_write, remove_stale_temps, sha256_file
 from sketchkit.modelinfo import ModelInfo
-from sketchkit.names import safe_name
+from sketchkit.names import is_valid_name, safe_name
+from sketchkit.runtimes.base import Runtime
 
 ENV_CACHE = "SKETCHKIT_CACHE"
 ENV_MIRROR = "SKETCHKIT_ZOO_MIRROR"
@@ -91,10 +93,10 @@ class NotPublished(DownloadError):
 # ---- the table --------------------------------------------------------------------------------
 @functools.cache
 def zoo_dir() -> Path:
-    """The `zoo` package's directory (importing `zoo` loads no torch). Found through `__path__`,
-    which also works while an old editable install still sees `zoo` as a namespace package."""
-    import zoo
+    """The `sketchkit.zoo` package's directory (the `zoo/` folder; importing it loads no torch)."""
+    import importlib
 
+    zoo = importlib.import_module("sketchkit.zoo")  # the zoo/ folder, mapped in pyproject.toml
     found = next((Path(p) for p in zoo.__path__ if Path(p, "registry.json").is_file()), None)
     if found is None:
         raise SketchkitError("zoo/registry.json is missing from this installation")
@@ -512,8 +514,58 @@ def convert_magenta(
     import_magenta(src, out, name=name, source=row["files"][0]["url"], progress=say)
 
 
+# ---- the one way in: a name, a directory, a Magenta file or a Triton URL -> a runtime --------
+def load(
+    name_or_path: str | os.PathLike[str], server: str | None = None, *, progress: bool = True, **options: Any
+) -> Runtime:
+    """The runtime every command and `sketchkit.load` use (whisper's `load_model`).
+
+    name_or_path: a zoo name (`sheep`, `owl`, `magenta/owl.gen`), a model directory or its
+    model.json, or a Magenta sketch-rnn JSON file (converted once into the cache, no torch);
+    `~` is expanded. server: a Triton URL (`grpc://host:8001`, `http://host:8000`); `?step=1`
+    drives the step loop here, `?stateful=1` with server-held state. With a server the model is
+    the served name: a zoo name as Triton spells it (`magenta-owl.gen`), or a local directory's
+    model.json name. options: passed on to the runtime (`threads`, `timeout_s`, ...)."""
+    if server:
+        from sketchkit.runtimes.triton import TritonRuntime  # tritonclient: only when asked
+
+        url, mode = split_server_url(server)
+        return TritonRuntime(url, served_name(name_or_path), **mode, **options)
+    from sketchkit.runtimes.onnx import OnnxRuntime
+
+    return OnnxRuntime(resolve(name_or_path, progress), **options)
+
+
+SERVER_MODES: dict[str, dict[str, Any]] = {"step": {"mode": "step"}, "stateful": {"stateful": True}}
+
+
+def split_server_url(url: str) -> tuple[str, dict[str, Any]]:
+    """'grpc://host:8001?step=1' -> ('grpc://host:8001', {'mode': 'step'})."""
+    base, _, query = url.partition("?")
+    if not query:
+        return base, {}
+    key, _, value = query.partition("=")
+    if key not in SERVER_MODES or value not in ("", "1", "true"):
+        from sketchkit.runtimes.triton import TritonError
+
+        raise TritonError(f"unknown Triton URL option {query!r} (only ?step=1 or ?stateful=1)")
+    return base, dict(SERVER_MODES[key])
+
+
+def served_name(name_or_path: str | os.PathLike[str]) -> str:
+    """The name a Triton server serves a model under: a local model's own name (its model.json
+    says it), else the typed name made Triton-safe (`magenta/owl.gen` -> `magenta-owl.gen`)."""
+    path = Path(name_or_path).expanduser()
+    if path.name == "model.json" and path.is_file():
+        path = path.parent
+    if (path / "model.json").is_file():
+        return safe_name(ModelInfo.load(path).name)
+    return safe_name(str(name_or_path))
+
+
 def resolve(name_or_path: str | os.PathLike[str], progress: bool = True) -> Path:
-    """A model directory for a path or a name: shipped, cached, or pulled now (first use)."""
+    """A model directory for a path or a name: a local directory (or its model.json), a Magenta
+    JSON file converted into the cache, or a zoo name (shipped, cached, or pulled now)."""
     path = Path(name_or_path).expanduser()
     if (path / "model.json").is_file():
         return path
@@ -521,11 +573,37 @@ def resolve(name_or_path: str | os.PathLike[str], progress: bool = True) -> Path
         return path.parent
     if path.is_dir():
         raise ModelError(f"{path}: not a model directory (no model.json)")
+    if path.is_file():
+        if path.suffix == ".json":
+            return convert_local_magenta(path, progress)
+        raise ModelError(f"{path}: not a model directory (expected a directory with model.json)")
     name = str(name_or_path)
     is_name = name.split("/")[0] in ("magenta", "magenta-large") or not ("/" in name or os.sep in name)
     if not is_name:
         raise ModelError(f"{name}: no such model directory")
     return pull(name, progress)
+
+
+def convert_local_magenta(path: Path, progress: bool = True) -> Path:
+    """A Magenta sketch-rnn JSON file on disk -> our model directory in the cache, keyed by the
+    file's SHA-256 (converted once, like a pulled one; the file itself is never changed)."""
+    digest = sha256_file(path)
+    out = cache_dir() / "imports" / digest[:16]
+    if (out / "model.json").is_file():
+        return out
+    from sketchkit.magenta import read_magenta
+    from sketchkit.magenta_onnx import import_magenta
+
+    read_magenta(path)  # not a Magenta model: one line, and nothing written to the cache
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        if not (out / "model.json").is_file():
+            _remove_stale(out)
+            say = (lambda msg: click.echo(msg, err=True)) if progress else None
+            stem = path.name.removesuffix(".json")
+            name = stem if is_valid_name(stem) else f"import-{digest[:12]}"
+            import_magenta(path, out, name=name, source=str(path.resolve()), progress=say)
+    return out
 
 
 def remove(name: str) -> list[Path]:

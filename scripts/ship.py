@@ -4,25 +4,26 @@
 metrics in its header), `samples.png` and `MODEL_CARD.md`, all written from the run directory so
 that re-shipping a later checkpoint regenerates every number in the card.
 
-    python -m zoo.ship runs/sheep zoo/models/sheep --name sheep --license "CC BY-NC 4.0" \\
+    python scripts/ship.py runs/sheep zoo/models/sheep --name sheep --license "CC BY-NC 4.0" \\
         --data-note "..." --hardware "..."
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from export.onnx import export_model, model_info
+from sketchkit.export.onnx import export_model, model_info
 from sketchkit.io import atomic_write
-from zoo.checkpoint import load, save
-from zoo.data import load_data
-from zoo.evaluate import evaluate
-from zoo.train import sample, sketches_png
+from sketchkit.zoo.checkpoint import load, save
+from sketchkit.zoo.data import load_data
+from sketchkit.zoo.evaluate import evaluate
+from sketchkit.zoo.train import sample, sketches_png
 
 
 def _wall_minutes(run: Path, step: int) -> float | None:
@@ -50,13 +51,14 @@ def ship(
     tau: float = 0.5,
     seed: int = 0,
     data: str | None = None,
+    train: str = "",
 ) -> dict[str, Any]:
     model, hp, meta = load(run / "best.safetensors")
     if data:  # a run trained elsewhere (a GPU machine) names its dataset by that machine's path
-        hp.dataset = [str(Path(data).resolve())]
+        hp = dataclasses.replace(hp, dataset=[str(Path(data).resolve())])
     ds = load_data(hp, scale_factor=meta["scale_factor"])
     metrics = dict(meta.get("metrics", {}), test=evaluate(model, ds.test, hp))
-    keep = {k: v for k, v in meta.items() if k not in ("format", "version", "hparams", "dtype", "metrics")}
+    keep = {k: v for k, v in meta.items() if k not in ("format", "version", "hparams", "dims", "recipe", "init_tanh_z", "dtype", "metrics")}
     extra = {"license": license, "source": f"sketchkit zoo/recipes, run {run.name}", "name": name}
     weights = out / f"{name}.safetensors"
     rounded = run / f"{name}.float16.safetensors"  # the float16 round trip, before `out` is replaced
@@ -79,7 +81,7 @@ def ship(
     sketches_png(out / "samples.png", sample(half, 25, tau=tau, generator=gen), cols=5)
     card = model_card(
         name,
-        hp.to_dict(),
+        hp.flat(),
         meta,
         metrics,
         license,
@@ -89,6 +91,7 @@ def ship(
         status,
         tau,
         seed,
+        train,
     )
     with atomic_write(out / "MODEL_CARD.md", "w") as f:
         f.write(card)
@@ -107,9 +110,10 @@ def model_card(
     status: str,
     tau: float,
     seed: int,
+    train: str = "",
 ) -> str:
     t, h, v = metrics["test"], metrics["test_float16"], metrics.get("valid", {})
-    kind = "VAE (conditional)" if hp["conditional"] else "decoder-only (unconditional)"
+    kind = "VAE" if hp["kind"] == "vae" else "decoder-only"
     recipe = "\n".join(f"{k} = {json.dumps(val)}" for k, val in hp.items() if k not in ("dataset", "note"))
     wall_text = f"about {wall:.0f} minutes" if wall else "unknown"
     return f"""# {name}: sketch-rnn {kind}
@@ -117,7 +121,7 @@ def model_card(
 A sketch-rnn model (Ha & Eck, 2017) trained with sketchkit's PyTorch implementation (`zoo/`).
 Weights: `{name}.safetensors` (float16; the header holds the
 config, `scale_factor` {meta["scale_factor"]:.4f}, `max_seq_len` {meta["max_seq_len"]}, the dataset
-SHA-256 and the metrics below). Load it with `zoo.checkpoint.load`. The ONNX graphs and `model.json` beside
+SHA-256 and the metrics below). Load it with `sketchkit.zoo.checkpoint.load`. The ONNX graphs and `model.json` beside
 it were exported from these float16-rounded weights; they are what `sketchkit generate {name}` runs.
 {
         f'''
@@ -168,15 +172,15 @@ Weights: {license} (they derive from the training data's licence). Code: Apache-
 
 ## Reproduce
 ```
-sketchkit train zoo/recipes/{name if name != "sheep" else "aaron_sheep"}.toml --out runs/{name} --threads 1
+{train or f"sketchkit train zoo/recipes/{name if name != 'sheep' else 'aaron_sheep'}.toml --out runs/{name} --threads 1"}
 sketchkit evaluate runs/{name}/best.safetensors --split test
-python -m zoo.ship runs/{name} zoo/models/{name} --name {name} --license "{license}"
+python scripts/ship.py runs/{name} zoo/models/{name} --name {name} --license "{license}"
 ```
 """
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m zoo.ship", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python scripts/ship.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="run directory with best.safetensors and metrics.jsonl")
     ap.add_argument("out", type=Path, help="model directory, e.g. zoo/models/sheep")
     ap.add_argument("--name", required=True)
@@ -186,10 +190,11 @@ def main() -> None:
     ap.add_argument("--status", default="", help="a sentence on the state of the model, shown first")
     ap.add_argument("--tau", type=float, default=0.5)
     ap.add_argument("--data", help="the dataset .npz, where the run's own path is not on this machine")
+    ap.add_argument("--train", default="", help="the training command the card's Reproduce section shows")
     args = ap.parse_args()
     metrics = ship(
         args.run, args.out, args.name, args.license, args.data_note, args.hardware, args.status, args.tau,
-        data=args.data,
+        data=args.data, train=args.train,
     )  # fmt: skip
     print(json.dumps({k: metrics[k] for k in ("test", "test_float16")}, indent=2))
 

@@ -53,14 +53,14 @@ class OnnxRuntime:
     # -- the Runtime protocol -------------------------------------------------------------------
 
     def encode(self, strokes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.info.conditional:
+        if not self.info.dims.vae:
             raise ModelError(f"{self.info.name} is a decoder-only model: it has no encoder")
         mu, presig = self._run(ENCODER, {"strokes": strokes, "lengths": lengths})
         return mu, presig
 
     def init_state(self, z: np.ndarray | None, batch: int) -> np.ndarray:
-        if not self.info.conditional:
-            return np.zeros((batch, self.info.state_size), dtype=np.float32)  # paper §3.3
+        if not self.info.dims.vae:
+            return np.zeros((batch, self.info.dims.state_size), dtype=np.float32)  # paper §3.3
         if z is None:
             raise ModelError(f"{self.info.name} is a vae model: its initial state needs z")
         (state,) = self._run(DECODER_INIT, {"z": z})
@@ -69,7 +69,7 @@ class OnnxRuntime:
     def step(
         self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.info.conditional:
+        if self.info.dims.vae:
             if z is None:
                 raise ModelError(f"{self.info.name} is a vae model: its decoder step needs z")
             params, next_state = self._run(DECODER_STEP, {"prev": prev, "z": z, "state": state})
@@ -100,12 +100,10 @@ class OnnxRuntime:
         return outputs
 
     def _load(self, graph: Graph) -> ort.InferenceSession:
-        import onnxruntime as ort  # here, not at import: `import sketchkit.runtime_onnx` stays cheap
 
         path = graph_path(self.model_dir, self.info, graph.name)
-        opts = session_options(self.threads)
         try:
-            session = ort.InferenceSession(str(path), opts, providers=self.providers)
+            session = open_session(path, self.threads, self.providers)
         except Exception as e:
             raise ModelError(f"{path}: not a loadable ONNX graph ({_first_line(e)})") from None
         _check_contract(session, graph, self.info.sizes, path)
@@ -113,12 +111,32 @@ class OnnxRuntime:
         return session
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def open_session(
+    model: str | os.PathLike[str] | bytes,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    *,
+    mem_arena: bool = True,
+) -> ort.InferenceSession:
+    """The one way this project opens an onnxruntime session: the runtime here, the export's
+    numerical check, the Triton Python models (`serving/templates/*/model.py`) and the
+    benchmarks. `model`: an .onnx path or its bytes; `threads`: intra-op threads (None:
+    onnxruntime's default, the physical cores); `mem_arena=False` for sessions whose input shapes
+    come and go (the stateful step: an arena would keep the peak for good)."""
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else str(model)
+    opts = session_options(threads, mem_arena=mem_arena)
+    return ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def session_options(threads: int | None = None, *, mem_arena: bool = True) -> ort.SessionOptions:
     """Options for small batches run one step at a time: parallelism inside the matrix products
     only, `threads` of it (default: onnxruntime's, the physical cores)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = mem_arena
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or 0

@@ -1,8 +1,19 @@
-"""The `<name>_generate` Triton model's contract: one request in, finished sketches out.
+"""The wire contracts between the client and a Triton server, in one module that both import:
+the step models' names (`<model>_<graph>`, the stateful step, model.json as a config parameter)
+and the `<name>_generate` model's request and answer.
 
-Written once as data (like `sketchkit.graphs`): `serving.repository` makes the config from it,
-the model.py that serves it parses requests with `parse_inputs`, and the client
-(`sketchkit.client`) builds requests and reads answers from the same table.
+Written once as data (like `sketchkit.graphs`, the ONNX graphs they serve): `sketchkit.serving.repository`
+makes the configs from it, the Triton models (`serving/templates/*/model.py`) parse requests with
+it, and the client (`sketchkit.runtimes.triton`, `sketchkit.client`) builds requests and reads
+answers from the same tables.
+
+Step models: `<model>_encoder`, `<model>_decoder_init`, `<model>_decoder_step` (the graphs of
+`sketchkit.graphs`; a [B] tensor is [B, 1] on the wire), and `<model>_decoder_step_stateful`
+(`stateful_graph`: no state tensors, `rows` says which rows of the previous step go on; the
+sequence batcher's START control is `CONTROL_START`). `<model>_decoder_step` carries model.json
+in its config parameter `INFO_PARAMETER`.
+
+Generate model, one request in, finished sketches out:
 
 Inputs (all [1] unless said; only `n` is required):
   n INT32 (sketches; with `prefix`: endings), tau FP32, seed INT64 (absent: fresh entropy),
@@ -20,9 +31,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from sketchkit.errors import SketchkitError
-from sketchkit.graphs import Tensor
+from sketchkit.graphs import DECODER_STEP, Graph, Tensor, graphs_for
 from sketchkit.modelinfo import ModelInfo
 
+# ---- the step models ---------------------------------------------------------------------------
+INFO_PARAMETER = "sketchkit_model_info"  # config parameter of <model>_decoder_step holding model.json
+STATEFUL_STEP = "decoder_step_stateful"
+STATE_IN = next(t.name for t in DECODER_STEP.inputs if t.dims[-1] == "S")  # "state"
+STATE_OUT = next(t.name for t in DECODER_STEP.outputs if t.dims[-1] == "S")  # "next_state"
+CONTROL_START = "START"
+ROWS = Tensor("rows", "int64", ("B",))
+WIRE_DTYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL", "bytes": "BYTES"}
+
+
+def triton_name(model: str, graph: str) -> str:
+    """The Triton model serving one graph (or the generate loop) of a sketchkit model."""
+    return f"{model}_{graph}"
+
+
+def stateful_graph(kind: str) -> Graph:
+    """The stateful step's tensors on the wire: the step's inputs without the state, plus `rows`
+    (which rows of the previous step go on); outputs without the next state."""
+    step = graphs_for(kind)[-1]
+    return Graph(
+        STATEFUL_STEP,
+        inputs=tuple(t for t in step.inputs if t.name != STATE_IN) + (ROWS,),
+        outputs=tuple(t for t in step.outputs if t.name != STATE_OUT),
+    )
+
+
+# ---- the generate model ------------------------------------------------------------------------
 GENERATE = "generate"
 
 INPUTS = (
@@ -45,11 +83,11 @@ VAE_ONLY = ("z",)
 
 
 def inputs_for(info: ModelInfo) -> tuple[Tensor, ...]:
-    return tuple(t for t in INPUTS if info.conditional or t.name not in VAE_ONLY)
+    return tuple(t for t in INPUTS if info.dims.vae or t.name not in VAE_ONLY)
 
 
 def outputs_for(info: ModelInfo) -> tuple[Tensor, ...]:
-    return tuple(t for t in OUTPUTS if info.conditional or t.name not in VAE_ONLY)
+    return tuple(t for t in OUTPUTS if info.dims.vae or t.name not in VAE_ONLY)
 
 
 @dataclass(frozen=True)
@@ -114,7 +152,7 @@ def parse_inputs(get: dict[str, np.ndarray], info: ModelInfo, limits: Limits) ->
             raise SketchkitError(f"unknown temperature rule {rule[:20]!r} (choose eq8 or js)")
     z = None
     if "z" in get:
-        z = _float_array("z", get["z"], (n, info.z_size))
+        z = _float_array("z", get["z"], (n, info.dims.z_size))
     prefix = None
     if "prefix" in get:
         prefix = _float_array("prefix", get["prefix"], (-1, 3))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sketchkit import zoo
+from sketchkit import hub
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.modelinfo import ModelInfo
 
@@ -23,7 +23,7 @@ OWL_SIZE = 2997381
 
 
 def owl_file() -> dict:
-    return zoo.registry()["models"]["magenta/owl.gen"]["files"][0]
+    return hub.registry()["models"]["magenta/owl.gen"]["files"][0]
 
 
 def cache_files(root: Path) -> list[str]:
@@ -35,7 +35,7 @@ def cache_files(root: Path) -> list[str]:
 
 # ---- the table --------------------------------------------------------------------------------
 def test_registry_holds_ours_magenta_and_quickdraw(magenta_gen_dir: Path) -> None:
-    models = zoo.registry()["models"]
+    models = hub.registry()["models"]
     magenta = {k: v for k, v in models.items() if v["origin"] == "magenta"}
     assert len(magenta) == 114 * 4  # 114 classes x gen/vae x H = 512/1024
     assert models["sheep"]["shipped"] == "models/sheep"
@@ -48,15 +48,15 @@ def test_registry_holds_ours_magenta_and_quickdraw(magenta_gen_dir: Path) -> Non
     names = [f["name"] for v in models.values() for f in v["files"]]
     assert len(names) == len(set(names)), "two files would share a cache / mirror name"
     large = models["magenta-large/owl.vae"]
-    assert large["dec_size"] == 1024 and large["files"][0]["name"] == "large_models/owl.vae.json"
+    assert large["dims"] == {"kind": "vae", "cell": "lstm", "dec_size": 1024} and large["files"][0]["name"] == "large_models/owl.vae.json"
     assert large["files"][0]["url"].endswith("/sketchRNN/large_models/owl.vae.json")
-    classes = zoo.dataset_classes()
+    classes = hub.dataset_classes()
     assert len(classes) == 345 and "zigzag" in classes and "The Eiffel Tower" in classes
 
 
 def test_import_loads_no_torch() -> None:
     code = (
-        "import sys, sketchkit.zoo as z, sketchkit.cli.zoo, sketchkit.cli.data_pull\n"
+        "import sys, sketchkit.hub as z, sketchkit.cli.zoo, sketchkit.cli.data_pull\n"
         "z.available_models(); z.info('owl'); z.candidates('sheep')\n"
         "assert 'torch' not in sys.modules"
     )
@@ -66,9 +66,9 @@ def test_import_loads_no_torch() -> None:
 def test_conversion_needs_no_torch(zoo_mirror, tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
-        "import sketchkit.zoo as z\n"
+        "import sketchkit.hub as z\n"
         "print(z.pull('magenta/owl.gen', progress=False))\n"
-        "assert 'export' not in sys.modules and 'zoo.model' not in sys.modules"
+        "assert 'sketchkit.export' not in sys.modules and 'sketchkit.zoo.model' not in sys.modules"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     d = tmp_path / "cache" / "models" / "magenta" / "owl.gen"
@@ -82,28 +82,28 @@ def test_conversion_needs_no_torch(zoo_mirror, tmp_path: Path) -> None:
 
 
 def test_names_resolve_to_candidates() -> None:
-    assert zoo.candidates("owl") == ["magenta/owl.vae", "magenta/owl.gen"]
-    assert zoo.candidates("magenta/owl.gen") == ["magenta/owl.gen"]
-    assert zoo.candidates("magenta-large/owl.vae") == ["magenta-large/owl.vae"]
-    assert zoo.candidates("sheep")[0] == "sheep"  # ours first
+    assert hub.candidates("owl") == ["magenta/owl.vae", "magenta/owl.gen"]
+    assert hub.candidates("magenta/owl.gen") == ["magenta/owl.gen"]
+    assert hub.candidates("magenta-large/owl.vae") == ["magenta-large/owl.vae"]
+    assert hub.candidates("sheep")[0] == "sheep"  # ours first
     with pytest.raises(SketchkitError, match=r"unknown model 'owll' \(did you mean .*owl"):
-        zoo.candidates("owll")
+        hub.candidates("owll")
 
 
 # ---- download, verify, cache ------------------------------------------------------------------
 def test_fetch_verifies_and_caches(zoo_mirror, tmp_path: Path) -> None:
-    path = zoo.fetch(owl_file(), progress=False)
+    path = hub.fetch(owl_file(), progress=False)
     assert path == tmp_path / "cache" / "downloads" / OWL
     assert hashlib.sha256(path.read_bytes()).hexdigest() == owl_file()["sha256"]
-    zoo.fetch(owl_file(), progress=False)  # cached and verified: no second request
+    hub.fetch(owl_file(), progress=False)  # cached and verified: no second request
     assert zoo_mirror.requests(OWL) == [None]
     assert cache_files(tmp_path / "cache") == [f"downloads/{OWL}"]  # no pins: the hash was known
 
 
 def test_corrupted_byte_is_rejected_and_nothing_kept(zoo_mirror, tmp_path: Path) -> None:
     zoo_mirror.corrupt.add(OWL)
-    with pytest.raises(zoo.DownloadError, match="SHA-256 mismatch") as e:
-        zoo.pull("magenta/owl.gen", progress=False)
+    with pytest.raises(hub.DownloadError, match="SHA-256 mismatch") as e:
+        hub.pull("magenta/owl.gen", progress=False)
     assert "\n" not in str(e.value)
     assert cache_files(tmp_path / "cache") == []
     assert not (tmp_path / "cache" / "models" / "magenta" / "owl.gen").exists()
@@ -111,7 +111,7 @@ def test_corrupted_byte_is_rejected_and_nothing_kept(zoo_mirror, tmp_path: Path)
 
 def test_download_cut_halfway_resumes_with_range(zoo_mirror) -> None:
     zoo_mirror.cut[OWL] = 1
-    path = zoo.fetch(owl_file(), progress=False)
+    path = hub.fetch(owl_file(), progress=False)
     assert zoo_mirror.requests(OWL) == [None, f"bytes={OWL_SIZE // 2}-"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == owl_file()["sha256"]
     assert not path.with_name(OWL + ".part").exists()
@@ -123,7 +123,7 @@ def test_part_left_by_an_earlier_process_is_resumed(
     part = tmp_path / "cache" / "downloads" / (OWL + ".part")
     part.parent.mkdir(parents=True)
     part.write_bytes((magenta_gen_dir / OWL).read_bytes()[:1_000_000])
-    zoo.fetch(owl_file(), progress=False)
+    hub.fetch(owl_file(), progress=False)
     assert zoo_mirror.requests(OWL) == ["bytes=1000000-"]
 
 
@@ -131,7 +131,7 @@ def test_stale_part_is_dropped_and_downloaded_again(zoo_mirror, tmp_path: Path) 
     part = tmp_path / "cache" / "downloads" / (OWL + ".part")
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * 1000)  # not a prefix of the file: the resumed file fails the check
-    zoo.fetch(owl_file(), progress=False)
+    hub.fetch(owl_file(), progress=False)
     assert zoo_mirror.requests(OWL) == ["bytes=1000-", None]
 
 
@@ -142,7 +142,7 @@ def test_server_that_ignores_range_restarts_the_file(
     part = tmp_path / "cache" / "downloads" / (OWL + ".part")
     part.parent.mkdir(parents=True)
     part.write_bytes((magenta_gen_dir / OWL).read_bytes()[:1000])
-    path = zoo.fetch(owl_file(), progress=False)
+    path = hub.fetch(owl_file(), progress=False)
     assert zoo_mirror.requests(OWL) == ["bytes=1000-"]
     assert path.stat().st_size == OWL_SIZE
 
@@ -150,19 +150,19 @@ def test_server_that_ignores_range_restarts_the_file(
 def test_unknown_hash_is_pinned_on_first_download(zoo_mirror, magenta_gen_dir: Path, tmp_path: Path) -> None:
     # the H = 1024 owl is not in shared/: the mirror serves the H = 512 bytes under its name
     zoo_mirror.files["large_models/owl.gen.json"] = magenta_gen_dir / OWL
-    large = zoo.registry()["models"]["magenta-large/owl.gen"]["files"][0]
+    large = hub.registry()["models"]["magenta-large/owl.gen"]["files"][0]
     assert (
-        large["sha256"] is None and zoo.info("magenta-large/owl.gen")["files"][0]["verified_by"] == "unknown"
+        large["sha256"] is None and hub.info("magenta-large/owl.gen")["files"][0]["verified_by"] == "unknown"
     )
-    path = zoo.fetch(large, progress=False)
+    path = hub.fetch(large, progress=False)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert zoo.pins() == {large["url"]: digest}  # keyed by the upstream URL, not the mirror's
-    assert zoo.info("magenta-large/owl.gen")["files"][0] == dict(large, sha256=digest, verified_by="pinned")
+    assert hub.pins() == {large["url"]: digest}  # keyed by the upstream URL, not the mirror's
+    assert hub.info("magenta-large/owl.gen")["files"][0] == dict(large, sha256=digest, verified_by="pinned")
     # upstream (here: the mirror) now serves other bytes: the pin rejects them
     path.unlink()
     zoo_mirror.corrupt.add("large_models/owl.gen.json")
-    with pytest.raises(zoo.DownloadError, match="SHA-256 mismatch"):
-        zoo.fetch(large, progress=False)
+    with pytest.raises(hub.DownloadError, match="SHA-256 mismatch"):
+        hub.fetch(large, progress=False)
     assert not path.exists() and not path.with_name(path.name + ".part").exists()
 
 
@@ -172,8 +172,8 @@ def test_unreachable_mirror_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
         port = s.getsockname()[1]
     monkeypatch.setenv("SKETCHKIT_ZOO_MIRROR", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(zoo.DownloadError) as e:
-        zoo.pull("magenta/owl.gen", progress=False)
+    with pytest.raises(hub.DownloadError) as e:
+        hub.pull("magenta/owl.gen", progress=False)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"cannot download http://127.0.0.1:{port}/owl.gen.json")
     assert msg.endswith("available locally: sheep")  # the shipped default is always there
@@ -181,12 +181,12 @@ def test_unreachable_mirror_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_missing_file_on_the_mirror_is_not_published(zoo_mirror) -> None:
-    with pytest.raises(zoo.NotPublished, match=r"owl\.vae\.json: not found \(HTTP 404\)"):
-        zoo.pull("magenta/owl.vae", progress=False)
+    with pytest.raises(hub.NotPublished, match=r"owl\.vae\.json: not found \(HTTP 404\)"):
+        hub.pull("magenta/owl.vae", progress=False)
 
 
 def test_two_processes_fetching_one_file_end_with_one_good_copy(zoo_mirror, tmp_path: Path) -> None:
-    code = "import sketchkit.zoo as z, sys; print(z.fetch(z.registry()['models']['magenta/owl.gen']['files'][0], progress=False))"
+    code = "import sketchkit.hub as z, sys; print(z.fetch(z.registry()['models']['magenta/owl.gen']['files'][0], progress=False))"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)
     ]
@@ -202,38 +202,38 @@ def test_resolve_paths_and_shipped_model(tmp_path: Path) -> None:
     from onnx_fixtures import make_model
 
     d = make_model(tmp_path / "m", "decoder-only")
-    assert zoo.resolve(d) == d and zoo.resolve(d / "model.json") == d
+    assert hub.resolve(d) == d and hub.resolve(d / "model.json") == d
     with pytest.raises(ModelError, match="no model.json"):
-        zoo.resolve(tmp_path)
+        hub.resolve(tmp_path)
     with pytest.raises(ModelError, match="no such model directory"):
-        zoo.resolve(str(tmp_path / "nope"))
-    sheep = zoo.model_dir("sheep")
+        hub.resolve(str(tmp_path / "nope"))
+    sheep = hub.model_dir("sheep")
     if (sheep / "model.json").is_file():
-        assert zoo.resolve("sheep") == sheep
+        assert hub.resolve("sheep") == sheep
     else:
         with pytest.raises(ModelError, match="shipped model sheep has no ONNX export yet"):
-            zoo.resolve("sheep")
+            hub.resolve("sheep")
 
 
 def test_publish_pull_and_sample_our_model(
     zoo_mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Our release path end to end: make_registry publish -> mirror -> pull -> sample."""
+    import make_registry  # scripts/, on sys.path from tests/conftest.py
     from onnx_fixtures import make_model
 
-    from sketchkit.runtime_onnx import OnnxRuntime
+    from sketchkit.runtimes.onnx import OnnxRuntime
     from sketchkit.sampling import Sampler, SamplingOptions
-    from zoo import make_registry
 
     table = tmp_path / "registry.json"
-    table.write_text((zoo.zoo_dir() / "registry.json").read_text())
+    table.write_text((hub.zoo_dir() / "registry.json").read_text())
     monkeypatch.setattr(make_registry, "REGISTRY", table)
     make_registry.publish(
         make_model(tmp_path / "built", "vae", name="tinyowl"), "models-v1", tmp_path / "stage"
     )
     zoo_mirror.root = tmp_path / "stage"
-    monkeypatch.setattr(zoo, "registry", lambda: json.loads(table.read_text()))
-    row = zoo.registry()["models"]["tinyowl"]
+    monkeypatch.setattr(hub, "registry", lambda: json.loads(table.read_text()))
+    row = hub.registry()["models"]["tinyowl"]
     assert [f["name"] for f in row["files"]] == [  # model.json, then the graphs in graphs_for order
         "tinyowl.model.json",
         "tinyowl.encoder.onnx",
@@ -244,38 +244,38 @@ def test_publish_pull_and_sample_our_model(
         row["files"][0]["url"]
         == "https://github.com/sketchkit/sketchkit/releases/download/models-v1/tinyowl.model.json"
     )
-    assert zoo.candidates("tinyowl") == ["tinyowl"]
+    assert hub.candidates("tinyowl") == ["tinyowl"]
 
-    d = zoo.resolve("tinyowl", progress=False)
-    assert d == tmp_path / "cache" / "models" / "tinyowl" and ModelInfo.load(d).kind == "vae"
+    d = hub.resolve("tinyowl", progress=False)
+    assert d == tmp_path / "cache" / "models" / "tinyowl" and ModelInfo.load(d).dims.kind == "vae"
     sketches = Sampler(OnnxRuntime(d)).generate(3, options=SamplingOptions(seed=1))
     assert len(sketches) == 3 and all(np.isfinite(s).all() for s in sketches)
-    assert zoo.resolve("tinyowl", progress=False) == d and len(zoo_mirror.log) == 4  # cached: no requests
-    assert "tinyowl" in zoo.local_models()
-    removed = zoo.remove("tinyowl")
+    assert hub.resolve("tinyowl", progress=False) == d and len(zoo_mirror.log) == 4  # cached: no requests
+    assert "tinyowl" in hub.local_models()
+    removed = hub.remove("tinyowl")
     assert d in removed and not d.exists() and not any((tmp_path / "cache" / "downloads").iterdir())
     with pytest.raises(SketchkitError, match="tinyowl is not cached"):
-        zoo.remove("tinyowl")
+        hub.remove("tinyowl")
 
 
 def test_pull_converts_and_generates(zoo_mirror, tmp_path: Path) -> None:
-    from sketchkit.runtime_onnx import OnnxRuntime
+    from sketchkit.runtimes.onnx import OnnxRuntime
     from sketchkit.sampling import Sampler, SamplingOptions
 
-    d = zoo.resolve("owl", progress=False)  # no owl.vae on the mirror (404): falls back to the gen
+    d = hub.resolve("owl", progress=False)  # no owl.vae on the mirror (404): falls back to the gen
     assert d == tmp_path / "cache" / "models" / "magenta" / "owl.gen"
     assert [n for n, _ in zoo_mirror.log] == ["owl.vae.json", OWL]
     info = ModelInfo.load(d)
-    assert (info.kind, info.dec_size, info.num_mixture, info.max_seq_len) == ("decoder-only", 512, 20, 174)
+    assert (info.dims.kind, info.dims.dec_size, info.dims.num_mixture, info.max_seq_len) == ("decoder-only", 512, 20, 174)
     assert info.scale_factor == pytest.approx(76.6042)
     sketches = Sampler(OnnxRuntime(d)).generate(2, options=SamplingOptions(seed=0))
     assert len(sketches) == 2 and all(len(s) > 5 for s in sketches)
-    assert zoo.resolve("owl", progress=False) == d and len(zoo_mirror.log) == 2  # cached now
+    assert hub.resolve("owl", progress=False) == d and len(zoo_mirror.log) == 2  # cached now
     assert not list(d.parent.glob(".*.tmp"))
 
 
 def test_two_processes_pulling_one_model_end_with_one_copy(zoo_mirror, tmp_path: Path) -> None:
-    code = "import sketchkit.zoo as z; print(z.pull('magenta/cat.gen', progress=False))"
+    code = "import sketchkit.hub as z; print(z.pull('magenta/cat.gen', progress=False))"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
@@ -293,18 +293,18 @@ def test_pull_data_pins_and_loads(zoo_mirror, sheep_npz: Path, tmp_path: Path) -
     from sketchkit.datasets import load_npz
 
     zoo_mirror.files["sheep.npz"] = sheep_npz  # stands in for Google's sheep.npz
-    path = zoo.pull_data("sheep", progress=False)
+    path = hub.pull_data("sheep", progress=False)
     assert path == tmp_path / "cache" / "data" / "sheep.npz"
-    assert zoo.pins() == {
+    assert hub.pins() == {
         "https://storage.googleapis.com/quickdraw_dataset/sketchrnn/sheep.npz": hashlib.sha256(
             sheep_npz.read_bytes()
         ).hexdigest()
     }
     assert len(load_npz(path).train) == 7400
-    out = zoo.pull_data("sheep", out=tmp_path / "elsewhere", progress=False)
+    out = hub.pull_data("sheep", out=tmp_path / "elsewhere", progress=False)
     assert out == tmp_path / "elsewhere" / "sheep.npz"
-    with pytest.raises(zoo.NotPublished):  # a name with spaces is URL-quoted
-        zoo.pull_data("palm_tree", progress=False)
+    with pytest.raises(hub.NotPublished):  # a name with spaces is URL-quoted
+        hub.pull_data("palm_tree", progress=False)
     assert zoo_mirror.log[-1][0] == "palm tree.npz"
     with pytest.raises(SketchkitError, match="unknown QuickDraw class 'shep' .*sheep"):
-        zoo.pull_data("shep")
+        hub.pull_data("shep")

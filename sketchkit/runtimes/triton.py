@@ -2,14 +2,14 @@
 
 Whole sketches (default for `generate`/`decode`/`complete` when the server has it):
 `<model>_generate` runs the sampling loop on the server, one request per call, continuously
-batched with every other client's (`TritonGenerator`; `sketchkit.generation` is its contract).
-Step mode (`mode="step"`, `?step=1` on a URL, or whatever the generate model does not cover,
+batched with every other client's (`TritonGenerator`; `sketchkit.wire` is its contract).
+Step mode (`mode="step"`, `?step=1` on a URL given to `sketchkit.hub.load`, or whatever the generate model does not cover,
 such as `encode`) drives the loop here, one request per decoder step:
 Stateless (default): `<model>_decoder_step` takes the state with each request and returns the next
 one, so any request can go to any instance and Triton's dynamic batcher can merge the steps of
 many clients into one execution. `stateful=True`: `<model>_decoder_step_stateful` keeps the state
 on the server (one Triton sequence per generation); a step sends only `prev` (and z) plus the rows
-that go on. The repository layout is `serving.repository`'s; model.json travels in the step
+that go on. The repository layout is `sketchkit.serving.repository`'s; model.json travels in the step
 model's config, so the client needs nothing but the URL and the model name.
 
 tritonclient is imported when a runtime is made, never by `import sketchkit`.
@@ -21,42 +21,19 @@ import contextlib
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from sketchkit import generation
+from sketchkit import wire
 from sketchkit.errors import SketchkitError
-from sketchkit.graphs import DECODER_INIT, DECODER_STEP, ENCODER, Graph, Tensor, graphs_for
+from sketchkit.graphs import DECODER_INIT, DECODER_STEP, ENCODER, Graph, graphs_for
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import safe_name
+from sketchkit.wire import INFO_PARAMETER, ROWS, STATEFUL_STEP, WIRE_DTYPES, stateful_graph, triton_name
 
-INFO_PARAMETER = "sketchkit_model_info"  # config parameter of <model>_decoder_step holding model.json
-STATEFUL_STEP = "decoder_step_stateful"
-STATE_IN = next(t.name for t in DECODER_STEP.inputs if t.dims[-1] == "S")  # "state"
-STATE_OUT = next(t.name for t in DECODER_STEP.outputs if t.dims[-1] == "S")  # "next_state"
-CONTROL_START = "START"
-ROWS = Tensor("rows", "int64", ("B",))
-_WIRE = {"float32": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL", "bytes": "BYTES"}
 MODES = ("generate", "step")
-
-
-def triton_name(model: str, graph: str) -> str:
-    """The Triton model serving one graph of a sketchkit model."""
-    return f"{model}_{graph}"
-
-
-def stateful_graph(kind: str) -> Graph:
-    """The stateful step's tensors on the wire: the step's inputs without the state, plus `rows`
-    (which rows of the previous step go on); outputs without the next state."""
-    step = graphs_for(kind)[-1]
-    return Graph(
-        STATEFUL_STEP,
-        inputs=tuple(t for t in step.inputs if t.name != STATE_IN) + (ROWS,),
-        outputs=tuple(t for t in step.outputs if t.name != STATE_OUT),
-    )
 
 
 class TritonError(SketchkitError):
@@ -77,7 +54,7 @@ def _first_line(text: str) -> str:
 
 
 class TritonRuntime:
-    """`sketchkit.runtime.Runtime` over tritonclient; safe to share between threads.
+    """`sketchkit.runtimes.base.Runtime` over tritonclient; safe to share between threads.
 
     url: grpc://host:8001 or http://host:8000. model: the served model name (Triton serves
     `<model>_<graph>`; a zoo name such as `magenta/owl.gen` is served as `magenta-owl.gen`).
@@ -122,27 +99,8 @@ class TritonRuntime:
         if stateful:
             self._config(triton_name(self.model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
         self._generator: TritonGenerator | None = None
-        if self.mode == "generate" and self._serves(triton_name(self.model, generation.GENERATE)):
+        if self.mode == "generate" and self._serves(triton_name(self.model, wire.GENERATE)):
             self._generator = TritonGenerator(self)
-
-    @classmethod
-    def from_url(cls, url: str, model: str | os.PathLike[str], **kwargs: Any) -> TritonRuntime:
-        """For `--server URL`: `model` is a served model name, or a local model directory (its
-        model.json names the model). `?step=1` on the URL selects the step loop in this process
-        (stateless steps), `?stateful=1` the step loop with server-held state."""
-        parts = urlsplit(url if "://" in url else f"grpc://{url}")
-        if parts.query:
-            if parts.query in ("stateful", "stateful=1", "stateful=true"):
-                kwargs.setdefault("stateful", True)
-            elif parts.query in ("step", "step=1", "step=true"):
-                kwargs.setdefault("mode", "step")
-            else:
-                raise TritonError(f"unknown Triton URL option {parts.query!r} (only ?step=1 or ?stateful=1)")
-            url = url.split("?", 1)[0]
-        path = Path(model)
-        if (path / "model.json").is_file():  # the server's model.json is the one that counts
-            model = ModelInfo.load(path).name
-        return cls(url, str(model), **kwargs)
 
     def __repr__(self) -> str:
         return f"TritonRuntime({self.url!r}, {self.model!r}, mode={self.mode!r}{', stateful=True' if self.stateful else ''})"
@@ -154,7 +112,7 @@ class TritonRuntime:
     # -- the Runtime protocol -------------------------------------------------------------------
 
     def encode(self, strokes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.info.conditional:
+        if not self.info.dims.vae:
             raise TritonError(f"{self.model} is a decoder-only model: it has no encoder")
         mu, presig = self._run(ENCODER, {"strokes": strokes, "lengths": lengths})
         return mu, presig
@@ -162,8 +120,8 @@ class TritonRuntime:
     def init_state(self, z: np.ndarray | None, batch: int) -> np.ndarray:
         if self.stateful:
             return self._new_sequence(batch)
-        if not self.info.conditional:
-            return np.zeros((batch, self.info.state_size), dtype=np.float32)  # paper §3.3
+        if not self.info.dims.vae:
+            return np.zeros((batch, self.info.dims.state_size), dtype=np.float32)  # paper §3.3
         if z is None:
             raise TritonError(f"{self.model} is a vae model: its initial state needs z")
         (state,) = self._run(DECODER_INIT, {"z": z})
@@ -172,11 +130,11 @@ class TritonRuntime:
     def step(
         self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.info.conditional and z is None:
+        if self.info.dims.vae and z is None:
             raise TritonError(f"{self.model} is a vae model: its decoder step needs z")
         if self.stateful:
             return self._stateful_step(prev, z, state)
-        graph = graphs_for(self.info.kind)[-1]
+        graph = graphs_for(self.info.dims.kind)[-1]
         params, next_state = self._run(graph, {"prev": prev, "z": z, "state": state})
         return params, next_state
 
@@ -228,7 +186,7 @@ class TritonRuntime:
         start = bool((rows < 0).all())
         feeds = {"prev": prev, "z": z, ROWS.name: np.zeros_like(rows) if start else rows}
         (params,) = self._infer(
-            triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.kind), feeds, batched=False,
+            triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.dims.kind), feeds, batched=False,
             sequence=(seq, start, False),
         )  # fmt: skip
         return params, np.stack([np.full(len(prev), seq), np.arange(len(prev))], axis=1).astype(np.int64)
@@ -237,11 +195,11 @@ class TritonRuntime:
         """END a sequence (a one-row step whose result is dropped): the server frees its state."""
         feeds: dict[str, np.ndarray | None] = {
             "prev": np.zeros((1, 5), np.float32),
-            "z": np.zeros((1, self.info.z_size), np.float32),
+            "z": np.zeros((1, self.info.dims.z_size), np.float32),
             ROWS.name: np.zeros(1, np.int64),
         }
         with contextlib.suppress(TritonError):  # expired or server gone: nothing left to free
-            self._infer(triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.kind), feeds,
+            self._infer(triton_name(self.model, STATEFUL_STEP), stateful_graph(self.info.dims.kind), feeds,
                         batched=False, sequence=(seq, False, True))  # fmt: skip
 
     # -- requests -------------------------------------------------------------------------------
@@ -386,8 +344,8 @@ class TritonRuntime:
             import tritonclient.http as tc
         inputs = []
         for key, array in arrays.items():
-            wire = "BYTES" if array.dtype == object else _WIRE[array.dtype.name]
-            inp = tc.InferInput(key, list(array.shape), wire)
+            dtype = "BYTES" if array.dtype == object else WIRE_DTYPES[array.dtype.name]
+            inp = tc.InferInput(key, list(array.shape), dtype)
             inp.set_data_from_numpy(array)
             inputs.append(inp)
         requested = [tc.InferRequestedOutput(n) for n in outputs]
@@ -407,7 +365,7 @@ class TritonGenerator:
 
     def __init__(self, runtime: TritonRuntime) -> None:
         self.runtime = runtime
-        self.name = triton_name(runtime.model, generation.GENERATE)
+        self.name = triton_name(runtime.model, wire.GENERATE)
 
     def generate(self, n: int, z: np.ndarray | None, options: Any) -> list[np.ndarray]:
         """n sketches (`options` is a `SamplingOptions`); z [n, Nz] decodes given latents."""
@@ -436,4 +394,4 @@ class TritonGenerator:
 
     def _run(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         strokes, lengths = self.runtime.infer(self.name, arrays, ["strokes", "lengths"])
-        return generation.unpack(strokes, lengths)
+        return wire.unpack(strokes, lengths)
