@@ -93,6 +93,26 @@ def concurrent(generate_one, clients: int, per_client: int) -> dict[str, float]:
                 p99=float(np.percentile(ms, 99)), errors=len(errors), first_error=errors[0] if errors else "")  # fmt: skip
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants (tritonserver and the
+    Python backend's stub), from /proc; 0 where /proc is missing."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
 def engine_stats(server: TritonServer) -> tuple[int, int]:
     """(evaluations, rows stepped) so far: the generate model logs them whenever it runs dry."""
     time.sleep(0.3)  # the line is written just after the last answer
@@ -110,6 +130,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--per-client", type=int, default=50)
     ap.add_argument("--baseline-per-client", type=int, default=10, help="requests per in-process thread")
+    ap.add_argument("--engines", type=int, default=RepoOptions.engines, help="owl_generate's engines (threads)")
+    ap.add_argument("--intra-op-threads", type=int, default=RepoOptions.intra_op_threads,
+                    help="owl_generate's onnxruntime intra-op threads")  # fmt: skip
     ap.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
     args = ap.parse_args()
 
@@ -121,7 +144,8 @@ def main() -> None:
         import_magenta(args.magenta, model_dir, name="owl")
         local = Sampler(OnnxRuntime(model_dir))
         info = local.info
-        build_repo([model_dir], Path(tmp) / "repo", RepoOptions(flavor="cpu", stateful=False))
+        options = RepoOptions(flavor="cpu", stateful=False, engines=args.engines, intra_op_threads=args.intra_op_threads)
+        build_repo([model_dir], Path(tmp) / "repo", options)
         loads = [os.getloadavg()[0]]
         with TritonServer(Path(tmp) / "repo", free_port(), free_port(), log_path=Path(tmp) / "server.log") as server:
             client = Client(server.grpc_url)
@@ -145,7 +169,11 @@ def main() -> None:
             for clients in args.clients:
                 before = engine_stats(server)
                 name = f"`owl_generate`, {clients} clients"
+                server_cpu, client_cpu = tree_cpu_s(server.process.pid), time.process_time()  # type: ignore[union-attr]
                 conc[name] = concurrent(lambda seed: client.generate("owl", n=1, tau=args.tau, seed=seed), clients, args.per_client)
+                made = max(args.per_client * clients - conc[name]["errors"], 1)
+                conc[name]["server_cpu_ms"] = 1e3 * (tree_cpu_s(server.process.pid) - server_cpu) / made  # type: ignore[union-attr]
+                conc[name]["client_cpu_ms"] = 1e3 * (time.process_time() - client_cpu) / made
                 (e0, r0), (e1, r1) = before, engine_stats(server)
                 conc[name]["per_eval"] = (r1 - r0) / max(e1 - e0, 1)
                 print(f"concurrent {name}: {conc[name]}", file=sys.stderr)
@@ -161,9 +189,10 @@ def main() -> None:
 
     def conc_row(name: str, c: dict) -> str:
         per_eval = f"{c['per_eval']:.1f}" if "per_eval" in c else "-"
+        cpu = f"{c['server_cpu_ms']:.1f} + {c['client_cpu_ms']:.1f} ms" if "server_cpu_ms" in c else "-"
         requests = args.baseline_per_client if "in process" in name else args.per_client
         return (f"| {name} x {requests} | {c['rate']:.1f} | {c['p50']:.0f} ms | {c['p99']:.0f} ms | {c['errors']} "
-                f"| {c['wall']:.1f} s | {per_eval} |")  # fmt: skip
+                f"| {c['wall']:.1f} s | {per_eval} | {cpu} |")  # fmt: skip
 
     conc_rows = "\n".join(conc_row(name, c) for name, c in conc.items())
     from importlib.metadata import version
@@ -177,7 +206,8 @@ def main() -> None:
 Model `{args.magenta.name}` (Magenta decoder-only LSTM, H = {info.dims.dec_size}, M = {info.dims.num_mixture}, N_max = {info.max_seq_len}),
 imported to ONNX. Server: the tritonserver 2.51 binary of nvidia-pytriton on 127.0.0.1, cpu-flavor
 repository (`sketchkit serve build-repo --flavor cpu`): `owl_generate` runs `sketchkit.engine` in the
-Python backend (onnxruntime, 2 intra-op threads, continuous batching across requests). Clients in
+Python backend (onnxruntime, {args.intra_op_threads} intra-op threads, {args.engines} engine(s), continuous batching
+across requests). Clients in
 the same process, one gRPC channel per thread (`sketchkit.Client`). Machine: {cpu}, {os.cpu_count()} CPUs
 **shared** by server, clients and other work (1-min load average {", ".join(f"{x:.1f}" for x in loads)} at
 start / after the one-request runs / at the end); onnxruntime {version("onnxruntime")},
@@ -192,13 +222,15 @@ with the in-process sketches of the same seed):
 
 Concurrent clients, one sketch per request (tau {args.tau}, a different seed per request):
 
-| clients x requests each | sketches/s | p50 latency | p99 latency | errors | wall | sketches per graph evaluation |
-|---|---|---|---|---|---|---|
+| clients x requests each | sketches/s | p50 latency | p99 latency | errors | wall | sketches per graph evaluation | CPU per sketch, server + clients |
+|---|---|---|---|---|---|---|---|
 {conc_rows}
 
 - Targets (issue 9): one request <= 1.3x in process; 16 clients >= 150 sketches/s, p99 <= 1 s, 0 errors.
 - "sketches per graph evaluation": the engine's rows stepped / decoder evaluations over that run
   (its statistics line in the server log), i.e. how many clients' sketches shared each step.
+- "CPU per sketch": CPU time of tritonserver with its Python stub (the engine runs there), and of
+  this process (the client threads), over the sketches made: what each sketch costs the machine.
 - In process, 16 threads share one onnxruntime runtime and each call runs its own loop (no
   batching across threads): the old way a service would have used the library.
 """

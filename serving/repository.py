@@ -79,6 +79,8 @@ class RepoOptions:
     max_sketches_in_flight: int = 4096  # generate: queued + running sketches; beyond, "busy" errors
     max_rows_per_step: int = 1024  # generate: rows of one graph evaluation; the rest wait their turn
     max_len: int = 1000  # generate: a request's max_len (and prefix length) above this is an error
+    engines: int = 1  # generate: engines stepped by their own threads (a request goes to the least loaded)
+    intra_op_threads: int = 2  # generate: onnxruntime intra-op threads (each engine's evaluations)
     max_sequence_rows: int = 4096  # stateful, cpu: rows one sequence may hold
     max_state_bytes: int = 1 << 30  # stateful, cpu: state all sequences together may hold
 
@@ -99,10 +101,11 @@ class RepoOptions:
             or self.queue_delay_us < 0
             or self.sequence_idle_s <= 0
             or min(self.max_sketches_per_request, self.max_sketches_in_flight, self.max_rows_per_step, self.max_len) < 1
+            or min(self.engines, self.intra_op_threads) < 1
             or self.max_sequence_rows < 1
             or self.max_state_bytes < 1
         ):
-            raise SketchkitError("max batch size, instances and the stateful caps must be >= 1, delays >= 0")
+            raise SketchkitError("max batch size, instances, engines, threads and the caps must be >= 1, delays >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,9 +236,9 @@ def generate_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_conf
         _io(cfg.output.add(), t, sizes, batched=False)
     kind = pb.ModelInstanceGroup.KIND_GPU if opts.flavor == "gpu" else pb.ModelInstanceGroup.KIND_CPU
     cfg.instance_group.add(count=1, kind=kind)  # one engine per model: it batches every request
-    for key in ("max_sketches_per_request", "max_sketches_in_flight", "max_rows_per_step", "max_len"):
+    for key in ("max_sketches_per_request", "max_sketches_in_flight", "max_rows_per_step", "max_len", "engines",
+                "intra_op_threads"):  # fmt: skip
         cfg.parameters[key].string_value = str(getattr(opts, key))
-    cfg.parameters["intra_op_threads"].string_value = "2"
     return cfg
 
 

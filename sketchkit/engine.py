@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.mixture import Draws, draw_points, temperature
+from sketchkit.mixture import _draw, draw_points, temperature
 from sketchkit.runtimes.base import Runtime
 
 _ONE_HOT = np.eye(3, dtype=np.float32)
+_STROKE3 = np.array([0, 1, 3])  # stroke-5 (dx, dy, p1, p2, p3) -> stroke-3 (dx, dy, p2: the pen lifts)
 
 
 class EngineBusy(SketchkitError):
@@ -166,7 +167,10 @@ class Engine:
         }
         if self.info.dims.vae:
             self._rows["z"] = np.zeros((0, self.info.dims.z_size), np.float32)
-        self._samplers: list[tuple[np.random.Generator, int, int]] = []  # (rng, first, end) in the buffer
+        # per sampling request: its generator's two methods and its block of the step's buffers
+        self._samplers: list[tuple[Callable[..., object], Callable[..., object], np.ndarray, np.ndarray]] = []
+        self._exponential = np.zeros((0, 3 + self.info.dims.num_mixture))  # the step's Exp(1) numbers
+        self._normal = np.zeros((0, 2))  # and its N(0, 1) pairs
         self._any_greedy = False
         self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
         self._length = np.zeros(0, np.intp)  # slot -> final length (max_len until p3)
@@ -199,7 +203,7 @@ class Engine:
                     request.error = Cancelled("cancelled")
         if len(self._rows["prev"]) and any(r.error is None for r in running):
             self._advance(running)
-        finished = [r for r in running if r.done]
+        finished = [r for r in running if r.error is not None or r.live == 0 or r.t >= r.max_len]  # r.done, inlined
         if finished:
             self._retire(running)
             self._layout()
@@ -258,11 +262,19 @@ class Engine:
 
     def _layout(self) -> None:
         """Where each sampling request's block of random numbers goes in a step's buffer (its
-        full n rows, as if alone), and where each live row finds its own."""
+        full n rows, as if alone), and where each live row finds its own. The buffers are made
+        here, once per change of the running set, with each request's views into them."""
         running = self.scheduler.running
         n = np.array([0 if r.greedy else r.n for r in running], np.intp)
         start = np.cumsum(n) - n
-        self._samplers = [(r.rng, a, a + k) for r, a, k in zip(running, start.tolist(), n.tolist(), strict=True) if k]  # type: ignore[misc]
+        size = int(n.sum())
+        self._exponential = np.empty((size, 3 + self.info.dims.num_mixture))
+        self._normal = np.empty((size, 2))
+        # Draws.fill's order, the generator's methods bound once: Exp(1) [n, 3 + M], then N(0, 1) [n, 2]
+        self._samplers = [
+            (r.rng.standard_exponential, r.rng.standard_normal, self._exponential[a : a + k], self._normal[a : a + k])  # type: ignore[union-attr]
+            for r, a, k in zip(running, start.tolist(), n.tolist(), strict=True) if k
+        ]  # fmt: skip
         self._rows["draw"] = start[self._rows["owner"]] + self._rows["row"]
         self._any_greedy = any(r.greedy for r in running)
 
@@ -298,22 +310,23 @@ class Engine:
                 )
             params = np.where(bad[:, None], 0, params)
         if not self._any_greedy:
-            pen, offset = draw_points(params, rows["div"][:, None], rows["sig"][:, None], self._draws(rows["draw"]))
+            gumbel, normal = self._draws(None)
+            pen, offset = _draw(params, self.info.dims.num_mixture, rows["div"][:, None], rows["sig"][:, None], gumbel, normal)
         else:
             pen, offset = np.zeros(len(params), np.intp), np.zeros((len(params), 2))
             sampled = ~rows["greedy"]
             if sampled.any():
-                pen[sampled], offset[sampled] = draw_points(
-                    params[sampled], rows["div"][sampled, None], rows["sig"][sampled, None],
-                    self._draws(rows["draw"][sampled]),
+                gumbel, normal = self._draws(sampled)
+                pen[sampled], offset[sampled] = _draw(
+                    params[sampled], self.info.dims.num_mixture, rows["div"][sampled, None], rows["sig"][sampled, None],
+                    gumbel, normal,
                 )  # fmt: skip
             pen[~sampled], offset[~sampled] = draw_points(params[~sampled], 1.0, 1.0, None)
         slot, t = rows["slot"], rows["t"]
-        self._store[slot, t, :2] = offset
-        self._store[slot, t, 2] = pen == 1
         prev = np.empty((len(params), 5), np.float32)
         prev[:, :2] = offset
         prev[:, 2:] = _ONE_HOT[pen]
+        self._store[slot, t] = prev[:, _STROKE3]
         rows["prev"], rows["state"] = prev, next_state
         rows["t"] = t + 1
         for r in running:
@@ -326,58 +339,91 @@ class Engine:
             for r, k in zip(running, live.tolist(), strict=True):
                 r.live = k
 
-    def _draws(self, draw: np.ndarray) -> Draws:
-        """Each sampling request fills its block of the step's random numbers from its own
-        generator; `draw` picks the live rows' rows."""
-        size = self._samplers[-1][2] if self._samplers else 0
-        exponential = np.empty((size, 3 + self.info.dims.num_mixture))
-        normal = np.empty((size, 2))
-        for rng, a, b in self._samplers:
-            Draws.fill(rng, exponential[a:b], normal[a:b])
-        if len(draw) == size:  # every row of every sampling request is live: the buffer as it is
-            return Draws(-np.log(exponential), normal)
-        return Draws(-np.log(exponential[draw]), normal[draw])
+    def _draws(self, sampled: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(Gumbel noise [B, 3 + M], N(0, 1) [B, 2]) of the live sampled rows (`sampled`: a mask
+        over the live rows; None: all of them): each sampling request fills its block of the
+        step's buffer from its own generator, then the live rows' rows are picked."""
+        for exponential, normal, e, x in self._samplers:
+            exponential(out=e)
+            normal(out=x)
+        if sampled is None and len(self._rows["draw"]) == len(self._normal):  # all live: the buffer as it is
+            gumbel, normal_rows = self._exponential.copy(), self._normal
+        else:
+            draw = self._rows["draw"] if sampled is None else self._rows["draw"][sampled]
+            gumbel, normal_rows = self._exponential[draw], self._normal[draw]
+        np.log(gumbel, out=gumbel)
+        np.negative(gumbel, out=gumbel)  # Gumbel(0, 1) = -log Exp(1)
+        return gumbel, normal_rows
 
 
 class BackgroundEngine:
-    """An `Engine` stepped by its own thread while requests are in flight (the Triton generate
+    """Engines stepped by their own threads while requests are in flight (the Triton generate
     model): `submit` queues a request and returns at once; `request.on_done` fires when it is
-    finished, from the engine's thread."""
+    finished, from the stepping thread.
 
-    def __init__(self, engine: Engine, on_idle: Callable[[Engine], None] | None = None) -> None:
-        self.engine = engine
-        self.on_idle = on_idle  # called when the last request in flight is done (statistics)
-        self._wake = threading.Condition()
+    One engine by default. Given several (each with its own scheduler, over one runtime), each
+    runs in its own thread and a request goes to the one with the fewest sketches in flight:
+    a request lives in one engine, so its sketches stay what they are alone, and the engines'
+    graph evaluations run at once (onnxruntime releases the GIL). That is how free cores get
+    used (onnxruntime's intra-op threads speed a batch-16 LSTM 512 step up only ~1.2x), at the
+    price of smaller batches: on 2 shared cores two engines cost more CPU per sketch than they
+    gained (benchmarks/RESULTS.md, "Issue 9: the throughput ceiling")."""
+
+    def __init__(self, engine: Engine | list[Engine], on_idle: Callable[[BackgroundEngine], None] | None = None) -> None:
+        self.engines = [engine] if isinstance(engine, Engine) else list(engine)
+        self.engine = self.engines[0]
+        self.on_idle = on_idle  # called when an engine runs out of requests (statistics)
+        self._wake = [threading.Condition() for _ in self.engines]
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="sketchkit-engine", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(k,), name=f"sketchkit-engine-{k}", daemon=True)
+            for k in range(len(self.engines))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def evaluations(self) -> int:
+        """Graph evaluations so far, all engines together."""
+        return sum(e.evaluations for e in self.engines)
+
+    @property
+    def rows_stepped(self) -> int:
+        return sum(e.rows_stepped for e in self.engines)
 
     def submit(self, request: Request) -> None:
-        self.engine.add(request)  # EngineBusy when full
-        with self._wake:
-            self._wake.notify()
+        k = 0
+        if len(self.engines) > 1:
+            load = [e.scheduler.rows_in_flight() for e in self.engines]
+            k = load.index(min(load))
+        self.engines[k].add(request)  # EngineBusy when full
+        with self._wake[k]:
+            self._wake[k].notify()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        with self._wake:
-            self._stopped = True
-            self._wake.notify()
-        self._thread.join(timeout_s)
+        self._stopped = True
+        for wake in self._wake:
+            with wake:
+                wake.notify()
+        for thread in self._threads:
+            thread.join(timeout_s)
 
-    def _loop(self) -> None:
+    def _loop(self, k: int) -> None:
+        engine, wake = self.engines[k], self._wake[k]
         while True:
-            with self._wake:
-                if not self.engine.scheduler.has_work() and self.on_idle is not None and self.engine.evaluations:
-                    self.on_idle(self.engine)
-                while not self._stopped and not self.engine.scheduler.has_work():
-                    self._wake.wait()
+            with wake:
+                if not engine.scheduler.has_work() and self.on_idle is not None and engine.evaluations:
+                    self.on_idle(self)
+                while not self._stopped and not engine.scheduler.has_work():
+                    wake.wait()
                 if self._stopped:
                     return
             try:
-                self.engine.step()
+                engine.step()
             except Exception as e:  # never let the thread die with requests in flight
-                for r in list(self.engine.scheduler.running):
+                for r in list(engine.scheduler.running):
                     if r.error is None:
                         r.error = SketchkitError(f"engine failure: {type(e).__name__}: {e}".splitlines()[0])
                     if r.on_done is not None:
                         r.on_done(r)
-                self.engine.scheduler.running = []
+                engine.scheduler.running = []

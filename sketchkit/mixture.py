@@ -121,15 +121,35 @@ def draw_points(
     same draw as from `mixture(params, tau, rule)` for a fraction of the work. Greedy: argmax of
     q and of Pi, offset = that component's mean.
     """
-    pen_logits, c = _split(params)
-    rows = np.arange(len(c))
+    m = (params.shape[1] - 3) // 6
     if draws is None:
-        return pen_logits.argmax(axis=1), c[rows, 1:3, c[:, 0].argmax(axis=1)]
-    pen = (pen_logits / div + draws.gumbel[:, :3]).argmax(axis=1)
-    j = (c[:, 0] / div + draws.gumbel[:, 3:]).argmax(axis=1)
-    chosen = c[rows, :, j]  # [B, 6]: Pi-hat, mu_x, mu_y, sigma-hat_x, sigma-hat_y, rho-hat of component j
-    rho = np.tanh(chosen[:, 5])
-    e1, e2 = draws.normal.T
+        pen_logits, c = _split(params)
+        return pen_logits.argmax(axis=1), c[np.arange(len(c)), 1:3, c[:, 0].argmax(axis=1)]
+    return _draw(params, m, div, sig, draws.gumbel, draws.normal)
+
+
+_COMPONENT = np.arange(1, 6)  # mu_x, mu_y, sigma-hat_x, sigma-hat_y, rho-hat: rows 1..5 of the six
+
+
+def _draw(
+    params: np.ndarray, m: int, div: float | np.ndarray, sig: float | np.ndarray, gumbel: np.ndarray, normal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The draw of `draw_points` in as few array operations as it takes (the engine calls it
+    every step for every live row): the same float64 arithmetic, so the same bits. The pen and
+    Pi logits are adjacent in `params` ([B, 3 + M]): one division, one addition, two argmaxes."""
+    logits = params[:, : 3 + m].astype(np.float64)
+    logits /= div
+    logits += gumbel
+    pen = logits[:, :3].argmax(axis=1)
+    j = logits[:, 3:].argmax(axis=1)
+    # component j's mu_x, mu_y, sigma-hat_x, sigma-hat_y, rho-hat: columns 3 + k M + j, k = 1..5
+    chosen = params[np.arange(len(params))[:, None], (3 + j)[:, None] + m * _COMPONENT].astype(np.float64)
+    rho = np.tanh(chosen[:, 4])
     # bivariate normal with correlation rho: y takes rho of x's noise and sqrt(1 - rho^2) of its own
-    noise = np.stack([e1, rho * e1 + np.sqrt(1.0 - rho * rho) * e2], axis=1)
-    return pen, chosen[:, 1:3] + np.exp(chosen[:, 3:5]) * sig * noise
+    noise = normal.copy()
+    noise[:, 1] = rho * normal[:, 0] + np.sqrt(1.0 - rho * rho) * normal[:, 1]
+    offset = np.exp(chosen[:, 2:4])
+    offset *= sig
+    offset *= noise
+    offset += chosen[:, :2]
+    return pen, offset

@@ -168,3 +168,34 @@ def test_background_engine_answers_each_request_when_it_finishes(sheep):
         background.stop()
     for i, (n, o) in enumerate(ASKS):
         assert same(done[i], sheep.generate(n, options=o))
+
+
+def test_several_background_engines_each_answer_as_alone(sheep):
+    """Engines stepped by their own threads over one runtime: requests spread over them (the
+    least loaded first), each request's sketches exactly its own run's."""
+    engines = [Engine(sheep.runtime) for _ in range(2)]
+    background = BackgroundEngine(engines)
+    done: dict[int, list[np.ndarray]] = {}
+    all_done = threading.Event()
+    asks = ASKS * 2
+
+    def record(i):
+        def on_done(request):
+            done[i] = request.sketches()
+            if len(done) == len(asks):
+                all_done.set()
+
+        return on_done
+
+    try:
+        for i, (n, o) in enumerate(asks):
+            request = sheep.generation(n, options=o)
+            request.on_done = record(i)
+            background.submit(request)
+        assert all_done.wait(60)
+    finally:
+        background.stop()
+    assert all(e.evaluations > 0 for e in engines)  # both engines stepped
+    assert background.evaluations == sum(e.evaluations for e in engines)
+    for i, (n, o) in enumerate(asks):
+        assert same(done[i], sheep.generate(n, options=o))

@@ -113,6 +113,28 @@ def test_generate_config(repo, tiny_vae, tiny_uncond):
         assert cfg.parameters["max_sketches_per_request"].string_value == "256"
 
 
+def test_generate_engines_and_threads_are_config_parameters(tmp_path, tiny_uncond):
+    """`build-repo --engines K --intra-op-threads T` reach the generate model's config (model.py
+    reads them); 0 is one clear error."""
+    result = CliRunner().invoke(
+        cli, ["serve", "build-repo", str(tiny_uncond), "--out", str(tmp_path / "r"), "--engines", "3",
+              "--intra-op-threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cfg = read_config(tmp_path / "r" / "tiny-decoder-only_generate" / "config.pbtxt")
+    assert cfg.parameters["engines"].string_value == "3"
+    assert cfg.parameters["intra_op_threads"].string_value == "1"
+    default = read_config(build_repo_generate_config(tmp_path / "d", tiny_uncond))
+    assert (default.parameters["engines"].string_value, default.parameters["intra_op_threads"].string_value) == ("1", "2")
+    with pytest.raises(SketchkitError, match="engines, threads and the caps must be >= 1"):
+        RepoOptions(engines=0)
+
+
+def build_repo_generate_config(out: Path, model_dir: Path) -> Path:
+    build_repo([model_dir], out, RepoOptions(stateful=False))
+    return out / f"{ModelInfo.load(model_dir).name}_generate" / "config.pbtxt"
+
+
 def test_triton_names_are_the_typed_names_made_safe(tmp_path, tiny_uncond):
     """A model is served under the name it was asked for, with '/' made '-' (Triton refuses a
     nested name); `names` renames; a name Triton would refuse is one clear error."""

@@ -71,6 +71,10 @@ def serve() -> None:
     show_default=True,
     help="Generate: queued + running sketches before requests get a 'busy' error.",
 )
+@click.option("--engines", type=int, default=1, show_default=True,
+              help="Generate: engines, each stepped by its own thread (more cores: try one per 1-2 cores).")
+@click.option("--intra-op-threads", type=int, default=2, show_default=True,
+              help="Generate: onnxruntime intra-op threads of each graph evaluation.")
 @click.option(
     "--name",
     "names",
@@ -87,7 +91,7 @@ def serve() -> None:
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
                generate: bool, max_sketches_per_request: int, max_sketches_in_flight: int,
-               max_sequence_rows: int, max_state_mb: int,
+               max_sequence_rows: int, max_state_mb: int, engines: int, intra_op_threads: int,
                names: tuple[str, ...], force: bool) -> None:  # fmt: skip
     """Write a Triton model repository for MODELS (model directories or zoo names): per model
     <name>_generate (one request in, finished sketches out) and one Triton model per graph,
@@ -104,7 +108,7 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
         flavor=flavor, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, instances=instances,
         accelerator=accelerator, cuda_graphs=cuda_graphs, stateful=stateful, sequence_idle_s=sequence_idle_s,
         generate=generate, max_sketches_per_request=max_sketches_per_request,
-        max_sketches_in_flight=max_sketches_in_flight,
+        max_sketches_in_flight=max_sketches_in_flight, engines=engines, intra_op_threads=intra_op_threads,
         max_sequence_rows=max_sequence_rows, max_state_bytes=max_state_mb << 20,
     )  # fmt: skip
     if names and len(names) != len(models):

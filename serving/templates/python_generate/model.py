@@ -13,6 +13,8 @@ stays callable with v2 `infer` (HTTP and gRPC) and with the HTTP `generate` exte
 """
 
 import json
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +44,20 @@ class TritonPythonModel:
         self.info = runtime.info
         self.names = [t.name for t in inputs_for(self.info)]
         self.limits = Limits(max_n=int(p["max_sketches_per_request"]), max_len=int(p["max_len"]))
-        scheduler = Scheduler(max_rows=int(p["max_rows_per_step"]), max_pending_rows=int(p["max_sketches_in_flight"]))
-        engine = Engine(runtime, scheduler, cancel_check_s=float(p.get("cancel_check_s", "0.2")))
-        self.engine = BackgroundEngine(engine, on_idle=self.log_statistics)
+        # several engines (config "engines"), each stepped by its own thread, share the in-flight cap
+        k = int(p.get("engines", "1"))
+        in_flight = -(-int(p["max_sketches_in_flight"]) // k)
+        engines = [
+            Engine(runtime, Scheduler(max_rows=int(p["max_rows_per_step"]), max_pending_rows=in_flight),
+                   cancel_check_s=float(p.get("cancel_check_s", "0.2")))
+            for _ in range(k)
+        ]  # fmt: skip
+        self.engine = BackgroundEngine(engines, on_idle=self.log_statistics)
+        # answers are packed and sent by a thread of their own: the engine's thread, the one that
+        # every step waits for, only hands finished requests over
+        self._answers = queue.SimpleQueue()
+        self._responder = threading.Thread(target=self._respond_loop, name="sketchkit-responder", daemon=True)
+        self._responder.start()
 
     def execute(self, requests):
         for request in requests:
@@ -73,8 +86,12 @@ class TritonPythonModel:
             job = self.sampler.generation(r.n, r.z, options)
         z = None if job.z is None else job.z.copy()  # the engine drops rows of job.z as they finish
         job.is_cancelled = request.is_cancelled
-        job.on_done = lambda done: self.respond(sender, done, z, r.prefix)
+        job.on_done = lambda done: self._answers.put((sender, done, z, r.prefix))
         self.engine.submit(job)  # EngineBusy (one line) when too many sketches are in flight
+
+    def _respond_loop(self):
+        while (answer := self._answers.get()) is not None:
+            self.respond(*answer)
 
     def respond(self, sender, job, z, prefix):
         if isinstance(job.error, Cancelled):
@@ -94,7 +111,8 @@ class TritonPythonModel:
         sender.send(response, flags=FINAL)
 
     def log_statistics(self, engine):
-        """One line in the server log each time the engine runs dry (benchmarks read it)."""
+        """One line in the server log each time an engine runs dry, the totals of all engines
+        (benchmarks read it)."""
         pb_utils.Logger.log_info(
             f"sketchkit engine: {engine.evaluations} evaluations, {engine.rows_stepped} rows stepped, "
             f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation"
@@ -102,3 +120,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.stop()
+        self._answers.put(None)
+        self._responder.join(10)
