@@ -274,12 +274,11 @@ class HyperLSTMCell(Cell):
     State (B, 2H + 2Hh) = [h | c | h_hyper | c_hyper].
     """
 
-    # Its decoder loop is never CUDA-graph captured (the encoder's loops are): captured under autograd,
-    # the step-by-step loop keeps every step's weight gradients (w_hh alone is 64 MiB) and activations
-    # in the graph's memory pool, and at the paper's sizes (H 2048, T 250) the capture exhausted an
-    # H200's 140 GiB (benchmarks/RESULTS.md, issue 11). The way out is the LN-LSTM's: a fused loop with a
-    # hand-written backward that sums the weight gradients once (zoo.fused); not written yet.
-    graph_capture = False
+    # Only the fused loop (zoo.fused.hyper_sequence) is ever CUDA-graph captured, never the step loop:
+    # captured under autograd, the step loop keeps every step's weight gradients (w_hh alone is
+    # 64 MiB) in the graph's memory pool, and at the paper's sizes (H 2048, T 250) that exhausted an
+    # H200's 140 GiB (benchmarks/RESULTS.md, issue 11).
+    step_capture = False
 
     def __init__(self, input_size: int, hidden_size: int, hyper_size: int, embed: int, keep: float = 1.0):
         super().__init__()
@@ -320,6 +319,9 @@ class HyperLSTMCell(Cell):
 
     def step_fn(self) -> sequence.Step:
         return hyper_lstm_step
+
+    def fused_fn(self) -> sequence.Fused:
+        return fused.hyper_sequence
 
     def weights(self) -> list[nn.Parameter]:
         return [

@@ -5,7 +5,7 @@ with autograd launches a dozen small kernels per step, forward and backward, plu
 matmul per step: on an H200 the layer-norm LSTM 512 took 8.5x the cuDNN LSTM's train step (issue 11).
 So there are three forms of the same loop:
   1. `loop`: the cell's step function, step by step under autograd. The reference; the HyperLSTM.
-  2. a fused sequence function (zoo.fused, for the LSTM and layer-norm LSTM): one autograd node for
+  2. a fused sequence function (zoo.fused, for all three cells): one autograd node for
      the whole loop with a hand-written backward (one addmm and one pointwise function per step
      each way; the weight gradients as one matmul over all T). Used wherever it exists, CPU included.
   3. with grad enabled on CUDA, that function (else the step) with its pointwise parts compiled by
@@ -108,7 +108,7 @@ class Loop:
     HyperLSTM's `hyper_ih` is such a Parameter (its input columns feed `project`, before the loop):
     as a module parameter its capture failed on an H200 at every size with "operation would make
     the legacy stream depend on a capturing blocking stream" (benchmarks/gpu/hyper_diagnose.py);
-    as an input it got past that (and then ran out of memory: see HyperLSTMCell).
+    as an input it got past that (and the step loop then ran out of memory: see HyperLSTMCell).
     As inputs, the graph returns the weights' gradients and autograd accumulates them outside."""
 
     def __init__(self, step: Step, n_carry: int, fused: Fused | None = None):
@@ -139,7 +139,7 @@ def run(
     or can be made (cached per `owner`, the module whose weights `params` are); else the `fused`
     function when the cell has one, else the step-by-step loop."""
     fused = fused if _fused_enabled else None
-    if not fast_applies(xw) or not getattr(owner, "graph_capture", True):  # see HyperLSTMCell
+    if not fast_applies(xw) or (fused is None and not getattr(owner, "step_capture", True)):
         return uncaptured(step, params, xw, carry, masks, fused)
     B, T = xw.shape[:2]
     H = carry[0].shape[1]
@@ -152,7 +152,11 @@ def run(
     )
     graphs = _graphs.setdefault(owner, {})
     if key not in graphs:
-        graphs[key] = _capture(step, len(carry), args, fused) if len(graphs) < MAX_GRAPHS_PER_MODULE else None
+        graphs[key] = (
+            _capture(step, len(carry), args, fused, getattr(owner, "step_capture", True))
+            if len(graphs) < MAX_GRAPHS_PER_MODULE
+            else None
+        )
     entry = graphs[key]
     if entry is not None:
         try:
@@ -190,10 +194,15 @@ def stats() -> list[dict[str, Any]]:
 
 
 def _capture(
-    step: Step, n_carry: int, args: tuple[torch.Tensor, ...], fused: Fused | None = None
+    step: Step,
+    n_carry: int,
+    args: tuple[torch.Tensor, ...],
+    fused: Fused | None = None,
+    step_capture: bool = True,
 ) -> dict[str, Any] | None:
     """Graph the loop over args = (xw, masks, *carry, *weights): the fused function compiled, then
-    eager, then the compiled step, then the eager step; None: use the un-captured loop."""
+    eager, then (unless the cell forbids it: HyperLSTMCell) the compiled step, then the eager step;
+    None: use the un-captured loop."""
     sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
     tries: list[tuple[str, Loop]] = []
     if fused is not None:
@@ -201,7 +210,8 @@ def _capture(
             ("fused+compiled+graph", Loop(step, n_carry, functools.partial(fused, compile=compiled))),
             ("fused+graph", Loop(step, n_carry, fused)),
         ]
-    tries += [("compiled+graph", Loop(compiled(step), n_carry)), ("graph", Loop(step, n_carry))]
+    if step_capture:
+        tries += [("compiled+graph", Loop(compiled(step), n_carry)), ("graph", Loop(step, n_carry))]
     for mode, fn in tries:
         t0 = time.perf_counter()
         try:
