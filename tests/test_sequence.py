@@ -304,6 +304,42 @@ def test_checkpoint_keys_unchanged() -> None:
     assert sorted(m.state_dict()) == sorted(model("hyper").state_dict())
 
 
+def stand_in_cuda(monkeypatch, capture) -> None:  # type: ignore[no-untyped-def]
+    """The CUDA-only stages stood in for on the CPU: the fast path applies, compile is the
+    identity, `capture(fn, sample, allow_unused_input=...)` replaces make_graphed_callables."""
+    monkeypatch.setattr(sequence, "fast_applies", lambda x: sequence._enabled and torch.is_grad_enabled())
+    monkeypatch.setattr(sequence, "compiled", lambda step: step)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+
+def short_batch(sheep, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """n real sheep as a training batch, N_max = the longest (both paths draw masks of one shape)."""
+    short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:n]
+    factor = strokes.scale_factor(sheep.train)
+    batch, lengths = strokes.to_batch(
+        [strokes.normalize(s, factor) for s in short], max(len(s) for s in short)
+    )
+    return torch.from_numpy(batch), torch.from_numpy(lengths)
+
+
+def fast_and_eager(cell: str, batch: torch.Tensor, lengths: torch.Tensor, seed: int) -> list:
+    """(losses, gradients by name, the model: alive, so zoo.sequence.stats() still lists its
+    captures) of one training pass with the fast path on, then off."""
+    results = []
+    for fast in (True, False):
+        sequence.set_fast(fast)
+        try:
+            m = model(cell).train()
+            torch.manual_seed(seed)
+            out = m(batch, lengths)
+            (out.lr + out.kl).backward()
+        finally:
+            sequence.set_fast(True)
+        results.append((out, {n: p.grad for n, p in m.named_parameters()}, m))
+    return results
+
+
 def decoder_inputs_like(m: SketchRNN) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(2, 5, 5 + SIZES["z_size"]), torch.zeros(2, m.state_size)
 
@@ -415,28 +451,10 @@ def test_the_fast_path_plumbing_with_capture_stood_in(sheep, monkeypatch, caplog
             raise RuntimeError("compile failed (stood in)")
         return module
 
-    monkeypatch.setattr(sequence, "fast_applies", lambda x: sequence._enabled and torch.is_grad_enabled())
-    monkeypatch.setattr(sequence, "compiled", lambda step: step)
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:6]
-    factor = strokes.scale_factor(sheep.train)
-    longest = max(len(s) for s in short)  # N_max = the longest: both paths draw masks of one shape
-    batch, lengths = (torch.from_numpy(a) for a in strokes.to_batch(
-        [strokes.normalize(s, factor) for s in short], longest))  # fmt: skip
-    results, models = [], []
-    for fast in (True, False):
-        sequence.set_fast(fast)
-        try:
-            m = model("layer_norm").train()
-            torch.manual_seed(11)
-            out = m(batch, lengths)
-            (out.lr + out.kl).backward()
-        finally:
-            sequence.set_fast(True)
-        models.append(m)
-        results.append((out, {n: p.grad for n, p in m.named_parameters()}))
-    (fast_out, fast_grads), (eager_out, eager_grads) = results
+    stand_in_cuda(monkeypatch, fake_capture)
+    (fast_out, fast_grads, _m1), (eager_out, eager_grads, _m2) = fast_and_eager(
+        "layer_norm", *short_batch(sheep, 6), seed=11
+    )
     # the encoder's two directions and the decoder: three loops captured (all fused: the LSTM and
     # the layer-norm LSTM have a fused form), the first after a fallback
     modes = [g["mode"] for g in sequence.stats()]
@@ -462,29 +480,12 @@ def test_the_hyper_decoder_captures_only_its_fused_loop(sheep, monkeypatch) -> N
             raise RuntimeError("capture failed (stood in)")
         return fn
 
-    monkeypatch.setattr(sequence, "fast_applies", lambda x: sequence._enabled and torch.is_grad_enabled())
-    monkeypatch.setattr(sequence, "compiled", lambda step: step)
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    short = [s for s in sheep.train if len(s) <= SIZES["max_seq_len"]][:4]
-    factor = strokes.scale_factor(sheep.train)
-    batch, lengths = (torch.from_numpy(a) for a in strokes.to_batch(
-        [strokes.normalize(s, factor) for s in short], max(len(s) for s in short)))  # fmt: skip
-    results = []
-    for fast in (True, False):
-        sequence.set_fast(fast)
-        try:
-            m = model("hyper").train()
-            torch.manual_seed(5)
-            out = m(batch, lengths)
-            (out.lr + out.kl).backward()
-        finally:
-            sequence.set_fast(True)
-        results.append((out, {n: p.grad for n, p in m.named_parameters()}))
+    stand_in_cuda(monkeypatch, fake_capture)
+    results = fast_and_eager("hyper", *short_batch(sheep, 4), seed=5)
     hyper = [fused for name, fused in captured if name == "hyper_lstm_step"]
     assert hyper == [True, True], captured  # fused compiled, fused eager; no step-loop capture
     assert [c for c in captured if c[0] == "lstm_step"] == [("lstm_step", True)] * 2  # the encoder
-    (fast_out, fast_grads), (eager_out, eager_grads) = results
+    (fast_out, fast_grads, _), (eager_out, eager_grads, _) = results
     for k in ("ls", "lp", "kl"):
         torch.testing.assert_close(getattr(fast_out, k), getattr(eager_out, k), atol=1e-6, rtol=0)
     for name, g in eager_grads.items():
