@@ -145,39 +145,11 @@ def test_a_failing_request_takes_nobody_else_down(tiny):
     assert same(good.sketches(), tiny.generate(2, options=SamplingOptions(seed=2)))
 
 
-def test_background_engine_answers_each_request_when_it_finishes(sheep):
-    background = BackgroundEngine(Engine(sheep.runtime))
+def answers_through(background: BackgroundEngine, sampler, asks) -> dict[int, list[np.ndarray]]:  # type: ignore[no-untyped-def]
+    """Submit every (n, options) of `asks` to `background`, each answered through its on_done
+    callback; wait for all of them, stop the engine threads, return the sketches by ask."""
     done: dict[int, list[np.ndarray]] = {}
     all_done = threading.Event()
-
-    def on_done(i):
-        def record(request):
-            done[i] = request.sketches()
-            if len(done) == len(ASKS):
-                all_done.set()
-
-        return record
-
-    try:
-        for i, (n, o) in enumerate(ASKS):
-            request = sheep.generation(n, options=o)
-            request.on_done = on_done(i)
-            background.submit(request)
-        assert all_done.wait(60)
-    finally:
-        background.stop()
-    for i, (n, o) in enumerate(ASKS):
-        assert same(done[i], sheep.generate(n, options=o))
-
-
-def test_several_background_engines_each_answer_as_alone(sheep):
-    """Engines stepped by their own threads over one runtime: requests spread over them (the
-    least loaded first), each request's sketches exactly its own run's."""
-    engines = [Engine(sheep.runtime) for _ in range(2)]
-    background = BackgroundEngine(engines)
-    done: dict[int, list[np.ndarray]] = {}
-    all_done = threading.Event()
-    asks = ASKS * 2
 
     def record(i):
         def on_done(request):
@@ -189,12 +161,28 @@ def test_several_background_engines_each_answer_as_alone(sheep):
 
     try:
         for i, (n, o) in enumerate(asks):
-            request = sheep.generation(n, options=o)
+            request = sampler.generation(n, options=o)
             request.on_done = record(i)
             background.submit(request)
         assert all_done.wait(60)
     finally:
         background.stop()
+    return done
+
+
+def test_background_engine_answers_each_request_when_it_finishes(sheep):
+    done = answers_through(BackgroundEngine(Engine(sheep.runtime)), sheep, ASKS)
+    for i, (n, o) in enumerate(ASKS):
+        assert same(done[i], sheep.generate(n, options=o))
+
+
+def test_several_background_engines_each_answer_as_alone(sheep):
+    """Engines stepped by their own threads over one runtime: requests spread over them (the
+    least loaded first), each request's sketches exactly its own run's."""
+    engines = [Engine(sheep.runtime) for _ in range(2)]
+    background = BackgroundEngine(engines)
+    asks = ASKS * 2
+    done = answers_through(background, sheep, asks)
     assert all(e.evaluations > 0 for e in engines)  # both engines stepped
     assert background.evaluations == sum(e.evaluations for e in engines)
     for i, (n, o) in enumerate(asks):
