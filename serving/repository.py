@@ -61,6 +61,15 @@ _TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", 
           "bytes": "TYPE_STRING"}
 
 
+# generate's caps by flavor. cpu: a step of 1024 rows already takes tens of ms on two cores.
+# gpu: an H200 steps 32768 rows of an LSTM 512 in about a millisecond, with the rows kept on the
+# device (sketchkit.rows), so a step takes every row in flight; twice that may wait (serving/README.md)
+FLAVOR_DEFAULTS = {
+    "cpu": {"max_sketches_per_request": 256, "max_sketches_in_flight": 4096, "max_rows_per_step": 1024},
+    "gpu": {"max_sketches_per_request": 4096, "max_sketches_in_flight": 65536, "max_rows_per_step": 32768},
+}
+
+
 @dataclass(frozen=True)
 class RepoOptions:
     """How the models are served; the defaults suit sketch sampling (small batches, many steps)."""
@@ -75,9 +84,10 @@ class RepoOptions:
     sequence_idle_s: float = 60.0  # a stateful sequence idle this long is dropped (Triton's default: 1 s)
     max_sequences: int = 1024  # stateful sequences in flight per instance before Triton backlogs new ones
     generate: bool = True  # also build <name>_generate
-    max_sketches_per_request: int = 256  # generate: a request's n above this is an error
-    max_sketches_in_flight: int = 4096  # generate: queued + running sketches; beyond, "busy" errors
-    max_rows_per_step: int = 1024  # generate: rows of one graph evaluation; the rest wait their turn
+    # generate's caps: None takes the flavor's default (FLAVOR_DEFAULTS: a GPU step wants big batches)
+    max_sketches_per_request: int | None = None  # a request's n above this is an error
+    max_sketches_in_flight: int | None = None  # queued + running sketches; beyond, "busy" errors
+    max_rows_per_step: int | None = None  # rows of one graph evaluation; the rest wait their turn
     max_len: int = 1000  # generate: a request's max_len (and prefix length) above this is an error
     engines: int = 1  # generate: engines stepped by their own threads (a request goes to the least loaded)
     intra_op_threads: int = 2  # generate: onnxruntime intra-op threads (each engine's evaluations)
@@ -87,6 +97,9 @@ class RepoOptions:
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise SketchkitError(f"unknown flavor {self.flavor!r} (choose {' or '.join(FLAVORS)})")
+        for key, value in FLAVOR_DEFAULTS[self.flavor].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
         if self.accelerator not in ACCELERATORS:
             raise SketchkitError(
                 f"unknown accelerator {self.accelerator!r} (choose {', '.join(ACCELERATORS)})"

@@ -1,17 +1,19 @@
 """The one decode loop: many requests' sketches advanced together, one graph evaluation per step.
 
 The split is vllm's. The `Scheduler` only decides who steps: requests wait in a queue and are
-admitted while their rows fit a budget; it never runs the model. The `Engine` runs the runtime's
-decoder step once for the live rows of every running request, samples each row with its own
-request's temperature and random generator, drops rows that drew p3 (end of sketch) and hands
-back the requests that are finished. A request added mid-flight joins at the next step.
+admitted while their rows fit a budget; it never runs the model. The `Engine` evaluates the
+decoder step and the draw (`sketchkit.draw`: one graph) once for the live rows of every running
+request, each row at its own request's temperature and from its own random stream, drops rows
+that drew p3 (end of sketch) and hands back the requests that are finished. A request added
+mid-flight joins at the next step. The rows live in a `sketchkit.rows.RowTable`, on the host or,
+with onnxruntime on CUDA, on the GPU.
 
 Every caller drives this loop: `Sampler` (one request, stepped until done), the Triton
 `<name>_generate` model (a background thread stepping whatever is in flight) and the training
-previews (`zoo.runtime_torch`). Each request draws exactly what the old single-request loop drew
-for it, a fixed-shape block per step from its own `numpy.random.Generator`, so its sketches are
-the same bit for bit whatever else is in flight (as long as the runtime computes each row
-independently of the others, as onnxruntime's CPU kernels do).
+previews (`zoo.runtime_torch`). A row's random numbers depend only on its request's seed, its row
+and the step (`sketchkit.draw.row_keys`), so its sketches are the same bit for bit whatever else
+is in flight (as long as the runtime computes each row independently of the others, as
+onnxruntime's CPU kernels do).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.mixture import _draw, draw_points, temperature
+from sketchkit.mixture import temperature
+from sketchkit.rows import RowTable, row_table
 from sketchkit.runtimes.base import Runtime
 
-_ONE_HOT = np.eye(3, dtype=np.float32)
 _STROKE3 = np.array([0, 1, 3])  # stroke-5 (dx, dy, p1, p2, p3) -> stroke-3 (dx, dy, p2: the pen lifts)
 
 
@@ -45,8 +47,9 @@ class Request:
     """One caller's n sketches in flight, all from the same start (or the same partial sketch).
 
     prev [n, 5], z [n, Nz] | None and state [n, S] | None (None: the engine makes the initial
-    state from z when it admits the request). rng: this request's generator for the steps (None
-    with greedy). max_len: steps before a row is cut. scale_factor: normalised -> pixel units.
+    state from z when it admits the request). keys: each row's first counter, uint64 [n]
+    (`sketchkit.draw.row_keys`; None with greedy). max_len: steps before a row is cut.
+    scale_factor: normalised -> pixel units.
     """
 
     prev: np.ndarray
@@ -56,7 +59,7 @@ class Request:
     rule: str
     greedy: bool
     max_len: int
-    rng: np.random.Generator | None
+    keys: np.ndarray | None
     scale_factor: float
     is_cancelled: Callable[[], bool] = lambda: False  # a caller that went away frees its rows
     on_done: Callable[[Request], None] | None = None  # called from the stepping thread
@@ -136,10 +139,12 @@ class Scheduler:
 class Engine:
     """Steps a runtime for all running requests at once; `step()` returns the finished ones.
 
-    The live rows of every running request sit in one table (prev, state, z, and per row its
-    request, its row in the request and its slot in the output store), grouped by request in
-    admission order, so a step is a few array operations over the union whatever the number of
-    requests; only the random draws go request by request (each from its own generator).
+    The live rows of every running request sit in one table, grouped by request in admission
+    order: what the graph reads and writes (prev, z, state, temperature, greedy, counter) in
+    `rows`, a `RowTable` that the runtime may keep on its device, and beside it, on the host, each
+    row's request, its row in the request and its slot in the output store. A step is one graph
+    evaluation (decoder step and draw, `sketchkit.draw`) and a few array operations over the
+    union, whatever the number of requests: no per-request work per step.
     """
 
     def __init__(self, runtime: Runtime, scheduler: Scheduler | None = None, cancel_check_s: float = 0.0) -> None:
@@ -152,26 +157,12 @@ class Engine:
         self._cancel_checked = 0.0
         self.evaluations = 0  # graph evaluations (steps) so far
         self.rows_stepped = 0  # sum of the batch sizes of those evaluations
-        # the row table: one entry per live row, all arrays aligned
-        self._rows: dict[str, np.ndarray] = {
-            "prev": np.zeros((0, 5), np.float32),
-            "state": np.zeros((0, self.info.dims.state_size), np.float32),
-            "owner": np.zeros(0, np.intp),  # index of its request in scheduler.running
-            "row": np.zeros(0, np.intp),  # its row in the request (0..n-1)
-            "slot": np.zeros(0, np.intp),  # its slot in the output store
-            "t": np.zeros(0, np.intp),  # steps its request has taken
-            "greedy": np.zeros(0, bool),
-            "div": np.zeros(0),  # temperature: divisor of the logits, factor on sigma (Eq. 8)
-            "sig": np.zeros(0),
-            "draw": np.zeros(0, np.intp),  # its row in the step's buffer of random numbers
-        }
-        if self.info.dims.vae:
-            self._rows["z"] = np.zeros((0, self.info.dims.z_size), np.float32)
-        # per sampling request: its generator's two methods and its block of the step's buffers
-        self._samplers: list[tuple[Callable[..., object], Callable[..., object], np.ndarray, np.ndarray]] = []
-        self._exponential = np.zeros((0, 3 + self.info.dims.num_mixture))  # the step's Exp(1) numbers
-        self._normal = np.zeros((0, 2))  # and its N(0, 1) pairs
-        self._any_greedy = False
+        self.rows: RowTable = row_table(runtime)
+        # the host side of the row table: one entry per live row, aligned with `rows`
+        self._owner = np.zeros(0, np.intp)  # index of its request in scheduler.running
+        self._row = np.zeros(0, np.intp)  # its row in the request (0..n-1)
+        self._slot = np.zeros(0, np.intp)  # its slot in the output store
+        self._t = np.zeros(0, np.intp)  # steps its request has taken
         self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
         self._length = np.zeros(0, np.intp)  # slot -> final length (max_len until p3)
         self._free: list[int] = []
@@ -188,25 +179,23 @@ class Engine:
         return request.sketches()
 
     def step(self) -> list[Request]:
-        """Admit, evaluate the decoder once for every live row, sample, retire; the requests
-        that finished (or failed, or were cancelled) in this step."""
+        """Admit, evaluate the decoder and the draw once for every live row, retire; the
+        requests that finished (or failed, or were cancelled) in this step."""
         admitted = self.scheduler.admit()
         running = self.scheduler.running
         if admitted:
             first = len(running) - len(admitted)
             self._admit([self._new_rows(r, first + k) for k, r in enumerate(admitted)])
-            self._layout()
         if time.monotonic() - self._cancel_checked >= self.cancel_check_s:
             self._cancel_checked = time.monotonic()
             for request in running:
                 if request.error is None and request.is_cancelled():
                     request.error = Cancelled("cancelled")
-        if len(self._rows["prev"]) and any(r.error is None for r in running):
+        if len(self._owner) and any(r.error is None for r in running):
             self._advance(running)
         finished = [r for r in running if r.error is not None or r.live == 0 or r.t >= r.max_len]  # r.done, inlined
         if finished:
             self._retire(running)
-            self._layout()
         for request in finished:
             if request.on_done is not None:
                 request.on_done(request)
@@ -214,14 +203,17 @@ class Engine:
 
     # -- the row table ------------------------------------------------------------------------
 
-    def _admit(self, new: list[dict[str, np.ndarray]]) -> None:
-        # an empty table takes the new rows as they are: a runtime's state need not be [B, S]
-        # float32 (the stateful Triton runtime hands out [B, 2] handles)
-        old = [self._rows] if len(self._rows["owner"]) else []
-        self._rows = {k: np.concatenate([rows[k] for rows in (*old, *new)]) for k in self._rows}
+    def _admit(self, new: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
+        self.rows.append({k: np.concatenate([cols[k] for cols, _ in new]) for k in new[0][0]})
+        host = {k: np.concatenate([meta[k] for _, meta in new]) for k in new[0][1]}
+        self._owner = np.concatenate([self._owner, host["owner"]])
+        self._row = np.concatenate([self._row, host["row"]])
+        self._slot = np.concatenate([self._slot, host["slot"]])
+        self._t = np.concatenate([self._t, host["t"]])
 
-    def _new_rows(self, r: Request, index: int) -> dict[str, np.ndarray]:
-        """The table rows of `r`, which is `scheduler.running[index]` (its initial state made now)."""
+    def _new_rows(self, r: Request, index: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The table rows of `r`, which is `scheduler.running[index]` (its initial state made
+        now): the graph's columns and the host's."""
         if r.state is None:
             try:
                 r.state = self.runtime.init_state(r.z, r.n)
@@ -231,17 +223,16 @@ class Engine:
         slots = self._take_slots(r.n, r.max_len)
         self._slots[id(r)] = slots
         self._length[slots] = r.max_len  # rows that never draw p3 are cut at max_len
-        new = {
+        cols = {
             "prev": np.asarray(r.prev, np.float32), "state": np.asarray(r.state),
-            "owner": np.full(r.n, index, np.intp), "row": np.arange(r.n), "slot": slots,
-            "t": np.full(r.n, r.t, np.intp), "greedy": np.full(r.n, r.greedy),
-            "div": np.full(r.n, r.temperature[0]), "sig": np.full(r.n, r.temperature[1]),
-            "draw": np.zeros(r.n, np.intp),  # set by _layout
+            "temperature": np.tile(np.array(r.temperature, np.float32), (r.n, 1)),
+            "greedy": np.full(r.n, r.greedy), "counter": r.keys if r.keys is not None else np.zeros(r.n, np.uint64),
         }  # fmt: skip
-        if "z" in self._rows:
-            new["z"] = np.asarray(r.z, np.float32)
+        if self.info.dims.vae:
+            cols["z"] = np.asarray(r.z, np.float32)
+        host = {"owner": np.full(r.n, index, np.intp), "row": np.arange(r.n), "slot": slots, "t": np.full(r.n, r.t, np.intp)}
         r.prev = r.state = None  # type: ignore[assignment]  # the table holds them now
-        return new
+        return cols, host
 
     def _take_slots(self, n: int, width: int) -> np.ndarray:
         if width > self._store.shape[1]:
@@ -258,25 +249,10 @@ class Engine:
         return np.array(slots, np.intp)
 
     def _keep(self, keep: np.ndarray) -> None:
-        self._rows = {k: v[keep] for k, v in self._rows.items()}
-
-    def _layout(self) -> None:
-        """Where each sampling request's block of random numbers goes in a step's buffer (its
-        full n rows, as if alone), and where each live row finds its own. The buffers are made
-        here, once per change of the running set, with each request's views into them."""
-        running = self.scheduler.running
-        n = np.array([0 if r.greedy else r.n for r in running], np.intp)
-        start = np.cumsum(n) - n
-        size = int(n.sum())
-        self._exponential = np.empty((size, 3 + self.info.dims.num_mixture))
-        self._normal = np.empty((size, 2))
-        # Draws.fill's order, the generator's methods bound once: Exp(1) [n, 3 + M], then N(0, 1) [n, 2]
-        self._samplers = [
-            (r.rng.standard_exponential, r.rng.standard_normal, self._exponential[a : a + k], self._normal[a : a + k])  # type: ignore[union-attr]
-            for r, a, k in zip(running, start.tolist(), n.tolist(), strict=True) if k
-        ]  # fmt: skip
-        self._rows["draw"] = start[self._rows["owner"]] + self._rows["row"]
-        self._any_greedy = any(r.greedy for r in running)
+        """Drop the rows that are not in `keep` (a mask over the live rows)."""
+        index = np.flatnonzero(keep)
+        self.rows.keep(index)
+        self._owner, self._row, self._slot, self._t = (a[index] for a in (self._owner, self._row, self._slot, self._t))
 
     def _retire(self, running: list[Request]) -> None:
         """Hand finished requests their sketches, free their slots and drop their rows."""
@@ -287,73 +263,40 @@ class Engine:
                 r.out = self._store[slots, : r.max_len].copy()
                 r.lengths = self._length[slots].copy()
             self._free += slots.tolist()
-        self._keep(~gone[self._rows["owner"]])
-        self._rows["owner"] = (np.cumsum(~gone) - 1)[self._rows["owner"]]  # old request index -> new one
+        dropped = gone[self._owner]
+        if dropped.any():
+            self._keep(~dropped)
+        self._owner = (np.cumsum(~gone) - 1)[self._owner]  # old request index -> new one
         self.scheduler.running = [r for r in running if not r.done]
 
     def _advance(self, running: list[Request]) -> None:
-        rows = self._rows
         try:
-            params, next_state = self.runtime.step(rows["prev"], rows.get("z"), rows["state"])
+            point = self.rows.step()
         except SketchkitError as e:  # the runtime failed: every request in this step fails
             for r in running:
                 r.error = r.error or e
             return
         self.evaluations += 1
-        self.rows_stepped += len(params)
-        if not np.isfinite(params).all():  # those requests fail; the others go on
-            bad = ~np.isfinite(params).all(axis=1)
-            for i in np.unique(rows["owner"][bad]):
+        self.rows_stepped += len(point)
+        bad = np.isnan(point[:, 0])  # the draw's mark of NaN or infinite parameters
+        if bad.any():  # those requests fail; the others go on
+            for i in np.unique(self._owner[bad]):
                 r = running[i]
                 r.error = r.error or ModelError(
                     f"{self.info.name}: the model produced NaN or infinite parameters at step {r.t}"
                 )
-            params = np.where(bad[:, None], 0, params)
-        if not self._any_greedy:
-            gumbel, normal = self._draws(None)
-            pen, offset = _draw(params, self.info.dims.num_mixture, rows["div"][:, None], rows["sig"][:, None], gumbel, normal)
-        else:
-            pen, offset = np.zeros(len(params), np.intp), np.zeros((len(params), 2))
-            sampled = ~rows["greedy"]
-            if sampled.any():
-                gumbel, normal = self._draws(sampled)
-                pen[sampled], offset[sampled] = _draw(
-                    params[sampled], self.info.dims.num_mixture, rows["div"][sampled, None], rows["sig"][sampled, None],
-                    gumbel, normal,
-                )  # fmt: skip
-            pen[~sampled], offset[~sampled] = draw_points(params[~sampled], 1.0, 1.0, None)
-        slot, t = rows["slot"], rows["t"]
-        prev = np.empty((len(params), 5), np.float32)
-        prev[:, :2] = offset
-        prev[:, 2:] = _ONE_HOT[pen]
-        self._store[slot, t] = prev[:, _STROKE3]
-        rows["prev"], rows["state"] = prev, next_state
-        rows["t"] = t + 1
+        slot, t = self._slot, self._t
+        self._store[slot, t] = point[:, _STROKE3]
+        self._t = t + 1
         for r in running:
             r.t += 1
-        ended = pen == 2  # p3: the p3 point itself is not part of the sketch
+        ended = point[:, 4] == 1  # p3: the p3 point itself is not part of the sketch
         if ended.any():
             self._length[slot[ended]] = t[ended]
             self._keep(~ended)
-            live = np.bincount(self._rows["owner"], minlength=len(running))
+            live = np.bincount(self._owner, minlength=len(running))
             for r, k in zip(running, live.tolist(), strict=True):
                 r.live = k
-
-    def _draws(self, sampled: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(Gumbel noise [B, 3 + M], N(0, 1) [B, 2]) of the live sampled rows (`sampled`: a mask
-        over the live rows; None: all of them): each sampling request fills its block of the
-        step's buffer from its own generator, then the live rows' rows are picked."""
-        for exponential, normal, e, x in self._samplers:
-            exponential(out=e)
-            normal(out=x)
-        if sampled is None and len(self._rows["draw"]) == len(self._normal):  # all live: the buffer as it is
-            gumbel, normal_rows = self._exponential.copy(), self._normal
-        else:
-            draw = self._rows["draw"] if sampled is None else self._rows["draw"][sampled]
-            gumbel, normal_rows = self._exponential[draw], self._normal[draw]
-        np.log(gumbel, out=gumbel)
-        np.negative(gumbel, out=gumbel)  # Gumbel(0, 1) = -log Exp(1)
-        return gumbel, normal_rows
 
 
 class BackgroundEngine:

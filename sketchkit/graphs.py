@@ -10,7 +10,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    dtype: str  # numpy / ONNX name: "float32" or "int64"
+    dtype: str  # numpy / ONNX name: "float32", "int64", "bool" or "uint64"
     dims: tuple[str, ...]  # symbolic, "B" first
 
 
@@ -45,6 +45,27 @@ DECODER_STEP_UNCOND = Graph(
     "decoder_step",
     inputs=(Tensor("prev", "float32", ("B", "5")), Tensor("state", "float32", ("B", "S"))),
     outputs=DECODER_STEP.outputs,
+)
+
+
+# the decoder step with the draw appended (`sketchkit.draw.with_draw`), built in memory from
+# decoder_step: what the engine runs every step (no z input for decoder-only models)
+DECODER_STEP_DRAW = Graph(
+    "decoder_step_draw",
+    inputs=(
+        *DECODER_STEP.inputs,
+        Tensor("temperature", "float32", ("B", "2")),
+        Tensor("greedy", "bool", ("B",)),
+        Tensor("counter", "uint64", ("B",)),
+    ),
+    outputs=(
+        Tensor("point", "float32", ("B", "5")),
+        Tensor("next_state", "float32", ("B", "S")),
+        Tensor("next_counter", "uint64", ("B",)),
+    ),
+)
+DECODER_STEP_DRAW_UNCOND = Graph(
+    "decoder_step_draw", inputs=tuple(t for t in DECODER_STEP_DRAW.inputs if t.name != "z"), outputs=DECODER_STEP_DRAW.outputs
 )
 
 

@@ -2,11 +2,11 @@
 
 `Sampler(runtime)` turns each call into an engine request (`sketchkit.engine`: the one decode
 loop, shared with the Triton generate model and the training previews) and runs it; the runtime
-(in-process onnxruntime or Triton) only evaluates graphs, and all randomness lives in the
-request's seeded `numpy.random.Generator`. Every step draws a fixed-shape block of random numbers
-for all n rows, finished or not, so a seed gives the same sketches whatever order rows finish in,
-whatever else shares the engine and whatever runtime runs the graphs. A runtime that samples
-whole sketches itself (Triton's `<name>_generate`, `remote_generator()`) gets the call instead.
+(in-process onnxruntime or Triton) evaluates the graphs, the draw included (`sketchkit.draw`).
+A request's randomness is its seed: z is drawn from it here, and each row's stream in the draw is
+keyed by (seed, row) and counted by step, so a seed gives the same sketches whatever order rows
+finish in and whatever else shares the engine. A runtime that samples whole sketches itself
+(Triton's `<name>_generate`, `remote_generator()`) gets the call instead.
 
 Units: the graphs work in normalised offsets (pixels / scale_factor); everything the Sampler
 takes and returns is stroke-3 in pixel units.
@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from sketchkit import strokes
+from sketchkit.draw import row_keys, sample_points
 from sketchkit.engine import Engine, Request
 from sketchkit.errors import DataError, ModelError, SketchkitError
-from sketchkit.mixture import Draws, Mixture, draw_points, mixture, sample_points, temperature
+from sketchkit.mixture import Mixture, mixture, temperature
 from sketchkit.modelinfo import MAX_SEQ_LEN, RULES
 from sketchkit.runtimes.base import Runtime
 
-__all__ = ["Draws", "Mixture", "Sampler", "SamplingOptions", "draw_points", "mixture", "sample_points", "temperature"]
+__all__ = ["Mixture", "Sampler", "SamplingOptions", "mixture", "sample_points", "temperature"]
 
 
 @dataclass(frozen=True)
@@ -242,10 +243,9 @@ class Sampler:
     def _request(
         self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray | None, options: SamplingOptions, max_len: int
     ) -> Request:
-        _, step_rng = _rngs(options.seed)
         return Request(
             prev=prev, z=z, state=state, tau=options.tau, rule=options.temperature_rule or self.info.temperature_rule,
-            greedy=options.greedy, max_len=max_len, rng=None if options.greedy else step_rng,
+            greedy=options.greedy, max_len=max_len, keys=None if options.greedy else row_keys(_step_seed(options.seed), len(prev)),
             scale_factor=self.info.scale_factor,
         )  # fmt: skip
 
@@ -291,3 +291,9 @@ def _rngs(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
     z that it draws, as `decode(z, seed=s)` would."""
     z_seq, step_seq = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(z_seq), np.random.default_rng(step_seq)
+
+
+def _step_seed(seed: int | None) -> int:
+    """The seed of the steps' streams (`sketchkit.draw.row_keys`): the seed's second child, so it
+    is independent of the z drawn from the first; fresh entropy when seed is None."""
+    return int(np.random.SeedSequence(seed).spawn(2)[1].generate_state(1, np.uint64)[0])

@@ -36,14 +36,14 @@ OWL_CASES = {
 }
 
 GOLDEN = {
-    "sheep/generate-tau0.3-seed1": "9dcf21d5daf375280382e8b4",
-    "sheep/generate-tau1.0-seed2-js": "32c39c42c39ac6a458fd01cc",
+    "sheep/generate-tau0.3-seed1": "e42c4df0e8f7b43e65017afd",
+    "sheep/generate-tau1.0-seed2-js": "f2085188db0a70efa66414a6",
     "sheep/generate-greedy": "19cbec8d7c0949f6b4ed57ad",
-    "sheep/generate-maxlen20": "9d3bd683a79bdf569a13a97f",
-    "sheep/complete": "85fefc5de1a70947eeeab148",
-    "owl/generate-tau0.3-seed1": "5ca17f3e3130b14465437e21",
-    "owl/generate-tau0.8-seed9-eq8": "655e60bdbc1de548fbd06fb7",
-    "owl/complete": "1b6df39127d7c4dafd7876c9",
+    "sheep/generate-maxlen20": "60f0aaa72f4fe31e470e7f49",
+    "sheep/complete": "56c1a3ab8d689e27a56b32a9",
+    "owl/generate-tau0.3-seed1": "136dfc67f20b6347fb812ba7",
+    "owl/generate-tau0.8-seed9-eq8": "80bad7008aa796f22499d845",
+    "owl/complete": "16254f1170a80e6dade87047",
 }
 
 

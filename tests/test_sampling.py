@@ -11,7 +11,7 @@ from onnx_fixtures import make_model, random_sketch
 
 from sketchkit.errors import DataError, ModelError, SketchkitError
 from sketchkit.runtimes.onnx import OnnxRuntime
-from sketchkit.sampling import Draws, Sampler, SamplingOptions, lerp, mixture, rescale, sample_points, slerp
+from sketchkit.sampling import Sampler, SamplingOptions, lerp, mixture, rescale, sample_points, slerp
 
 
 class Recording:
@@ -167,7 +167,7 @@ def test_offsets_match_the_mixture_mean_and_covariance(tiny_uncond, tau, rule):
     N = 40000
     params, M = fixed_params(tiny_uncond, N)
     mix = mixture(params, tau, rule)
-    pen, xy = sample_points(params, tau, rule, Draws.draw(np.random.default_rng(0), N, M))
+    pen, xy = sample_points(params, tau, rule, seed=0)
     mean, cov = mix.mean_cov()
     se = np.sqrt(np.diag(cov[0]) / N)
     assert np.all(np.abs(xy.mean(axis=0) - mean[0]) < 4 * se)
@@ -220,7 +220,7 @@ def test_correlation_rho_is_sampled():
     M, N = 1, 50000
     params = np.zeros((N, 6 * M + 3), np.float32)
     params[:, 3 + 5 * M] = np.arctanh(0.8)  # rho = 0.8, sigma = 1, mu = 0
-    _, xy = sample_points(params, 1.0, "eq8", Draws.draw(np.random.default_rng(3), N, M))
+    _, xy = sample_points(params, 1.0, "eq8", seed=3)
     assert abs(np.corrcoef(xy.T)[0, 1] - 0.8) < 0.01
 
 
@@ -231,7 +231,7 @@ def test_extreme_logits_never_pick_a_default_index():
     params[:, 0:3] = [-3e4, 3e4, -3e4]
     params[:, 3 : 3 + M] = [-3e4, -3e4, 3e4, -3e4, -3e4]
     params[:, 3 + M : 3 + 2 * M] = np.arange(M)
-    pen, xy = sample_points(params, 0.01, "eq8", Draws.draw(np.random.default_rng(0), N, M))
+    pen, xy = sample_points(params, 0.01, "eq8", seed=0)
     assert (pen == 1).all()
     np.testing.assert_allclose(xy[:, 0], 2.0, atol=0.5)  # component 2, sigma 0.1
 

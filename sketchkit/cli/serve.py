@@ -63,14 +63,15 @@ def serve() -> None:
     show_default=True,
     help="Also build <name>_generate (whole sketches per request, continuous batching).",
 )
-@click.option("--max-sketches-per-request", type=int, default=256, show_default=True, help="Generate: cap on n.")
+@click.option("--max-sketches-per-request", type=int, default=None, help="Generate: cap on n [cpu: 256, gpu: 4096].")
 @click.option(
     "--max-sketches-in-flight",
     type=int,
-    default=4096,
-    show_default=True,
-    help="Generate: queued + running sketches before requests get a 'busy' error.",
+    default=None,
+    help="Generate: queued + running sketches before requests get a 'busy' error [cpu: 4096, gpu: 65536].",
 )
+@click.option("--max-rows-per-step", type=int, default=None,
+              help="Generate: rows of one graph evaluation; the rest wait their turn [cpu: 1024, gpu: 32768].")
 @click.option("--engines", type=int, default=1, show_default=True,
               help="Generate: engines, each stepped by its own thread (more cores: try one per 1-2 cores).")
 @click.option("--intra-op-threads", type=int, default=2, show_default=True,
@@ -90,7 +91,8 @@ def serve() -> None:
 @click.option("--force", is_flag=True, help="Replace --out if it is a repository written by build-repo.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
-               generate: bool, max_sketches_per_request: int, max_sketches_in_flight: int,
+               generate: bool, max_sketches_per_request: int | None, max_sketches_in_flight: int | None,
+               max_rows_per_step: int | None,
                max_sequence_rows: int, max_state_mb: int, engines: int, intra_op_threads: int,
                names: tuple[str, ...], force: bool) -> None:  # fmt: skip
     """Write a Triton model repository for MODELS (model directories or zoo names): per model
@@ -108,7 +110,8 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
         flavor=flavor, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, instances=instances,
         accelerator=accelerator, cuda_graphs=cuda_graphs, stateful=stateful, sequence_idle_s=sequence_idle_s,
         generate=generate, max_sketches_per_request=max_sketches_per_request,
-        max_sketches_in_flight=max_sketches_in_flight, engines=engines, intra_op_threads=intra_op_threads,
+        max_sketches_in_flight=max_sketches_in_flight, max_rows_per_step=max_rows_per_step, engines=engines,
+        intra_op_threads=intra_op_threads,
         max_sequence_rows=max_sequence_rows, max_state_bytes=max_state_mb << 20,
     )  # fmt: skip
     if names and len(names) != len(models):

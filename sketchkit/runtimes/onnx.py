@@ -2,7 +2,10 @@
 
 Each graph is loaded on first use (a decoder-only `generate` never pays for an encoder), and
 checked against the contract in `sketchkit.graphs` so that a wrong or corrupt file fails at load
-with one line instead of deep inside the sampling loop.
+with one line instead of deep inside the sampling loop. Sampling runs `decoder_step` with the draw
+appended (`sketchkit.draw.with_draw`, built in memory): one evaluation per step. On CUDA the
+engine's rows stay in GPU memory between steps (`DeviceRows`, onnxruntime's IOBinding); only the
+drawn points come back to the host.
 """
 
 from __future__ import annotations
@@ -15,13 +18,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sketchkit.errors import ModelError
-from sketchkit.graphs import DECODER_INIT, DECODER_STEP, DECODER_STEP_UNCOND, ENCODER, Graph, concrete_dims
+from sketchkit.graphs import (
+    DECODER_INIT,
+    DECODER_STEP,
+    DECODER_STEP_DRAW,
+    DECODER_STEP_DRAW_UNCOND,
+    DECODER_STEP_UNCOND,
+    ENCODER,
+    Graph,
+    concrete_dims,
+)
 from sketchkit.modelinfo import ModelInfo, graph_path
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "tensor(bool)", "uint64": "tensor(uint64)"}
 
 
 def _first_line(e: BaseException) -> str:
@@ -40,11 +52,14 @@ class OnnxRuntime:
         model_dir: str | os.PathLike[str],
         providers: list[str] | None = None,
         threads: int | None = None,
+        device_rows: bool | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.info: ModelInfo = ModelInfo.load(self.model_dir)
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
+        # the engine's rows in device memory: by default exactly when the step runs on CUDA
+        self.device_rows = device_rows
         self._sessions: dict[str, ort.InferenceSession] = {}
 
     def __repr__(self) -> str:
@@ -77,6 +92,33 @@ class OnnxRuntime:
             params, next_state = self._run(DECODER_STEP_UNCOND, {"prev": prev, "state": state})
         return params, next_state
 
+    def step_and_draw(
+        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray,
+        temperature: np.ndarray, greedy: np.ndarray, counter: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """One decoder step and the draw (`sketchkit.draw`), on host arrays: (point [B, 5],
+        next_state, next_counter)."""
+        feeds = {"prev": prev, "state": state, "temperature": temperature, "greedy": greedy, "counter": counter}
+        if self.info.dims.vae:
+            if z is None:
+                raise ModelError(f"{self.info.name} is a vae model: its decoder step needs z")
+            feeds["z"] = z
+        point, next_state, next_counter = self._run(self._step_draw_graph, feeds)
+        return point, next_state, next_counter
+
+    def row_table(self) -> DeviceRows | None:
+        """The engine's row table in device memory when the step runs on CUDA (or when asked
+        for with `device_rows=True`); None: the engine keeps host arrays."""
+        session = self._sessions.get("decoder_step_draw") or self._load(self._step_draw_graph)
+        device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
+        if not (self.device_rows if self.device_rows is not None else device == "cuda"):
+            return None
+        return DeviceRows(self, session, device)
+
+    @property
+    def _step_draw_graph(self) -> Graph:
+        return DECODER_STEP_DRAW if self.info.dims.vae else DECODER_STEP_DRAW_UNCOND
+
     def close(self) -> None:
         self._sessions.clear()
 
@@ -100,10 +142,15 @@ class OnnxRuntime:
         return outputs
 
     def _load(self, graph: Graph) -> ort.InferenceSession:
-
-        path = graph_path(self.model_dir, self.info, graph.name)
+        path = graph_path(self.model_dir, self.info, "decoder_step" if graph.name == "decoder_step_draw" else graph.name)
         try:
-            session = open_session(path, self.threads, self.providers)
+            if graph.name == "decoder_step_draw":  # exact ln/cos/sin unless CUDA runs the draw (sketchkit.draw)
+                m, cuda = self.info.dims.num_mixture, "CUDAExecutionProvider" in _names(self.providers)
+                session = open_session(_with_draw(path, m, exact_math=not cuda), self.threads, self.providers)
+                if cuda and "CUDAExecutionProvider" not in session.get_providers():
+                    session = open_session(_with_draw(path, m, exact_math=True), self.threads, self.providers)
+            else:
+                session = open_session(path, self.threads, self.providers)
         except Exception as e:
             raise ModelError(f"{path}: not a loadable ONNX graph ({_first_line(e)})") from None
         _check_contract(session, graph, self.info.sizes, path)
@@ -168,3 +215,113 @@ def _check_contract(session: Any, graph: Graph, sizes: dict[str, int], path: Pat
             want_d > 0 and isinstance(got_d, int) and got_d != want_d for want_d, got_d in zip(dims, got.shape, strict=True)
         ):
             raise ModelError(f"{path}: {t.name} has shape {got.shape}, model.json says {dims}")
+
+
+def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
+    """decoder_step at `path` with the draw appended, serialised for a session."""
+    import onnx
+
+    from sketchkit.draw import with_draw
+
+    return with_draw(onnx.load(str(path)), num_mixture, exact_math).SerializeToString()
+
+
+def _names(providers: list[Any]) -> list[str]:
+    """Provider names of a providers list (names, or (name, options) pairs)."""
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
+_COLUMN_TYPES = {"prev": "float32", "z": "float32", "state": "float32", "temperature": "float32", "greedy": "bool", "counter": "uint64"}
+
+
+def _table_graph(columns: tuple[str, ...]) -> bytes:
+    """The row table's one bookkeeping graph: for each column X, X_out = Concat(Gather(X, keep),
+    X_new): drop finished rows and append admitted ones in one evaluation on the device."""
+    from onnx import TensorProto, helper
+
+    elem = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "uint64": TensorProto.UINT64}
+    nodes, inputs, outputs = [], [helper.make_tensor_value_info("keep", TensorProto.INT64, ["K"])], []
+    for c in columns:
+        t = elem[_COLUMN_TYPES[c]]
+        shape: list[int | str | None] = ["B"] if c in ("greedy", "counter") else ["B", None]
+        inputs += [helper.make_tensor_value_info(c, t, shape), helper.make_tensor_value_info(f"{c}_new", t, shape)]
+        outputs.append(helper.make_tensor_value_info(f"{c}_out", t, shape))
+        nodes += [
+            helper.make_node("Gather", [c, "keep"], [f"{c}_kept"], axis=0),
+            helper.make_node("Concat", [f"{c}_kept", f"{c}_new"], [f"{c}_out"], axis=0),
+        ]
+    graph = helper.make_graph(nodes, "row_table", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+class DeviceRows:
+    """The engine's row table (`sketchkit.rows`) as onnxruntime OrtValues on the step's device.
+
+    Between steps every column stays where the graph runs: a step binds them as inputs and
+    takes its outputs (points, state, counters) as the next step's inputs, copying only the
+    points [B, 5] to the host. Dropped and admitted rows are applied lazily, at the next step,
+    by one small graph (`_table_graph`) on the device: the host uploads only the new rows.
+    """
+
+    def __init__(self, runtime: OnnxRuntime, session: ort.InferenceSession, device: str) -> None:
+        import onnxruntime as ort
+
+        self.runtime, self.session, self.device = runtime, session, device
+        self.names = tuple(c for c in ("prev", "z", "state", "temperature", "greedy", "counter") if c != "z" or runtime.info.dims.vae)
+        self.columns: dict[str, ort.OrtValue] = {}
+        self._rows = 0
+        self._keep: np.ndarray | None = None  # rows to keep (pending)
+        self._new: list[dict[str, np.ndarray]] = []  # rows to append (pending)
+        self._table = open_session(_table_graph(self.names), 1, session.get_providers())
+        self._ort = ort
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def append(self, columns: dict[str, np.ndarray]) -> None:
+        self._new.append({c: columns[c] for c in self.names})
+        self._rows += len(columns["prev"])
+
+    def keep(self, index: np.ndarray) -> None:
+        index = np.asarray(index, np.int64)
+        if self._new:  # keep among old and pending new rows alike: apply the pending ones first
+            self._apply()
+        self._keep = index if self._keep is None else self._keep[index]
+        self._rows = len(index)
+
+    def _apply(self) -> None:
+        """Bring the pending drops and appends onto the device (one graph evaluation)."""
+        new = {c: np.concatenate([n[c] for n in self._new]) for c in self.names} if self._new else None
+        if self.columns and (self._keep is None or len(self._keep)):
+            binding = self._table.io_binding()
+            keep = self._keep if self._keep is not None else np.arange(self.columns["prev"].shape()[0])
+            binding.bind_cpu_input("keep", np.ascontiguousarray(keep, np.int64))
+            for c in self.names:
+                old = self.columns[c]
+                binding.bind_ortvalue_input(c, old)
+                rows = new[c] if new is not None else np.zeros((0, *old.shape()[1:]), _COLUMN_TYPES[c])
+                binding.bind_cpu_input(f"{c}_new", np.ascontiguousarray(rows))
+                binding.bind_output(f"{c}_out", self.device, 0)
+            self._table.run_with_iobinding(binding)
+            self.columns = dict(zip(self.names, binding.get_outputs(), strict=True))
+        elif new is not None:  # an empty table takes the new rows as they are
+            self.columns = {c: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.device, 0) for c, v in new.items()}
+        else:
+            self.columns = {}
+        self._keep, self._new = None, []
+
+    def step(self) -> np.ndarray:
+        if self._keep is not None or self._new:
+            self._apply()
+        binding = self.session.io_binding()
+        for c in self.names:
+            binding.bind_ortvalue_input(c, self.columns[c])
+        for out in ("point", "next_state", "next_counter"):
+            binding.bind_output(out, self.device, 0)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:
+            raise ModelError(f"{self.runtime.info.name}: decoder_step_draw failed: {_first_line(e)}") from None
+        point, state, counter = binding.get_outputs()
+        self.columns.update(prev=point, state=state, counter=counter)
+        return point.numpy()
