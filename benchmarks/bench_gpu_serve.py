@@ -16,6 +16,7 @@ GPU utilisation: `nvidia-smi` sampled every 100 ms while each row runs (mean and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -49,10 +50,8 @@ class GpuUse:
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
-            try:
+            with contextlib.suppress(ValueError):
                 self.samples.append((time.monotonic(), float(line.strip())))
-            except ValueError:
-                pass
 
     def window(self, t0: float, t1: float) -> dict[str, float | None]:
         got = [u for t, u in self.samples if t0 <= t <= t1]
@@ -74,26 +73,30 @@ def timed(gpu: GpuUse, fn, *args):  # type: ignore[no-untyped-def]
 
 
 def inprocess(model_dir: str, sizes: list[int], old: str | None, gpu: GpuUse) -> list[dict]:
+    from sketchkit.engine import Engine
     from sketchkit.runtimes.onnx import OnnxRuntime
     from sketchkit.sampling import Sampler, SamplingOptions
 
     rows = []
     variants = [
         ("rows on the GPU", dict(providers=CUDA)),
+        ("rows on the GPU, CUDA graphs", dict(providers=CUDA, cuda_graphs=True)),
         ("rows on the host", dict(providers=CUDA, device_rows=False)),
         ("rows on the GPU, TF32 off", dict(providers=[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"])),
     ]
     for label, kw in variants:
         rt = OnnxRuntime(model_dir, **kw)
-        sampler = Sampler(rt)
-        sampler.generate(256, options=SamplingOptions(tau=0.3, seed=0))  # load, warm up
+        sampler, engine = Sampler(rt), Engine(rt)  # one engine, as the Triton model keeps (its graphs stay captured)
+        generate = lambda n, options, e=engine, s=sampler: e.run(s.generation(n, options=options))  # noqa: E731
+        generate(256, SamplingOptions(tau=0.3, seed=0))  # load, warm up
         providers = rt._sessions["decoder_step_draw"].get_providers()
+        table = type(engine.rows).__name__
         for n in sizes:
-            if label != "rows on the GPU" and n not in (8192, max(sizes)):
+            if label not in ("rows on the GPU", "rows on the GPU, CUDA graphs") and n not in (8192, max(sizes)):
                 continue
-            sketches, dt, use = timed(gpu, sampler.generate, n, None, SamplingOptions(tau=0.3, seed=1))
+            sketches, dt, use = timed(gpu, generate, n, SamplingOptions(tau=0.3, seed=1))
             row = {"what": f"in process, {label}", "n": n, "seconds": round(dt, 3), "sketches_per_s": round(n / dt),
-                   "mean_len": round(float(np.mean([len(s) for s in sketches])), 1), "providers": providers[:1], **use}  # fmt: skip
+                   "mean_len": round(float(np.mean([len(s) for s in sketches])), 1), "providers": providers[:1], "table": table, **use}  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
     if old:  # the previous release, the same machine and model: the baseline of this run

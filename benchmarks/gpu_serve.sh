@@ -11,13 +11,14 @@
 # `prepare` (here, with network to the package index): the wheels of ../shared/tools/gpu-chunks.sh
 # (nvidia-pytriton 0.7.0, onnxruntime-gpu 1.31.1 for CUDA 13 in 57 MiB parts, numpy 1.26.4) plus
 # onnx and its needs for the server's numpy-1 environment, the owl (Magenta) converted and built
-# into a gpu-flavor repository holding only owl_generate (the wheel's tritonserver has only the
-# Python backend), and the previous release's sketchkit/ (the in-process baseline). Each part
+# into a gpu-flavor repository holding only owl_generate, and owlplain_generate without the
+# engine's CUDA graphs (the wheel's tritonserver has only the Python backend: no step models),
+# and the previous release's sketchkit/ (the in-process baseline). Each part
 # travels alone beside the checkout (~6 MiB): every call stays under the device tool's 64 MiB.
 # `run`: joins and checks the wheel, makes the server's environment (/root/tv: numpy 1.26,
 # onnxruntime-gpu, onnx; sketchkit through a symlink tree shaped like the package-dir install),
 # runs the in-process rows, starts tritonserver with the GPU repository and runs the client rows.
-# Writes $OUT/inprocess.json, $OUT/triton.json, $OUT/log.txt, $OUT/server.log.
+# Writes $OUT/inprocess.json, $OUT/triton.json, $OUT/triton_plain.json, $OUT/log.txt, $OUT/server.log.
 set -uo pipefail
 G=/root/g
 part() { dd if="$1" of="$2" bs=1M skip="$3" ${4:+count="$4"} status=none; }
@@ -42,7 +43,8 @@ prepare)
     PY=${PYTHON:-.venv/bin/python}
     "$PY" -c "from sketchkit.magenta_onnx import import_magenta; import_magenta('../shared/data/magenta-gen/owl.gen.json', '$W/owl', name='owl')"
     "$PY" -m sketchkit serve build-repo "$W/owl" --out "$W/repo" --flavor gpu --no-stateful --name owl
-    mkdir -p .gpu/c6/repo && cp -r "$W/repo/owl_generate" .gpu/c6/repo/ && cp "$W"/repo/.sketchkit-repository .gpu/c6/repo/
+    "$PY" -m sketchkit serve build-repo "$W/owl" --out "$W/plain" --flavor gpu --no-stateful --name owlplain --no-engine-cuda-graphs
+    mkdir -p .gpu/c6/repo && cp -r "$W/repo/owl_generate" "$W/plain/owlplain_generate" .gpu/c6/repo/
     mkdir -p .gpu/c6/old && git archive b361367 sketchkit | tar -x -C .gpu/c6/old
     rm -rf "$W"
     du -sm .gpu/c?
@@ -93,12 +95,13 @@ run)
         --allow-metrics=false --allow-gpu-metrics=false --exit-timeout-secs=5 > "$OUT/server.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 120); do
-        $PY -c "import http.client as h; c=h.HTTPConnection('127.0.0.1',18000,timeout=2); c.request('GET','/v2/models/owl_generate/ready'); exit(c.getresponse().status!=200)" 2>/dev/null && break
+        $PY -c "import http.client as h; c=h.HTTPConnection('127.0.0.1',18000,timeout=2); c.request('GET','/v2/health/ready'); exit(c.getresponse().status!=200)" 2>/dev/null && break
         kill -0 $SERVER 2>/dev/null || break
         sleep 1
     done
     say "server ready? $(grep -c 'successfully loaded' "$OUT/server.log") model(s) loaded"
-    timeout 150 $PY benchmarks/bench_gpu_serve.py triton http://127.0.0.1:18000 owl_generate --seconds 12 --json "$OUT/triton.json"
+    timeout 100 $PY benchmarks/bench_gpu_serve.py triton http://127.0.0.1:18000 owl_generate --seconds 12 --json "$OUT/triton.json"
+    timeout 100 $PY benchmarks/bench_gpu_serve.py triton http://127.0.0.1:18000 owlplain_generate --seconds 12 --json "$OUT/triton_plain.json"
     grep "sketchkit engine" "$OUT/server.log" | tail -3
     kill $SERVER; wait $SERVER 2>/dev/null
     say "done"

@@ -80,6 +80,7 @@ class RepoOptions:
     instances: int = 1  # model instances per device (cpu: per server)
     accelerator: str = "none"  # gpu: ORT's TensorRT execution provider ("tensorrt-fp16": FP16)
     cuda_graphs: bool = False  # gpu + tensorrt: capture CUDA graphs (trt_cuda_graph_enable)
+    engine_cuda_graphs: bool = True  # gpu: generate steps its rows as captured CUDA graphs (GraphRows)
     stateful: bool = True  # also build <name>_decoder_step_stateful
     sequence_idle_s: float = 60.0  # a stateful sequence idle this long is dropped (Triton's default: 1 s)
     max_sequences: int = 1024  # stateful sequences in flight per instance before Triton backlogs new ones
@@ -252,6 +253,7 @@ def generate_config(name: str, info: ModelInfo, opts: RepoOptions) -> model_conf
     for key in ("max_sketches_per_request", "max_sketches_in_flight", "max_rows_per_step", "max_len", "engines",
                 "intra_op_threads"):  # fmt: skip
         cfg.parameters[key].string_value = str(getattr(opts, key))
+    cfg.parameters["cuda_graphs"].string_value = "1" if opts.flavor == "gpu" and opts.engine_cuda_graphs else "0"
     return cfg
 
 

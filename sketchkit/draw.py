@@ -109,7 +109,8 @@ class _Builder:
 
 
 def _uniforms(b: _Builder, counter: str) -> list[str]:
-    """Four uniforms in (0, 1) per row [B, 1] each (float32, 24 bits), from `counter` [B] uint64."""
+    """Four uniforms in (0, 1) per row [B, 1] each (float32, 23 bits: k + 1/2 is exact), from
+    `counter` [B] uint64."""
     u64 = lambda v: b.const(v, np.uint64)  # noqa: E731
     c = b.op("Add", b.op("Unsqueeze", counter, b.const([1], np.int64)), u64(np.arange(DRAWS_PER_STEP)))  # [B, 4]
     x = y = b.op("Mul", c, u64(SQUARES_KEY))
@@ -118,8 +119,8 @@ def _uniforms(b: _Builder, counter: str) -> list[str]:
     for add in (y, z, y):
         x = b.op("Add", b.op("Mul", x, x), add)
         x = b.op("Add", b.op("Div", x, high), b.op("Mul", x, shift))  # rotate by 32
-    top24 = b.op("Div", b.op("Add", b.op("Mul", x, x), z), u64(2**40))  # the output's 24 high bits
-    u = b.op("Mul", b.op("Add", b.op("Cast", top24, to=1), b.const(0.5)), b.const(2.0**-24))  # (k + 1/2) / 2^24
+    top23 = b.op("Div", b.op("Add", b.op("Mul", x, x), z), u64(2**41))  # the output's 23 high bits
+    u = b.op("Mul", b.op("Add", b.op("Cast", top23, to=1), b.const(0.5)), b.const(2.0**-23))  # (k + 1/2) / 2^23, exact
     return b.split(u, [1] * DRAWS_PER_STEP)
 
 
@@ -159,7 +160,7 @@ def _draw_nodes(b: _Builder, params: str, m: int, exact_math: bool) -> None:
     else:
         theta = b.op("Mul", f32(2 * np.pi), u_theta)
         ln_u, cos, sin = b.op("Log", u_r), b.op("Cos", theta), b.op("Sin", theta)
-    radius = b.op("Sqrt", b.op("Mul", f32(-2.0), ln_u))
+    radius = b.op("Sqrt", b.op("Max", b.op("Mul", f32(-2.0), ln_u), f32(0.0)))  # ln u <= 0, also rounded
     n1, n2 = b.op("Mul", radius, cos), b.op("Mul", radius, sin)
     n2 = b.op("Add", b.op("Mul", rho, n1), b.op("Mul", b.op("Sqrt", b.op("Sub", f32(1.0), b.op("Mul", rho, rho))), n2))
     scale = b.op("Mul", sig, b.op("Where", greedy, f32(0.0), f32(1.0)))  # greedy: the mean
@@ -180,19 +181,22 @@ def _draw_nodes(b: _Builder, params: str, m: int, exact_math: bool) -> None:
 
 
 def _log(b: _Builder, u: str) -> str:
-    """ln u for u [B, 1] in (0, 1), float32 to ~1e-7: u = m 2^-k with m in [1, 2) found by
-    comparisons, ln m = 2 atanh(s) = 2 (s + s^3/3 + ... + s^11/11), s = (m - 1)/(m + 1) < 1/3."""
+    """ln u for u [B, 1] in (0, 1), float32 to ~1e-7 (relative near 1 too): u = m 2^-e with m in
+    [sqrt(1/2), sqrt(2)) found by comparisons, ln m = 2 atanh(s) = 2 (s + s^3/3 + ... + s^9/9),
+    s = (m - 1)/(m + 1), |s| < 0.18."""
     f32 = b.const
     k = b.op("ReduceSum", b.op("Cast", b.op("Less", u, f32(2.0 ** -np.arange(1, 25))), to=7), b.const([1], np.int64), keepdims=1)
-    m = b.op("Mul", u, b.op("Gather", f32(2.0 ** np.arange(1, 26)), k))  # u 2^(k+1), exact
+    m = b.op("Mul", u, b.op("Gather", f32(2.0 ** np.arange(1, 26)), k))  # u 2^(k+1) in [1, 2), exact
+    high = b.op("Cast", b.op("Less", f32(np.sqrt(2.0)), m), to=1)  # 1 where m > sqrt(2): halve it
+    m = b.op("Mul", m, b.op("Sub", f32(1.0), b.op("Mul", high, f32(0.5))))
     s = b.op("Div", b.op("Sub", m, f32(1.0)), b.op("Add", m, f32(1.0)))
     s2 = b.op("Mul", s, s)
-    series = f32(1 / 11)
-    for c in (1 / 9, 1 / 7, 1 / 5, 1 / 3, 1.0):
+    series = f32(1 / 9)
+    for c in (1 / 7, 1 / 5, 1 / 3, 1.0):
         series = b.op("Add", f32(c), b.op("Mul", s2, series))
     ln_m = b.op("Mul", f32(2.0), b.op("Mul", s, series))
-    k1 = b.op("Add", b.op("Cast", k, to=1), f32(1.0))
-    return b.op("Sub", ln_m, b.op("Mul", k1, f32(np.log(2.0))))
+    e = b.op("Sub", b.op("Add", b.op("Cast", k, to=1), f32(1.0)), high)
+    return b.op("Sub", ln_m, b.op("Mul", e, f32(np.log(2.0))))
 
 
 def _cos_sin_turn(b: _Builder, v: str) -> tuple[str, str]:

@@ -36,14 +36,14 @@ OWL_CASES = {
 }
 
 GOLDEN = {
-    "sheep/generate-tau0.3-seed1": "e42c4df0e8f7b43e65017afd",
-    "sheep/generate-tau1.0-seed2-js": "f2085188db0a70efa66414a6",
+    "sheep/generate-tau0.3-seed1": "4f94b4839165b745478d5a48",
+    "sheep/generate-tau1.0-seed2-js": "a1e3d7dfdc0e6ac6fb1033bd",
     "sheep/generate-greedy": "19cbec8d7c0949f6b4ed57ad",
-    "sheep/generate-maxlen20": "60f0aaa72f4fe31e470e7f49",
-    "sheep/complete": "56c1a3ab8d689e27a56b32a9",
-    "owl/generate-tau0.3-seed1": "136dfc67f20b6347fb812ba7",
-    "owl/generate-tau0.8-seed9-eq8": "80bad7008aa796f22499d845",
-    "owl/complete": "16254f1170a80e6dade87047",
+    "sheep/generate-maxlen20": "c07df4c6bba2d8c997efb999",
+    "sheep/complete": "3e5728220c4e732033a2e204",
+    "owl/generate-tau0.3-seed1": "b5da2f403f69e8963bcc7ea2",
+    "owl/generate-tau0.8-seed9-eq8": "99ed7fd4b318b2ca121db00e",
+    "owl/complete": "155eb4a5837e85f975f213d3",
 }
 
 

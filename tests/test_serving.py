@@ -110,7 +110,9 @@ def test_generate_config(repo, tiny_vae, tiny_uncond):
         shapes = {t.name: list(t.dims) for t in (*cfg.input, *cfg.output)}
         assert shapes["n"] == shapes["tau"] == shapes["seed"] == [1] and shapes["strokes"] == [-1, -1, 3]
         assert cfg.input[0].data_type == pb.TYPE_INT32 and cfg.input[2].data_type == pb.TYPE_INT64
-        assert cfg.parameters["max_sketches_per_request"].string_value == "256"
+        want = {"cpu": ("256", "1024", "0"), "gpu": ("4096", "32768", "1")}[flavor]  # a GPU step takes big batches
+        got = tuple(cfg.parameters[k].string_value for k in ("max_sketches_per_request", "max_rows_per_step", "cuda_graphs"))
+        assert got == want
 
 
 def test_generate_engines_and_threads_are_config_parameters(tmp_path, tiny_uncond):

@@ -43,7 +43,9 @@ def serve() -> None:
     show_default=True,
     help="gpu: onnxruntime's TensorRT execution provider.",
 )
-@click.option("--cuda-graphs", is_flag=True, help="gpu + tensorrt: capture CUDA graphs.")
+@click.option("--cuda-graphs", is_flag=True, help="gpu + tensorrt: capture CUDA graphs of the step models.")
+@click.option("--engine-cuda-graphs/--no-engine-cuda-graphs", default=True, show_default=True,
+              help="gpu: <name>_generate replays one captured CUDA graph per step (rows in fixed-capacity slots).")
 @click.option(
     "--stateful/--no-stateful",
     default=True,
@@ -90,7 +92,8 @@ def serve() -> None:
               help="Stateful, cpu: MB of state all sequences together may hold.")
 @click.option("--force", is_flag=True, help="Replace --out if it is a repository written by build-repo.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
-               instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
+               instances: int, accelerator: str, cuda_graphs: bool, engine_cuda_graphs: bool, stateful: bool,
+               sequence_idle_s: float,
                generate: bool, max_sketches_per_request: int | None, max_sketches_in_flight: int | None,
                max_rows_per_step: int | None,
                max_sequence_rows: int, max_state_mb: int, engines: int, intra_op_threads: int,
@@ -108,7 +111,8 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
 
     options = RepoOptions(
         flavor=flavor, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, instances=instances,
-        accelerator=accelerator, cuda_graphs=cuda_graphs, stateful=stateful, sequence_idle_s=sequence_idle_s,
+        accelerator=accelerator, cuda_graphs=cuda_graphs, engine_cuda_graphs=engine_cuda_graphs, stateful=stateful,
+        sequence_idle_s=sequence_idle_s,
         generate=generate, max_sketches_per_request=max_sketches_per_request,
         max_sketches_in_flight=max_sketches_in_flight, max_rows_per_step=max_rows_per_step, engines=engines,
         intra_op_threads=intra_op_threads,

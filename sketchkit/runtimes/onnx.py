@@ -10,6 +10,7 @@ drawn points come back to the host.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,7 @@ from sketchkit.graphs import (
     concrete_dims,
 )
 from sketchkit.modelinfo import ModelInfo, graph_path
+from sketchkit.runtimes.onnx_rows import DeviceRows, GraphRows, with_passthrough
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -53,13 +55,16 @@ class OnnxRuntime:
         providers: list[str] | None = None,
         threads: int | None = None,
         device_rows: bool | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.info: ModelInfo = ModelInfo.load(self.model_dir)
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
-        # the engine's rows in device memory: by default exactly when the step runs on CUDA
+        # the engine's rows in device memory: by default exactly when the step runs on CUDA; with
+        # cuda_graphs, in fixed-capacity slots stepped by captured CUDA graphs (GraphRows)
         self.device_rows = device_rows
+        self.cuda_graphs = cuda_graphs
         self._sessions: dict[str, ort.InferenceSession] = {}
 
     def __repr__(self) -> str:
@@ -103,17 +108,35 @@ class OnnxRuntime:
             if z is None:
                 raise ModelError(f"{self.info.name} is a vae model: its decoder step needs z")
             feeds["z"] = z
-        point, next_state, next_counter = self._run(self._step_draw_graph, feeds)
+        try:
+            point, next_state, next_counter = self._run(self._step_draw_graph, feeds)
+        except ModelError:
+            self.step(prev, z, state)  # the plain step's contract check says what is wrong, if it can
+            raise
         return point, next_state, next_counter
 
-    def row_table(self) -> DeviceRows | None:
+    def row_table(self) -> DeviceRows | GraphRows | None:
         """The engine's row table in device memory when the step runs on CUDA (or when asked
-        for with `device_rows=True`); None: the engine keeps host arrays."""
+        for with `device_rows=True`); None: the engine keeps host arrays (`sketchkit.rows`)."""
         session = self._sessions.get("decoder_step_draw") or self._load(self._step_draw_graph)
         device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
         if not (self.device_rows if self.device_rows is not None else device == "cuda"):
             return None
-        return DeviceRows(self, session, device)
+        if not self.cuda_graphs:
+            return DeviceRows(self, session, device)
+        names = ("z", "temperature", "greedy") if self.info.dims.vae else ("temperature", "greedy")
+        path = graph_path(self.model_dir, self.info, "decoder_step")
+        model = with_passthrough(_with_draw(path, self.info.dims.num_mixture, exact_math=device == "cpu"), names)
+        providers = [
+            ("CUDAExecutionProvider", {**_options(p), "enable_cuda_graph": "1"}) if _names([p]) == ["CUDAExecutionProvider"] else p
+            for p in self.providers
+        ]  # fmt: skip
+        try:
+            graphed = open_session(model, self.threads, providers)
+        except Exception as e:  # e.g. a node the CUDA provider does not run: no capture, rows still on the GPU
+            logging.getLogger("sketchkit").warning("no CUDA graphs (%s): rows on the device, uncaptured", _first_line(e))
+            return DeviceRows(self, session, device)
+        return GraphRows(self, graphed, device, capture=device == "cuda")
 
     @property
     def _step_draw_graph(self) -> Graph:
@@ -191,7 +214,7 @@ def session_options(threads: int | None = None, *, mem_arena: bool = True) -> or
     # idle workers sleep instead of spinning: a spinning pool on a busy machine (other
     # processes, or a PyTorch pool in the same process) made sampling 2x slower here
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # errors surface as exceptions; no warning chatter on stderr
+    opts.log_severity_level = 4  # errors surface as exceptions (one line each); nothing else on stderr
     return opts
 
 
@@ -226,102 +249,10 @@ def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
     return with_draw(onnx.load(str(path)), num_mixture, exact_math).SerializeToString()
 
 
+def _options(provider: Any) -> dict[str, str]:
+    return {} if isinstance(provider, str) else dict(provider[1])
+
+
 def _names(providers: list[Any]) -> list[str]:
     """Provider names of a providers list (names, or (name, options) pairs)."""
     return [p if isinstance(p, str) else p[0] for p in providers]
-
-
-_COLUMN_TYPES = {"prev": "float32", "z": "float32", "state": "float32", "temperature": "float32", "greedy": "bool", "counter": "uint64"}
-
-
-def _table_graph(columns: tuple[str, ...]) -> bytes:
-    """The row table's one bookkeeping graph: for each column X, X_out = Concat(Gather(X, keep),
-    X_new): drop finished rows and append admitted ones in one evaluation on the device."""
-    from onnx import TensorProto, helper
-
-    elem = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "uint64": TensorProto.UINT64}
-    nodes, inputs, outputs = [], [helper.make_tensor_value_info("keep", TensorProto.INT64, ["K"])], []
-    for c in columns:
-        t = elem[_COLUMN_TYPES[c]]
-        shape: list[int | str | None] = ["B"] if c in ("greedy", "counter") else ["B", None]
-        inputs += [helper.make_tensor_value_info(c, t, shape), helper.make_tensor_value_info(f"{c}_new", t, shape)]
-        outputs.append(helper.make_tensor_value_info(f"{c}_out", t, shape))
-        nodes += [
-            helper.make_node("Gather", [c, "keep"], [f"{c}_kept"], axis=0),
-            helper.make_node("Concat", [f"{c}_kept", f"{c}_new"], [f"{c}_out"], axis=0),
-        ]
-    graph = helper.make_graph(nodes, "row_table", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-
-
-class DeviceRows:
-    """The engine's row table (`sketchkit.rows`) as onnxruntime OrtValues on the step's device.
-
-    Between steps every column stays where the graph runs: a step binds them as inputs and
-    takes its outputs (points, state, counters) as the next step's inputs, copying only the
-    points [B, 5] to the host. Dropped and admitted rows are applied lazily, at the next step,
-    by one small graph (`_table_graph`) on the device: the host uploads only the new rows.
-    """
-
-    def __init__(self, runtime: OnnxRuntime, session: ort.InferenceSession, device: str) -> None:
-        import onnxruntime as ort
-
-        self.runtime, self.session, self.device = runtime, session, device
-        self.names = tuple(c for c in ("prev", "z", "state", "temperature", "greedy", "counter") if c != "z" or runtime.info.dims.vae)
-        self.columns: dict[str, ort.OrtValue] = {}
-        self._rows = 0
-        self._keep: np.ndarray | None = None  # rows to keep (pending)
-        self._new: list[dict[str, np.ndarray]] = []  # rows to append (pending)
-        self._table = open_session(_table_graph(self.names), 1, session.get_providers())
-        self._ort = ort
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def append(self, columns: dict[str, np.ndarray]) -> None:
-        self._new.append({c: columns[c] for c in self.names})
-        self._rows += len(columns["prev"])
-
-    def keep(self, index: np.ndarray) -> None:
-        index = np.asarray(index, np.int64)
-        if self._new:  # keep among old and pending new rows alike: apply the pending ones first
-            self._apply()
-        self._keep = index if self._keep is None else self._keep[index]
-        self._rows = len(index)
-
-    def _apply(self) -> None:
-        """Bring the pending drops and appends onto the device (one graph evaluation)."""
-        new = {c: np.concatenate([n[c] for n in self._new]) for c in self.names} if self._new else None
-        if self.columns and (self._keep is None or len(self._keep)):
-            binding = self._table.io_binding()
-            keep = self._keep if self._keep is not None else np.arange(self.columns["prev"].shape()[0])
-            binding.bind_cpu_input("keep", np.ascontiguousarray(keep, np.int64))
-            for c in self.names:
-                old = self.columns[c]
-                binding.bind_ortvalue_input(c, old)
-                rows = new[c] if new is not None else np.zeros((0, *old.shape()[1:]), _COLUMN_TYPES[c])
-                binding.bind_cpu_input(f"{c}_new", np.ascontiguousarray(rows))
-                binding.bind_output(f"{c}_out", self.device, 0)
-            self._table.run_with_iobinding(binding)
-            self.columns = dict(zip(self.names, binding.get_outputs(), strict=True))
-        elif new is not None:  # an empty table takes the new rows as they are
-            self.columns = {c: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.device, 0) for c, v in new.items()}
-        else:
-            self.columns = {}
-        self._keep, self._new = None, []
-
-    def step(self) -> np.ndarray:
-        if self._keep is not None or self._new:
-            self._apply()
-        binding = self.session.io_binding()
-        for c in self.names:
-            binding.bind_ortvalue_input(c, self.columns[c])
-        for out in ("point", "next_state", "next_counter"):
-            binding.bind_output(out, self.device, 0)
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as e:
-            raise ModelError(f"{self.runtime.info.name}: decoder_step_draw failed: {_first_line(e)}") from None
-        point, state, counter = binding.get_outputs()
-        self.columns.update(prev=point, state=state, counter=counter)
-        return point.numpy()

@@ -39,7 +39,8 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU"
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
         model_dir = Path(args["model_repository"]) / args["model_version"]
-        runtime = OnnxRuntime(model_dir, providers=providers, threads=int(p.get("intra_op_threads", "1")))
+        runtime = OnnxRuntime(model_dir, providers=providers, threads=int(p.get("intra_op_threads", "1")),
+                              cuda_graphs=gpu and p.get("cuda_graphs", "0") == "1")
         self.sampler = Sampler(runtime)
         self.info = runtime.info
         self.names = [t.name for t in inputs_for(self.info)]

@@ -1,0 +1,177 @@
+"""The draw as a graph (`sketchkit.draw`): its generator, its exact maths, and that it draws the
+mixture of Eq. 3 at the temperature of Eq. 8 — against the mixture written out in numpy and
+against the previous release's numpy draw, statistically (the bits changed once, by design)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from sketchkit import draw
+from sketchkit.hub import resolve
+from sketchkit.mixture import mixture, temperature
+from sketchkit.rows import HostRows
+from sketchkit.runtimes.onnx import OnnxRuntime
+
+
+def run_nodes(build, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """Evaluate a few of the draw's nodes (made by `build(builder)`) on the CPU."""
+    b = draw._Builder()
+    names = build(b)
+    for name, out in zip(names, outputs, strict=True):
+        b.op("Identity", name, out=out)
+    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint64): TensorProto.UINT64}
+    ins = [helper.make_tensor_value_info(k, elem[v.dtype], list(v.shape)) for k, v in inputs.items()]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    model = helper.make_model(helper.make_graph(b.nodes, "t", ins, outs, b.consts), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+
+
+def test_uniforms_are_squares32_of_the_counter():
+    counter = draw.row_keys(12345, 1000)
+    us = run_nodes(lambda b: draw._uniforms(b, "counter"), {"counter": counter}, ["u0", "u1", "u2", "u3"])
+    want = draw.squares32(counter[:, None] + np.arange(4, dtype=np.uint64))  # [B, 4] 32-bit
+    got = np.concatenate(us, axis=1)
+    np.testing.assert_array_equal(got, ((want >> np.uint64(9)).astype(np.float64) + 0.5) / 2**23)
+    assert 0 < got.min() and got.max() < 1
+    # uniform: each decile holds a tenth, within 5 standard errors
+    counts = np.histogram(got, bins=10, range=(0, 1))[0] / got.size
+    assert np.abs(counts - 0.1).max() < 5 * np.sqrt(0.09 / got.size)
+
+
+def test_row_keys_depend_on_seed_and_row_only():
+    a, b = draw.row_keys(7, 5), draw.row_keys(7, 9)
+    np.testing.assert_array_equal(a, b[:5])  # row i's key does not depend on n
+    assert len(set(b.tolist())) == 9
+    assert not set(draw.row_keys(8, 9).tolist()) & set(b.tolist())
+    assert draw.row_keys(2**200, 2).dtype == np.uint64  # any non-negative int seed
+
+
+def test_exact_log_and_turn_match_numpy():
+    u = np.concatenate([np.linspace(1e-7, 1 - 1e-7, 4001), [2.0**-24, 0.5, 0.25]]).astype(np.float32)[:, None]
+    ln, cos, sin = run_nodes(lambda b: (draw._log(b, "u"), *draw._cos_sin_turn(b, "u")), {"u": u}, ["ln", "cos", "sin"])
+    x = u.astype(np.float64)
+    np.testing.assert_allclose(ln, np.log(x), rtol=3e-7, atol=1e-8)
+    assert (ln < 0).all()  # Box-Muller takes sqrt(-2 ln u)
+    np.testing.assert_allclose(cos, np.cos(2 * np.pi * x), rtol=0, atol=1e-6)  # |values| <= 1
+    np.testing.assert_allclose(sin, np.sin(2 * np.pi * x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("exact_math", [True, False])
+@pytest.mark.parametrize(("tau", "rule"), [(1.0, "eq8"), (0.4, "eq8"), (0.4, "js")])
+def test_draws_follow_the_mixture(tau, rule, exact_math):
+    """One row's parameters drawn 100,000 times: pen and component frequencies, the offset's mean
+    and covariance and, given the component, the correlation rho match Eq. 3 / Eq. 6-8."""
+    rng = np.random.default_rng(0)
+    M, N = 5, 100_000
+    p1 = rng.normal(size=(1, 6 * M + 3)).astype(np.float32)
+    p1[0, 3 + M : 3 + 3 * M] *= 4  # separated means: the chosen component shows in the offset
+    session = ort.InferenceSession(draw.draw_graph(M, exact_math).SerializeToString(), providers=["CPUExecutionProvider"])
+    t = np.tile(np.array(temperature(tau, rule), np.float32), (N, 1))
+    point, nxt = session.run(None, {"params": np.repeat(p1, N, 0), "temperature": t, "greedy": np.zeros(N, bool),
+                                    "counter": draw.row_keys(3, N)})  # fmt: skip
+    mix = mixture(p1, tau, rule)
+    pen_p = np.exp(mix.pen_logits[0] - mix.pen_logits[0].max())
+    pen_p /= pen_p.sum()
+    np.testing.assert_allclose(point[:, 2:].mean(0), pen_p, atol=5 * np.sqrt(0.25 / N))
+    assert (point[:, 2:].sum(1) == 1).all()
+    mean, cov = mix.mean_cov()
+    se = np.sqrt(np.diag(cov[0]) / N)
+    assert np.all(np.abs(point[:, :2].mean(0) - mean[0]) < 5 * se)
+    np.testing.assert_allclose(np.cov(point[:, :2].T), cov[0], rtol=0.03, atol=0.03 * np.abs(cov[0]).max())
+    np.testing.assert_array_equal(nxt, draw.row_keys(3, N) + np.uint64(4))
+
+
+def test_correlation_and_greedy():
+    M, N = 1, 50_000
+    params = np.zeros((N, 6 * M + 3), np.float32)
+    params[:, 3 + 5 * M] = np.arctanh(0.8)  # rho = 0.8, sigma = 1, mu = 0
+    _, xy = draw.sample_points(params, 1.0, seed=3)
+    assert abs(np.corrcoef(xy.T)[0, 1] - 0.8) < 0.01
+    rng = np.random.default_rng(1)
+    params = rng.normal(size=(64, 6 * 4 + 3)).astype(np.float32)
+    pen, xy = draw.sample_points(params, 1.0, greedy=True)
+    j = params[:, 3:7].argmax(1)
+    np.testing.assert_array_equal(pen, params[:, :3].argmax(1))
+    np.testing.assert_array_equal(xy, np.stack([params[np.arange(64), 7 + j], params[np.arange(64), 11 + j]], 1))
+
+
+def test_extreme_logits_and_bad_parameters():
+    """Logits that overflow a softmax still pick the argmax; NaN or infinity anywhere in a row
+    makes its offset NaN (the engine fails that request), and only that row's."""
+    M, N = 5, 1000
+    params = np.zeros((N, 6 * M + 3), np.float32)
+    params[:, 0:3] = [-3e4, 3e4, -3e4]
+    params[:, 3 : 3 + M] = [-3e4, -3e4, 3e4, -3e4, -3e4]
+    params[:, 3 + M : 3 + 2 * M] = np.arange(M)
+    pen, xy = draw.sample_points(params, 0.01, seed=0)
+    assert (pen == 1).all()
+    np.testing.assert_allclose(xy[:, 0], 2.0, atol=0.5)  # component 2, sigma 0.1
+    params[3, 20], params[7, 0] = np.nan, np.inf
+    _, xy = draw.sample_points(params, 0.5, seed=0)
+    assert np.isnan(xy[[3, 7], 0]).all() and np.isfinite(xy[np.r_[0:3, 4:7, 8:N]]).all()
+
+
+# ---- against the previous release's draw, over whole sketches ----------------------------------
+
+
+def old_draw(params: np.ndarray, div: float, sig: float, rng: np.random.Generator) -> np.ndarray:
+    """The previous release's numpy draw (Gumbel-max pen and component, numpy normals), as a
+    stroke-5 point: the reference distribution."""
+    m = (params.shape[1] - 3) // 6
+    logits = params[:, : 3 + m].astype(np.float64) / div - np.log(rng.standard_exponential((len(params), 3 + m)))
+    pen, j = logits[:, :3].argmax(1), logits[:, 3:].argmax(1)
+    c = params[np.arange(len(params))[:, None], (3 + j)[:, None] + m * np.arange(1, 6)].astype(np.float64)
+    n = rng.standard_normal((len(params), 2))
+    rho = np.tanh(c[:, 4])
+    noise = np.stack([n[:, 0], rho * n[:, 0] + np.sqrt(1 - rho * rho) * n[:, 1]], 1)
+    point = np.zeros((len(params), 5), np.float32)
+    point[:, :2] = c[:, :2] + np.exp(c[:, 2:4]) * sig * noise
+    point[np.arange(len(params)), 2 + pen] = 1
+    return point
+
+
+def sketch_statistics(runtime, n: int, tau: float, new: bool) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """n sketches from the start token, decoded with the new draw (the graph) or the old one:
+    lengths, pen-state frequencies and offset moments over every drawn point."""
+    info = runtime.info
+    div, sig = temperature(tau, "eq8")
+    rows = HostRows(runtime)
+    z = np.random.default_rng(9).standard_normal((n, info.dims.z_size)).astype(np.float32) if info.dims.vae else None
+    cols = {"prev": np.tile(np.asarray(info.start_token, np.float32), (n, 1)), "state": runtime.init_state(z, n),
+            "temperature": np.tile(np.array([div, sig], np.float32), (n, 1)), "greedy": np.zeros(n, bool),
+            "counter": draw.row_keys(1, n)}  # fmt: skip
+    if z is not None:
+        cols["z"] = z
+    rows.append(cols)
+    rng, live, length, points = np.random.default_rng(1), np.arange(n), np.full(n, info.max_seq_len), []
+    for t in range(info.max_seq_len):
+        if new:
+            point = rows.step()
+        else:
+            c = rows.columns
+            params, c["state"] = runtime.step(c["prev"], c.get("z"), c["state"])
+            point = c["prev"] = old_draw(params, div, sig, rng)
+        points.append(point)
+        ended = point[:, 4] == 1
+        length[live[ended]] = t
+        rows.keep(np.flatnonzero(~ended))
+        live = live[~ended]
+        if not len(live):
+            break
+    p = np.concatenate(points)
+    return {"length": length, "pen": p[:, 2:].mean(0), "mean": p[:, :2].mean(0), "std": p[:, :2].std(0), "n_points": len(p)}
+
+
+@pytest.mark.parametrize("n", [3000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_sheep_sketches_match_the_previous_draw(n):
+    runtime = OnnxRuntime(resolve("sheep"))
+    new, old = (sketch_statistics(runtime, n, 0.6, flag) for flag in (True, False))
+    len_se = np.hypot(new["length"].std(), old["length"].std()) / np.sqrt(n)
+    assert abs(new["length"].mean() - old["length"].mean()) < 5 * len_se
+    np.testing.assert_allclose(new["pen"], old["pen"], atol=5 * np.sqrt(0.25 / min(new["n_points"], old["n_points"])))
+    std_se = np.hypot(new["std"], old["std"]) / np.sqrt(min(new["n_points"], old["n_points"]))
+    np.testing.assert_allclose(new["mean"], old["mean"], atol=float(5 * std_se.max()) * 5)  # points within a sketch correlate
+    np.testing.assert_allclose(new["std"], old["std"], rtol=0.05)
