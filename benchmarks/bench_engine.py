@@ -71,6 +71,13 @@ class Timed:
             self.seconds += time.perf_counter() - t
         return out
 
+    def step_and_draw(self, *columns):
+        t = time.perf_counter()
+        out = self.inner.step_and_draw(*columns)
+        with self.lock:
+            self.seconds += time.perf_counter() - t
+        return out
+
     def encode(self, strokes, lengths):
         return self.inner.encode(strokes, lengths)
 
@@ -211,21 +218,27 @@ def graph_only(runtime: OnnxRuntime, batch: int, streams: int = 1, seconds: floa
 
 
 class FixedParams:
-    """A runtime whose step costs nothing: fixed parameters (the model's own, from one real step
-    at the start token) and the state passed through; what is left of a step is the engine's own
-    work (random draws, the mixture draw, the row table)."""
+    """A runtime whose step and draw cost nothing: points drawn once (by the real graph, from the
+    model's own parameters of one step at the start token), handed out by counter, and the state
+    passed through; what is left of a step is the engine's own work (the row table, retiring,
+    admitting)."""
+
+    POOL = 1 << 16
 
     def __init__(self, runtime: OnnxRuntime, rows: int) -> None:
+        from sketchkit.draw import row_keys
+
         info = self.info = runtime.info
-        z = np.zeros((rows, info.dims.z_size), np.float32) if info.dims.vae else None
-        state = runtime.init_state(z, rows)
-        self.params, _ = runtime.step(np.tile(np.asarray(info.start_token, np.float32), (rows, 1)), z, state)
+        z = np.zeros((self.POOL, info.dims.z_size), np.float32) if info.dims.vae else None
+        prev = np.tile(np.asarray(info.start_token, np.float32), (self.POOL, 1))
+        t = np.tile(np.array([0.3, 0.3**0.5], np.float32), (self.POOL, 1))
+        self.points, _, _ = runtime.step_and_draw(prev, z, runtime.init_state(z, self.POOL), t, np.zeros(self.POOL, bool), row_keys(0, self.POOL))
 
     def init_state(self, z, batch):
         return np.zeros((batch, self.info.dims.state_size), np.float32)
 
-    def step(self, prev, z, state):
-        return self.params[: len(prev)].copy(), state
+    def step_and_draw(self, prev, z, state, temperature, greedy, counter):
+        return self.points[(counter >> np.uint64(2)) % np.uint64(self.POOL)], state, counter + np.uint64(4)
 
 
 def engine_overhead(runtime: OnnxRuntime, rows: int, tau: float, steps: int = 2000, repeats: int = 5) -> float:

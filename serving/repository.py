@@ -114,7 +114,7 @@ class RepoOptions:
             or self.instances < 1
             or self.queue_delay_us < 0
             or self.sequence_idle_s <= 0
-            or min(self.max_sketches_per_request, self.max_sketches_in_flight, self.max_rows_per_step, self.max_len) < 1
+            or min(self.max_sketches_per_request or 0, self.max_sketches_in_flight or 0, self.max_rows_per_step or 0, self.max_len) < 1
             or min(self.engines, self.intra_op_threads) < 1
             or self.max_sequence_rows < 1
             or self.max_state_bytes < 1

@@ -51,9 +51,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> _U64(31))
 
 
-def row_keys(seed: int, n: int) -> np.ndarray:
+def row_keys(seed: int | None, n: int) -> np.ndarray:
     """The starting counters [n] uint64 of a request's rows: row i's random numbers depend on
-    (seed, i) and the step alone. Any non-negative int seed (SeedSequence folds large ones)."""
+    (seed, i) and the step alone. Any non-negative int seed (SeedSequence folds large ones);
+    None: fresh entropy."""
     base = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
     return _splitmix64(base + np.arange(n, dtype=_U64) * _U64(0x9E3779B97F4A7C15))
 
@@ -280,7 +281,7 @@ def with_draw(decoder_step: onnx.ModelProto, num_mixture: int, exact_math: bool 
 
 @functools.lru_cache(maxsize=8)
 def _draw_session(num_mixture: int) -> Any:
-    from sketchkit.runtimes.onnx import open_session
+    from sketchkit.runtimes.session import open_session
 
     return open_session(draw_graph(num_mixture).SerializeToString(), threads=1)
 

@@ -35,7 +35,7 @@ def test_uniforms_are_squares32_of_the_counter():
     want = draw.squares32(counter[:, None] + np.arange(4, dtype=np.uint64))  # [B, 4] 32-bit
     got = np.concatenate(us, axis=1)
     np.testing.assert_array_equal(got, ((want >> np.uint64(9)).astype(np.float64) + 0.5) / 2**23)
-    assert 0 < got.min() and got.max() < 1
+    assert got.min() > 0 and got.max() < 1
     # uniform: each decile holds a tenth, within 5 standard errors
     counts = np.histogram(got, bins=10, range=(0, 1))[0] / got.size
     assert np.abs(counts - 0.1).max() < 5 * np.sqrt(0.09 / got.size)

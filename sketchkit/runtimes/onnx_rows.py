@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sketchkit.errors import ModelError
+from sketchkit.runtimes.base import Runtime
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from sketchkit.runtimes.onnx import OnnxRuntime
+
 
 _COLUMN_TYPES = {"prev": "float32", "z": "float32", "state": "float32", "temperature": "float32", "greedy": "bool", "counter": "uint64"}
 
@@ -55,7 +56,7 @@ class DeviceRows:
     by one small graph (`_table_graph`) on the device: the host uploads only the new rows.
     """
 
-    def __init__(self, runtime: OnnxRuntime, session: ort.InferenceSession, device: str) -> None:
+    def __init__(self, runtime: Runtime, session: ort.InferenceSession, device: str) -> None:
         import onnxruntime as ort
 
         self.runtime, self.session, self.device = runtime, session, device
@@ -64,7 +65,7 @@ class DeviceRows:
         self._rows = 0
         self._keep: np.ndarray | None = None  # rows to keep (pending)
         self._new: list[dict[str, np.ndarray]] = []  # rows to append (pending)
-        from sketchkit.runtimes.onnx import open_session
+        from sketchkit.runtimes.session import open_session
 
         self._table = open_session(_table_graph(self.names), 1, session.get_providers())
         self._ort = ort
@@ -171,10 +172,10 @@ class GraphRows:
     writes set 1 - p (graph id 1 + 2 k + p for capacity k), so the addresses a graph was captured
     with never change. `capture=False` runs the same bookkeeping without graphs (CPU tests)."""
 
-    def __init__(self, runtime: OnnxRuntime, session: ort.InferenceSession, device: str, capture: bool = True) -> None:
+    def __init__(self, runtime: Runtime, session: ort.InferenceSession, device: str, capture: bool = True) -> None:
         import onnxruntime as ort
 
-        from sketchkit.runtimes.onnx import open_session
+        from sketchkit.runtimes.session import open_session
 
         self.runtime, self.session, self.device, self.capture = runtime, session, device, capture
         info = runtime.info
