@@ -36,11 +36,11 @@ OWL_CASES = {
 }
 
 GOLDEN = {
-    "sheep/generate-tau0.3-seed1": "4f94b4839165b745478d5a48",
-    "sheep/generate-tau1.0-seed2-js": "a1e3d7dfdc0e6ac6fb1033bd",
-    "sheep/generate-greedy": "19cbec8d7c0949f6b4ed57ad",
-    "sheep/generate-maxlen20": "c07df4c6bba2d8c997efb999",
-    "sheep/complete": "3e5728220c4e732033a2e204",
+    "sheep/generate-tau0.3-seed1": "7f706b8fb8376eab05a71f20",
+    "sheep/generate-tau1.0-seed2-js": "66d3091809eaaaeedf4d1796",
+    "sheep/generate-greedy": "3c07787bd0398ee01f645973",
+    "sheep/generate-maxlen20": "2105d84d7f3bff015cb2bd79",
+    "sheep/complete": "1bc9979fc2b0e3ffcbc3b66e",
     "owl/generate-tau0.3-seed1": "b5da2f403f69e8963bcc7ea2",
     "owl/generate-tau0.8-seed9-eq8": "99ed7fd4b318b2ca121db00e",
     "owl/complete": "155eb4a5837e85f975f213d3",
