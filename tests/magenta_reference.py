@@ -63,6 +63,12 @@ class JsModel:
         return hc @ self.mu_w + self.mu_b, hc @ self.sig_w + self.sig_b
 
 
+def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Max |a - b| / (1 + |b|): float32 rounding is relative to the value (step parameters reach ~20,
+    states ~50 on the shared models), absolute near 0."""
+    return float((np.abs(a - b) / (1.0 + np.abs(b))).max())
+
+
 def random_stroke5(rng: np.random.Generator, n: int) -> np.ndarray:
     x = np.zeros((n, 5), np.float32)
     x[:, :2] = rng.standard_normal((n, 2))

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from magenta_reference import JsModel, random_stroke5, write_vae_json  # noqa: E402
+from magenta_reference import JsModel, random_stroke5, rel_diff, write_vae_json  # noqa: E402
 
 from sketchkit.cli import main  # noqa: E402
 from sketchkit.export import magenta  # noqa: E402
@@ -62,8 +62,8 @@ def test_gen_model_matches_reference(owl_dir: Path, magenta_gen_dir: Path) -> No
         params, state = rt.step(prev, None, state)
         with torch.no_grad():
             p_torch, torch_state = model.step(torch.from_numpy(prev), None, torch_state)
-        worst_onnx = max(worst_onnx, float(np.abs(params - want).max()))
-        worst_torch = max(worst_torch, float(np.abs(p_torch.numpy() - want).max()))
+        worst_onnx = max(worst_onnx, rel_diff(params, want))  # parameters reach ~16 here
+        worst_torch = max(worst_torch, rel_diff(p_torch.numpy(), want))
     assert worst_onnx < 1e-4 and worst_torch < 1e-4, (worst_onnx, worst_torch)
 
 
@@ -91,7 +91,7 @@ def test_greedy_strokes_match_reference(cat_dir: Path, magenta_gen_dir: Path) ->
     (got,) = Sampler(OnnxRuntime(cat_dir)).generate(1, options=SamplingOptions(greedy=True, max_len=60))
     assert len(got) == len(want) > 20
     np.testing.assert_array_equal(got[:-1, 2], want[:-1, 2])  # the sampler ends the last stroke
-    np.testing.assert_allclose(got[:, :2], want[:, :2], atol=1e-2)  # pixels
+    np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=1e-5, atol=1e-2)  # pixels, up to ~400
 
 
 @pytest.mark.parametrize("version", [6, 2])

@@ -32,7 +32,7 @@ def test_torch_runtime_steps_like_the_exported_graphs(sheep_model):
     s_torch, s_onnx = torch_rt.init_state(z, 3), onnx.init_state(z, 3)
     for _ in range(3):
         (p_torch, s_torch), (p_onnx, s_onnx) = torch_rt.step(prev, z, s_torch), onnx.step(prev, z, s_onnx)
-        np.testing.assert_allclose(p_torch, p_onnx, atol=1e-4)
+        np.testing.assert_allclose(p_torch, p_onnx, rtol=1e-5, atol=1e-4)  # parameters reach ~11
     sketches = [np.float32([[1, 2, 0], [3, 4, 1]])] * 2
     np.testing.assert_allclose(
         torch_rt.encode(*_batch(sketches, onnx))[0], onnx.encode(*_batch(sketches, onnx))[0], atol=1e-4

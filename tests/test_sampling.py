@@ -103,7 +103,7 @@ def test_seed_gives_same_sketches_whatever_the_batching(model):
     chunked = Sampler(Recording(OnnxRuntime(model), chunk=3)).generate(10, options=options)
     for x, y in zip(whole, chunked, strict=True):
         assert len(x) == len(y)
-        np.testing.assert_allclose(x, y, atol=1e-4)
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-4)  # pixels
 
 
 def test_finished_rows_leave_the_batch(model):

@@ -102,7 +102,7 @@ def test_scale_factor_of_sheep_train_matches_numpy(sheep) -> None:
     normalized = [strokes.normalize(s, direct) for s in sheep.train]
     assert strokes.scale_factor(normalized) == pytest.approx(1.0, rel=1e-5)
     back = strokes.denormalize(normalized[0], direct)
-    np.testing.assert_allclose(back, sheep.train[0], atol=1e-4)
+    np.testing.assert_allclose(back, sheep.train[0], rtol=1e-6)  # pixel offsets, up to ~100
     np.testing.assert_array_equal(normalized[0][:, 2], sheep.train[0][:, 2])
 
 
