@@ -122,6 +122,8 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True,
+              help="Prometheus /metrics: Triton's and <name>_generate's (sketchkit_*).")
 @click.option(
     "--python",
     "python",
@@ -136,7 +138,8 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
 )
 def start(
-    repo: str, http_port: int, grpc_port: int, python: str, log_path: str | None, startup_timeout: float
+    repo: str, http_port: int, grpc_port: int, metrics_port: int, python: str, log_path: str | None,
+    startup_timeout: float,
 ) -> None:
     """Run a local tritonserver (from the nvidia-pytriton wheel) on REPO, a cpu-flavor repository,
     on 127.0.0.1 until Ctrl-C or SIGTERM."""
@@ -148,12 +151,13 @@ def start(
     # both, explicitly: a shell starts background jobs with SIGINT ignored
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
-        repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout
+        repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout,
+        metrics_port=metrics_port,
     )
     try:
         click.echo(f"starting tritonserver on {repo} (log: {server.log_path})", err=True)
         server.start()
-        click.echo(f"ready: {server.grpc_url}  {server.http_url}  models: {', '.join(server.models)}")
+        click.echo(f"ready: {server.grpc_url}  {server.http_url}  metrics: {server.metrics_url}  models: {', '.join(server.models)}")
         click.echo("Ctrl-C to stop", err=True)
         assert server.process is not None
         code = server.process.wait()
