@@ -87,12 +87,14 @@ def serve() -> None:
               help="Stateful, cpu: rows one sequence may hold.")
 @click.option("--max-state-mb", type=int, default=1024, show_default=True,
               help="Stateful, cpu: MB of state all sequences together may hold.")
-@click.option("--force", is_flag=True, help="Replace --out if it is a repository written by build-repo.")
+@click.option("--k8s", "k8s", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write Kubernetes manifests (kustomize) whose pods build this repository (zoo names only).")
+@click.option("--force", is_flag=True, help="Replace --out (and --k8s) if written by build-repo.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, stateful: bool, sequence_idle_s: float,
                generate: bool, max_sketches_per_request: int, max_sketches_in_flight: int,
                max_sequence_rows: int, max_state_mb: int, engines: int, intra_op_threads: int,
-               names: tuple[str, ...], force: bool) -> None:  # fmt: skip
+               names: tuple[str, ...], k8s: str | None, force: bool) -> None:  # fmt: skip
     """Write a Triton model repository for MODELS (model directories or zoo names): per model
     <name>_generate (one request in, finished sketches out) and one Triton model per graph,
     <name>_encoder, <name>_decoder_init, <name>_decoder_step, for custom loops."""
@@ -114,8 +116,17 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     if names and len(names) != len(models):
         raise SketchkitError(f"got {len(names)} --name for {len(models)} models (give one per model, in order)")
     typed: list[str | None] = [*names] or [None if Path(m).is_dir() else safe_name(m) for m in models]
+    if k8s:
+        from sketchkit.serving.manifests import check_models
+
+        check_models(models)
     built = build([resolve(m) for m in models], out, options, force=force, names=typed)
     click.echo(f"wrote {out} ({flavor}): {', '.join(built)}")
+    if k8s:
+        from sketchkit.serving.manifests import write_manifests
+
+        write_manifests(k8s, models, [n for n in typed if n], options, force=force)
+        click.echo(f"wrote {k8s}: kubectl apply -k {k8s} (KServe: kubectl apply -k {k8s}/kserve)")
 
 
 @serve.command("start", short_help="Run a local tritonserver on a cpu-flavor repository.")

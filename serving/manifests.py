@@ -1,0 +1,121 @@
+"""Kubernetes manifests for a model repository (`sketchkit serve build-repo MODELS --k8s DIR`).
+
+DIR gets the kustomize tree of serving/deploy (base, cpu and gpu overlays, the KServe variant) and
+two kustomizations on top of it, `DIR` (the flavor's overlay) and `DIR/kserve`, patched so that the
+pod's init step runs the `sketchkit serve build-repo` that rebuilds this very repository (the same
+models, names and options), with the CPU request and the autoscaling target that its options imply.
+Written as JSON, which kustomize reads as YAML: no YAML writer needed.
+
+    kubectl kustomize DIR            # or: kubectl apply -k DIR
+    kubectl kustomize DIR/kserve
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from sketchkit.errors import SketchkitError
+from sketchkit.io import atomic_directory
+from sketchkit.serving.repository import RepoOptions
+
+DEPLOY = Path(__file__).parent / "deploy"
+MARKER = ".sketchkit-manifests"  # --force replaces only directories written here
+NAME = "sketchkit-triton"  # the Deployment, Service, Ingress, HPA and InferenceService of serving/deploy
+
+# RepoOptions field -> its `build-repo` option; fields not here have no option and must keep their default
+_VALUES = {
+    "flavor": "--flavor", "max_batch_size": "--max-batch-size", "queue_delay_us": "--queue-delay-us",
+    "instances": "--instances", "accelerator": "--accelerator", "sequence_idle_s": "--sequence-idle-s",
+    "max_sketches_per_request": "--max-sketches-per-request", "max_sketches_in_flight": "--max-sketches-in-flight",
+    "engines": "--engines", "intra_op_threads": "--intra-op-threads", "max_sequence_rows": "--max-sequence-rows",
+}  # fmt: skip
+_SWITCHES = {"stateful": ("--stateful", "--no-stateful"), "generate": ("--generate", "--no-generate"),
+             "cuda_graphs": ("--cuda-graphs", None)}  # fmt: skip
+
+
+def build_repo_args(models: Sequence[str], names: Sequence[str], opts: RepoOptions) -> list[str]:
+    """`sketchkit` arguments that build this repository in the pod, every option spelled out."""
+    args = ["serve", "build-repo", *models]
+    for name in names:
+        args += ["--name", name]
+    for field in dataclasses.fields(RepoOptions):
+        value = getattr(opts, field.name)
+        if field.name in _VALUES:
+            args += [_VALUES[field.name], str(value)]
+        elif field.name in _SWITCHES:
+            on, off = _SWITCHES[field.name]
+            args += [on] if value else [off] if off else []
+        elif field.name == "max_state_bytes":
+            if value % (1 << 20):
+                raise SketchkitError("--k8s: the stateful state cap must be whole MB (--max-state-mb)")
+            args += ["--max-state-mb", str(value >> 20)]
+        elif value != field.default:
+            raise SketchkitError(f"--k8s: {field.name} has no build-repo option; keep its default ({field.default})")
+    return [*args, "--out", "/models/repo"]
+
+
+def in_flight_target(opts: RepoOptions, models: int) -> int:
+    """Sketches in flight per replica at which the HPA adds one: per model, the rows its engines'
+    steps hold (beyond, sketches wait for a step), and never above half its "busy" cap."""
+    return models * min(opts.engines * opts.max_rows_per_step, opts.max_sketches_in_flight // 2)
+
+
+def _patch(kind: str, ops: list[dict]) -> dict:
+    return {"target": {"kind": kind, "name": NAME}, "patch": json.dumps(ops)}
+
+
+def check_models(models: Sequence[str]) -> None:
+    """Zoo names only: the pod builds its repository from them (a local directory is not there)."""
+    local = [m for m in models if Path(m).is_dir()]
+    if local:
+        raise SketchkitError(
+            f"--k8s: {local[0]} is a local directory; the pod's init step builds the repository from zoo "
+            "names (for your own models, publish them to a zoo or bake them into the image)"
+        )
+
+
+def write_manifests(
+    out: str | os.PathLike[str], models: Sequence[str], names: Sequence[str], opts: RepoOptions,
+    *, force: bool = False,
+) -> Path:  # fmt: skip
+    """Write DIR for the repository that `build-repo models --name names` with `opts` writes.
+    `models` are zoo names (`check_models`)."""
+    check_models(models)
+    out = Path(out)
+    replaceable = force and not out.is_symlink() and (out / MARKER).is_file()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not replaceable:
+        raise SketchkitError(f"{out} exists and is not empty (--force replaces a directory written by --k8s)")
+    args = build_repo_args(models, names, opts)
+    target = str(in_flight_target(opts, len(models)))
+    cores = str(len(models) * opts.engines * opts.intra_op_threads) if opts.flavor == "cpu" else "2"
+    deployment = [
+        {"op": "replace", "path": "/spec/template/spec/initContainers/0/args", "value": args},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/resources/requests/cpu", "value": cores},
+    ]
+    hpa = [{"op": "replace", "path": "/spec/metrics/0/pods/target/averageValue", "value": target}]
+    isvc = [
+        {"op": "replace", "path": "/spec/predictor/initContainers/0/args", "value": args},
+        {"op": "replace", "path": "/spec/predictor/containers/0/resources/requests/cpu", "value": cores},
+        {"op": "replace", "path": "/spec/predictor/autoScaling/metrics/0/external/target/averageValue",
+         "value": target},
+    ]  # fmt: skip
+    if opts.flavor == "cpu":  # the KServe variant asks for a GPU
+        isvc.append({"op": "remove", "path": "/spec/predictor/containers/0/resources/limits/nvidia.com~1gpu"})
+    header = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+    with atomic_directory(out) as tmp:
+        shutil.copytree(DEPLOY, tmp / "deploy")
+        (tmp / "kustomization.yaml").write_text(json.dumps(
+            header | {"resources": [f"deploy/overlays/{opts.flavor}"],
+                      "patches": [_patch("Deployment", deployment), _patch("HorizontalPodAutoscaler", hpa)]},
+            indent=2) + "\n")  # fmt: skip
+        (tmp / "kserve").mkdir()
+        (tmp / "kserve" / "kustomization.yaml").write_text(json.dumps(
+            header | {"resources": ["../deploy/kserve"], "patches": [_patch("InferenceService", isvc)]},
+            indent=2) + "\n")  # fmt: skip
+        (tmp / MARKER).write_text(" ".join(["sketchkit", *args]) + "\n")
+    return out
