@@ -106,7 +106,9 @@ def write_manifests(
     ]  # fmt: skip
     if opts.flavor == "cpu":  # the KServe variant asks for a GPU
         isvc.append({"op": "remove", "path": "/spec/predictor/containers/0/resources/limits/nvidia.com~1gpu"})
-    header = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+    header = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+              # newName: where you pushed the serving/Dockerfile image
+              "images": [{"name": "sketchkit-tritonserver", "newName": "sketchkit-tritonserver", "newTag": "24.10"}]}
     with atomic_directory(out) as tmp:
         shutil.copytree(DEPLOY, tmp / "deploy")
         (tmp / "kustomization.yaml").write_text(json.dumps(
