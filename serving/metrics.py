@@ -42,6 +42,7 @@ class GenerateMetrics:
     ) -> None:
         self.engine = engine
         self.interval_s = interval_s
+        self._log = pb_utils.Logger.log_error
         family = pb_utils.MetricFamily
         self._families = {
             name: family(name=name, description=text, kind=getattr(family, kind))
@@ -103,8 +104,14 @@ class GenerateMetrics:
             self._pushed[key] = value
 
     def _loop(self) -> None:
+        failed = False
         while not self._stop.wait(self.interval_s):
-            self.push()
+            try:
+                self.push()
+            except Exception as e:  # the metrics stop moving; the model goes on serving
+                if not failed:
+                    self._log(f"sketchkit metrics: {type(e).__name__}: {e}")
+                failed = True
 
     def stop(self) -> None:
         """Stop pushing; the metrics go before their families (the backend requires that order)."""
