@@ -27,35 +27,38 @@ DEPLOY = Path(__file__).parent / "deploy"
 MARKER = ".sketchkit-manifests"  # --force replaces only directories written here
 NAME = "sketchkit-triton"  # the Deployment, Service, Ingress, HPA and InferenceService of serving/deploy
 
-# RepoOptions field -> its `build-repo` option; fields not here have no option and must keep their default
-_VALUES = {
-    "flavor": "--flavor", "max_batch_size": "--max-batch-size", "queue_delay_us": "--queue-delay-us",
-    "instances": "--instances", "accelerator": "--accelerator", "sequence_idle_s": "--sequence-idle-s",
-    "max_sketches_per_request": "--max-sketches-per-request", "max_sketches_in_flight": "--max-sketches-in-flight",
-    "engines": "--engines", "intra_op_threads": "--intra-op-threads", "max_sequence_rows": "--max-sequence-rows",
-}  # fmt: skip
-_SWITCHES = {"stateful": ("--stateful", "--no-stateful"), "generate": ("--generate", "--no-generate"),
-             "cuda_graphs": ("--cuda-graphs", None)}  # fmt: skip
-
-
 def build_repo_args(models: Sequence[str], names: Sequence[str], opts: RepoOptions) -> list[str]:
-    """`sketchkit` arguments that build this repository in the pod, every option spelled out."""
+    """`sketchkit` arguments that build this repository in the pod, every option spelled out. Read
+    off the `build-repo` command itself (the pod runs it), so a new option is covered as it lands;
+    an option without a flag must be what the command would give it."""
+    import click
+
+    from sketchkit.cli.serve import build_repo
+
+    fields = {f.name for f in dataclasses.fields(RepoOptions)}
     args = ["serve", "build-repo", *models]
     for name in names:
         args += ["--name", name]
-    for field in dataclasses.fields(RepoOptions):
-        value = getattr(opts, field.name)
-        if field.name in _VALUES:
-            args += [_VALUES[field.name], str(value)]
-        elif field.name in _SWITCHES:
-            on, off = _SWITCHES[field.name]
-            args += [on] if value else [off] if off else []
-        elif field.name == "max_state_bytes":
+    covered = set()
+    for param in build_repo.params:
+        field = "max_state_bytes" if param.name == "max_state_mb" else param.name
+        if not isinstance(param, click.Option) or field not in fields:
+            continue
+        covered.add(field)
+        value = getattr(opts, field)
+        if param.is_flag:
+            flag = param.opts[0] if value else next(iter(param.secondary_opts), None)
+            args += [flag] if flag else []
+            continue
+        if field == "max_state_bytes":
             if value % (1 << 20):
                 raise SketchkitError("--k8s: the stateful state cap must be whole MB (--max-state-mb)")
-            args += ["--max-state-mb", str(value >> 20)]
-        elif value != field.default:
-            raise SketchkitError(f"--k8s: {field.name} has no build-repo option; keep its default ({field.default})")
+            value >>= 20
+        args += [param.opts[0], str(value)]
+    default = RepoOptions(flavor=opts.flavor)
+    for field in sorted(fields - covered):
+        if getattr(opts, field) != getattr(default, field):
+            raise SketchkitError(f"--k8s: {field} has no build-repo option; keep its default ({getattr(default, field)})")
     return [*args, "--out", "/models/repo"]
 
 
