@@ -35,7 +35,9 @@ import jsonschema  # noqa: E402  (kubernetes-validate's dependency)
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE_SCHEMA = Path(__file__).parent / "fixtures" / "kserve" / "inferenceservice-v1beta1.schema.json.gz"
 K8S_VERSION = "1.32.0"  # the kubectl on this machine kind
-CLOSED = {"shared-memory", "model-repository", "statistics", "trace", "logging"}  # as `serve start` closes them
+# as `serve start` and docker-compose do (issue 22): keyed, and closed to everyone
+KEYED = {"inference", "statistics"}
+CLOSED = {"shared-memory", "model-repository", "trace", "logging"}
 TREES = ["overlays/cpu", "overlays/gpu", "kserve"]
 
 
@@ -134,9 +136,12 @@ def test_manifests_say_what_serving_needs(tree):
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     flags = tritonserver_flags(server)
     assert "--model-repository=/models/repo" in flags and "--metrics-port=8002" in flags
-    closed = re.search(r'CLOSED="([^:"]+):x-sketchkit-closed=', flags)
-    assert closed and set(closed[1].split(",")) == CLOSED
-    assert '--http-restricted-api="$CLOSED"' in flags and '--grpc-restricted-protocol="$CLOSED"' in flags
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        rules = dict(reversed(m.groups()) for m in re.finditer(flag + r'="([^:"]+):([^"]+)"', flags))
+        assert {k: set(v.split(",")) for k, v in rules.items()} == {
+            "x-sketchkit-key=$SKETCHKIT_SERVER_KEY": KEYED, "x-sketchkit-closed=$CLOSED": CLOSED}
+    key = next(e for e in server["env"] if e["name"] == "SKETCHKIT_SERVER_KEY")
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "sketchkit-server-key", "key": "key"}
     init = pod["initContainers"][0]
     assert init["command"] == ["sketchkit"] and init["args"][:2] == ["serve", "build-repo"]
     gpu = "nvidia.com/gpu" in server["resources"].get("limits", {})
@@ -210,13 +215,15 @@ def test_dockerfile_python_and_numpy_fit_the_package():
 
 @pytest.mark.triton
 def test_the_manifest_tritonserver_command_runs(tmp_path):
-    """The container's command from the rendered Deployment, run by bash on a real tritonserver:
-    ready, inference and /metrics answer, the management APIs answer 403."""
+    """The container's command from the rendered Deployment, run by bash on a real tritonserver
+    with the Secret's key in its environment: ready and /metrics answer; inference and statistics
+    answer with the key and 403 without; the management APIs 403, key or not."""
     pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
     from sketchkit.hub import resolve
     from sketchkit.serving.repository import RepoOptions, build_repo
     from sketchkit.serving.server import TritonServer, free_port, pytriton_dir
 
+    KEY = "k8s-test-key-0123456789abcdef"
     server_args = by_kind(kustomize(DEPLOY / "overlays" / "cpu"))["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert server_args[:2] == ["bash", "-c"]
 
@@ -230,17 +237,25 @@ def test_the_manifest_tritonserver_command_runs(tmp_path):
                 script = script.replace(f"-port={old}", f"-port={new}")
             return ["bash", "-c", script]
 
+        def environment(self, env, triton):
+            return super().environment(env, triton) | {"SKETCHKIT_SERVER_KEY": KEY}
+
     build_repo([resolve("sheep")], tmp_path / "repo", RepoOptions(stateful=False), names=["sheep"])
     with FromManifest(tmp_path / "repo", free_port(), free_port(), log_path=tmp_path / "log",
                       metrics_port=free_port()) as s:  # fmt: skip
+        keyed = {"x-sketchkit-key": KEY}
+        generate = f"{s.http_url}/v2/models/sheep_generate/generate"
         body = json.dumps({"n": 2, "seed": 7}).encode()
-        with urllib.request.urlopen(f"{s.http_url}/v2/models/sheep_generate/generate", body, timeout=60) as r:
+        with urllib.request.urlopen(urllib.request.Request(generate, body, keyed), timeout=60) as r:
             assert len(json.loads(r.read())["lengths"]) == 2
-        for method, path in (("GET", "/v2/systemsharedmemory/status"), ("POST", "/v2/repository/index"),
-                             ("GET", "/v2/models/stats"), ("GET", "/v2/logging")):  # fmt: skip
-            request = urllib.request.Request(s.http_url + path, method=method, data=b"{}" if method == "POST" else None)
+        with urllib.request.urlopen(urllib.request.Request(s.http_url + "/v2/models/stats", headers=keyed)) as r:
+            assert r.status == 200
+        for method, path, headers in (("POST", "/v2/models/sheep_generate/generate", {}), ("GET", "/v2/models/stats", {}),
+                                      ("GET", "/v2/systemsharedmemory/status", keyed), ("POST", "/v2/repository/index", keyed),
+                                      ("GET", "/v2/logging", keyed), ("GET", "/v2/trace/setting", keyed)):  # fmt: skip
+            data = body if method == "POST" else None
             with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(request, timeout=10)
+                urllib.request.urlopen(urllib.request.Request(s.http_url + path, data, headers, method=method), timeout=10)
             assert refused.value.code == 403, path
         assert s.metrics_url is not None
         with urllib.request.urlopen(s.metrics_url, timeout=10) as r:
