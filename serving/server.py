@@ -269,11 +269,16 @@ class TritonServer:
             return ""
 
     def ready(self) -> bool:
+        """Health says ready and, when asked for, /metrics answers (Triton opens its port last)."""
+        urls = [f"{self.http_url}/v2/health/ready", *([self.metrics_url] if self.metrics_url else [])]
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1.0) as r:
-                return r.status == 200
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=1.0) as r:
+                    if r.status != 200:
+                        return False
         except (urllib.error.URLError, OSError):
             return False
+        return True
 
     def wait_ready(self) -> None:
         """Poll /v2/health/ready; fail fast on an exited server or a stub that cannot load."""
