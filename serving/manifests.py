@@ -12,7 +12,6 @@ Written as JSON, which kustomize reads as YAML: no YAML writer needed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -26,40 +25,6 @@ from sketchkit.serving.repository import RepoOptions
 DEPLOY = Path(__file__).parent / "deploy"
 MARKER = ".sketchkit-manifests"  # --force replaces only directories written here
 NAME = "sketchkit-triton"  # the Deployment, Service, Ingress, HPA and InferenceService of serving/deploy
-
-def build_repo_args(models: Sequence[str], names: Sequence[str], opts: RepoOptions) -> list[str]:
-    """`sketchkit` arguments that build this repository in the pod, every option spelled out. Read
-    off the `build-repo` command itself (the pod runs it), so a new option is covered as it lands;
-    an option without a flag must be what the command would give it."""
-    import click
-
-    from sketchkit.cli.serve import build_repo
-
-    fields = {f.name for f in dataclasses.fields(RepoOptions)}
-    args = ["serve", "build-repo", *models]
-    for name in names:
-        args += ["--name", name]
-    covered = set()
-    for param in build_repo.params:
-        field = "max_state_bytes" if param.name == "max_state_mb" else param.name
-        if not isinstance(param, click.Option) or field not in fields:
-            continue
-        covered.add(field)
-        value = getattr(opts, field)
-        if param.is_flag:
-            flag = param.opts[0] if value else next(iter(param.secondary_opts), None)
-            args += [flag] if flag else []
-            continue
-        if field == "max_state_bytes":
-            if value % (1 << 20):
-                raise SketchkitError("--k8s: the stateful state cap must be whole MB (--max-state-mb)")
-            value >>= 20
-        args += [param.opts[0], str(value)]
-    default = RepoOptions(flavor=opts.flavor)
-    for field in sorted(fields - covered):
-        if getattr(opts, field) != getattr(default, field):
-            raise SketchkitError(f"--k8s: {field} has no build-repo option; keep its default ({getattr(default, field)})")
-    return [*args, "--out", "/models/repo"]
 
 
 def in_flight_target(opts: RepoOptions, models: int) -> int:
@@ -83,17 +48,15 @@ def check_models(models: Sequence[str]) -> None:
 
 
 def write_manifests(
-    out: str | os.PathLike[str], models: Sequence[str], names: Sequence[str], opts: RepoOptions,
-    *, force: bool = False,
+    out: str | os.PathLike[str], models: Sequence[str], args: list[str], opts: RepoOptions, *, force: bool = False,
 ) -> Path:  # fmt: skip
-    """Write DIR for the repository that `build-repo models --name names` with `opts` writes.
-    `models` are zoo names (`check_models`)."""
+    """Write DIR for the repository of `models` (zoo names, `check_models`) with `opts`; `args`
+    are the `sketchkit` arguments that build it in the pod (`sketchkit.cli.serve.pod_args`)."""
     check_models(models)
     out = Path(out)
     replaceable = force and not out.is_symlink() and (out / MARKER).is_file()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not replaceable:
         raise SketchkitError(f"{out} exists and is not empty (--force replaces a directory written by --k8s)")
-    args = build_repo_args(models, names, opts)
     target = str(in_flight_target(opts, len(models)))
     cores = str(len(models) * opts.engines * opts.intra_op_threads) if opts.flavor == "cpu" else "2"
     deployment = [

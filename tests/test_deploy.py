@@ -262,12 +262,12 @@ def test_the_manifest_tritonserver_command_runs(tmp_path):
             assert b"sketchkit_sketches_in_flight" in r.read()
 
 
-def test_k8s_refuses_an_option_the_pod_could_not_repeat(tmp_path):
-    """An option `build-repo` has no flag for cannot reach the pod: refused, nothing written."""
+def test_k8s_refuses_an_option_the_pod_could_not_repeat():
+    """An option `build-repo` has no flag for cannot reach the pod: refused."""
+    from sketchkit.cli.serve import pod_args
     from sketchkit.errors import SketchkitError
-    from sketchkit.serving.manifests import write_manifests
     from sketchkit.serving.repository import RepoOptions
 
     with pytest.raises(SketchkitError, match="max_len has no build-repo option"):
-        write_manifests(tmp_path / "k8s", ["sheep"], ["sheep"], RepoOptions(max_len=500))
-    assert not (tmp_path / "k8s").exists()
+        pod_args(["sheep"], ["sheep"], RepoOptions(max_len=500))
+    assert pod_args(["sheep"], ["baa"], RepoOptions(stateful=False))[:6] == ["serve", "build-repo", "sheep", "--name", "baa", "--flavor"]

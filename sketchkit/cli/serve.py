@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from sketchkit.serving.repository import RepoOptions
 
 
 @click.group()
@@ -125,8 +130,44 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     if k8s:
         from sketchkit.serving.manifests import write_manifests
 
-        write_manifests(k8s, models, [n for n in typed if n], options, force=force)
+        write_manifests(k8s, models, pod_args(models, [n for n in typed if n], options), options, force=force)
         click.echo(f"wrote {k8s}: kubectl apply -k {k8s} (KServe: kubectl apply -k {k8s}/kserve)")
+
+
+def pod_args(models: Sequence[str], names: Sequence[str], opts: RepoOptions) -> list[str]:
+    """`sketchkit` arguments that build this repository in the pod, every option spelled out. Read
+    off the `build-repo` command itself (the pod runs it), so a new option is covered as it lands;
+    an option without a flag must be what the command would give it."""
+    import dataclasses
+
+    from sketchkit.errors import SketchkitError
+    from sketchkit.serving.repository import RepoOptions
+
+    fields = {f.name for f in dataclasses.fields(RepoOptions)}
+    args = ["serve", "build-repo", *models]
+    for name in names:
+        args += ["--name", name]
+    covered = set()
+    for param in build_repo.params:
+        field = "max_state_bytes" if param.name == "max_state_mb" else param.name
+        if not isinstance(param, click.Option) or field not in fields:
+            continue
+        covered.add(field)
+        value = getattr(opts, field)
+        if param.is_flag:
+            flag = param.opts[0] if value else next(iter(param.secondary_opts), None)
+            args += [flag] if flag else []
+            continue
+        if field == "max_state_bytes":
+            if value % (1 << 20):
+                raise SketchkitError("--k8s: the stateful state cap must be whole MB (--max-state-mb)")
+            value >>= 20
+        args += [param.opts[0], str(value)]
+    default = RepoOptions(flavor=opts.flavor)
+    for field in sorted(fields - covered):
+        if getattr(opts, field) != getattr(default, field):
+            raise SketchkitError(f"--k8s: {field} has no build-repo option; keep its default ({getattr(default, field)})")
+    return [*args, "--out", "/models/repo"]
 
 
 @serve.command("start", short_help="Run a local tritonserver on a cpu-flavor repository.")
