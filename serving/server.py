@@ -180,9 +180,11 @@ class TritonServer:
         python: str | os.PathLike[str] = sys.executable,
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout_s: float = 120.0,
+        metrics_port: int | None = None,
     ) -> None:
         self.repo = Path(repo).resolve()
         self.http_port, self.grpc_port = http_port, grpc_port
+        self.metrics_port = metrics_port  # None: no /metrics endpoint
         self.python = python
         self.log_path = (
             Path(log_path)
@@ -201,7 +203,14 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"grpc://127.0.0.1:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def command(self, backends: Path) -> list[str]:
+        metrics = ["--allow-metrics=false"]
+        if self.metrics_port is not None:  # Prometheus text: Triton's own and <name>_generate's (serving/metrics.py)
+            metrics = ["--allow-metrics=true", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}"]
         return [
             str(pytriton_dir() / "bin" / "tritonserver"),
             f"--model-repository={self.repo}",
@@ -210,7 +219,7 @@ class TritonServer:
             "--grpc-address=127.0.0.1",
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=false",
+            *metrics,
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
@@ -229,12 +238,13 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         self.models = check_repository(self.repo)
-        if self.http_port == self.grpc_port:
-            raise ServerError("the HTTP and gRPC ports must differ")
-        for port in (self.http_port, self.grpc_port):
+        ports = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if p is not None]
+        if len(set(ports)) != len(ports):
+            raise ServerError("the HTTP, gRPC and metrics ports must differ")
+        for port in ports:
             if not port_is_free(port):
                 raise ServerError(
-                    f"port {port} on 127.0.0.1 is already in use (pick another with --http-port/--grpc-port)"
+                    f"port {port} on 127.0.0.1 is already in use (pick another with --http-port/--grpc-port/--metrics-port)"
                 )
         triton = pytriton_dir()
         env = PythonEnv.probe(self.python)
@@ -259,11 +269,16 @@ class TritonServer:
             return ""
 
     def ready(self) -> bool:
+        """Health says ready and, when asked for, /metrics answers (Triton opens its port last)."""
+        urls = [f"{self.http_url}/v2/health/ready", *([self.metrics_url] if self.metrics_url else [])]
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1.0) as r:
-                return r.status == 200
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=1.0) as r:
+                    if r.status != 200:
+                        return False
         except (urllib.error.URLError, OSError):
             return False
+        return True
 
     def wait_ready(self) -> None:
         """Poll /v2/health/ready; fail fast on an exited server or a stub that cannot load."""

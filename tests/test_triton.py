@@ -247,15 +247,19 @@ def test_stub_that_cannot_start_fails_fast(small_repo, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_cli_start_prints_urls_and_stops_on_signal(small_repo, tmp_path, sig):
-    http, grpc = free_port(), free_port()
+    http, grpc, metrics = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sketchkit", "serve", "start", str(small_repo), "--http-port", str(http), "--grpc-port", str(grpc),
-         "--log", str(tmp_path / "log")],
+         "--metrics-port", str(metrics), "--log", str(tmp_path / "log")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         line = proc.stdout.readline()  # blocks until ready (or the command fails)
         assert line.startswith(f"ready: grpc://127.0.0.1:{grpc}  http://127.0.0.1:{http}"), proc.stderr.read()
+        url = f"http://127.0.0.1:{metrics}/metrics"
+        assert f"metrics: {url}" in line
+        with urllib.request.urlopen(url, timeout=5) as r:  # the port it reports serves Prometheus text
+            assert b"nv_inference_count" in r.read()
         proc.send_signal(sig)
         assert proc.wait(30) == 0
         assert "stopped" in proc.stderr.read()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from sketchkit.serving.repository import RepoOptions
 
 
 @click.group()
@@ -90,14 +95,16 @@ def serve() -> None:
               help="Stateful, cpu: rows one sequence may hold.")
 @click.option("--max-state-mb", type=int, default=1024, show_default=True,
               help="Stateful, cpu: MB of state all sequences together may hold.")
-@click.option("--force", is_flag=True, help="Replace --out if it is a repository written by build-repo.")
+@click.option("--k8s", "k8s", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write Kubernetes manifests (kustomize) whose pods build this repository (zoo names only).")
+@click.option("--force", is_flag=True, help="Replace --out (and --k8s) if written by build-repo.")
 def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: int, queue_delay_us: int,
                instances: int, accelerator: str, cuda_graphs: bool, engine_cuda_graphs: bool, stateful: bool,
                sequence_idle_s: float,
                generate: bool, max_sketches_per_request: int | None, max_sketches_in_flight: int | None,
                max_rows_per_step: int | None,
                max_sequence_rows: int, max_state_mb: int, engines: int, intra_op_threads: int,
-               names: tuple[str, ...], force: bool) -> None:  # fmt: skip
+               names: tuple[str, ...], k8s: str | None, force: bool) -> None:  # fmt: skip
     """Write a Triton model repository for MODELS (model directories or zoo names): per model
     <name>_generate (one request in, finished sketches out) and one Triton model per graph,
     <name>_encoder, <name>_decoder_init, <name>_decoder_step, for custom loops."""
@@ -121,14 +128,61 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     if names and len(names) != len(models):
         raise SketchkitError(f"got {len(names)} --name for {len(models)} models (give one per model, in order)")
     typed: list[str | None] = [*names] or [None if Path(m).is_dir() else safe_name(m) for m in models]
+    if k8s:
+        from sketchkit.serving.manifests import check_models
+
+        check_models(models)
     built = build([resolve(m) for m in models], out, options, force=force, names=typed)
     click.echo(f"wrote {out} ({flavor}): {', '.join(built)}")
+    if k8s:
+        from sketchkit.serving.manifests import write_manifests
+
+        write_manifests(k8s, models, pod_args(models, [n for n in typed if n], options), options, force=force)
+        click.echo(f"wrote {k8s}: kubectl apply -k {k8s} (KServe: kubectl apply -k {k8s}/kserve)")
+
+
+def pod_args(models: Sequence[str], names: Sequence[str], opts: RepoOptions) -> list[str]:
+    """`sketchkit` arguments that build this repository in the pod, every option spelled out. Read
+    off the `build-repo` command itself (the pod runs it), so a new option is covered as it lands;
+    an option without a flag must be what the command would give it."""
+    import dataclasses
+
+    from sketchkit.errors import SketchkitError
+    from sketchkit.serving.repository import RepoOptions
+
+    fields = {f.name for f in dataclasses.fields(RepoOptions)}
+    args = ["serve", "build-repo", *models]
+    for name in names:
+        args += ["--name", name]
+    covered = set()
+    for param in build_repo.params:
+        field = "max_state_bytes" if param.name == "max_state_mb" else param.name
+        if not isinstance(param, click.Option) or field not in fields:
+            continue
+        covered.add(field)
+        value = getattr(opts, field)
+        if param.is_flag:
+            flag = param.opts[0] if value else next(iter(param.secondary_opts), None)
+            args += [flag] if flag else []
+            continue
+        if field == "max_state_bytes":
+            if value % (1 << 20):
+                raise SketchkitError("--k8s: the stateful state cap must be whole MB (--max-state-mb)")
+            value >>= 20
+        args += [param.opts[0], str(value)]
+    default = RepoOptions(flavor=opts.flavor)
+    for field in sorted(fields - covered):
+        if getattr(opts, field) != getattr(default, field):
+            raise SketchkitError(f"--k8s: {field} has no build-repo option; keep its default ({getattr(default, field)})")
+    return [*args, "--out", "/models/repo"]
 
 
 @serve.command("start", short_help="Run a local tritonserver on a cpu-flavor repository.")
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True,
+              help="Prometheus /metrics: Triton's and <name>_generate's (sketchkit_*).")
 @click.option(
     "--python",
     "python",
@@ -143,7 +197,8 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
 )
 def start(
-    repo: str, http_port: int, grpc_port: int, python: str, log_path: str | None, startup_timeout: float
+    repo: str, http_port: int, grpc_port: int, metrics_port: int, python: str, log_path: str | None,
+    startup_timeout: float,
 ) -> None:
     """Run a local tritonserver (from the nvidia-pytriton wheel) on REPO, a cpu-flavor repository,
     on 127.0.0.1 until Ctrl-C or SIGTERM."""
@@ -155,12 +210,13 @@ def start(
     # both, explicitly: a shell starts background jobs with SIGINT ignored
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
-        repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout
+        repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout,
+        metrics_port=metrics_port,
     )
     try:
         click.echo(f"starting tritonserver on {repo} (log: {server.log_path})", err=True)
         server.start()
-        click.echo(f"ready: {server.grpc_url}  {server.http_url}  models: {', '.join(server.models)}")
+        click.echo(f"ready: {server.grpc_url}  {server.http_url}  metrics: {server.metrics_url}  models: {', '.join(server.models)}")
         click.echo("Ctrl-C to stop", err=True)
         assert server.process is not None
         code = server.process.wait()

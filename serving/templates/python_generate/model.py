@@ -23,6 +23,7 @@ import triton_python_backend_utils as pb_utils
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, Scheduler
 from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
+from sketchkit.serving.metrics import GenerateMetrics
 from sketchkit.wire import Limits, inputs_for, pack, parse_inputs
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -54,6 +55,7 @@ class TritonPythonModel:
             for _ in range(k)
         ]  # fmt: skip
         self.engine = BackgroundEngine(engines, on_idle=self.log_statistics)
+        self.metrics = GenerateMetrics(pb_utils, self.engine, {"model": args["model_name"], "version": args["model_version"]})
         # answers are packed and sent by a thread of their own: the engine's thread, the one that
         # every step waits for, only hands finished requests over
         self._answers = queue.SimpleQueue()
@@ -66,6 +68,7 @@ class TritonPythonModel:
             try:
                 self.submit(request, sender)
             except Exception as e:  # one line back to this client; the others and the server go on
+                self.metrics.refused(e)
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e))), flags=FINAL)
         return None
 
@@ -95,6 +98,7 @@ class TritonPythonModel:
             self.respond(*answer)
 
     def respond(self, sender, job, z, prefix):
+        self.metrics.answered(job)
         if isinstance(job.error, Cancelled):
             sender.send(flags=FINAL)  # nobody is listening; Triton still wants the final flag
             return
@@ -121,5 +125,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.stop()
+        self.metrics.stop()
         self._answers.put(None)
         self._responder.join(10)
