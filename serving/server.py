@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from sketchkit import wire
 from sketchkit.errors import SketchkitError
 
 STUB_LIB_ERROR = "error while loading shared libraries"  # a stub that cannot start: Triton hangs
@@ -129,6 +131,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# ---- who may call the server (serving/README.md, "Who may call the server") --------------------
+KEYED_APIS = ("inference",)  # behind the key: Triton 2.51's JSON parser and shape checks live here
+CLOSED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")  # management
+CLOSED_HEADER = "x-sketchkit-closed"  # the closed APIs' header: its value is random and never kept
+
+
+def local_key() -> str:
+    """$SKETCHKIT_SERVER_KEY, else the key in `wire.key_file()`, made (0600) on first use."""
+    key = wire.server_key()
+    if key:
+        return key
+    path = wire.key_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # another server made it first: use that one
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def restricted_api_flags(key: str, management: bool = False) -> list[str]:
+    """Inference needs the key header on HTTP and gRPC; the management APIs (shared memory, the
+    repository, statistics, trace and log settings) are closed (a header value nobody knows),
+    or, with `management`, opened to holders of the key. Health, metadata and model configs
+    stay open: read-only, and what a client reads before it infers."""
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", key):
+        raise ServerError(f"the server key must be 16..256 of A-Z a-z 0-9 . _ ~ - (${wire.KEY_ENV}, {wire.key_file()})")
+    keyed = KEYED_APIS + (CLOSED_APIS if management else ())
+    rules = [f"{','.join(keyed)}:{wire.KEY_HEADER}={key}"]
+    if not management:
+        rules.append(f"{','.join(CLOSED_APIS)}:{CLOSED_HEADER}={secrets.token_urlsafe(32)}")
+    return [f"--{flag}={rule}" for rule in rules for flag in ("http-restricted-api", "grpc-restricted-protocol")]
+
+
 def check_repository(repo: Path) -> list[str]:
     """Model names in a cpu-flavor repository; a clear error for anything this server cannot load."""
     from sketchkit.serving.repository import read_config
@@ -180,8 +216,14 @@ class TritonServer:
         python: str | os.PathLike[str] = sys.executable,
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout_s: float = 120.0,
+        key: str | None = None,
+        management_api: bool = False,
     ) -> None:
+        """key: what inference requests must carry in `wire.KEY_HEADER` (None: `local_key()`).
+        management_api: open the management APIs to holders of the key (closed by default)."""
         self.repo = Path(repo).resolve()
+        self.key = key
+        self.management_api = management_api
         self.http_port, self.grpc_port = http_port, grpc_port
         self.python = python
         self.log_path = (
@@ -192,6 +234,17 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.models: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What an HTTP inference request must carry (gRPC: `grpc_headers`)."""
+        assert self.key is not None, "start the server first"
+        return {wire.KEY_HEADER: self.key}
+
+    @property
+    def grpc_headers(self) -> dict[str, str]:
+        assert self.key is not None, "start the server first"
+        return {wire.GRPC_KEY_HEADER: self.key}
 
     @property
     def http_url(self) -> str:
@@ -214,6 +267,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
+            *restricted_api_flags(self.key or local_key(), self.management_api),
         ]
 
     def environment(self, env: PythonEnv, triton: Path) -> dict[str, str]:
@@ -229,8 +283,12 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         self.models = check_repository(self.repo)
+        for port in (self.http_port, self.grpc_port):
+            if not 1 <= port <= 65535:
+                raise ServerError(f"port {port} is not a TCP port (1..65535)")
         if self.http_port == self.grpc_port:
             raise ServerError("the HTTP and gRPC ports must differ")
+        self.key = self.key or local_key()
         for port in (self.http_port, self.grpc_port):
             if not port_is_free(port):
                 raise ServerError(

@@ -26,7 +26,9 @@ Outputs: strokes FP32 [n, L, 3] stroke-3 in pixels, zero-padded, lengths INT32 [
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -58,6 +60,40 @@ def stateful_graph(kind: str) -> Graph:
         inputs=tuple(t for t in step.inputs if t.name != STATE_IN) + (ROWS,),
         outputs=tuple(t for t in step.outputs if t.name != STATE_OUT),
     )
+
+
+# ---- the key -----------------------------------------------------------------------------------
+# `sketchkit serve start` puts inference behind this header (Triton's restricted APIs), so neither
+# a web page's blind cross-origin POST nor a client without the key reaches Triton 2.51's JSON
+# parser (serving/README.md, "Who may call the server"). Over gRPC, Triton reads the key from the
+# metadata `GRPC_KEY_HEADER` (its prefix for restricted protocols; metadata keys are lower case).
+KEY_HEADER = "x-sketchkit-key"
+GRPC_KEY_HEADER = f"triton-grpc-protocol-{KEY_HEADER}"
+KEY_ENV = "SKETCHKIT_SERVER_KEY"
+
+
+def key_file() -> Path:
+    """Where `serve start` keeps the local server's key (mode 0600): the client reads it there."""
+    from sketchkit.hub import cache_dir
+
+    return cache_dir() / "server.key"
+
+
+def server_key() -> str | None:
+    """The key a client sends: $SKETCHKIT_SERVER_KEY, else the local server's key file, else none."""
+    key = os.environ.get(KEY_ENV)
+    if key:
+        return key.strip()
+    try:
+        return key_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+def key_headers(protocol: str = "http") -> dict[str, str]:
+    """The key as an HTTP header or ("grpc") gRPC metadata; {} without a key."""
+    key = server_key()
+    return {GRPC_KEY_HEADER if protocol == "grpc" else KEY_HEADER: key} if key else {}
 
 
 # ---- the generate model ------------------------------------------------------------------------

@@ -8,9 +8,11 @@ input is one error line and the server goes on serving the same answers."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -221,3 +223,31 @@ def test_readme_repository_serves_zoo_names_made_safe(zoo_mirror, tmp_path):
         remote = CliRunner().invoke(cli, [*args, "--server", server.grpc_url])
         assert remote.exit_code == 0, remote.output
         assert remote.output == CliRunner().invoke(cli, args).output
+
+
+def engine_evaluations(server) -> int:
+    """The engine's graph evaluations so far, from its last idle line in the server log."""
+    found = re.findall(r"sketchkit engine: (\d+) evaluations", server.log())
+    return int(found[-1]) if found else 0
+
+
+def test_a_client_deadline_frees_its_rows_and_every_later_client_is_answered(server, local):
+    """Issue 22, item 4 (fails on b361367: the cancelled request's bare final flag raised in the
+    responder thread, which died, and no owl_generate request was answered again)."""
+    greedy = SamplingOptions(greedy=True, max_len=1000)
+    full = len(local["owl"].generate(1, options=greedy)[0])  # greedy rows are all this long
+    assert full > 300, full  # long enough that a cancelled request visibly stops early
+    before = engine_evaluations(server)
+    with Client(server.grpc_url, timeout_s=0.2, retries=0) as hasty:
+        with pytest.raises(TritonError, match="timed out after 0.2 s"):
+            hasty.generate("owl", n=MAX_N, greedy=True, max_len=1000)
+    deadline = time.monotonic() + 30
+    while engine_evaluations(server) == before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the engine logs its totals each time it runs dry
+    assert 0 < engine_evaluations(server) - before < full  # its rows were dropped, not run to the end
+    want = local["owl"].generate(2, options=SamplingOptions(seed=7))
+    with Client(server.grpc_url, timeout_s=30) as client:
+        assert same(client.generate("owl", n=2, seed=7), want)
+    with Client(server.http_url, timeout_s=30) as client:
+        assert same(client.generate("owl", n=2, seed=7), want)
+    assert server.ready()

@@ -90,6 +90,7 @@ class TritonRuntime:
         self._lock = threading.Lock()
         self._clients: list[Any] = []
         self._open: dict[int, int] = {}  # thread id -> its last sequence (ended when it starts the next)
+        self._headers = wire.key_headers(self.protocol)  # inference needs the server's key (`sketchkit serve key`)
         import tritonclient.utils  # fail here, in one line, if the client library is missing
 
         self._exception = tritonclient.utils.InferenceServerException
@@ -237,6 +238,11 @@ class TritonRuntime:
                     or "failed to connect" in message.lower()
                     or "no available versions" in message
                 )
+                if "is restricted, expecting header" in message:
+                    raise TritonError(
+                        f"Triton at {self.url}: {what} needs the server's key (set ${wire.KEY_ENV}, or run "
+                        "`sketchkit serve start` as this user: it keeps the key where clients find it)"
+                    ) from None
                 if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
                     raise TritonError(
                         f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s"
@@ -283,7 +289,7 @@ class TritonRuntime:
         suffix = "_" + DECODER_STEP.name
         try:
             index = self._client().get_model_repository_index(
-                **({"as_json": True} if self.protocol == "grpc" else {})
+                headers=self._headers, **({"as_json": True} if self.protocol == "grpc" else {})
             )
             names = [m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index)]
         except Exception:  # only for the message
@@ -354,7 +360,7 @@ class TritonRuntime:
 
         def infer(client: Any) -> Any:
             return client.infer(name, inputs, outputs=requested, sequence_id=seq_id, sequence_start=start,
-                                sequence_end=end, **kwargs)  # fmt: skip
+                                sequence_end=end, headers=self._headers, **kwargs)  # fmt: skip
 
         result = self._call(f"inference on {name}", infer)
         return [result.as_numpy(n) for n in outputs]
