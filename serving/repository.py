@@ -61,6 +61,9 @@ _TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", 
           "bytes": "TYPE_STRING"}
 
 
+MAX_SEQUENCE_IDLE_S = 86400  # a day: an idle sequence holds its state until then
+
+
 @dataclass(frozen=True)
 class RepoOptions:
     """How the models are served; the defaults suit sketch sampling (small batches, many steps)."""
@@ -99,13 +102,16 @@ class RepoOptions:
             self.max_batch_size < 1
             or self.instances < 1
             or self.queue_delay_us < 0
-            or self.sequence_idle_s <= 0
+            or not 0 < self.sequence_idle_s <= MAX_SEQUENCE_IDLE_S  # also NaN: Triton takes microseconds, uint64
             or min(self.max_sketches_per_request, self.max_sketches_in_flight, self.max_rows_per_step, self.max_len) < 1
             or min(self.engines, self.intra_op_threads) < 1
             or self.max_sequence_rows < 1
             or self.max_state_bytes < 1
         ):
-            raise SketchkitError("max batch size, instances, engines, threads and the caps must be >= 1, delays >= 0")
+            raise SketchkitError(
+                "max batch size, instances, engines, threads and the caps must be >= 1, delays >= 0, "
+                f"the sequence idle time in (0, {MAX_SEQUENCE_IDLE_S}] s"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

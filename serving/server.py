@@ -234,6 +234,9 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.models: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
+        # the Python backend's shared-memory segments are named with this prefix, so that stop()
+        # can remove what a crashed server leaves in /dev/shm (they are RAM)
+        self.shm_prefix = f"sketchkit_{os.getpid()}_{grpc_port}_"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -267,6 +270,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *restricted_api_flags(self.key or local_key(), self.management_api),
         ]
 
@@ -361,6 +365,14 @@ class TritonServer:
                 self.process.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        self.remove_shared_memory()
+
+    def remove_shared_memory(self) -> None:
+        """Remove this server's segments from /dev/shm: a server that crashed or was killed
+        leaves its stubs' segments there (RAM, until reboot)."""
+        for path in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def __enter__(self) -> TritonServer:
         return self.start()

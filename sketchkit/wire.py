@@ -16,8 +16,8 @@ in its config parameter `INFO_PARAMETER`.
 Generate model, one request in, finished sketches out:
 
 Inputs (all [1] unless said; only `n` is required):
-  n INT32 (sketches; with `prefix`: endings), tau FP32, seed INT64 (absent: fresh entropy),
-  greedy BOOL, max_len INT32, rule BYTES ("eq8" | "js"), z FP32 [n, Nz] (vae: decode these
+  n INT64 (sketches; with `prefix`: endings), tau FP32, seed INT64 (absent: fresh entropy),
+  greedy BOOL, max_len INT64, rule BYTES ("eq8" | "js"), z FP32 [n, Nz] (vae: decode these
   latents), prefix FP32 [L, 3] (a stroke-3 partial sketch in pixels to complete).
 Outputs: strokes FP32 [n, L, 3] stroke-3 in pixels, zero-padded, lengths INT32 [n] (each
   sketch is strokes[i, :lengths[i]]), z FP32 [n, Nz] for vae models (the latents decoded).
@@ -100,11 +100,11 @@ def key_headers(protocol: str = "http") -> dict[str, str]:
 GENERATE = "generate"
 
 INPUTS = (
-    Tensor("n", "int32", ("1",)),
+    Tensor("n", "int64", ("1",)),  # INT64: Triton 2.51's JSON reader wraps INT32 (2^32 + 4 -> 4)
     Tensor("tau", "float32", ("1",)),
     Tensor("seed", "int64", ("1",)),
     Tensor("greedy", "bool", ("1",)),
-    Tensor("max_len", "int32", ("1",)),
+    Tensor("max_len", "int64", ("1",)),
     Tensor("rule", "bytes", ("1",)),
     Tensor("z", "float32", ("n", "Nz")),
     Tensor("prefix", "float32", ("L", "3")),

@@ -102,7 +102,7 @@ def test_three_concurrent_requests_each_identical_to_its_own_run(server, local):
 
 
 def test_v2_infer_json_and_http_client(server, local):
-    body = {"inputs": [{"name": "n", "shape": [1], "datatype": "INT32", "data": [3]},
+    body = {"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [3]},
                        {"name": "seed", "shape": [1], "datatype": "INT64", "data": [11]},
                        {"name": "greedy", "shape": [1], "datatype": "BOOL", "data": [False]}]}  # fmt: skip
     request = urllib.request.Request(f"{server.http_url}/v2/models/owl_generate/infer", data=json.dumps(body).encode())
@@ -175,7 +175,7 @@ def test_bad_input_is_one_line_and_the_server_goes_on(server, local, case):
 
 def test_bad_tensors_over_grpc(server, local):
     runtime = TritonRuntime(server.grpc_url, "tiny-vae")
-    n, nz = np.array([2], np.int32), local["tiny-vae"].info.dims.z_size
+    n, nz = np.array([2], np.int64), local["tiny-vae"].info.dims.z_size
     cases = {
         "prefix NaN": ({"n": n, "prefix": np.array([[1.0, np.nan, 0]], np.float32)}, "input prefix contains NaN or infinite values"),
         "prefix inf": ({"n": n, "prefix": np.array([[np.inf, 0, 0]], np.float32)}, "contains NaN or infinite"),
@@ -183,7 +183,7 @@ def test_bad_tensors_over_grpc(server, local):
         "z NaN": ({"n": n, "z": np.full((2, nz), np.nan, np.float32)}, "input z contains NaN"),
         "z and prefix": ({"n": n, "z": np.zeros((2, nz), np.float32), "prefix": np.ones((2, 3), np.float32)}, "not both"),
         "tau NaN": ({"n": n, "tau": np.array([np.nan], np.float32)}, "tau must be in (0, 2], got nan"),
-        "n two values": ({"n": np.array([1, 2], np.int32)}, "unexpected shape"),
+        "n two values": ({"n": np.array([1, 2], np.int64)}, "unexpected shape"),
     }
     for name, (arrays, message) in cases.items():
         with pytest.raises(TritonError) as e:

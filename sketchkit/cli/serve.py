@@ -118,10 +118,13 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     click.echo(f"wrote {out} ({flavor}): {', '.join(built)}")
 
 
+PORT = click.IntRange(1, 65535)
+
+
 @serve.command("start", short_help="Run a local tritonserver on a cpu-flavor repository.")
 @click.argument("repo", type=click.Path(file_okay=False))
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--http-port", type=PORT, default=8000, show_default=True)
+@click.option("--grpc-port", type=PORT, default=8001, show_default=True)
 @click.option(
     "--python",
     "python",
@@ -133,13 +136,19 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     "--log", "log_path", type=click.Path(dir_okay=False), help="Server log file (default: a temp file)."
 )
 @click.option(
-    "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
+    "--startup-timeout", type=click.FloatRange(0, 3600, min_open=True), default=120.0, show_default=True,
+    help="Seconds to wait for ready.",
 )
+@click.option("--management-api", is_flag=True,
+              help="Open shared memory, the repository, statistics, trace and log settings to holders of the key "
+              "(closed by default).")  # fmt: skip
 def start(
-    repo: str, http_port: int, grpc_port: int, python: str, log_path: str | None, startup_timeout: float
-) -> None:
+    repo: str, http_port: int, grpc_port: int, python: str, log_path: str | None, startup_timeout: float,
+    management_api: bool,
+) -> None:  # fmt: skip
     """Run a local tritonserver (from the nvidia-pytriton wheel) on REPO, a cpu-flavor repository,
-    on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    on 127.0.0.1 until Ctrl-C or SIGTERM. Inference needs the key (`sketchkit serve key`) in the
+    x-sketchkit-key header; sketchkit's clients send it."""
     from sketchkit.serving.server import ServerError, TritonServer
 
     def interrupt(signum: int, frame: object) -> None:
@@ -148,12 +157,14 @@ def start(
     # both, explicitly: a shell starts background jobs with SIGINT ignored
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
-        repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout
-    )
+        repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout,
+        management_api=management_api,
+    )  # fmt: skip
     try:
         click.echo(f"starting tritonserver on {repo} (log: {server.log_path})", err=True)
         server.start()
         click.echo(f"ready: {server.grpc_url}  {server.http_url}  models: {', '.join(server.models)}")
+        click.echo("inference needs the header x-sketchkit-key: $(sketchkit serve key)", err=True)
         click.echo("Ctrl-C to stop", err=True)
         assert server.process is not None
         code = server.process.wait()
@@ -165,3 +176,12 @@ def start(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("stopped", err=True)
+
+
+@serve.command("key", short_help="Print the key that `serve start` requires for inference.")
+def key() -> None:
+    """Print the local server's key ($SKETCHKIT_SERVER_KEY, else the cache's server.key, made on
+    first use): send it as the x-sketchkit-key header (sketchkit's clients read it themselves)."""
+    from sketchkit.serving.server import local_key
+
+    click.echo(local_key())

@@ -387,13 +387,13 @@ class TritonGenerator:
         return self._run(arrays)
 
     def _options(self, n: int, options: Any) -> dict[str, np.ndarray]:
-        arrays = {"n": np.array([n], np.int32), "tau": np.array([options.tau], np.float32)}
+        arrays = {"n": np.array([n], np.int64), "tau": np.array([options.tau], np.float32)}
         if options.seed is not None:
             arrays["seed"] = np.array([options.seed], np.int64)
         if options.greedy:
             arrays["greedy"] = np.array([True])
         if options.max_len is not None:
-            arrays["max_len"] = np.array([options.max_len], np.int32)
+            arrays["max_len"] = np.array([options.max_len], np.int64)
         if options.temperature_rule is not None:
             arrays["rule"] = np.array([options.temperature_rule.encode()], dtype=object)
         return arrays
