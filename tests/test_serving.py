@@ -276,3 +276,20 @@ def test_gpu_image_adds_what_the_generate_model_imports():
             "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names))))")  # fmt: skip
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert loaded - {"_cython_3_0_8", "cython_runtime"} <= {"numpy", "onnxruntime", "sketchkit"}
+
+
+# the CUDA major of each NGC Triton image the Dockerfile has used (the NGC support matrix)
+NGC_CUDA = {"24.10": 12}
+
+
+def test_gpu_image_pins_an_onnxruntime_gpu_built_for_its_cuda():
+    """Issue 22: onnxruntime-gpu on PyPI is built for CUDA 12 up to 1.26 and for CUDA 13 from 1.27,
+    so the Dockerfile pins an exact version matching its base image's CUDA (fails on b361367:
+    `onnxruntime-gpu>=1.19,<2` picked whatever the image's Python resolved to)."""
+    dockerfile = (SERVING / "Dockerfile").read_text()
+    (tag,) = re.findall(r"^FROM nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", dockerfile, re.M)
+    assert tag in NGC_CUDA, f"add the CUDA major of NGC {tag} to NGC_CUDA"
+    pins = re.findall(r'"onnxruntime-gpu([^"]*)"', dockerfile)
+    assert len(pins) == 1 and re.fullmatch(r"==1\.\d+\.\d+", pins[0]), pins  # exact, not a range
+    minor = int(pins[0].split(".")[1])
+    assert (12 if minor <= 26 else 13) == NGC_CUDA[tag], (tag, pins[0])
