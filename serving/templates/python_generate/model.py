@@ -68,6 +68,7 @@ class TritonPythonModel:
         require_provider(model_dir, runtime.info, providers, runtime.threads)
         self.sampler = Sampler(runtime)
         self.info = runtime.info
+        self.model_name = args["model_name"]
         self.names = [t.name for t in inputs_for(self.info)]
         self.limits = Limits(max_n=int(p["max_sketches_per_request"]), max_len=int(p["max_len"]))
         # several engines (config "engines"), each stepped by its own thread, share the in-flight cap
@@ -149,7 +150,7 @@ class TritonPythonModel:
         (benchmarks read it)."""
         pb_utils.Logger.log_info(
             f"sketchkit engine: {engine.evaluations} evaluations, {engine.rows_stepped} rows stepped, "
-            f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation"
+            f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation ({self.model_name})"
         )
 
     def finalize(self):
