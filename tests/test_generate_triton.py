@@ -258,9 +258,8 @@ def test_a_client_deadline_frees_its_rows_and_every_later_client_is_answered(ser
     full = len(local["owl"].generate(1, options=greedy)[0])  # greedy rows are all this long
     assert full > 300, full  # long enough that a cancelled request visibly stops early
     before = engine_evaluations(server)
-    with Client(server.grpc_url, timeout_s=0.2, retries=0) as hasty:
-        with pytest.raises(TritonError, match="timed out after 0.2 s"):
-            hasty.generate("owl", n=MAX_N, greedy=True, max_len=1000)
+    with Client(server.grpc_url, timeout_s=0.2, retries=0) as hasty, pytest.raises(TritonError, match="timed out after 0.2 s"):
+        hasty.generate("owl", n=MAX_N, greedy=True, max_len=1000)
     assert 0 < engine_evaluations(server) - before < full  # its rows were dropped, not run to the end
     want = local["owl"].generate(2, options=SamplingOptions(seed=7))
     with Client(server.grpc_url, timeout_s=30) as client:
