@@ -573,3 +573,102 @@ def test_convert_output_is_the_same_as_before(quickdraw_dir: Path, tmp_path: Pat
     got = datasets.load_npz(out)
     for k in datasets.SPLITS:
         assert all(np.array_equal(a, b) for a, b in zip(got.split(k), want.split(k), strict=True))
+
+
+# ---- issue 22: the server that `serve start` runs, and the CLI around it -----------------------
+def _shm(prefix: str) -> list[str]:
+    return sorted(p.name for p in Path("/dev/shm").glob(f"{prefix}*"))
+
+
+def test_serve_start_cleans_shared_memory_after_a_crash_and_busy_is_unavailable(tmp_path: Path) -> None:
+    """Items 5 and 6 on a real `sketchkit serve start` (fails on b361367: the stubs' segments were
+    named triton_python_backend_shm_region_* and stayed in /dev/shm after a crash; busy was gRPC
+    INTERNAL). The retryable busy is gRPC UNAVAILABLE (HTTP stays 400: Triton 2.51's HTTP frontend
+    answers every model error so); after tritonserver dies,
+    `serve start` exits 1 in one line and its segments are gone."""
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
+    import urllib.error
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+
+    from sketchkit import wire
+    from sketchkit.serving.server import free_port
+
+    GRPC_KEY = wire.GRPC_KEY_HEADER  # noqa: N806
+    repo = tmp_path / "repo"
+    code, _, err = cli("serve", "build-repo", "sheep", "--out", repo, "--no-stateful",
+                       "--max-sketches-per-request", 4, "--max-sketches-in-flight", 4)  # fmt: skip
+    assert code == 0, err
+    http, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sketchkit", "serve", "start", str(repo), "--http-port", str(http),
+         "--grpc-port", str(grpc_port), "--log", str(tmp_path / "log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith("ready: "), proc.stderr.read() if proc.poll() is not None else ""
+        prefix = f"sketchkit_{proc.pid}_{grpc_port}_"
+        assert _shm(prefix)  # the stubs' segments, named so that serve start can find them
+        key = {GRPC_KEY: wire.server_key()}
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+        def ask(n: int, **extra: object) -> None:
+            inputs = []
+            for name, value in {"n": n, **extra}.items():
+                dtype = {"n": "INT64", "max_len": "INT64", "greedy": "BOOL", "seed": "INT64"}[name]
+                i = grpcclient.InferInput(name, [1], dtype)
+                i.set_data_from_numpy(np.array([value], {"BOOL": bool}.get(dtype, np.int64)))
+                inputs.append(i)
+            client.infer("sheep_generate", inputs, headers=key, client_timeout=60)
+
+        request = urllib.request.Request(f"http://127.0.0.1:{http}/v2/models/sheep_generate/generate",
+                                         data=b'{"n": 4}', headers={"x-sketchkit-key": key[GRPC_KEY]})  # fmt: skip
+        busy: dict[str, str] = {}  # protocol -> what a refused request got
+        for _ in range(10):  # each round: a long request fills the cap for ~0.2 s; ask meanwhile
+            long = threading.Thread(target=ask, args=(4,), kwargs=dict(greedy=True, max_len=1000, seed=1))
+            long.start()  # seed 1: three of the four rows run the full 1000 steps
+            while long.is_alive() and len(busy) < 2:
+                try:
+                    ask(4)
+                except grpcclient.InferenceServerException as e:
+                    busy["grpc"] = f"{e.status()} {e.message()}"
+                try:
+                    urllib.request.urlopen(request, timeout=60).read()
+                except urllib.error.HTTPError as e:
+                    busy["http"] = f"{e.code} {e.read().decode()}"
+            long.join(60)
+            if len(busy) == 2:
+                break
+        assert busy["grpc"].startswith("StatusCode.UNAVAILABLE busy: "), busy
+        assert busy["http"].startswith('400 {"error":"busy: '), busy  # 2.51's HTTP: 400 for every model error
+        tritonserver = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0])
+        os.killpg(tritonserver, signal.SIGKILL)  # a crash: tritonserver and its stubs die at once
+        assert proc.wait(60) == 1
+        err = proc.stderr.read()
+        assert err.splitlines()[-1].startswith("error: tritonserver exited with code -9") and "Traceback" not in err
+        assert _shm(prefix) == []
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("start", "REPO", "--http-port", 70000), "port 70000 is not a TCP port (1..65535)"),
+     (("start", "REPO", "--http-port", 0), "port 0 is not a TCP port (1..65535)"),
+     *[(("build-repo", "sheep", "--out", "OUT", "--sequence-idle-s", v), "the sequence idle time in (0, 86400] s")
+       for v in ("nan", "inf", "1e30")]],
+    ids=["port-70000", "port-0", "idle-nan", "idle-inf", "idle-1e30"],
+)  # fmt: skip
+def test_serve_numbers_are_one_line(tiny_uncond: Path, tmp_path: Path, args, message) -> None:
+    """Item 15 (fails on b361367: tracebacks, and --http-port 0 waited out the start-up timeout)."""
+    repo = tmp_path / "repo"
+    if args[0] == "start":
+        assert cli("serve", "build-repo", tiny_uncond, "--out", repo, "--no-stateful")[0] == 0
+    args = [str(repo) if a == "REPO" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    t = time.monotonic()
+    code, _, err = cli("serve", *args)
+    assert message in one_line(code, err)
+    assert time.monotonic() - t < 30 and not (tmp_path / "out").exists()

@@ -118,13 +118,10 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     click.echo(f"wrote {out} ({flavor}): {', '.join(built)}")
 
 
-PORT = click.IntRange(1, 65535)
-
-
 @serve.command("start", short_help="Run a local tritonserver on a cpu-flavor repository.")
 @click.argument("repo", type=click.Path(file_okay=False))
-@click.option("--http-port", type=PORT, default=8000, show_default=True)
-@click.option("--grpc-port", type=PORT, default=8001, show_default=True)
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option(
     "--python",
     "python",
@@ -136,8 +133,7 @@ PORT = click.IntRange(1, 65535)
     "--log", "log_path", type=click.Path(dir_okay=False), help="Server log file (default: a temp file)."
 )
 @click.option(
-    "--startup-timeout", type=click.FloatRange(0, 3600, min_open=True), default=120.0, show_default=True,
-    help="Seconds to wait for ready.",
+    "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
 )
 @click.option("--management-api", is_flag=True,
               help="Open shared memory, the repository, statistics, trace and log settings to holders of the key "

@@ -36,8 +36,8 @@ def one_line(e):
 
 
 def error_response(e):
-    """One line, with the status a client can act on: INVALID_ARGUMENT (gRPC) / 400 (HTTP) for
-    its own mistakes, UNAVAILABLE / 503 for the retryable busy, INTERNAL for ours."""
+    """One line, with the gRPC status a client can act on: INVALID_ARGUMENT for its own mistakes,
+    UNAVAILABLE for the retryable busy, INTERNAL for ours (HTTP answers 400 for all on 2.51)."""
     code = (pb_utils.TritonError.UNAVAILABLE if isinstance(e, EngineBusy)
             else pb_utils.TritonError.INVALID_ARG if isinstance(e, SketchkitError)
             else pb_utils.TritonError.INTERNAL)  # fmt: skip
