@@ -453,6 +453,10 @@ def _pull_one(name: str, progress: bool) -> Path:
     if row.get("shipped"):
         return _shipped(name, out)
     if is_cached(name):
+        try:
+            ModelInfo.load(out)
+        except ModelError as e:
+            raise ModelError(f"the cached {name} is broken ({e}); `sketchkit zoo rm {name}` clears it") from None
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out):
@@ -470,7 +474,7 @@ def _pull_one(name: str, progress: bool) -> Path:
                 else:
                     for f, p in zip(row["files"], paths, strict=True):
                         shutil.copyfile(p, tmp / f.get("path", f["name"]))
-                ModelInfo.load(tmp)
+                _check_against_registry(name, row, ModelInfo.load(tmp))
         except BaseException:  # an unverified download that makes no model is not kept
             for f, p in zip(row["files"], paths, strict=True):
                 if expected_sha256(f)[0] is None:
@@ -480,6 +484,16 @@ def _pull_one(name: str, progress: bool) -> Path:
             if expected_sha256(f)[0] is None:  # trust on first use: pinned now that it works
                 _pin(f["url"], sha256_file(p))
     return out
+
+
+def _check_against_registry(name: str, row: dict[str, Any], info: ModelInfo) -> None:
+    """A download is what the registry says it is (kind, H), or it is not kept: an unpinned
+    upstream file could be any model under a trusted name."""
+    want = row.get("dims") or {}
+    got = {"kind": info.dims.kind, "dec_size": info.dims.dec_size}
+    wrong = [f"{k} {got[k]} (the registry says {want[k]})" for k in got if want.get(k) is not None and want[k] != got[k]]
+    if wrong:
+        raise ModelError(f"{name}: the downloaded model has {', '.join(wrong)}; nothing kept")
 
 
 def _remove_stale(out: Path) -> list[Path]:
@@ -661,7 +675,7 @@ def verify() -> dict[str, str]:
         report[name] = ""
         try:
             if is_cached(name):
-                ModelInfo.load(model_dir(name))
+                _check_against_registry(name, row, ModelInfo.load(model_dir(name)))
             for f in row["files"]:
                 p = _download_path(f)
                 expected, how = expected_sha256(f)

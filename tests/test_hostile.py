@@ -672,3 +672,42 @@ def test_serve_numbers_are_one_line(tiny_uncond: Path, tmp_path: Path, args, mes
     code, _, err = cli("serve", *args)
     assert message in one_line(code, err)
     assert time.monotonic() - t < 30 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "import-magenta"])
+def test_deeply_nested_magenta_json_is_one_line(tmp_path: Path, command: str) -> None:
+    """Item 10 (fails on b361367: a RecursionError traceback)."""
+    path = tmp_path / "deep.gen.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    args = ("generate", path, "-n", 1, "-o", tmp_path / "x.svg") if command == "generate" else ("import-magenta", path, tmp_path / "out")
+    code, _, err = cli(*args)
+    assert "deep.gen.json: not a Magenta model (JSON nested too deeply)" in one_line(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.gen.json"]
+
+
+@pytest.mark.parametrize(
+    ("name", "served", "message"),
+    [("magenta-large/owl.gen", LARGE_OWL, "has dec_size 512 (the registry says 1024)"),
+     ("magenta/owl.vae", "owl.vae.json", "has kind decoder-only (the registry says vae)")],
+    ids=["large-H", "vae-kind"],
+)  # fmt: skip
+def test_downloaded_magenta_model_must_match_the_registry(zoo_mirror, magenta_gen_dir: Path, tmp_path: Path,
+                                                          name: str, served: str, message: str) -> None:  # fmt: skip
+    """Item 11 (fails on b361367: a decoder-only H = 512 file under an unpinned large or .vae name
+    was pinned as trusted, and `zoo verify` said ok)."""
+    zoo_mirror.files[served] = magenta_gen_dir / OWL
+    code, _, err = cli("zoo", "pull", name)
+    assert f"{name}: the downloaded model {message}; nothing kept" in one_line(code, err)
+    cache = tmp_path / "cache"
+    assert hub.pins() == {} and not files(cache / "downloads") and not (cache / "models" / name).exists()
+    assert cli("zoo", "verify")[0] == 0
+
+
+def test_zoo_pull_of_a_corrupt_cached_model_fails(zoo_mirror, tmp_path: Path) -> None:
+    """Item 13 (fails on b361367: exit 0 and the path, for a model.json that does not parse)."""
+    assert cli("zoo", "pull", "magenta/owl.gen")[0] == 0
+    model_json = tmp_path / "cache" / "models" / "magenta" / "owl.gen" / "model.json"
+    model_json.write_text("{not json")
+    code, out, err = cli("zoo", "pull", "magenta/owl.gen")
+    assert "the cached magenta/owl.gen is broken" in one_line(code, err) and "sketchkit zoo rm magenta/owl.gen" in err
+    assert out == "" and model_json.read_text() == "{not json"  # nothing printed as a path, nothing touched
