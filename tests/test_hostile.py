@@ -711,3 +711,14 @@ def test_zoo_pull_of_a_corrupt_cached_model_fails(zoo_mirror, tmp_path: Path) ->
     code, out, err = cli("zoo", "pull", "magenta/owl.gen")
     assert "the cached magenta/owl.gen is broken" in one_line(code, err) and "sketchkit zoo rm magenta/owl.gen" in err
     assert out == "" and model_json.read_text() == "{not json"  # nothing printed as a path, nothing touched
+
+
+def test_untrusted_names_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    """Item 12 (fails on b361367: the OSC escape, U+202E and the bell were printed raw)."""
+    evil = tmp_path / "ev\x1b]0;pwned\x07il\u202e"
+    evil.mkdir()
+    for args in (("generate", evil, "-n", 1, "-o", tmp_path / "x.svg"), ("data", "info", evil / "x.ndjson")):
+        code, _, err = cli(*args)
+        line = one_line(code, err)
+        assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+        assert "ev\\x1b]0;pwned\\x07il\\u202e" in line
