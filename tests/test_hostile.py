@@ -722,3 +722,30 @@ def test_untrusted_names_reach_the_terminal_escaped(tmp_path: Path) -> None:
         line = one_line(code, err)
         assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
         assert "ev\\x1b]0;pwned\\x07il\\u202e" in line
+
+
+def test_one_huge_ndjson_line_is_refused_in_little_memory(tmp_path: Path) -> None:
+    """Item 14 (fails on b361367: `data info` parsed the whole line; 300 MB of line peaked at 3.1 GB)."""
+    path = tmp_path / "huge.ndjson"
+    with open(path, "w") as f:
+        f.write('{"word": "x", "drawing": [[[0, 5], [0, 5]]]}\n{"word": "x", "drawing": [[[')
+        f.write("1," * (20 << 20) + '1], [1]]]}\n')  # one 40 MB line
+    for command in (("data", "info", path), ("data", "convert", path, tmp_path / "out.npz")):
+        code, err, rss = peak_rss(*command)
+        assert "huge.ndjson:2: a line of over 16 MB" in one_line(code, err)
+        assert rss < 250 * MB, rss / MB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.ndjson"]
+
+
+def test_png_of_a_huge_sketch_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    """Item 14 (fails on b361367: a 1,000,000-point sketch ran past 120 s at 1.6 GB into PNG)."""
+    sketch = np.zeros((1_000_000, 3), np.int16)
+    sketch[:, 0], sketch[::50, 2] = 1, 1
+    src = tmp_path / "one.npz"
+    both = np.array([sketch, sketch[:10]], dtype=object)
+    np.savez(src, train=both, valid=both, test=both)
+    t = time.monotonic()
+    code, _, err = cli("render", src, "-o", tmp_path / "one.png", "--index", 0)
+    assert "MB of SVG, over the 2.1 MB that PNG output rasterises" in one_line(code, err)
+    assert time.monotonic() - t < 60 and not (tmp_path / "one.png").exists()
+    assert cli("render", src, "-o", tmp_path / "one.svg", "--index", 0)[0] == 0  # SVG is still fine
