@@ -339,3 +339,11 @@ def test_hostile_requests_without_the_key_leave_the_server_up_and_unchanged(serv
     assert server_rss(server) < rss + 200 * (1 << 20)
     with Client(server.http_url) as client:
         assert same(client.generate("owl", n=2, seed=3), want)
+
+
+def test_a_client_with_the_wrong_key_gets_one_line(server, monkeypatch):
+    monkeypatch.setenv("SKETCHKIT_SERVER_KEY", "not-the-key-of-this-server")
+    for url in (server.grpc_url, server.http_url):
+        with Client(url, retries=0) as client, pytest.raises(TritonError, match="needs the server's key") as e:
+            client.generate("owl", n=1, seed=1)
+        assert "\n" not in str(e.value) and "SKETCHKIT_SERVER_KEY" in str(e.value)

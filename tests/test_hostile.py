@@ -622,6 +622,11 @@ def test_serve_start_cleans_shared_memory_after_a_crash_and_busy_is_unavailable(
                 inputs.append(i)
             client.infer("sheep_generate", inputs, headers=key, client_timeout=60)
 
+        deep = urllib.request.Request(f"http://127.0.0.1:{http}/v2/models/sheep_generate/generate",
+                                      data=b"[" * 60_000 + b"]" * 60_000, headers={"Content-Type": "text/plain"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:  # item 1, as a web page sends it: never parsed
+            urllib.request.urlopen(deep, timeout=60)
+        assert refused.value.code == 403
         request = urllib.request.Request(f"http://127.0.0.1:{http}/v2/models/sheep_generate/generate",
                                          data=b'{"n": 4}', headers={"x-sketchkit-key": key[GRPC_KEY]})  # fmt: skip
         busy: dict[str, str] = {}  # protocol -> what a refused request got
