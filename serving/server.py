@@ -132,8 +132,10 @@ def free_port() -> int:
 
 
 # ---- who may call the server (serving/README.md, "Who may call the server") --------------------
-KEYED_APIS = ("inference",)  # behind the key: Triton 2.51's JSON parser and shape checks live here
-CLOSED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")  # management
+# behind the key: inference (Triton 2.51's JSON parser and shape checks live there) and the
+# read-only statistics (the client lists the served models with them for its error messages)
+KEYED_APIS = ("inference", "statistics")
+CLOSED_APIS = ("shared-memory", "model-repository", "trace", "logging")  # management
 CLOSED_HEADER = "x-sketchkit-closed"  # the closed APIs' header: its value is random and never kept
 
 
@@ -152,8 +154,8 @@ def local_key() -> str:
 
 
 def restricted_api_flags(key: str, management: bool = False) -> list[str]:
-    """Inference needs the key header on HTTP and gRPC; the management APIs (shared memory, the
-    repository, statistics, trace and log settings) are closed (a header value nobody knows),
+    """Inference and statistics need the key header on HTTP and gRPC; the management APIs (shared
+    memory, the repository, trace and log settings) are closed (a header value nobody knows),
     or, with `management`, opened to holders of the key. Health, metadata and model configs
     stay open: read-only, and what a client reads before it infers."""
     if not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", key):

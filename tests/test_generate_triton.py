@@ -330,6 +330,13 @@ def test_hostile_requests_without_the_key_leave_the_server_up_and_unchanged(serv
         grpc.infer("owl_generate", [n])  # no key
     with pytest.raises(Exception, match="This protocol is restricted"):
         grpc.register_system_shared_memory("x", "/x", 64, headers=server.grpc_headers)
+    for shape in [*huge, [2**31, 3]]:  # with the key, over gRPC: the shapes of item 2 are refused cleanly
+        claim = grpcclient.InferInput("n" if len(shape) == 1 else "prefix", [1] * len(shape), "INT64" if len(shape) == 1 else "FP32")
+        claim.set_data_from_numpy(np.ones([1] * len(shape), np.int64 if len(shape) == 1 else np.float32))
+        claim.set_shape(shape)
+        with pytest.raises(grpcclient.InferenceServerException) as e:
+            grpc.infer("owl_generate", [n, claim] if len(shape) == 2 else [claim], headers=server.grpc_headers)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT", (shape, str(e.value))
     n.set_data_from_numpy(np.array([0], np.int64))
     with pytest.raises(Exception) as e:  # item 6: the client's error is INVALID_ARGUMENT, not INTERNAL
         grpc.infer("owl_generate", [n], headers=server.grpc_headers)

@@ -109,7 +109,7 @@ def test_generate_config(repo, tiny_vae, tiny_uncond):
         assert ("z" in [t.name for t in cfg.input]) == info.dims.vae
         shapes = {t.name: list(t.dims) for t in (*cfg.input, *cfg.output)}
         assert shapes["n"] == shapes["tau"] == shapes["seed"] == [1] and shapes["strokes"] == [-1, -1, 3]
-        assert cfg.input[0].data_type == pb.TYPE_INT32 and cfg.input[2].data_type == pb.TYPE_INT64
+        assert cfg.input[0].data_type == pb.TYPE_INT64 and cfg.input[2].data_type == pb.TYPE_INT64  # n: no INT32 wrap
         assert cfg.parameters["max_sketches_per_request"].string_value == "256"
 
 

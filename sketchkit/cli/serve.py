@@ -136,7 +136,7 @@ def build_repo(models: tuple[str, ...], out: str, flavor: str, max_batch_size: i
     "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
 )
 @click.option("--management-api", is_flag=True,
-              help="Open shared memory, the repository, statistics, trace and log settings to holders of the key "
+              help="Open shared memory, the repository, trace and log settings to holders of the key "
               "(closed by default).")  # fmt: skip
 def start(
     repo: str, http_port: int, grpc_port: int, python: str, log_path: str | None, startup_timeout: float,
@@ -145,6 +145,7 @@ def start(
     """Run a local tritonserver (from the nvidia-pytriton wheel) on REPO, a cpu-flavor repository,
     on 127.0.0.1 until Ctrl-C or SIGTERM. Inference needs the key (`sketchkit serve key`) in the
     x-sketchkit-key header; sketchkit's clients send it."""
+    from sketchkit.errors import printable
     from sketchkit.serving.server import ServerError, TritonServer
 
     def interrupt(signum: int, frame: object) -> None:
@@ -157,9 +158,10 @@ def start(
         management_api=management_api,
     )  # fmt: skip
     try:
-        click.echo(f"starting tritonserver on {repo} (log: {server.log_path})", err=True)
+        click.echo(printable(f"starting tritonserver on {repo} (log: {server.log_path})"), err=True)
         server.start()
-        click.echo(f"ready: {server.grpc_url}  {server.http_url}  models: {', '.join(server.models)}")
+        models = printable(", ".join(server.models))  # directory names of a repository: not trusted
+        click.echo(f"ready: {server.grpc_url}  {server.http_url}  models: {models}")
         click.echo("inference needs the header x-sketchkit-key: $(sketchkit serve key)", err=True)
         click.echo("Ctrl-C to stop", err=True)
         assert server.process is not None

@@ -94,14 +94,18 @@ class TritonRuntime:
         import tritonclient.utils  # fail here, in one line, if the client library is missing
 
         self._exception = tritonclient.utils.InferenceServerException
-        config = self._config(triton_name(self.model, DECODER_STEP.name))
-        self.max_batch_size = int(config["max_batch_size"]) or 1 << 30
-        self.info = info or self._info(config)
-        if stateful:
-            self._config(triton_name(self.model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
         self._generator: TritonGenerator | None = None
-        if self.mode == "generate" and self._serves(triton_name(self.model, wire.GENERATE)):
-            self._generator = TritonGenerator(self)
+        try:
+            config = self._config(triton_name(self.model, DECODER_STEP.name))
+            self.max_batch_size = int(config["max_batch_size"]) or 1 << 30
+            self.info = info or self._info(config)
+            if stateful:
+                self._config(triton_name(self.model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
+            if self.mode == "generate" and self._serves(triton_name(self.model, wire.GENERATE)):
+                self._generator = TritonGenerator(self)
+        except BaseException:  # no connection left open: the server would wait for it at shutdown
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"TritonRuntime({self.url!r}, {self.model!r}, mode={self.mode!r}{', stateful=True' if self.stateful else ''})"
@@ -288,10 +292,10 @@ class TritonRuntime:
         """The sketchkit models a server offers, for error messages."""
         suffix = "_" + DECODER_STEP.name
         try:
-            index = self._client().get_model_repository_index(
+            stats = self._client().get_inference_statistics(  # the repository index is closed (serving/README.md)
                 headers=self._headers, **({"as_json": True} if self.protocol == "grpc" else {})
             )
-            names = [m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index)]
+            names = [m["name"] for m in stats.get("model_stats", [])]
         except Exception:  # only for the message
             return "cannot list its models"
         models = sorted(n[: -len(suffix)] for n in names if n.endswith(suffix))
