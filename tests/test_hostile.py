@@ -754,3 +754,14 @@ def test_png_of_a_huge_sketch_is_refused_in_bounded_time(tmp_path: Path) -> None
     assert "MB of SVG, over the 2.1 MB that PNG output rasterises" in one_line(code, err)
     assert time.monotonic() - t < 60 and not (tmp_path / "one.png").exists()
     assert cli("render", src, "-o", tmp_path / "one.svg", "--index", 0)[0] == 0  # SVG is still fine
+
+
+def test_serve_key_is_made_once_private_and_printed(tmp_path: Path) -> None:
+    """The key that `serve start` requires (items 1-3): made on first use, mode 0600, the same
+    afterwards; $SKETCHKIT_SERVER_KEY overrides it."""
+    env = {"SKETCHKIT_CACHE": str(tmp_path)}
+    code, key, err = cli("serve", "key", env=env)
+    assert code == 0 and len(key.strip()) >= 32, err
+    assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+    assert cli("serve", "key", env=env)[1] == key and sorted(p.name for p in tmp_path.iterdir()) == ["server.key"]
+    assert cli("serve", "key", env={**env, "SKETCHKIT_SERVER_KEY": "mine-and-long-enough"})[1] == "mine-and-long-enough\n"

@@ -47,6 +47,8 @@ def error_response(e):
 def require_provider(model_dir, info, providers, threads):
     """A KIND_GPU model whose CUDA provider failed to load would silently run on the CPU (the
     session falls back): refuse to start instead, with the reason in one line."""
+    if providers[0] == "CPUExecutionProvider":
+        return  # always there
     session = open_session(graph_path(model_dir, info, DECODER_STEP.name), threads, providers)
     active = session.get_providers()
     if active[0] != providers[0]:
