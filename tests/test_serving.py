@@ -293,3 +293,18 @@ def test_gpu_image_pins_an_onnxruntime_gpu_built_for_its_cuda():
     assert len(pins) == 1 and re.fullmatch(r"==1\.\d+\.\d+", pins[0]), pins  # exact, not a range
     minor = int(pins[0].split(".")[1])
     assert (12 if minor <= 26 else 13) == NGC_CUDA[tag], (tag, pins[0])
+
+
+def test_docker_compose_passes_the_restricted_api_flags_of_serve_start():
+    """Issue 22: the GPU deployment closes what `serve start` closes (fails on b361367: no flags)."""
+    from sketchkit.serving.server import CLOSED_APIS, KEYED_APIS, restricted_api_flags
+
+    text = (SERVING / "docker-compose.yml").read_text()
+    flags = restricted_api_flags("k" * 32)
+    for flag in flags:  # the same flags, the key from the environment, the closed value random
+        name, _, rule = flag.partition("=")
+        apis = rule.split(":")[0]
+        want = "$$SKETCHKIT_SERVER_KEY" if apis == ",".join(KEYED_APIS) else "$$closed"
+        assert f"{name}={apis}:{rule.split(':')[1].split('=')[0]}={want}" in text, flag
+    assert ",".join(CLOSED_APIS) in text and "/dev/urandom" in text
+    assert "${SKETCHKIT_SERVER_KEY:?" in text  # no key, no start
