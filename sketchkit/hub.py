@@ -42,12 +42,11 @@ import click
 
 from sketchkit._version import __version__
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.io import atomic_directory, atomic_write, remove_stale_temps, sha256_file
+from sketchkit.io import atomic_directory, atomic_write, cache_dir, remove_stale_temps, sha256_file
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import is_valid_name, safe_name
 from sketchkit.runtimes.base import Runtime
 
-ENV_CACHE = "SKETCHKIT_CACHE"
 ENV_MIRROR = "SKETCHKIT_ZOO_MIRROR"
 TIMEOUT = 30.0  # seconds without a byte before a download counts as interrupted
 RETRIES = 3  # resumed attempts after a download is cut, as long as each one makes progress
@@ -145,17 +144,7 @@ def _usable(name: str) -> bool:
     return bool(row.get("shipped") or row["files"])
 
 
-# ---- the cache --------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """SKETCHKIT_CACHE, else the platform's user cache directory / sketchkit."""
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sketchkit", appauthor=False))
-
-
+# ---- the cache (`sketchkit.io.cache_dir`) -----------------------------------------------------
 def model_dir(name: str) -> Path:
     """Where a model's directory is (shipped) or goes (cached), whether or not it is there yet."""
     row = _row(name)

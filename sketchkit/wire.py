@@ -74,7 +74,7 @@ KEY_ENV = "SKETCHKIT_SERVER_KEY"
 
 def key_file() -> Path:
     """Where `serve start` keeps the local server's key (mode 0600): the client reads it there."""
-    from sketchkit.hub import cache_dir
+    from sketchkit.io import cache_dir
 
     return cache_dir() / "server.key"
 
