@@ -69,6 +69,8 @@ FLAVOR_DEFAULTS = {
     "gpu": {"max_sketches_per_request": 4096, "max_sketches_in_flight": 65536, "max_rows_per_step": 32768},
 }
 
+MAX_SEQUENCE_IDLE_S = 86400  # a day: an idle sequence holds its state until then
+
 
 @dataclass(frozen=True)
 class RepoOptions:
@@ -113,13 +115,16 @@ class RepoOptions:
             self.max_batch_size < 1
             or self.instances < 1
             or self.queue_delay_us < 0
-            or self.sequence_idle_s <= 0
+            or not 0 < self.sequence_idle_s <= MAX_SEQUENCE_IDLE_S  # also NaN: Triton takes microseconds, uint64
             or min(self.max_sketches_per_request or 0, self.max_sketches_in_flight or 0, self.max_rows_per_step or 0, self.max_len) < 1
             or min(self.engines, self.intra_op_threads) < 1
             or self.max_sequence_rows < 1
             or self.max_state_bytes < 1
         ):
-            raise SketchkitError("max batch size, instances, engines, threads and the caps must be >= 1, delays >= 0")
+            raise SketchkitError(
+                "max batch size, instances, engines, threads and the caps must be >= 1, delays >= 0, "
+                f"the sequence idle time in (0, {MAX_SEQUENCE_IDLE_S}] s"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from sketchkit import wire
 from sketchkit.errors import SketchkitError
 
 STUB_LIB_ERROR = "error while loading shared libraries"  # a stub that cannot start: Triton hangs
@@ -129,6 +131,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# ---- who may call the server (serving/README.md, "Who may call the server") --------------------
+# behind the key: inference (Triton 2.51's JSON parser and shape checks live there) and the
+# read-only statistics (the client lists the served models with them for its error messages)
+KEYED_APIS = ("inference", "statistics")
+CLOSED_APIS = ("shared-memory", "model-repository", "trace", "logging")  # management
+CLOSED_HEADER = "x-sketchkit-closed"  # the closed APIs' header: its value is random and never kept
+
+
+def local_key() -> str:
+    """$SKETCHKIT_SERVER_KEY, else the key in `wire.key_file()`, made (0600) on first use."""
+    key = wire.server_key()
+    if key:
+        return key
+    path = wire.key_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    try:  # a link appears whole: a server starting at the same time reads this key, or its own
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def restricted_api_flags(key: str, management: bool = False) -> list[str]:
+    """Inference and statistics need the key header on HTTP and gRPC; the management APIs (shared
+    memory, the repository, trace and log settings) are closed (a header value nobody knows),
+    or, with `management`, opened to holders of the key. Health, metadata and model configs
+    stay open: read-only, and what a client reads before it infers."""
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", key):
+        raise ServerError(f"the server key must be 16..256 of A-Z a-z 0-9 . _ ~ - (${wire.KEY_ENV}, {wire.key_file()})")
+    keyed = KEYED_APIS + (CLOSED_APIS if management else ())
+    rules = [f"{','.join(keyed)}:{wire.KEY_HEADER}={key}"]
+    if not management:
+        rules.append(f"{','.join(CLOSED_APIS)}:{CLOSED_HEADER}={secrets.token_urlsafe(32)}")
+    return [f"--{flag}={rule}" for rule in rules for flag in ("http-restricted-api", "grpc-restricted-protocol")]
+
+
 def check_repository(repo: Path) -> list[str]:
     """Model names in a cpu-flavor repository; a clear error for anything this server cannot load."""
     from sketchkit.serving.repository import read_config
@@ -181,8 +224,14 @@ class TritonServer:
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout_s: float = 120.0,
         metrics_port: int | None = None,
+        key: str | None = None,
+        management_api: bool = False,
     ) -> None:
+        """key: what inference requests must carry in `wire.KEY_HEADER` (None: `local_key()`).
+        management_api: open the management APIs to holders of the key (closed by default)."""
         self.repo = Path(repo).resolve()
+        self.key = key
+        self.management_api = management_api
         self.http_port, self.grpc_port = http_port, grpc_port
         self.metrics_port = metrics_port  # None: no /metrics endpoint
         self.python = python
@@ -194,6 +243,20 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.models: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
+        # the Python backend's shared-memory segments are named with this prefix, so that stop()
+        # can remove what a crashed server leaves in /dev/shm (they are RAM)
+        self.shm_prefix = f"sketchkit_{os.getpid()}_{grpc_port}_"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What an HTTP inference request must carry (gRPC: `grpc_headers`)."""
+        assert self.key is not None, "start the server first"
+        return {wire.KEY_HEADER: self.key}
+
+    @property
+    def grpc_headers(self) -> dict[str, str]:
+        assert self.key is not None, "start the server first"
+        return {wire.GRPC_KEY_HEADER: self.key}
 
     @property
     def http_url(self) -> str:
@@ -223,6 +286,8 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *restricted_api_flags(self.key or local_key(), self.management_api),
         ]
 
     def environment(self, env: PythonEnv, triton: Path) -> dict[str, str]:
@@ -239,8 +304,12 @@ class TritonServer:
     def start(self) -> TritonServer:
         self.models = check_repository(self.repo)
         ports = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if p is not None]
+        for port in ports:
+            if not 1 <= port <= 65535:
+                raise ServerError(f"port {port} is not a TCP port (1..65535)")
         if len(set(ports)) != len(ports):
             raise ServerError("the HTTP, gRPC and metrics ports must differ")
+        self.key = self.key or local_key()
         for port in ports:
             if not port_is_free(port):
                 raise ServerError(
@@ -318,6 +387,14 @@ class TritonServer:
                 self.process.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        self.remove_shared_memory()
+
+    def remove_shared_memory(self) -> None:
+        """Remove this server's segments from /dev/shm: a server that crashed or was killed
+        leaves its stubs' segments there (RAM, until reboot)."""
+        for path in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -13,7 +13,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -280,6 +280,21 @@ def _drawing(obj: object, where: str) -> Drawing:
     return Drawing(str(obj.get("word", "")), str(obj.get("key_id", "")), lines, raw)
 
 
+MAX_LINE_BYTES = 16 << 20  # one drawing per line: QuickDraw's largest raw drawings are far smaller
+
+
+def ndjson_lines(f: IO[bytes], label: object) -> Iterator[bytes]:
+    """The lines of an .ndjson file, none read whole beyond `MAX_LINE_BYTES` (memory stays
+    bounded whatever the file): a longer line is a one-line DataError with its number."""
+    for number in itertools.count(1):
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise DataError(f"{label}:{number}: a line of over {MAX_LINE_BYTES >> 20} MB (an .ndjson has one drawing per line)")
+        yield raw
+
+
 def read_ndjson(path: str | os.PathLike[str]) -> list[Drawing]:
     """Every drawing of a QuickDraw `.ndjson` file; a bad line is reported with its number."""
     path = Path(path)
@@ -288,7 +303,7 @@ def read_ndjson(path: str | os.PathLike[str]) -> list[Drawing]:
     out = []
     try:
         with open(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
+            for number, raw in enumerate(ndjson_lines(f, path), 1):
                 where = f"{path}:{number}"
                 try:
                     line = raw.decode("utf-8")
@@ -466,10 +481,11 @@ def _convert_lines(label: str, first: int, lines: list[bytes], epsilon: float) -
     return sketches, word, count
 
 
-def _chunks(f: IO[bytes], size: int) -> Iterable[tuple[int, list[bytes]]]:
+def _chunks(f: IO[bytes], size: int, label: object) -> Iterable[tuple[int, list[bytes]]]:
     number = 1
+    bounded = ndjson_lines(f, label)
     while True:
-        lines = list(itertools.islice(f, size))
+        lines = list(itertools.islice(bounded, size))
         if not lines:
             return
         yield number, lines
@@ -504,7 +520,7 @@ def convert_ndjson(
     try:
         with open(path, "rb") as f:
             if workers == 1:
-                for first, lines in _chunks(f, CHUNK_LINES):
+                for first, lines in _chunks(f, CHUNK_LINES, path):
                     take(_convert_lines(str(path), first, lines, epsilon))
             else:
                 import multiprocessing
@@ -514,7 +530,7 @@ def convert_ndjson(
                 # open files (a forked worker would keep a pipe's writer open: no EOF, ever)
                 with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
                     pending: collections.deque = collections.deque()
-                    for first, lines in _chunks(f, CHUNK_LINES):
+                    for first, lines in _chunks(f, CHUNK_LINES, path):
                         pending.append(pool.submit(_convert_lines, str(path), first, lines, epsilon))
                         if len(pending) >= 2 * workers:
                             take(pending.popleft().result())

@@ -1,5 +1,7 @@
 """The one exception type the CLI turns into a one-line message and a non-zero exit."""
 
+import unicodedata
+
 
 class SketchkitError(Exception):
     """An expected failure (bad input, missing model, server down): its message is shown as is."""
@@ -11,3 +13,12 @@ class DataError(SketchkitError):
 
 class ModelError(SketchkitError):
     """A model directory, graph or checkpoint that is missing, corrupt or inconsistent."""
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control and format characters (ESC, BEL, NUL, newlines, the
+    bidi overrides such as U+202E) escaped as in a Python literal. Untrusted names and paths
+    reach error lines; an OSC escape in one could retitle the window or set the clipboard."""
+    return "".join(
+        c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Cf") else c for c in text
+    )

@@ -42,12 +42,11 @@ import click
 
 from sketchkit._version import __version__
 from sketchkit.errors import ModelError, SketchkitError
-from sketchkit.io import atomic_directory, atomic_write, remove_stale_temps, sha256_file
+from sketchkit.io import atomic_directory, atomic_write, cache_dir, remove_stale_temps, sha256_file
 from sketchkit.modelinfo import ModelInfo
 from sketchkit.names import is_valid_name, safe_name
 from sketchkit.runtimes.base import Runtime
 
-ENV_CACHE = "SKETCHKIT_CACHE"
 ENV_MIRROR = "SKETCHKIT_ZOO_MIRROR"
 TIMEOUT = 30.0  # seconds without a byte before a download counts as interrupted
 RETRIES = 3  # resumed attempts after a download is cut, as long as each one makes progress
@@ -145,17 +144,7 @@ def _usable(name: str) -> bool:
     return bool(row.get("shipped") or row["files"])
 
 
-# ---- the cache --------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """SKETCHKIT_CACHE, else the platform's user cache directory / sketchkit."""
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sketchkit", appauthor=False))
-
-
+# ---- the cache (`sketchkit.io.cache_dir`) -----------------------------------------------------
 def model_dir(name: str) -> Path:
     """Where a model's directory is (shipped) or goes (cached), whether or not it is there yet."""
     row = _row(name)
@@ -453,6 +442,10 @@ def _pull_one(name: str, progress: bool) -> Path:
     if row.get("shipped"):
         return _shipped(name, out)
     if is_cached(name):
+        try:
+            ModelInfo.load(out)
+        except ModelError as e:
+            raise ModelError(f"the cached {name} is broken ({e}); `sketchkit zoo rm {name}` clears it") from None
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out):
@@ -470,7 +463,7 @@ def _pull_one(name: str, progress: bool) -> Path:
                 else:
                     for f, p in zip(row["files"], paths, strict=True):
                         shutil.copyfile(p, tmp / f.get("path", f["name"]))
-                ModelInfo.load(tmp)
+                _check_against_registry(name, row, ModelInfo.load(tmp))
         except BaseException:  # an unverified download that makes no model is not kept
             for f, p in zip(row["files"], paths, strict=True):
                 if expected_sha256(f)[0] is None:
@@ -480,6 +473,16 @@ def _pull_one(name: str, progress: bool) -> Path:
             if expected_sha256(f)[0] is None:  # trust on first use: pinned now that it works
                 _pin(f["url"], sha256_file(p))
     return out
+
+
+def _check_against_registry(name: str, row: dict[str, Any], info: ModelInfo) -> None:
+    """A download is what the registry says it is (kind, H), or it is not kept: an unpinned
+    upstream file could be any model under a trusted name."""
+    want = row.get("dims") or {}
+    got = {"kind": info.dims.kind, "dec_size": info.dims.dec_size}
+    wrong = [f"{k} {got[k]} (the registry says {want[k]})" for k in got if want.get(k) is not None and want[k] != got[k]]
+    if wrong:
+        raise ModelError(f"{name}: the downloaded model has {', '.join(wrong)}; nothing kept")
 
 
 def _remove_stale(out: Path) -> list[Path]:
@@ -661,7 +664,7 @@ def verify() -> dict[str, str]:
         report[name] = ""
         try:
             if is_cached(name):
-                ModelInfo.load(model_dir(name))
+                _check_against_registry(name, row, ModelInfo.load(model_dir(name)))
             for f in row["files"]:
                 p = _download_path(f)
                 expected, how = expected_sha256(f)

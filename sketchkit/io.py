@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a bad input never leaves a half-written output behind."""
+"""Atomic file writes (a crash or a bad input never leaves a half-written output behind), and
+where the cache is (here, below everything that uses it: the zoo, the server's key)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,16 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+ENV_CACHE = "SKETCHKIT_CACHE"
+
+
+def cache_dir() -> Path:
+    """SKETCHKIT_CACHE, else the platform's user cache directory / sketchkit."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sketchkit", appauthor=False))

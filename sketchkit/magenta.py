@@ -106,6 +106,8 @@ def read_magenta(path: str | os.PathLike[str]) -> MagentaModel:
         data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not a Magenta model (not JSON: {e})") from None
+    except RecursionError:  # a model is three levels deep; a bomb is 200,000
+        raise ModelError(f"{path}: not a Magenta model (JSON nested too deeply)") from None
     if not (isinstance(data, list) and len(data) == 3):
         raise ModelError(f"{path}: not a Magenta model (expected a JSON list [info, shapes, blobs])")
     info, shapes, blobs = data

@@ -142,8 +142,17 @@ def grid_svg(
     return _svg(cols * cell, rows * (cell + band), "".join(parts), background)
 
 
+MAX_PNG_SVG_BYTES = 2 << 20  # ~150,000 points, ~2 s; cairosvg's time grows faster than linearly past it
+
+
 def svg_to_png(svg: str) -> bytes:
-    """Rasterise an SVG at its own width and height (cairosvg is imported only here)."""
+    """Rasterise an SVG at its own width and height (cairosvg is imported only here); bounded:
+    a 1,000,000-point sketch ran past 120 s at 1.6 GB, so an SVG over `MAX_PNG_SVG_BYTES` is refused."""
+    if len(svg) > MAX_PNG_SVG_BYTES:
+        raise DataError(
+            f"the drawing is {len(svg) / 1e6:.1f} MB of SVG, over the {MAX_PNG_SVG_BYTES / 1e6:.1f} MB that PNG "
+            "output rasterises (about 150,000 points): write .svg instead, or pick fewer sketches"
+        )
     try:
         import cairosvg
     except (ImportError, OSError) as e:  # OSError: cairosvg is there but the cairo library is not

@@ -16,8 +16,8 @@ in its config parameter `INFO_PARAMETER`.
 Generate model, one request in, finished sketches out:
 
 Inputs (all [1] unless said; only `n` is required):
-  n INT32 (sketches; with `prefix`: endings), tau FP32, seed INT64 (absent: fresh entropy),
-  greedy BOOL, max_len INT32, rule BYTES ("eq8" | "js"), z FP32 [n, Nz] (vae: decode these
+  n INT64 (sketches; with `prefix`: endings), tau FP32, seed INT64 (absent: fresh entropy),
+  greedy BOOL, max_len INT64, rule BYTES ("eq8" | "js"), z FP32 [n, Nz] (vae: decode these
   latents), prefix FP32 [L, 3] (a stroke-3 partial sketch in pixels to complete).
 Outputs: strokes FP32 [n, L, 3] stroke-3 in pixels, zero-padded, lengths INT32 [n] (each
   sketch is strokes[i, :lengths[i]]), z FP32 [n, Nz] for vae models (the latents decoded).
@@ -26,7 +26,9 @@ Outputs: strokes FP32 [n, L, 3] stroke-3 in pixels, zero-padded, lengths INT32 [
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -60,15 +62,49 @@ def stateful_graph(kind: str) -> Graph:
     )
 
 
+# ---- the key -----------------------------------------------------------------------------------
+# `sketchkit serve start` puts inference behind this header (Triton's restricted APIs), so neither
+# a web page's blind cross-origin POST nor a client without the key reaches Triton 2.51's JSON
+# parser (serving/README.md, "Who may call the server"). Over gRPC, Triton reads the key from the
+# metadata `GRPC_KEY_HEADER` (its prefix for restricted protocols; metadata keys are lower case).
+KEY_HEADER = "x-sketchkit-key"
+GRPC_KEY_HEADER = f"triton-grpc-protocol-{KEY_HEADER}"
+KEY_ENV = "SKETCHKIT_SERVER_KEY"
+
+
+def key_file() -> Path:
+    """Where `serve start` keeps the local server's key (mode 0600): the client reads it there."""
+    from sketchkit.io import cache_dir
+
+    return cache_dir() / "server.key"
+
+
+def server_key() -> str | None:
+    """The key a client sends: $SKETCHKIT_SERVER_KEY, else the local server's key file, else none."""
+    key = os.environ.get(KEY_ENV)
+    if key:
+        return key.strip()
+    try:
+        return key_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+def key_headers(protocol: str = "http") -> dict[str, str]:
+    """The key as an HTTP header or ("grpc") gRPC metadata; {} without a key."""
+    key = server_key()
+    return {GRPC_KEY_HEADER if protocol == "grpc" else KEY_HEADER: key} if key else {}
+
+
 # ---- the generate model ------------------------------------------------------------------------
 GENERATE = "generate"
 
 INPUTS = (
-    Tensor("n", "int32", ("1",)),
+    Tensor("n", "int64", ("1",)),  # INT64: Triton 2.51's JSON reader wraps INT32 (2^32 + 4 -> 4)
     Tensor("tau", "float32", ("1",)),
     Tensor("seed", "int64", ("1",)),
     Tensor("greedy", "bool", ("1",)),
-    Tensor("max_len", "int32", ("1",)),
+    Tensor("max_len", "int64", ("1",)),
     Tensor("rule", "bytes", ("1",)),
     Tensor("z", "float32", ("n", "Nz")),
     Tensor("prefix", "float32", ("L", "3")),

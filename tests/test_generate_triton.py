@@ -7,10 +7,15 @@ input is one error line and the server goes on serving the same answers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shlex
 import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -60,16 +65,19 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def readme_curl(http_url: str) -> list[str]:
+def readme_curl(http_url: str) -> str:
     """The curl command that serving/README.md shows first, pointed at this server."""
     line = next(x for x in README.read_text().splitlines() if x.startswith("curl "))
-    return shlex.split(line.replace("http://127.0.0.1:8000", http_url))
+    return line.replace("http://127.0.0.1:8000", http_url)
 
 
 def test_readme_curl_gives_the_in_process_sketches(server, local):
-    command = readme_curl(server.http_url)
-    body = json.loads(next(a for a in command if a.startswith("{")))
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    """As typed in a shell: `$(sketchkit serve key)` gives the key that the server requires."""
+    line = readme_curl(server.http_url)
+    body = json.loads(next(a for a in shlex.split(line) if a.startswith("{")))
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60, check=True,
+                          env={**os.environ, "PATH": path})  # fmt: skip
     answer = json.loads(proc.stdout)
     n, lengths = body["n"], answer["lengths"]
     strokes = np.array(answer["strokes"], np.float32).reshape(n, -1, 3)
@@ -100,10 +108,11 @@ def test_three_concurrent_requests_each_identical_to_its_own_run(server, local):
 
 
 def test_v2_infer_json_and_http_client(server, local):
-    body = {"inputs": [{"name": "n", "shape": [1], "datatype": "INT32", "data": [3]},
+    body = {"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [3]},
                        {"name": "seed", "shape": [1], "datatype": "INT64", "data": [11]},
                        {"name": "greedy", "shape": [1], "datatype": "BOOL", "data": [False]}]}  # fmt: skip
-    request = urllib.request.Request(f"{server.http_url}/v2/models/owl_generate/infer", data=json.dumps(body).encode())
+    request = urllib.request.Request(f"{server.http_url}/v2/models/owl_generate/infer", data=json.dumps(body).encode(),
+                                     headers=server.headers)  # fmt: skip
     with urllib.request.urlopen(request, timeout=60) as r:
         outputs = {o["name"]: o for o in json.loads(r.read())["outputs"]}
     strokes = np.array(outputs["strokes"]["data"], np.float32).reshape(outputs["strokes"]["shape"])
@@ -136,7 +145,8 @@ def test_vae_generate_decode_and_complete_through_the_runtime(server, local):
 
 
 def post_generate(server, body: bytes) -> tuple[int, str]:
-    request = urllib.request.Request(f"{server.http_url}/v2/models/owl_generate/generate", data=body)
+    request = urllib.request.Request(f"{server.http_url}/v2/models/owl_generate/generate", data=body,
+                                     headers=server.headers)  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, r.read().decode()
@@ -155,6 +165,9 @@ BAD = {
     "rule unknown": ({"n": 1, "rule": "fast"}, "unknown temperature rule 'fast'"),
     "unknown input": ({"n": 1, "temperature": 0.3}, "unknown input(s) temperature"),
     "n wrong dtype": ({"n": 1.5}, "Unable to parse 'data'"),  # Triton's own check, before the model
+    # issue 22, item 7 (fails on b361367: INT32 on the wire, Triton's JSON reader wrapped 2^32 + 4 to 4)
+    "n past 2^32": ({"n": 2**32 + 4}, f"n must be in 1..{MAX_N}, got {2**32 + 4}"),
+    "max_len past 2^32": ({"n": 1, "max_len": 2**32 + 5}, f"max_len must be in 1..1000, got {2**32 + 5}"),
 }
 
 
@@ -173,7 +186,7 @@ def test_bad_input_is_one_line_and_the_server_goes_on(server, local, case):
 
 def test_bad_tensors_over_grpc(server, local):
     runtime = TritonRuntime(server.grpc_url, "tiny-vae")
-    n, nz = np.array([2], np.int32), local["tiny-vae"].info.dims.z_size
+    n, nz = np.array([2], np.int64), local["tiny-vae"].info.dims.z_size
     cases = {
         "prefix NaN": ({"n": n, "prefix": np.array([[1.0, np.nan, 0]], np.float32)}, "input prefix contains NaN or infinite values"),
         "prefix inf": ({"n": n, "prefix": np.array([[np.inf, 0, 0]], np.float32)}, "contains NaN or infinite"),
@@ -181,7 +194,7 @@ def test_bad_tensors_over_grpc(server, local):
         "z NaN": ({"n": n, "z": np.full((2, nz), np.nan, np.float32)}, "input z contains NaN"),
         "z and prefix": ({"n": n, "z": np.zeros((2, nz), np.float32), "prefix": np.ones((2, 3), np.float32)}, "not both"),
         "tau NaN": ({"n": n, "tau": np.array([np.nan], np.float32)}, "tau must be in (0, 2], got nan"),
-        "n two values": ({"n": np.array([1, 2], np.int32)}, "unexpected shape"),
+        "n two values": ({"n": np.array([1, 2], np.int64)}, "unexpected shape"),
     }
     for name, (arrays, message) in cases.items():
         with pytest.raises(TritonError) as e:
@@ -221,3 +234,123 @@ def test_readme_repository_serves_zoo_names_made_safe(zoo_mirror, tmp_path):
         remote = CliRunner().invoke(cli, [*args, "--server", server.grpc_url])
         assert remote.exit_code == 0, remote.output
         assert remote.output == CliRunner().invoke(cli, args).output
+
+
+def engine_evaluations(server) -> int:
+    """owl's engine's graph evaluations so far, from its last idle line in the server log, once that
+    has not changed for a second (the stub's log lines reach the file late)."""
+    last, since, deadline = -1, time.monotonic(), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.findall(r"sketchkit engine: (\d+) evaluations.*\(owl_generate\)", server.log())
+        now = int(found[-1]) if found else 0
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > 1.0:
+            break
+        time.sleep(0.05)
+    return last
+
+
+def test_a_client_deadline_frees_its_rows_and_every_later_client_is_answered(server, local):
+    """Issue 22, item 4 (fails on b361367: the cancelled request's bare final flag raised in the
+    responder thread, which died, and no owl_generate request was answered again)."""
+    greedy = SamplingOptions(greedy=True, max_len=1000)
+    full = len(local["owl"].generate(1, options=greedy)[0])  # greedy rows are all this long
+    assert full > 300, full  # long enough that a cancelled request visibly stops early
+    before = engine_evaluations(server)
+    with Client(server.grpc_url, timeout_s=0.2, retries=0) as hasty, pytest.raises(TritonError, match="timed out after 0.2 s"):
+        hasty.generate("owl", n=MAX_N, greedy=True, max_len=1000)
+    assert 0 < engine_evaluations(server) - before < full  # its rows were dropped, not run to the end
+    want = local["owl"].generate(2, options=SamplingOptions(seed=7))
+    with Client(server.grpc_url, timeout_s=30) as client:
+        assert same(client.generate("owl", n=2, seed=7), want)
+    with Client(server.http_url, timeout_s=30) as client:
+        assert same(client.generate("owl", n=2, seed=7), want)
+    assert server.ready()
+
+
+def server_rss(server) -> int:
+    """Resident bytes of tritonserver and its stubs."""
+    pids = [server.process.pid] + [int(p) for p in subprocess.run(
+        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()]  # fmt: skip
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status)[1]) * 1024
+    return total
+
+
+def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_hostile_requests_without_the_key_leave_the_server_up_and_unchanged(server, local):
+    """Issue 22, items 1-3, on the flags `serve start` passes (fails on b361367: the deep JSON
+    killed tritonserver with SIGSEGV, the shape [2^32] grew it by GBs, shared memory registered).
+    What a web page can send blind (a text/plain cross-origin POST) and what a local client
+    without the key can send never reach Triton's JSON parser or its shared-memory API; the
+    server stays up, its memory bounded, and answers the same sketches for the same seed."""
+    import tritonclient.grpc as grpcclient
+
+    want = local["owl"].generate(2, options=SamplingOptions(seed=3))
+    with Client(server.grpc_url) as client:
+        assert same(client.generate("owl", n=2, seed=3), want)
+    rss = server_rss(server)
+    page = {"Content-Type": "text/plain", "Origin": "http://evil.example"}
+    v2 = f"{server.http_url}/v2/models/owl_generate"
+    huge = [[2**32], [2**40], [2**62]]
+    attacks = [
+        (f"{v2}/generate", b"[" * 60_000 + b"]" * 60_000),
+        (f"{v2}/infer", b"[" * 200_000 + b"]" * 200_000),
+        *[(f"{v2}/infer", json.dumps({"inputs": [{"name": "n", "shape": shape, "datatype": "INT64", "data": [1]}]}).encode())
+          for shape in huge],
+        (f"{v2}/infer", json.dumps({"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [1]},
+                                               {"name": "prefix", "shape": [2**31, 3], "datatype": "FP32", "data": [0]}]}).encode()),
+        (f"{server.http_url}/v2/systemsharedmemory/region/x/register", b'{"key": "/x", "offset": 0, "byte_size": 64}'),
+        (f"{server.http_url}/v2/repository/models/owl_generate/unload", b"{}"),
+        (f"{server.http_url}/v2/logging", b'{"log_file": "/tmp/x"}'),
+    ]  # fmt: skip
+    for url, body in attacks:
+        status, text = raw_post(url, body, page)
+        assert status == 403 and "This API is restricted, expecting header" in text, (url, status, text[:200])
+    # the management APIs stay closed to a client that has the key
+    for url, body in attacks[-3:]:
+        status, text = raw_post(url, body, server.headers)
+        assert status == 403 and "expecting header 'x-sketchkit-closed'" in text, (url, status, text[:200])
+    grpc = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+    n = grpcclient.InferInput("n", [1], "INT64")
+    n.set_data_from_numpy(np.array([1], np.int64))
+    with pytest.raises(Exception, match="This protocol is restricted"):
+        grpc.infer("owl_generate", [n])  # no key
+    with pytest.raises(Exception, match="This protocol is restricted"):
+        grpc.register_system_shared_memory("x", "/x", 64, headers=server.grpc_headers)
+    for shape in [*huge, [2**31, 3]]:  # with the key, over gRPC: the shapes of item 2 are refused cleanly
+        claim = grpcclient.InferInput("n" if len(shape) == 1 else "prefix", [1] * len(shape), "INT64" if len(shape) == 1 else "FP32")
+        claim.set_data_from_numpy(np.ones([1] * len(shape), np.int64 if len(shape) == 1 else np.float32))
+        claim.set_shape(shape)
+        with pytest.raises(grpcclient.InferenceServerException) as e:
+            grpc.infer("owl_generate", [n, claim] if len(shape) == 2 else [claim], headers=server.grpc_headers)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT", (shape, str(e.value))
+    n.set_data_from_numpy(np.array([0], np.int64))
+    with pytest.raises(Exception) as e:  # item 6: the client's error is INVALID_ARGUMENT, not INTERNAL
+        grpc.infer("owl_generate", [n], headers=server.grpc_headers)
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "n must be in 1..64, got 0" in str(e.value)
+    grpc.close()
+    assert server.ready() and server.process.poll() is None
+    assert server_rss(server) < rss + 200 * (1 << 20)
+    with Client(server.http_url) as client:
+        assert same(client.generate("owl", n=2, seed=3), want)
+
+
+def test_a_client_with_the_wrong_key_gets_one_line(server, monkeypatch):
+    monkeypatch.setenv("SKETCHKIT_SERVER_KEY", "not-the-key-of-this-server")
+    for url in (server.grpc_url, server.http_url):
+        with Client(url, retries=0) as client, pytest.raises(TritonError, match="needs the server's key") as e:
+            client.generate("owl", n=1, seed=1)
+        assert "\n" not in str(e.value) and "SKETCHKIT_SERVER_KEY" in str(e.value)

@@ -573,3 +573,195 @@ def test_convert_output_is_the_same_as_before(quickdraw_dir: Path, tmp_path: Pat
     got = datasets.load_npz(out)
     for k in datasets.SPLITS:
         assert all(np.array_equal(a, b) for a, b in zip(got.split(k), want.split(k), strict=True))
+
+
+# ---- issue 22: the server that `serve start` runs, and the CLI around it -----------------------
+def _shm(prefix: str) -> list[str]:
+    return sorted(p.name for p in Path("/dev/shm").glob(f"{prefix}*"))
+
+
+def test_serve_start_cleans_shared_memory_after_a_crash_and_busy_is_unavailable(tmp_path: Path) -> None:
+    """Items 5 and 6 on a real `sketchkit serve start` (fails on b361367: the stubs' segments were
+    named triton_python_backend_shm_region_* and stayed in /dev/shm after a crash; busy was gRPC
+    INTERNAL). The retryable busy is gRPC UNAVAILABLE (HTTP stays 400: Triton 2.51's HTTP frontend
+    answers every model error so); after tritonserver dies,
+    `serve start` exits 1 in one line and its segments are gone."""
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
+    import urllib.error
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+
+    from sketchkit import wire
+    from sketchkit.serving.server import free_port
+
+    GRPC_KEY = wire.GRPC_KEY_HEADER  # noqa: N806
+    repo = tmp_path / "repo"
+    code, _, err = cli("serve", "build-repo", "sheep", "--out", repo, "--no-stateful",
+                       "--max-sketches-per-request", 4, "--max-sketches-in-flight", 4)  # fmt: skip
+    assert code == 0, err
+    http, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sketchkit", "serve", "start", str(repo), "--http-port", str(http),
+         "--grpc-port", str(grpc_port), "--log", str(tmp_path / "log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith("ready: "), proc.stderr.read() if proc.poll() is not None else ""
+        prefix = f"sketchkit_{proc.pid}_{grpc_port}_"
+        assert _shm(prefix)  # the stubs' segments, named so that serve start can find them
+        key = {GRPC_KEY: wire.server_key()}
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+        def ask(n: int, **extra: object) -> None:
+            inputs = []
+            for name, value in {"n": n, **extra}.items():
+                dtype = {"n": "INT64", "max_len": "INT64", "greedy": "BOOL", "seed": "INT64"}[name]
+                i = grpcclient.InferInput(name, [1], dtype)
+                i.set_data_from_numpy(np.array([value], {"BOOL": bool}.get(dtype, np.int64)))
+                inputs.append(i)
+            client.infer("sheep_generate", inputs, headers=key, client_timeout=60)
+
+        deep = urllib.request.Request(f"http://127.0.0.1:{http}/v2/models/sheep_generate/generate",
+                                      data=b"[" * 60_000 + b"]" * 60_000, headers={"Content-Type": "text/plain"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:  # item 1, as a web page sends it: never parsed
+            urllib.request.urlopen(deep, timeout=60)
+        assert refused.value.code == 403
+        request = urllib.request.Request(f"http://127.0.0.1:{http}/v2/models/sheep_generate/generate",
+                                         data=b'{"n": 4}', headers={"x-sketchkit-key": key[GRPC_KEY]})  # fmt: skip
+        busy: dict[str, str] = {}  # protocol -> what a refused request got
+        for _ in range(10):  # each round: a long request fills the cap for ~0.2 s; ask meanwhile
+            long = threading.Thread(target=ask, args=(4,), kwargs=dict(greedy=True, max_len=1000, seed=1))
+            long.start()  # seed 1: three of the four rows run the full 1000 steps
+            while long.is_alive() and len(busy) < 2:
+                try:
+                    ask(4)
+                except grpcclient.InferenceServerException as e:
+                    busy["grpc"] = f"{e.status()} {e.message()}"
+                try:
+                    urllib.request.urlopen(request, timeout=60).read()
+                except urllib.error.HTTPError as e:
+                    busy["http"] = f"{e.code} {e.read().decode()}"
+            long.join(60)
+            if len(busy) == 2:
+                break
+        assert busy["grpc"].startswith("StatusCode.UNAVAILABLE busy: "), busy
+        assert busy["http"].startswith('400 {"error":"busy: '), busy  # 2.51's HTTP: 400 for every model error
+        tritonserver = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0])
+        os.killpg(tritonserver, signal.SIGKILL)  # a crash: tritonserver and its stubs die at once
+        assert proc.wait(60) == 1
+        err = proc.stderr.read()
+        assert err.splitlines()[-1].startswith("error: tritonserver exited with code -9") and "Traceback" not in err
+        assert _shm(prefix) == []
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("start", "REPO", "--http-port", 70000), "port 70000 is not a TCP port (1..65535)"),
+     (("start", "REPO", "--http-port", 0), "port 0 is not a TCP port (1..65535)"),
+     *[(("build-repo", "sheep", "--out", "OUT", "--sequence-idle-s", v), "the sequence idle time in (0, 86400] s")
+       for v in ("nan", "inf", "1e30")]],
+    ids=["port-70000", "port-0", "idle-nan", "idle-inf", "idle-1e30"],
+)  # fmt: skip
+def test_serve_numbers_are_one_line(tiny_uncond: Path, tmp_path: Path, args, message) -> None:
+    """Item 15 (fails on b361367: tracebacks, and --http-port 0 waited out the start-up timeout)."""
+    repo = tmp_path / "repo"
+    if args[0] == "start":
+        assert cli("serve", "build-repo", tiny_uncond, "--out", repo, "--no-stateful")[0] == 0
+    args = [str(repo) if a == "REPO" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    t = time.monotonic()
+    code, _, err = cli("serve", *args)
+    assert message in one_line(code, err)
+    assert time.monotonic() - t < 30 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "import-magenta"])
+def test_deeply_nested_magenta_json_is_one_line(tmp_path: Path, command: str) -> None:
+    """Item 10 (fails on b361367: a RecursionError traceback)."""
+    path = tmp_path / "deep.gen.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    args = ("generate", path, "-n", 1, "-o", tmp_path / "x.svg") if command == "generate" else ("import-magenta", path, tmp_path / "out")
+    code, _, err = cli(*args)
+    assert "deep.gen.json: not a Magenta model (JSON nested too deeply)" in one_line(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.gen.json"]
+
+
+@pytest.mark.parametrize(
+    ("name", "served", "message"),
+    [("magenta-large/owl.gen", LARGE_OWL, "has dec_size 512 (the registry says 1024)"),
+     ("magenta/owl.vae", "owl.vae.json", "has kind decoder-only (the registry says vae)")],
+    ids=["large-H", "vae-kind"],
+)  # fmt: skip
+def test_downloaded_magenta_model_must_match_the_registry(zoo_mirror, magenta_gen_dir: Path, tmp_path: Path,
+                                                          name: str, served: str, message: str) -> None:  # fmt: skip
+    """Item 11 (fails on b361367: a decoder-only H = 512 file under an unpinned large or .vae name
+    was pinned as trusted, and `zoo verify` said ok)."""
+    zoo_mirror.files[served] = magenta_gen_dir / OWL
+    code, _, err = cli("zoo", "pull", name)
+    assert f"{name}: the downloaded model {message}; nothing kept" in one_line(code, err)
+    cache = tmp_path / "cache"
+    assert hub.pins() == {} and not files(cache / "downloads") and not (cache / "models" / name).exists()
+    assert cli("zoo", "verify")[0] == 0
+
+
+def test_zoo_pull_of_a_corrupt_cached_model_fails(zoo_mirror, tmp_path: Path) -> None:
+    """Item 13 (fails on b361367: exit 0 and the path, for a model.json that does not parse)."""
+    assert cli("zoo", "pull", "magenta/owl.gen")[0] == 0
+    model_json = tmp_path / "cache" / "models" / "magenta" / "owl.gen" / "model.json"
+    model_json.write_text("{not json")
+    code, out, err = cli("zoo", "pull", "magenta/owl.gen")
+    assert "the cached magenta/owl.gen is broken" in one_line(code, err) and "sketchkit zoo rm magenta/owl.gen" in err
+    assert out == "" and model_json.read_text() == "{not json"  # nothing printed as a path, nothing touched
+
+
+def test_untrusted_names_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    """Item 12 (fails on b361367: the OSC escape, U+202E and the bell were printed raw)."""
+    evil = tmp_path / "ev\x1b]0;pwned\x07il\u202e"
+    evil.mkdir()
+    for args in (("generate", evil, "-n", 1, "-o", tmp_path / "x.svg"), ("data", "info", evil / "x.ndjson")):
+        code, _, err = cli(*args)
+        line = one_line(code, err)
+        assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+        assert "ev\\x1b]0;pwned\\x07il\\u202e" in line
+
+
+def test_one_huge_ndjson_line_is_refused_in_little_memory(tmp_path: Path) -> None:
+    """Item 14 (fails on b361367: `data info` parsed the whole line; 300 MB of line peaked at 3.1 GB)."""
+    path = tmp_path / "huge.ndjson"
+    with open(path, "w") as f:
+        f.write('{"word": "x", "drawing": [[[0, 5], [0, 5]]]}\n{"word": "x", "drawing": [[[')
+        f.write("1," * (20 << 20) + '1], [1]]]}\n')  # one 40 MB line
+    for command in (("data", "info", path), ("data", "convert", path, tmp_path / "out.npz")):
+        code, err, rss = peak_rss(*command)
+        assert "huge.ndjson:2: a line of over 16 MB" in one_line(code, err)
+        assert rss < 250 * MB, rss / MB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.ndjson"]
+
+
+def test_png_of_a_huge_sketch_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    """Item 14 (fails on b361367: a 1,000,000-point sketch ran past 120 s at 1.6 GB into PNG)."""
+    sketch = np.zeros((1_000_000, 3), np.int16)
+    sketch[:, 0], sketch[::50, 2] = 1, 1
+    src = tmp_path / "one.npz"
+    both = np.array([sketch, sketch[:10]], dtype=object)
+    np.savez(src, train=both, valid=both, test=both)
+    t = time.monotonic()
+    code, _, err = cli("render", src, "-o", tmp_path / "one.png", "--index", 0)
+    assert "MB of SVG, over the 2.1 MB that PNG output rasterises" in one_line(code, err)
+    assert time.monotonic() - t < 60 and not (tmp_path / "one.png").exists()
+    assert cli("render", src, "-o", tmp_path / "one.svg", "--index", 0)[0] == 0  # SVG is still fine
+
+
+def test_serve_key_is_made_once_private_and_printed(tmp_path: Path) -> None:
+    """The key that `serve start` requires (items 1-3): made on first use, mode 0600, the same
+    afterwards; $SKETCHKIT_SERVER_KEY overrides it."""
+    env = {"SKETCHKIT_CACHE": str(tmp_path)}
+    code, key, err = cli("serve", "key", env=env)
+    assert code == 0 and len(key.strip()) >= 32, err
+    assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+    assert cli("serve", "key", env=env)[1] == key and sorted(p.name for p in tmp_path.iterdir()) == ["server.key"]
+    assert cli("serve", "key", env={**env, "SKETCHKIT_SERVER_KEY": "mine-and-long-enough"})[1] == "mine-and-long-enough\n"

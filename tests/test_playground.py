@@ -22,6 +22,7 @@ pytest.importorskip("uvicorn")
 from sketchkit.playground import Catalogue, create_app  # noqa: E402
 from sketchkit.playground.canvas import SPAN, Canvas  # noqa: E402
 from sketchkit.playground.server import running  # noqa: E402
+from sketchkit.sampling import SamplingOptions  # noqa: E402
 
 SHEEP_SCALE = 18.519826873930498  # zoo/models/sheep/model.json
 
@@ -163,6 +164,9 @@ BAD = {
     "too long for the model": ({"model": "sheep", "drawing": drawing(LONG)}, 422, "reads at most"),
     "not JSON": (b"{model: sheep", 400, "not JSON"),
     "a JSON list": (b"[1, 2]", 400, "JSON object"),
+    # issue 22, item 8 (fail on b361367: 500, Python's ValueError / RecursionError)
+    "a 5,001-digit seed": (b'{"model": "sheep", "seed": ' + b"9" * 5001 + b"}", 400, "not JSON this API takes"),
+    "JSON nested 100,000 deep": (b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
 }
 
 
@@ -181,6 +185,51 @@ def test_other_content_types_and_foreign_host_names_are_refused(server: str) -> 
     assert status == 415 and "application/json" in doc["error"]  # a cross-site form post cannot get in
     status, _ = request(server, "/api/models", headers={"Host": "evil.example"})
     assert status == 400  # nor a page elsewhere through a DNS name pointed at 127.0.0.1
+
+
+def test_ipv6_loopback_host_is_answered_and_others_are_not(tiny_uncond: Path) -> None:
+    """Issue 22, item 8 (fails on b361367: `--host ::1` refused the browser's own `Host: [::1]:port`)."""
+    from sketchkit.cli.playground import LOOPBACK
+
+    with running(create_app(Catalogue([str(tiny_uncond)], zoo=False), LOOPBACK)) as url:
+        for host, want in [("[::1]:8765", 200), ("[::1]", 200), ("localhost:1", 200), ("LOCALHOST", 200),
+                           ("evil.example", 400), ("[::1].evil.example", 400), ("[evil]:1", 400), ("", 400)]:  # fmt: skip
+            assert request(url, "/api/models", headers={"Host": host})[0] == want, host
+
+
+def test_every_interface_keeps_a_host_allow_list_and_warns(tmp_path: Path) -> None:
+    """Issue 22, item 8 (fails on b361367: `--host 0.0.0.0` answered any Host, without a word)."""
+    proc = subprocess.Popen(_cli("playground", "--host", "0.0.0.0", "--port", "0", "--allow-host", "sketch.lan"),
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "SKETCHKIT_CACHE": str(tmp_path)})  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        warning, line = proc.stderr.readline(), proc.stderr.readline()
+        assert warning.startswith("warning: listening on every interface") and "sketch.lan" in warning, warning
+        port = re.search(r"http://0\.0\.0\.0:(\d+)", line)
+        assert port, line
+        url = f"http://127.0.0.1:{port.group(1)}"
+        assert request(url, "/api/models")[0] == 200
+        assert request(url, "/api/models", headers={"Host": f"sketch.lan:{port.group(1)}"})[0] == 200
+        assert request(url, "/api/models", headers={"Host": f"{socket.gethostname()}:{port.group(1)}"})[0] == 200
+        assert request(url, "/api/models", headers={"Host": "rebound.evil.example"})[0] == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_open_zoo_models_are_capped_least_recently_used_first(zoo_mirror) -> None:
+    """Issue 22, item 9 (fails on b361367: every model anyone picked stayed open for good)."""
+    catalogue = Catalogue(["sheep"], max_open=1)
+    try:
+        catalogue.sampler("magenta/owl.gen")
+        catalogue.sampler("magenta/cat.gen")  # closes owl: one zoo model open at a time
+        opened = {m["name"] for m in catalogue.listing() if m["open"]}
+        assert opened == {"sheep", "magenta/cat.gen"}
+        with catalogue.lock("magenta/owl.gen"):  # reopened on its next pick, and sampled
+            sketch = catalogue.sampler("magenta/owl.gen").generate(1, options=SamplingOptions(seed=1, max_len=20))
+        assert len(sketch) == 1 and {m["name"] for m in catalogue.listing() if m["open"]} == {"sheep", "magenta/owl.gen"}
+    finally:
+        catalogue.close()
 
 
 def test_the_page_and_its_files_are_served(server: str) -> None:

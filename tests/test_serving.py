@@ -109,7 +109,7 @@ def test_generate_config(repo, tiny_vae, tiny_uncond):
         assert ("z" in [t.name for t in cfg.input]) == info.dims.vae
         shapes = {t.name: list(t.dims) for t in (*cfg.input, *cfg.output)}
         assert shapes["n"] == shapes["tau"] == shapes["seed"] == [1] and shapes["strokes"] == [-1, -1, 3]
-        assert cfg.input[0].data_type == pb.TYPE_INT32 and cfg.input[2].data_type == pb.TYPE_INT64
+        assert cfg.input[0].data_type == pb.TYPE_INT64 and cfg.input[2].data_type == pb.TYPE_INT64  # n: no INT32 wrap
         want = {"cpu": ("256", "1024", "0"), "gpu": ("4096", "32768", "1")}[flavor]  # a GPU step takes big batches
         got = tuple(cfg.parameters[k].string_value for k in ("max_sketches_per_request", "max_rows_per_step", "cuda_graphs"))
         assert got == want
@@ -278,3 +278,35 @@ def test_gpu_image_adds_what_the_generate_model_imports():
             "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names))))")  # fmt: skip
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert loaded - {"_cython_3_0_8", "cython_runtime"} <= {"numpy", "onnxruntime", "sketchkit"}
+
+
+# the CUDA major of each NGC Triton image the Dockerfile has used (the NGC support matrix)
+NGC_CUDA = {"24.10": 12}
+
+
+def test_gpu_image_pins_an_onnxruntime_gpu_built_for_its_cuda():
+    """Issue 22: onnxruntime-gpu on PyPI is built for CUDA 12 up to 1.26 and for CUDA 13 from 1.27,
+    so the Dockerfile pins an exact version matching its base image's CUDA (fails on b361367:
+    `onnxruntime-gpu>=1.19,<2` picked whatever the image's Python resolved to)."""
+    dockerfile = (SERVING / "Dockerfile").read_text()
+    (tag,) = re.findall(r"^FROM nvcr\.io/nvidia/tritonserver:(\d\d\.\d\d)-py3", dockerfile, re.M)
+    assert tag in NGC_CUDA, f"add the CUDA major of NGC {tag} to NGC_CUDA"
+    pins = re.findall(r'"onnxruntime-gpu([^"]*)"', dockerfile)
+    assert len(pins) == 1 and re.fullmatch(r"==1\.\d+\.\d+", pins[0]), pins  # exact, not a range
+    minor = int(pins[0].split(".")[1])
+    assert (12 if minor <= 26 else 13) == NGC_CUDA[tag], (tag, pins[0])
+
+
+def test_docker_compose_passes_the_restricted_api_flags_of_serve_start():
+    """Issue 22: the GPU deployment closes what `serve start` closes (fails on b361367: no flags)."""
+    from sketchkit.serving.server import CLOSED_APIS, KEYED_APIS, restricted_api_flags
+
+    text = (SERVING / "docker-compose.yml").read_text()
+    flags = restricted_api_flags("k" * 32)
+    for flag in flags:  # the same flags, the key from the environment, the closed value random
+        name, _, rule = flag.partition("=")
+        apis = rule.split(":")[0]
+        want = "$$SKETCHKIT_SERVER_KEY" if apis == ",".join(KEYED_APIS) else "$$closed"
+        assert f"{name}={apis}:{rule.split(':')[1].split('=')[0]}={want}" in text, flag
+    assert ",".join(CLOSED_APIS) in text and "/dev/urandom" in text
+    assert "${SKETCHKIT_SERVER_KEY:?" in text  # no key, no start

@@ -224,6 +224,22 @@ def test_model_that_fails_to_load_shows_tritons_reason(small_repo, tmp_path):
     assert time.monotonic() - t < 60
 
 
+def test_generate_model_refuses_to_start_without_its_execution_provider(small_repo, tmp_path):
+    """Issue 22: a KIND_GPU <name>_generate whose CUDA provider does not load would silently run on
+    the CPU (onnxruntime falls back). Here the CPU onnxruntime has no CUDA provider: asked for it
+    (the `execution_provider` config parameter; KIND_GPU asks by default), the model refuses to
+    load with one line (fails on b361367: it loaded and ran on the CPU)."""
+    bad = tmp_path / "bad"
+    shutil.copytree(small_repo, bad)
+    config = bad / "tiny-decoder-only_generate" / "config.pbtxt"
+    config.write_text(config.read_text() + 'parameters { key: "execution_provider" value { string_value: "CUDAExecutionProvider" } }\n')
+    with pytest.raises(ServerError) as e:
+        TritonServer(bad, free_port(), free_port(), log_path=tmp_path / "log").start()
+    msg = str(e.value)
+    assert msg.startswith("a model failed to load: tiny-decoder-only_generate: ") and "\n" not in msg
+    assert "CUDAExecutionProvider is not active in onnxruntime (active: CPUExecutionProvider)" in msg
+
+
 def test_stub_that_cannot_start_fails_fast(small_repo, tmp_path):
     """A copied stub without the wheel's libraries makes Triton hang in "loading"; we fail fast."""
 

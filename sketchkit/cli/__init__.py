@@ -9,7 +9,7 @@ import sys
 import click
 
 from sketchkit._version import __version__
-from sketchkit.errors import SketchkitError
+from sketchkit.errors import SketchkitError, printable
 
 # command name -> "module:attribute"; one module per noun, read top-down like the docs
 COMMANDS = {
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except SketchkitError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {printable(str(e))}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -92,5 +92,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except OSError as e:  # a read-only cache, a full disk, a name too long for the file system
         where = f": {e.filename}" if e.filename else ""
-        click.echo(f"error: {e.strerror or e}{where}"[:1000].replace("\n", " "), err=True)
+        click.echo(printable(f"error: {e.strerror or e}{where}"[:1000].replace("\n", " ")), err=True)
         sys.exit(1)

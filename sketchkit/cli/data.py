@@ -53,7 +53,7 @@ def convert(inputs: tuple[Path, ...], output: Path, epsilon: float, seed: int) -
 
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+        return sum(1 for line in datasets.ndjson_lines(f, path) if line.strip())
 
 
 @data.command()

@@ -196,12 +196,17 @@ def pod_args(models: Sequence[str], names: Sequence[str], opts: RepoOptions) -> 
 @click.option(
     "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
 )
+@click.option("--management-api", is_flag=True,
+              help="Open shared memory, the repository, trace and log settings to holders of the key "
+              "(closed by default).")  # fmt: skip
 def start(
     repo: str, http_port: int, grpc_port: int, metrics_port: int, python: str, log_path: str | None,
-    startup_timeout: float,
-) -> None:
+    startup_timeout: float, management_api: bool,
+) -> None:  # fmt: skip
     """Run a local tritonserver (from the nvidia-pytriton wheel) on REPO, a cpu-flavor repository,
-    on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    on 127.0.0.1 until Ctrl-C or SIGTERM. Inference needs the key (`sketchkit serve key`) in the
+    x-sketchkit-key header; sketchkit's clients send it."""
+    from sketchkit.errors import printable
     from sketchkit.serving.server import ServerError, TritonServer
 
     def interrupt(signum: int, frame: object) -> None:
@@ -211,12 +216,14 @@ def start(
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
         repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout,
-        metrics_port=metrics_port,
-    )
+        metrics_port=metrics_port, management_api=management_api,
+    )  # fmt: skip
     try:
-        click.echo(f"starting tritonserver on {repo} (log: {server.log_path})", err=True)
+        click.echo(printable(f"starting tritonserver on {repo} (log: {server.log_path})"), err=True)
         server.start()
-        click.echo(f"ready: {server.grpc_url}  {server.http_url}  metrics: {server.metrics_url}  models: {', '.join(server.models)}")
+        models = printable(", ".join(server.models))  # directory names of a repository: not trusted
+        click.echo(f"ready: {server.grpc_url}  {server.http_url}  metrics: {server.metrics_url}  models: {models}")
+        click.echo("inference needs the header x-sketchkit-key: $(sketchkit serve key)", err=True)
         click.echo("Ctrl-C to stop", err=True)
         assert server.process is not None
         code = server.process.wait()
@@ -228,3 +235,12 @@ def start(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("stopped", err=True)
+
+
+@serve.command("key", short_help="Print the key that `serve start` requires for inference.")
+def key() -> None:
+    """Print the local server's key ($SKETCHKIT_SERVER_KEY, else the cache's server.key, made on
+    first use): send it as the x-sketchkit-key header (sketchkit's clients read it themselves)."""
+    from sketchkit.serving.server import local_key
+
+    click.echo(local_key())

@@ -26,9 +26,8 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -184,15 +183,42 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
 
+def host_name(header: str) -> str:
+    """The host of a Host header, without its port: `[::1]:8765` -> `::1`, `Localhost:80` -> `localhost`."""
+    header = header.strip().lower()
+    if header.startswith("["):  # an IPv6 literal: nothing but a port may follow it
+        address, _, rest = header[1:].partition("]")
+        return address if rest == "" or rest[0] == ":" and rest[1:].isdigit() else ""
+    return header.split(":")[0]
+
+
+class HostCheck:
+    """Answer only requests whose Host header names this server (`hosts`): a web page elsewhere
+    cannot reach a local server through a DNS name it controls (DNS rebinding). Unlike
+    Starlette's TrustedHostMiddleware, it reads IPv6 literals (`[::1]:8765`)."""
+
+    def __init__(self, app: Any, hosts: Sequence[str]) -> None:
+        self.app = app
+        self.hosts = {host_name(h) if h.startswith("[") else h.lower() for h in hosts}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if host_name(header) not in self.hosts:
+                await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(catalogue: Catalogue, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> Starlette:
     """The ASGI app. `hosts`: the Host headers it answers (a web page elsewhere cannot reach a
-    local server through a DNS name it controls); ("*",) for any."""
+    local server through a DNS name it controls)."""
     routes = [
         Route("/", index),
         Route("/api/models", api(models), methods=["GET"]),
         *(Route(f"/api/{w.__name__}", api(w), methods=["POST"]) for w in (model, complete, generate, reconstruct, morph)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
+    app = Starlette(routes=routes, middleware=[Middleware(HostCheck, hosts=list(hosts))])
     app.state.catalogue = catalogue
     return app

@@ -10,6 +10,7 @@ entry in this table, never by a path.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from sketchkit.runtimes.base import Runtime
 from sketchkit.sampling import Sampler, SamplingOptions
 
 GROUPS = ("command line", "shipped", "cached", "downloadable", "server")
+MAX_OPEN = 8  # zoo models kept open at once (each holds its graphs' sessions); the command line's stay
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,19 @@ class Catalogue:
     """Model name -> `Sampler`, opened lazily (downloads included) and shared by requests.
 
     models: zoo names or model directories, opened now; server: a Triton URL (then only `models`
-    are offered); zoo: also offer the rest of the zoo (in process only).
+    are offered); zoo: also offer the rest of the zoo (in process only); max_open: zoo models
+    kept open beyond `models` (456 are listed: opening all would hold GBs).
     """
 
-    def __init__(self, models: Sequence[str] = ("sheep",), server: str | None = None, zoo: bool = True) -> None:
+    def __init__(
+        self, models: Sequence[str] = ("sheep",), server: str | None = None, zoo: bool = True, max_open: int = MAX_OPEN
+    ) -> None:
         from sketchkit.hub import load
 
         self.server = server
+        self.max_open = max_open  # zoo models open at once: the least recently used is closed
         self.entries: dict[str, Entry] = {}
-        self._samplers: dict[str, Sampler] = {}
+        self._samplers: OrderedDict[str, Sampler] = OrderedDict()  # least recently used first
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         for name in dict.fromkeys(models):
@@ -99,11 +105,26 @@ class Catalogue:
         self._check(name)
         with self._guard:
             sampler = self._samplers.get(name)
+            if sampler is not None:
+                self._samplers.move_to_end(name)
         if sampler is None:
             sampler = _warm(Sampler(self._open(name)))
             with self._guard:
                 self._samplers[name] = sampler
+                self._evict()
         return sampler
+
+    def _evict(self) -> None:
+        """Close the least recently used zoo models beyond `max_open` (call under `_guard`);
+        never one named at start, nor one a request is using (its lock is held)."""
+        opened = [n for n in self._samplers if self.entries[n].group not in ("command line", "server")]
+        for victim in opened[: max(0, len(opened) - self.max_open)]:
+            lock = self._locks[victim]
+            if lock.acquire(blocking=False):
+                try:
+                    self._samplers.pop(victim).runtime.close()
+                finally:
+                    lock.release()
 
     def describe(self, name: str) -> dict[str, Any]:
         """The model's card for the page (opens it)."""

@@ -47,8 +47,10 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
     try:
         doc = json.loads(body, parse_constant=refuse)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"the request body is not JSON ({e})") from None
+    except RecursionError:
+        raise RequestError("the request body is JSON nested too deeply") from None
+    except ValueError as e:  # not JSON, or an integer of over 4,300 digits (Python's cap)
+        raise RequestError(f"the request body is not JSON this API takes ({one_line(e)[:120]})") from None
     if not isinstance(doc, dict):
         raise RequestError("the request body must be a JSON object")
     return doc

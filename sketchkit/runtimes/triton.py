@@ -90,17 +90,22 @@ class TritonRuntime:
         self._lock = threading.Lock()
         self._clients: list[Any] = []
         self._open: dict[int, int] = {}  # thread id -> its last sequence (ended when it starts the next)
+        self._headers = wire.key_headers(self.protocol)  # inference needs the server's key (`sketchkit serve key`)
         import tritonclient.utils  # fail here, in one line, if the client library is missing
 
         self._exception = tritonclient.utils.InferenceServerException
-        config = self._config(triton_name(self.model, DECODER_STEP.name))
-        self.max_batch_size = int(config["max_batch_size"]) or 1 << 30
-        self.info = info or self._info(config)
-        if stateful:
-            self._config(triton_name(self.model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
         self._generator: TritonGenerator | None = None
-        if self.mode == "generate" and self._serves(triton_name(self.model, wire.GENERATE)):
-            self._generator = TritonGenerator(self)
+        try:
+            config = self._config(triton_name(self.model, DECODER_STEP.name))
+            self.max_batch_size = int(config["max_batch_size"]) or 1 << 30
+            self.info = info or self._info(config)
+            if stateful:
+                self._config(triton_name(self.model, STATEFUL_STEP))  # absent: a clear error now, not mid-sketch
+            if self.mode == "generate" and self._serves(triton_name(self.model, wire.GENERATE)):
+                self._generator = TritonGenerator(self)
+        except BaseException:  # no connection left open: the server would wait for it at shutdown
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"TritonRuntime({self.url!r}, {self.model!r}, mode={self.mode!r}{', stateful=True' if self.stateful else ''})"
@@ -237,6 +242,11 @@ class TritonRuntime:
                     or "failed to connect" in message.lower()
                     or "no available versions" in message
                 )
+                if "is restricted, expecting header" in message:
+                    raise TritonError(
+                        f"Triton at {self.url}: {what} needs the server's key (set ${wire.KEY_ENV}, or run "
+                        "`sketchkit serve start` as this user: it keeps the key where clients find it)"
+                    ) from None
                 if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
                     raise TritonError(
                         f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s"
@@ -282,10 +292,10 @@ class TritonRuntime:
         """The sketchkit models a server offers, for error messages."""
         suffix = "_" + DECODER_STEP.name
         try:
-            index = self._client().get_model_repository_index(
-                **({"as_json": True} if self.protocol == "grpc" else {})
+            stats = self._client().get_inference_statistics(  # the repository index is closed (serving/README.md)
+                headers=self._headers, **({"as_json": True} if self.protocol == "grpc" else {})
             )
-            names = [m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index)]
+            names = [m["name"] for m in stats.get("model_stats", [])]
         except Exception:  # only for the message
             return "cannot list its models"
         models = sorted(n[: -len(suffix)] for n in names if n.endswith(suffix))
@@ -354,7 +364,7 @@ class TritonRuntime:
 
         def infer(client: Any) -> Any:
             return client.infer(name, inputs, outputs=requested, sequence_id=seq_id, sequence_start=start,
-                                sequence_end=end, **kwargs)  # fmt: skip
+                                sequence_end=end, headers=self._headers, **kwargs)  # fmt: skip
 
         result = self._call(f"inference on {name}", infer)
         return [result.as_numpy(n) for n in outputs]
@@ -381,13 +391,13 @@ class TritonGenerator:
         return self._run(arrays)
 
     def _options(self, n: int, options: Any) -> dict[str, np.ndarray]:
-        arrays = {"n": np.array([n], np.int32), "tau": np.array([options.tau], np.float32)}
+        arrays = {"n": np.array([n], np.int64), "tau": np.array([options.tau], np.float32)}
         if options.seed is not None:
             arrays["seed"] = np.array([options.seed], np.int64)
         if options.greedy:
             arrays["greedy"] = np.array([True])
         if options.max_len is not None:
-            arrays["max_len"] = np.array([options.max_len], np.int32)
+            arrays["max_len"] = np.array([options.max_len], np.int64)
         if options.temperature_rule is not None:
             arrays["rule"] = np.array([options.temperature_rule.encode()], dtype=object)
         return arrays

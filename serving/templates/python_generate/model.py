@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sketchkit.engine import BackgroundEngine, Cancelled, Engine, Scheduler
-from sketchkit.runtimes.onnx import OnnxRuntime
+from sketchkit.engine import BackgroundEngine, Cancelled, Engine, EngineBusy, Scheduler
+from sketchkit.errors import SketchkitError
+from sketchkit.graphs import DECODER_STEP
+from sketchkit.modelinfo import graph_path
+from sketchkit.runtimes.onnx import OnnxRuntime, open_session
 from sketchkit.sampling import Sampler, SamplingOptions
 from sketchkit.serving.metrics import GenerateMetrics
 from sketchkit.wire import Limits, inputs_for, pack, parse_inputs
@@ -33,17 +36,43 @@ def one_line(e):
     return (str(e).strip().strip("'\"").splitlines() or [type(e).__name__])[0][:300]
 
 
+def error_response(e):
+    """One line, with the gRPC status a client can act on: INVALID_ARGUMENT for its own mistakes,
+    UNAVAILABLE for the retryable busy, INTERNAL for ours (HTTP answers 400 for all on 2.51)."""
+    code = (pb_utils.TritonError.UNAVAILABLE if isinstance(e, EngineBusy)
+            else pb_utils.TritonError.INVALID_ARG if isinstance(e, SketchkitError)
+            else pb_utils.TritonError.INTERNAL)  # fmt: skip
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e), code))
+
+
+def require_provider(model_dir, info, providers, threads):
+    """A KIND_GPU model whose CUDA provider failed to load would silently run on the CPU (the
+    session falls back): refuse to start instead, with the reason in one line."""
+    if providers[0] == "CPUExecutionProvider":
+        return  # always there
+    session = open_session(graph_path(model_dir, info, DECODER_STEP.name), threads, providers)
+    active = session.get_providers()
+    if active[0] != providers[0]:
+        raise pb_utils.TritonModelException(
+            f"{providers[0]} is not active in onnxruntime (active: {', '.join(active)}): "
+            "install the onnxruntime-gpu that matches this image's CUDA (serving/Dockerfile)"
+        )
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         gpu = args.get("model_instance_kind") == "GPU"
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        provider = p.get("execution_provider") or ("CUDAExecutionProvider" if gpu else "CPUExecutionProvider")
+        providers = [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
         model_dir = Path(args["model_repository"]) / args["model_version"]
         runtime = OnnxRuntime(model_dir, providers=providers, threads=int(p.get("intra_op_threads", "1")),
-                              cuda_graphs=gpu and p.get("cuda_graphs", "0") == "1")
+                              cuda_graphs=provider == "CUDAExecutionProvider" and p.get("cuda_graphs", "0") == "1")
+        require_provider(model_dir, runtime.info, providers, runtime.threads)
         self.sampler = Sampler(runtime)
         self.info = runtime.info
+        self.model_name = args["model_name"]
         self.names = [t.name for t in inputs_for(self.info)]
         self.limits = Limits(max_n=int(p["max_sketches_per_request"]), max_len=int(p["max_len"]))
         # several engines (config "engines"), each stepped by its own thread, share the in-flight cap
@@ -69,7 +98,7 @@ class TritonPythonModel:
                 self.submit(request, sender)
             except Exception as e:  # one line back to this client; the others and the server go on
                 self.metrics.refused(e)
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e))), flags=FINAL)
+                sender.send(error_response(e), flags=FINAL)
         return None
 
     def submit(self, request, sender):
@@ -94,13 +123,21 @@ class TritonPythonModel:
         self.engine.submit(job)  # EngineBusy (one line) when too many sketches are in flight
 
     def _respond_loop(self):
+        """Never dies: one answer that cannot be sent must not leave every later request
+        unanswered (a dead responder wedged the model for everyone, issue 22)."""
         while (answer := self._answers.get()) is not None:
-            self.respond(*answer)
+            try:
+                self.respond(*answer)
+            except Exception as e:
+                pb_utils.Logger.log_error(f"sketchkit responder: an answer was not sent: {one_line(e)}")
 
     def respond(self, sender, job, z, prefix):
         self.metrics.answered(job)
         if isinstance(job.error, Cancelled):
-            sender.send(flags=FINAL)  # nobody is listening; Triton still wants the final flag
+            # a non-decoupled model must send a response before the final flag, even to a
+            # request nobody waits for any more (a bare final flag raises)
+            error = pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)
+            sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
             return
         try:
             sketches = job.sketches()
@@ -111,7 +148,7 @@ class TritonPythonModel:
             if self.info.dims.vae:
                 tensors.append(pb_utils.Tensor("z", z))
             response = pb_utils.InferenceResponse(output_tensors=tensors)
-        except Exception as e:
+        except Exception as e:  # the model failed (NaN parameters, ...): not the client's fault
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e)))
         sender.send(response, flags=FINAL)
 
@@ -120,7 +157,7 @@ class TritonPythonModel:
         (benchmarks read it)."""
         pb_utils.Logger.log_info(
             f"sketchkit engine: {engine.evaluations} evaluations, {engine.rows_stepped} rows stepped, "
-            f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation"
+            f"{engine.rows_stepped / engine.evaluations:.2f} rows per evaluation ({self.model_name})"
         )
 
     def finalize(self):
