@@ -126,13 +126,16 @@ def inprocess(model_dir: str, sizes: list[int], old: str | None, gpu: GpuUse) ->
 def infer(conn: http.client.HTTPConnection, model: str, n: int, seed: int) -> int:
     """One binary-output v2 infer request for n sketches; returns the number of sketches."""
     body = json.dumps({
-        "inputs": [{"name": "n", "shape": [1], "datatype": "INT32", "data": [n]},
+        "inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [n]},
                    {"name": "tau", "shape": [1], "datatype": "FP32", "data": [0.3]},
                    {"name": "seed", "shape": [1], "datatype": "INT64", "data": [seed]}],
         "outputs": [{"name": "strokes", "parameters": {"binary_data": True}},
                     {"name": "lengths", "parameters": {"binary_data": True}}],
     }).encode()  # fmt: skip
-    conn.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/octet-stream"})
+    headers = {"Content-Type": "application/octet-stream"}
+    if os.environ.get("SKETCHKIT_SERVER_KEY"):  # a server started by `sketchkit serve start` wants its key
+        headers["x-sketchkit-key"] = os.environ["SKETCHKIT_SERVER_KEY"]
+    conn.request("POST", f"/v2/models/{model}/infer", body, headers)
     r = conn.getresponse()
     data = r.read()
     if r.status != 200:

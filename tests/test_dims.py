@@ -1,6 +1,6 @@
 """`ModelDims`, the one description of a model's dimensions, and the converters that keep the
 version 1 artefacts (flat model.json, `hparams` checkpoints, recipes with `lr`/`recurrent_dropout`)
-loading: tested with the shipped sheep files as they are in git."""
+loading: tested with the shipped sheep files and version 1 forms of them."""
 
 from __future__ import annotations
 
@@ -40,25 +40,31 @@ def test_bad_dims_are_one_line(fields: dict, message: str) -> None:
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_the_shipped_v1_model_json_loads_as_v2() -> None:
+def as_version_1(raw: dict) -> dict:
+    """A model.json as version 1 wrote it: flat sizes and a state_size, no dims (the shipped sheep
+    was such a file until issue 21's sheep replaced it; the converter must keep reading them)."""
+    v2 = raw if raw["version"] != 1 else upgrade(raw)
+    dims = ModelDims.from_dict(v2["dims"])
+    flat = {k: v for k, v in v2.items() if k != "dims"} | {k: v2["dims"][k] for k in V1_DIMS}
+    return flat | {"version": 1, "state_size": dims.state_size}
+
+
+def test_a_v1_model_json_loads_as_v2() -> None:
     raw = json.loads((SHEEP / "model.json").read_text())
     info = ModelInfo.load(SHEEP)
-    assert info.version == VERSION and info.dims == ModelDims(
-        kind="vae", cell="lstm", enc_size=128, dec_size=256, z_size=128, num_mixture=20
-    )
-    if raw["version"] == 1:  # as shipped in git: flat sizes and a state_size, which must agree
-        assert "dims" not in raw and info.dims.state_size == raw["state_size"]
+    assert info.version == VERSION and info.dims == ModelDims.from_dict(raw["dims"])
+    old = ModelInfo.from_dict(as_version_1(raw))
+    assert "dims" not in as_version_1(raw) and old == info
     again = ModelInfo.from_dict(json.loads(info.to_json()))  # written as version 2, read back
-    assert again == info and json.loads(info.to_json())["dims"]["dec_size"] == 256
+    assert again == info and json.loads(info.to_json())["dims"]["dec_size"] == info.dims.dec_size
 
 
 def test_a_v1_state_size_that_disagrees_is_refused() -> None:
-    raw = json.loads((SHEEP / "model.json").read_text())
-    v1 = upgrade(raw) if raw["version"] == 1 else raw
-    flat = {k: v for k, v in v1.items() if k != "dims"} | {k: v1["dims"][k] for k in V1_DIMS} | {"version": 1}
-    assert ModelInfo.from_dict(dict(flat, state_size=512)).dims.state_size == 512
-    with pytest.raises(ModelError, match="state_size 600, but its sizes give 512"):
-        ModelInfo.from_dict(dict(flat, state_size=600))
+    flat = as_version_1(json.loads((SHEEP / "model.json").read_text()))
+    s = flat["state_size"]
+    assert ModelInfo.from_dict(flat).dims.state_size == s
+    with pytest.raises(ModelError, match=f"state_size {s + 88}, but its sizes give {s}"):
+        ModelInfo.from_dict(dict(flat, state_size=s + 88))
 
 
 def test_one_description_everywhere() -> None:
@@ -68,8 +74,12 @@ def test_one_description_everywhere() -> None:
     pytest.importorskip("torch", reason="reading the checkpoint needs torch")
     from sketchkit.zoo import checkpoint
 
-    model, recipe, meta = checkpoint.load(SHEEP / "sheep.safetensors")  # a version 1 header
+    model, recipe, meta = checkpoint.load(SHEEP / "sheep.safetensors")
     assert recipe.dims == model.dims == info.dims
+    # a version 1 header (one flat "hparams") says the same through the converter
+    v1 = {"version": 1, "hparams": {**dataclasses.asdict(recipe), **recipe.dims.to_dict()}}
+    del v1["hparams"]["dims"]
+    assert checkpoint.recipe_of(v1).dims == info.dims
 
 
 def test_old_recipes_load(tmp_path: Path) -> None:
