@@ -12,10 +12,13 @@
 #    validation (valid split) is its score: the lowest valid L_R wins;
 # 3. the winner alone continues from its last.safetensors (an exact resume) for what the budget leaves;
 # 4. its best.safetensors evaluated on the test split (L_R, L_s, L_p, L_KL);
-# 5. at most 8 files directly under $OUT: log.txt (this output), summary.json, table.md (every
-#    candidate: budget, batch, schedule, cell -> valid L_R; test L_R for the winner), best.safetensors
-#    (the winner's, float32 if under 16 MiB, else float16), recipe.toml, metrics.jsonl and train.log of
-#    the winner, runs.tar.gz (every candidate's recipe, metrics, log and last samples; no weights).
+# 5. at most 8 files directly under $OUT: log.txt (this output), summary.json (with the winner's
+#    recipe), table.md (every candidate: budget, batch, schedule, cell -> valid L_R; test L_R for the
+#    winner), best.safetensors (the winner's, float32 if under 16 MiB, else float16), runs.tar.gz
+#    (every candidate's recipe.toml, metrics.jsonl, train.log, test evaluation and last samples; no
+#    weights), the winner's resume state as last.safetensors.part1, part2, ... (under 16 MiB each;
+#    `cat last.safetensors.part* > RUN/last.safetensors` continues the run in a later session), and
+#    its train.log when a file is left.
 # The whole run keeps to BUDGET seconds (default 390; TINY: 150), start-up and evaluation included:
 # every phase runs under `timeout` with what is left. TINY=1 runs the same path on the CPU with tiny
 # sizes (about two minutes): the dry run.
@@ -53,8 +56,10 @@ if [ "$TINY" = "1" ]; then
         --set max_seq_len=60 --set eval_every=20 --set log_every=5 --set num_samples=4)
     HYPER_SIZES=(--set hyper_size=8 --set hyper_embed=4)
     PROBE_THREADS=1
-    RUN_THREADS=2
+    RUN_THREADS=1
     SMOKE_STEPS=10
+    SMOKE_SIZES=("${SIZES[@]}")
+    export PART_BYTES=${PART_BYTES:-40000}
 else
     DEVICE=cuda
     SIZES=()
@@ -62,6 +67,7 @@ else
     PROBE_THREADS=3
     RUN_THREADS=8
     SMOKE_STEPS=100
+    SMOKE_SIZES=(--set dec_size=64 --set enc_size=32 --set batch_size=64)
 fi
 # what a training process needs beyond its --time-limit: start-up before train() (imports, data:
 # ~10 s), the last validation, checkpoint and samples (~5 s); it is killed past this slack
@@ -99,8 +105,7 @@ if [ "${TORCHRUN_SMOKE:-0}" = "1" ]; then
     say "1b. torchrun --nproc-per-node=1 smoke run (tiny model, ${DEVICE}, at most 40 s)"
     timeout -k 5 40 "$PY" -m torch.distributed.run --nproc-per-node=1 -m sketchkit train \
         zoo/recipes/aaron_sheep_gpu.toml --data "$DATA" --out "$WORK/smoke" --device "$DEVICE" --quiet --fresh \
-        --set dec_size=64 --set enc_size=32 --set batch_size=64 --set eval_every=50 --set log_every=10 \
-        --set num_samples=2 --steps "$SMOKE_STEPS" --threads 2
+        "${SMOKE_SIZES[@]}" --set eval_every=50 --set log_every=10 --set num_samples=2 --steps "$SMOKE_STEPS" --threads "$RUN_THREADS"
     say "torchrun smoke exited with $?"
     [ -f "$WORK/smoke/metrics.jsonl" ] && tail -n 2 "$WORK/smoke/metrics.jsonl"
     rm -rf "$WORK/smoke"
@@ -161,12 +166,12 @@ fi
 
 say "5. packing"
 timeout -k 2 $(($(left) > 8 ? $(left) - 2 : 6)) "$PY" - "$WORK" "$OUT" "$WINNER" "$PROBE" "$BUDGET" "${CANDIDATES[@]}" <<'EOF'
-import json, shutil, sys, tarfile
+import json, os, shutil, sys, tarfile
 from pathlib import Path
 from sketchkit.zoo.config import Recipe
 
 work, out, winner, probe_s, budget, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
-MAX_BYTES = 16 * 1024 * 1024 - 65536
+MAX_BYTES = int(os.environ.get("PART_BYTES", 16 * 1024 * 1024 - 65536))  # TINY: small, to take the same paths
 
 def records(name):
     p = work / name / "metrics.jsonl"
@@ -196,6 +201,8 @@ for name in names:
         "test": json.loads(ev.read_text()) if ev.exists() and ev.stat().st_size else None,
     }
 summary = {"budget_s": budget, "probe_s": probe_s, "winner": winner, "candidates": rows}
+if (work / winner / "recipe.toml").exists():
+    summary["winner_recipe_toml"] = (work / winner / "recipe.toml").read_text()
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 def f(x, key):
@@ -216,10 +223,12 @@ for name, r in rows.items():
 (out / "table.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 
+files = 4  # log.txt, summary.json, table.md, runs.tar.gz
 if winner in rows:
     run = work / winner
     best = run / "best.safetensors"
     if best.exists():
+        files += 1
         if best.stat().st_size <= MAX_BYTES:
             shutil.copyfile(best, out / "best.safetensors")
         else:  # float16 halves it (the loader casts back)
@@ -228,24 +237,38 @@ if winner in rows:
             model, hp, meta = checkpoint.load(best)
             meta = {k: v for k, v in meta.items() if k not in ("dims", "recipe", "dtype", "format", "version")}
             checkpoint.save(out / "best.safetensors", model, hp, meta, dtype=torch.float16)
-    for fn in ("recipe.toml", "metrics.jsonl", "train.log"):
-        if (run / fn).exists():
-            shutil.copyfile(run / fn, out / fn)
+    # the resume state, so a later session can continue the run: in parts of under 16 MiB
+    # (cat last.safetensors.part* > last.safetensors; its checksum verifies the join)
+    last = run / "last.safetensors"
+    if last.exists():
+        raw = last.read_bytes()
+        parts = [raw[i : i + MAX_BYTES] for i in range(0, len(raw), MAX_BYTES)]
+        if files + len(parts) <= 8:
+            for i, part in enumerate(parts, 1):
+                (out / f"last.safetensors.part{i}").write_bytes(part)
+            files += len(parts)
+        else:
+            print(f"last.safetensors ({len(raw)} bytes) does not fit in the files left: not returned")
+    if files < 8 and (run / "train.log").exists():
+        shutil.copyfile(run / "train.log", out / "train.log")
 with tarfile.open(out / "runs.tar.gz", "w:gz") as tar:
     for name in names:
         run = work / name
         for p in sorted(run.glob("*")):
             if p.is_file() and p.suffix != ".safetensors":
                 tar.add(p, f"{name}/{p.name}")
-        samples = sorted((run / "samples").glob("step_*"))[-2:]  # the probe's and the final pictures
-        for p in samples:
+        for p in sorted((run / "samples").glob("step_*"))[-2:]:  # the last two pictures
             tar.add(p, f"{name}/samples/{p.name}")
 for p in out.iterdir():
-    if p.stat().st_size > MAX_BYTES:
+    if p.stat().st_size > 16 * 1024 * 1024 - 4096:
         print(f"{p.name} is over 16 MiB: removed")
         p.unlink()
 EOF
 say "packing exited with $?"
+if [ "$TINY" = "1" ] && ls "$OUT"/last.safetensors.part* > /dev/null 2>&1; then  # the dry run checks the join
+    cat "$OUT"/last.safetensors.part* > "$WORK/joined.safetensors"
+    "$PY" -c "import sys; from sketchkit.zoo import checkpoint; print('joined parts: step', checkpoint.read_tensors(sys.argv[1])[1]['step'])" "$WORK/joined.safetensors"
+fi
 ls -l "$OUT"
 say "done in $(elapsed)s (budget ${BUDGET}s)"
 sleep 1  # let tee finish log.txt
