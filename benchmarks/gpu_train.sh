@@ -103,7 +103,7 @@ git log -1 --format='commit %H %s' 2>/dev/null || true
 
 if [ "${TORCHRUN_SMOKE:-0}" = "1" ]; then
     say "1b. torchrun --nproc-per-node=1 smoke run (tiny model, ${DEVICE}, at most 40 s)"
-    timeout -k 5 40 "$PY" -m torch.distributed.run --nproc-per-node=1 -m sketchkit train \
+    timeout -k 5 40 "$PY" -m torch.distributed.run --standalone --nproc-per-node=1 -m sketchkit train \
         zoo/recipes/aaron_sheep_gpu.toml --data "$DATA" --out "$WORK/smoke" --device "$DEVICE" --quiet --fresh \
         "${SMOKE_SIZES[@]}" --set eval_every=50 --set log_every=10 --set num_samples=2 --steps "$SMOKE_STEPS" --threads "$RUN_THREADS"
     say "torchrun smoke exited with $?"

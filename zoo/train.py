@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -182,7 +183,12 @@ def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _save_state(
-    path: Path, model: SketchRNN, hp: Recipe, opt: torch.optim.Adam, rng_states: dict[str, torch.Tensor], meta: dict[str, Any]
+    path: Path,
+    model: SketchRNN,
+    hp: Recipe,
+    opt: torch.optim.Adam,
+    rng_states: dict[str, torch.Tensor],
+    meta: dict[str, Any],
 ) -> None:
     """Everything a resumed run needs to continue exactly: weights, Adam's moments and step, every
     rank's torch RNG states (recurrent dropout), the step (which fixes the data order, the LR and
@@ -303,7 +309,7 @@ def train(
 ) -> dict[str, Any]:
     """Train until hp.num_steps, or until `time_limit` seconds have passed since this call began
     (then the step under way finishes and is validated and saved like a last step); resume from
-    out_dir/last.safetensors if it exists. Returns the best validation metrics.
+    out_dir/last.safetensors if it exists. Returns the best validation metrics (rank 0; {} elsewhere).
 
     Under torchrun each of the N ranks trains on its B/N rows of every batch (`make_batch`) and
     DistributedDataParallel averages the gradients, so N ranks take the steps of one process with
@@ -341,8 +347,10 @@ def train(
         hp.save_toml(out / "recipe.toml")
     net: torch.nn.Module = model
     if world > 1:  # the weights are broadcast from rank 0, gradients averaged in backward
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
-        signal.signal(signal.SIGTERM, lambda *_: _lost_rank(rank, world, step, last, "torchrun stopped the job"))
+        ids = [torch.device(device)] if device.startswith("cuda") else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        why = "torchrun stopped the job: another rank failed"
+        signal.signal(signal.SIGTERM, lambda *_: _lost_rank(rank, world, step, last, why))
     base_meta = {
         "scale_factor": data.scale_factor,
         "max_seq_len": hp.max_seq_len,
@@ -377,7 +385,8 @@ def train(
             bar.update(1)
             out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
             if world > 1:  # one answer for all ranks, at log lines only (a sync per step would stall the GPU)
-                out_of_time = step % hp.log_every == 0 and bool(_mean_over_ranks(torch.tensor([float(out_of_time)], device=device), world) > 0)
+                flag = torch.tensor([float(out_of_time)], device=device)
+                out_of_time = step % hp.log_every == 0 and bool(_mean_over_ranks(flag, world) > 0)
             stop = step >= hp.num_steps or out_of_time
             if step % hp.log_every == 0 or stop:
                 dt = time.perf_counter() - t_window
@@ -405,14 +414,16 @@ def train(
                     net.train()
                 if out_of_time:
                     bar.write(f"time limit of {time_limit:g} s reached at step {step}")
-    except Exception as e:
-        if world > 1 and isinstance(e, torch.distributed.DistError):
-            _lost_rank(rank, world, step, last, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    except RuntimeError as e:  # what a collective raises when a peer is gone (gloo: "Connection reset")
+        if world > 1:
+            # gloo: "[pair.cc:537] Read error [127.0.0.1]:1463: Connection reset by peer. This is ..."
+            first = re.sub(r"^\[[^\]]*\] ", "", (str(e).strip().splitlines() or [type(e).__name__])[0])
+            _lost_rank(rank, world, step, last, first.split(". ")[0][:200])
         raise
     bar.close()
     if world > 1:
         torch.distributed.destroy_process_group()
-    return best
+    return best if main else {}
 
 
 def _validate(
@@ -432,16 +443,16 @@ def _validate(
     is_best = metrics["loss"] < best["loss"]
     if is_best:
         best = dict(metrics, step=step)
-        checkpoint.save(out / "best.safetensors", model, hp, dict(base_meta, step=step, metrics={"valid": metrics}))
+        meta = dict(base_meta, step=step, metrics={"valid": metrics})
+        checkpoint.save(out / "best.safetensors", model, hp, meta)
     rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
     records.append(rec)
     _append_jsonl(out / "metrics.jsonl", rec)
     loss_curve_png(out / "loss.png", records)
     device = model.head.weight.device
     gen = torch.Generator(device=device).manual_seed(hp.seed + 1)
-    sketches_png(
-        out / "samples" / f"step_{step:07d}.png", sample(model, hp.num_samples, generator=gen, max_seq_len=hp.max_seq_len)
-    )
+    drawn = sample(model, hp.num_samples, generator=gen, max_seq_len=hp.max_seq_len)
+    sketches_png(out / "samples" / f"step_{step:07d}.png", drawn)
     bar.write(
         f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
         f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}"
@@ -452,7 +463,7 @@ def _validate(
 def _lost_rank(rank: int, world: int, step: int, last: Path, why: str) -> None:
     """A torchrun job that lost a rank: one line, and every rank stops (no hang in a collective)."""
     raise SketchkitError(
-        f"rank {rank} of {world} stopped at step {step}: {why}; the same command resumes from {last}"
+        f"rank {rank} of {world} stopped at step {step} ({why}); the same command resumes from {last}"
     )
 
 
