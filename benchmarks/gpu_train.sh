@@ -5,6 +5,11 @@
 #
 #   OUT=/some/empty/dir PYTHONUNBUFFERED=1 BUDGET=390 bash benchmarks/gpu_train.sh
 #
+# Data: `mkdir -p .gpu && cp ../shared/data/sketchrnn/aaron_sheep.npz .gpu/` (git-ignored; carry
+# ".gpu" to the device machine). Give the device call a timeout some 30 s above BUDGET: the script
+# itself ends within BUDGET. Dry run here: `OUT=/tmp/out TINY=1 PYTHON=.venv/bin/python bash
+# benchmarks/gpu_train.sh` (about 100 s on 2 shared cores).
+#
 # 1. the machine and versions (and, with TORCHRUN_SMOKE=1, a ~20 s `torchrun --nproc-per-node=1`
 #    NCCL run of a tiny model, issue 20);
 # 2. probes: the CANDIDATES (zoo/recipes/aaron_sheep_gpu_<name>.toml, "gpu" = aaron_sheep_gpu.toml)
