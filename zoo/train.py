@@ -1,10 +1,11 @@
 """Training (paper §3.4, A.2-A.3): Adam, gradient clipping, KL annealing, augmentation,
 validation every `eval_every` steps with the un-annealed Eq. 14, best checkpoint kept, exact
-resume after a kill.
+resume after a kill or on another machine, and DistributedDataParallel ranks under torchrun.
 
 A run directory holds
     best.safetensors   the best validation loss so far (weights + config + metrics)
-    last.safetensors   the resume state: weights, Adam moments, RNG states, step (train.* tensors)
+    last.safetensors   the resume state: weights, Adam moments, every rank's RNG states (train.*
+                       tensors), step; the data order is a function of the step (`make_batch`)
     recipe.toml        the Recipe of the run
     metrics.jsonl      one JSON line per log / validation
     loss.png           the loss curves, redrawn at each validation

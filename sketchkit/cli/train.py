@@ -72,7 +72,8 @@ def train(
     fresh: bool,
     quiet: bool,
 ) -> None:
-    """Train a sketch-rnn model from a RECIPE.toml (or from flags alone); resumes a killed run."""
+    """Train a sketch-rnn model from a RECIPE.toml (or from flags alone); resumes a killed run
+    exactly. Under `torchrun --nproc-per-node=N -m sketchkit train ...` N ranks share each batch."""
     _need_torch()
     import torch
 
