@@ -306,10 +306,9 @@ def cells_main(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     hp = Recipe(dataset=[args.data], batch_size=args.batch, max_seq_len=250)
     data = load_data(hp)
-    rng = np.random.default_rng(0)
     batches = []
-    for _ in range(4):
-        b, n = make_batch(data.train, hp, rng)
+    for step in range(4):
+        b, n, _ = make_batch(data.train, hp, step)
         batches.append((torch.from_numpy(b).to(device), torch.from_numpy(n).to(device)))
     meta = {
         "machine": machine(device, args.threads),
@@ -375,8 +374,7 @@ def main() -> None:
         learning_rate=1e-3,
     )
     data = load_data(hp)
-    rng = np.random.default_rng(0)
-    batches = [make_batch(data.train, hp, rng) for _ in range(args.steps + 1)]
+    batches = [make_batch(data.train, hp, step)[:2] for step in range(args.steps + 1)]
     batches = [(torch.from_numpy(b), torch.from_numpy(n)) for b, n in batches]
     torch.manual_seed(0)
     impls = {

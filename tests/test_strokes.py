@@ -129,6 +129,33 @@ def test_random_scale_is_independent_per_axis(sheep) -> None:
     assert r.min() < 0.92 and r.max() > 1.08  # and they cover the range
 
 
+def _magenta_augment_strokes(s: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """Magenta's `augment_strokes` loop (utils.py), the reference for the vectorised drop_points."""
+    result, prev, count, stroke = [], [0.0, 0.0, 1.0], 0, [0.0, 0.0, 1.0]
+    for row in np.asarray(s, dtype=np.float32):
+        candidate = [float(row[0]), float(row[1]), float(row[2])]
+        count = 0 if candidate[2] == 1 or prev[2] == 1 else count + 1
+        if candidate[2] == 0 and prev[2] == 0 and count > 2 and rng.random() < prob:
+            stroke[0] += candidate[0]
+            stroke[1] += candidate[1]
+        else:
+            stroke = prev = candidate
+            result.append(stroke)
+    return np.array(result, dtype=np.float32).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("prob", [0.1, 0.5, 1.0])
+def test_drop_points_equals_magentas_loop(sheep, prob: float) -> None:
+    """Bit for bit, and the generator left where the loop leaves it (one draw per candidate)."""
+    ours, ref = np.random.default_rng(5), np.random.default_rng(5)
+    for s in sheep.train[:500]:
+        scaled = strokes.random_scale(s, np.random.default_rng(1), 0.15)
+        for x in (s, scaled):
+            a, b = strokes.drop_points(x, ours, prob), _magenta_augment_strokes(x, ref, prob)
+            assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+    assert ours.random() == ref.random()
+
+
 def test_drop_points_keeps_every_stroke_end(sheep) -> None:
     rng = np.random.default_rng(1)
     total_before = total_after = 0

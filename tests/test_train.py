@@ -98,6 +98,57 @@ def test_resume_is_exact(eight_sheep: Path, tmp_path: Path) -> None:
     assert [(r["step"], r["loss"]) for r in valid[0]] == [(r["step"], r["loss"]) for r in valid[1]]
 
 
+def test_resume_between_validations_on_another_machine(eight_sheep: Path, tmp_path: Path) -> None:
+    """A run stopped at step 7 (not a validation step: the extra validation and samples must not
+    disturb anything), carried to another directory with its data at another path, and resumed to
+    14 equals a run straight to 14: weights, Adam's moments and step, RNG states, and the logged
+    learning-rate and KL schedules (`last.safetensors` holds all of them)."""
+    kw = dict(cell="layer_norm", recurrent_keep_prob=0.9, eval_every=4, log_every=1, random_scale=0.15, augment_prob=0.2)
+    train(tiny(eight_sheep, num_steps=14, **kw), tmp_path / "straight", progress=False)
+    train(tiny(eight_sheep, num_steps=7, **kw), tmp_path / "here", progress=False)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "data.npz").write_bytes(eight_sheep.read_bytes())
+    os.rename(tmp_path / "here", moved / "run")
+    train(tiny(moved / "data.npz", num_steps=14, **kw), moved / "run", progress=False)
+    a, b = _params(tmp_path / "straight" / "last.safetensors"), _params(moved / "run" / "last.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("train.adam.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    train_recs = [[r for r in _records(d) if r["split"] == "train"] for d in (tmp_path / "straight", moved / "run")]
+    schedule = [[(r["step"], r["learning_rate"], r["eta"], r["loss"]) for r in recs] for recs in train_recs]
+    assert schedule[0] == schedule[1] and len(schedule[0]) == 14
+
+
+def test_resume_refuses_other_data(eight_sheep: Path, sheep, tmp_path: Path) -> None:
+    from sketchkit.errors import SketchkitError
+
+    train(tiny(eight_sheep, num_steps=2, eval_every=2), tmp_path / "r", progress=False)
+    other = [s for s in sheep.valid if len(s) <= 40][:8]
+    save_npz(tmp_path / "other.npz", Dataset(other, other, other))
+    with pytest.raises(SketchkitError, match="other data"):
+        train(tiny(tmp_path / "other.npz", num_steps=4, eval_every=2), tmp_path / "r", progress=False)
+
+
+def test_batch_is_a_function_of_seed_and_step(sheep) -> None:
+    """The batch of a step is the same however it is asked for: again (a resumed run) or as shards
+    (the ranks of a torchrun job), augmentation and VAE noise included; another step differs."""
+    from sketchkit.zoo.train import make_batch
+
+    hp = Recipe.of(batch_size=8, max_seq_len=250, random_scale=0.15, augment_prob=0.3, z_size=16)
+    whole = make_batch(sheep.train, hp, 5)
+    again = make_batch(sheep.train, hp, 5)
+    shards = [make_batch(sheep.train, hp, 5, range(r * 2, r * 2 + 2)) for r in range(4)]
+    for k in range(3):
+        assert np.array_equal(whole[k], again[k])
+        assert np.array_equal(whole[k], np.concatenate([s[k] for s in shards]))
+    assert whole[2].shape == (8, 16) and abs(whole[2].std() - 1.0) < 0.3  # eps ~ N(0, I)
+    other = make_batch(sheep.train, hp, 6)
+    assert not np.array_equal(whole[1], other[1]) and not np.array_equal(whole[2], other[2])
+    plain = make_batch(sheep.train, dataclasses.replace(hp, random_scale=0.0, augment_prob=0.0), 5)
+    assert np.array_equal(plain[2], whole[2]) and not np.array_equal(plain[0], whole[0])  # same sketches, scaled
+
+
 def test_resume_after_sigkill(eight_sheep: Path, tmp_path: Path) -> None:
     """A real `sketchkit train` killed with SIGKILL resumes to the parameters of an unkilled run."""
     hp = tiny(eight_sheep, num_steps=100_000, eval_every=5)

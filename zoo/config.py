@@ -96,6 +96,8 @@ class Recipe:
         for name in ("max_seq_len", "batch_size", "num_steps", "eval_every", "log_every", "num_samples"):
             if getattr(self, name) < 1:
                 raise SketchkitError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.seed < 0:  # it seeds numpy's SeedSequence (zoo.train.make_batch)
+            raise SketchkitError(f"seed must be >= 0, got {self.seed}")
         for name in ("learning_rate", "grad_clip", "offset_limit"):  # > 0 and finite (nan fails both)
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise SketchkitError(f"{name} must be a finite number > 0, got {getattr(self, name)}")

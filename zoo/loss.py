@@ -87,11 +87,20 @@ def kl_weight(step: int, eta_min: float, decay: float) -> float:
 
 
 def train_loss(
-    losses: Losses, step: int, w_kl: float, kl_min: float, eta_min: float, decay: float
+    losses: Losses,
+    step: int,
+    w_kl: float,
+    kl_min: float,
+    eta_min: float,
+    decay: float,
+    kl_batch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Loss_train = L_R + w_KL eta_step max(L_KL, KL_min) (Eq. 15)."""
+    """Loss_train = L_R + w_KL eta_step max(L_KL, KL_min) (Eq. 15). `kl_batch`: the whole batch's
+    L_KL when `losses` are one rank's shard of it (torchrun): the floor is the batch's, as in one
+    process, and the gradient flows through this shard's L_KL only where the batch's is above it."""
     eta = kl_weight(step, eta_min, decay)
-    return losses.lr + w_kl * eta * torch.clamp(losses.kl, min=kl_min)
+    kl_batch = losses.kl.detach() if kl_batch is None else kl_batch
+    return losses.lr + w_kl * eta * torch.where(kl_batch >= kl_min, losses.kl, kl_min)
 
 
 def eval_loss(losses: Losses, w_kl: float) -> torch.Tensor:

@@ -460,10 +460,15 @@ class SketchRNN(nn.Module):
 
     # --- teacher-forced training pass ----------------------------------------------------------
     def forward(
-        self, batch: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        batch: torch.Tensor,
+        lengths: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> Losses:
         """batch (B, N_max + 1, 5) with S_0 in row 0 (`sketchkit.strokes.to_batch`), lengths (B,)
-        -> the loss terms of Eq. 9-10, each averaged over the batch."""
+        -> the loss terms of Eq. 9-10, each averaged over the batch. eps (B, N_z): the noise of
+        Eq. 2 (training draws it per sketch, zoo.train.make_batch); drawn from `generator` if None."""
         B, T1, _ = batch.shape
         x, target = batch[:, :-1], batch[:, 1:]  # (B, N_max, 5): inputs S_0.., targets S_1..
         if self.encoder is not None and self.init is not None:
@@ -471,7 +476,8 @@ class SketchRNN(nn.Module):
             # fast path, whose graphs want static shapes (and int() would wait for the GPU)
             n = T1 - 1 if sequence.fast_applies(batch) else int(lengths.max())
             mu, presig = self.encoder(target[:, :n], lengths, drop=self.training)  # (B, Nz)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            if eps is None:
+                eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + torch.exp(presig / 2) * eps  # Eq. 2
             state = torch.tanh(self.init(z))
             x = torch.cat([x, z.unsqueeze(1).expand(B, T1 - 1, z.shape[1])], 2)  # (B, N_max, 5 + Nz)

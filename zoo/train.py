@@ -1,10 +1,11 @@
 """Training (paper §3.4, A.2-A.3): Adam, gradient clipping, KL annealing, augmentation,
 validation every `eval_every` steps with the un-annealed Eq. 14, best checkpoint kept, exact
-resume after a kill.
+resume after a kill or on another machine, and DistributedDataParallel ranks under torchrun.
 
 A run directory holds
     best.safetensors   the best validation loss so far (weights + config + metrics)
-    last.safetensors   the resume state: weights, Adam moments, RNG states, step (train.* tensors)
+    last.safetensors   the resume state: weights, Adam moments, every rank's RNG states (train.*
+                       tensors), step; the data order is a function of the step (`make_batch`)
     recipe.toml        the Recipe of the run
     metrics.jsonl      one JSON line per log / validation
     loss.png           the loss curves, redrawn at each validation
@@ -20,6 +21,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -45,20 +48,31 @@ log = logging.getLogger(__name__)
 
 
 def make_batch(
-    sketches: Sequence[np.ndarray], hp: Recipe, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random training batch with magenta's augmentation: scale each axis by
-    U(1 - s, 1 + s) (paper A.3), then drop points in straight runs with augment_prob."""
-    idx = rng.choice(len(sketches), size=hp.batch_size, replace=len(sketches) < hp.batch_size)
-    chosen = []
-    for i in idx:
-        s = sketches[i]
+    sketches: Sequence[np.ndarray], hp: Recipe, step: int, rows: range | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training batch of `step` (or its `rows`: one rank's shard) with magenta's augmentation:
+    scale each axis by U(1 - s, 1 + s) (paper A.3), then drop points in straight runs with
+    augment_prob; and each row's VAE noise eps (Eq. 2). Returns (batch, lengths, eps (rows, N_z)).
+
+    A pure function of (seed, step): the sketches are chosen by a generator seeded with
+    (seed, step), and each row's randomness comes from one seeded with (seed, step, row). So a
+    resumed run draws exactly what an uninterrupted one would (no sampler state to carry), and N
+    ranks taking B/N rows each train on exactly the batch of one process."""
+    rows = range(hp.batch_size) if rows is None else rows
+    pick = np.random.default_rng([hp.seed, step, 0])  # [seed, step, 0] is [seed, step]: rows use 1
+    idx = pick.choice(len(sketches), size=hp.batch_size, replace=len(sketches) < hp.batch_size)
+    chosen, eps = [], np.zeros((len(rows), hp.dims.z_size), np.float32)
+    for k, row in enumerate(rows):
+        rng = np.random.default_rng([hp.seed, step, 1, row])
+        eps[k] = rng.standard_normal(hp.dims.z_size)  # first: the same whatever the augmentation
+        s = sketches[idx[row]]
         if hp.random_scale > 0:
             s = strokes.random_scale(s, rng, hp.random_scale)
         if hp.augment_prob > 0:
             s = strokes.drop_points(s, rng, hp.augment_prob)
         chosen.append(s)
-    return strokes.to_batch(chosen, hp.max_seq_len)
+    batch, lengths = strokes.to_batch(chosen, hp.max_seq_len)
+    return batch, lengths, eps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +184,16 @@ def loss_curve_png(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _save_state(
-    path: Path, model: SketchRNN, hp: Recipe, opt: torch.optim.Adam, rng: np.random.Generator, meta: dict[str, Any]
+    path: Path,
+    model: SketchRNN,
+    hp: Recipe,
+    opt: torch.optim.Adam,
+    rng_states: dict[str, torch.Tensor],
+    meta: dict[str, Any],
 ) -> None:
+    """Everything a resumed run needs to continue exactly: weights, Adam's moments and step, every
+    rank's torch RNG states (recurrent dropout), the step (which fixes the data order, the LR and
+    the KL schedules) and the best metrics so far."""
     tensors = dict(model.state_dict())
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
@@ -180,21 +202,23 @@ def _save_state(
             if st:
                 for k in ("step", "exp_avg", "exp_avg_sq"):
                     tensors[f"train.adam.{names[id(p)]}.{k}"] = torch.as_tensor(st[k]).float()
-    tensors["train.rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["train.rng.cuda"] = torch.cuda.get_rng_state()
-    meta = dict(meta, numpy_rng=rng.bit_generator.state)
+    tensors.update(rng_states)
     checkpoint.write_tensors(path, tensors, dict(meta, **checkpoint.recipe_meta(hp), dtype="float32"))
 
 
 def _load_state(
-    path: Path, model: SketchRNN, hp: Recipe, opt: torch.optim.Adam
-) -> tuple[dict[str, Any], np.random.Generator]:
+    path: Path, model: SketchRNN, hp: Recipe, opt: torch.optim.Adam, dataset_sha256: str, rank: int, device: str
+) -> dict[str, Any]:
+    """Restore `_save_state`'s file. The dataset may have moved (another machine): it is compared by
+    content, the other settings as they are (num_steps may grow)."""
     tensors, meta = checkpoint.read_tensors(path)
-    if dataclasses.replace(checkpoint.recipe_of(meta), num_steps=1) != dataclasses.replace(hp, num_steps=1):
+    same = dataclasses.replace(checkpoint.recipe_of(meta), num_steps=1, dataset=[])
+    if same != dataclasses.replace(hp, num_steps=1, dataset=[]):
         raise SketchkitError(
             f"{path}: the run was started with other hyperparameters (start a new run directory)"
         )
+    if meta.get("dataset_sha256") != dataset_sha256:
+        raise SketchkitError(f"{path}: the run was started on other data (start a new run directory)")
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
     for name, p in model.named_parameters():
         key = f"train.adam.{name}"
@@ -205,12 +229,64 @@ def _load_state(
                 "exp_avg": tensors[f"{key}.exp_avg"].to(dev),
                 "exp_avg_sq": tensors[f"{key}.exp_avg_sq"].to(dev),
             }
-    torch.set_rng_state(tensors["train.rng.torch"])
-    if torch.cuda.is_available() and "train.rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["train.rng.cuda"])
-    rng = np.random.default_rng()
-    rng.bit_generator.state = meta["numpy_rng"]
-    return meta, rng
+    suffix = "" if rank == 0 else f".rank{rank}"
+    if f"train.rng.torch{suffix}" in tensors:
+        torch.set_rng_state(tensors[f"train.rng.torch{suffix}"])
+    else:  # a run saved by fewer ranks: this rank's dropout starts afresh
+        torch.manual_seed(hp.seed + rank)
+    if device.startswith("cuda") and f"train.rng.cuda{suffix}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"train.rng.cuda{suffix}"], device)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# several processes (torchrun): DistributedDataParallel
+
+
+def _start_ranks(device: str | None) -> tuple[int, int, str]:
+    """(rank, world size, device). Under torchrun (RANK and WORLD_SIZE set) this joins the job:
+    NCCL between GPUs (rank r on cuda:LOCAL_RANK), gloo between CPU processes. Otherwise (0, 1)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _rng_states(world: int, device: str) -> dict[str, torch.Tensor]:
+    """Every rank's torch RNG states as checkpoint tensors (train.rng.torch, .cuda for rank 0;
+    .rank<r> appended for rank r). Under torchrun a collective: every rank calls it."""
+    mine = {"torch": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    if world == 1:
+        return {f"train.rng.{k}": v for k, v in mine.items()}
+    import torch.distributed as dist
+
+    out = {}
+    for k, v in mine.items():
+        v = v.to(device)  # NCCL gathers GPU tensors only
+        parts = [torch.empty_like(v) for _ in range(world)]
+        dist.all_gather(parts, v)
+        out.update({f"train.rng.{k}" + (f".rank{r}" if r else ""): t.cpu() for r, t in enumerate(parts)})
+    return out
+
+
+def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
+    """The mean of `t` over the ranks (every rank calls it); `t` itself in one process."""
+    if world == 1:
+        return t
+    import torch.distributed as dist
+
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / world
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,28 +310,48 @@ def train(
 ) -> dict[str, Any]:
     """Train until hp.num_steps, or until `time_limit` seconds have passed since this call began
     (then the step under way finishes and is validated and saved like a last step); resume from
-    out_dir/last.safetensors if it exists. Returns the best validation metrics."""
+    out_dir/last.safetensors if it exists. Returns the best validation metrics (rank 0; {} elsewhere).
+
+    Under torchrun each of the N ranks trains on its B/N rows of every batch (`make_batch`) and
+    DistributedDataParallel averages the gradients, so N ranks take the steps of one process with
+    the recipe's batch; rank 0 alone validates and writes the run directory. Ranks stop at the same
+    step: the time limit is agreed on at each log line. A rank that dies stops the job with one
+    line from each survivor."""
     started = time.perf_counter()
+    rank, world, device = _start_ranks(device)
+    main = rank == 0
     out = Path(out_dir)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(
-        out, ["best.safetensors", "last.safetensors", "metrics.jsonl", "recipe.toml"]
-    )  # killed writes
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(
+            out, ["best.safetensors", "last.safetensors", "metrics.jsonl", "recipe.toml"]
+        )  # killed writes
+    if hp.batch_size % world:
+        raise SketchkitError(f"batch_size {hp.batch_size} does not split over {world} ranks")
+    shard = range(rank * hp.batch_size // world, (rank + 1) * hp.batch_size // world)
     data = load_data(hp)
     torch.manual_seed(hp.seed)
     model = SketchRNN(hp.dims, hp.recurrent_keep_prob).to(device)
+    if rank:
+        torch.manual_seed(hp.seed + rank)  # each rank its own dropout masks
     opt = torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
-    rng = np.random.default_rng(hp.seed)
     step, best = 0, {"loss": math.inf}
     last = out / "last.safetensors"
     records: list[dict[str, Any]] = []
     if resume and last.exists():
-        meta, rng = _load_state(last, model, hp, opt)
+        meta = _load_state(last, model, hp, opt, data.dataset_sha256, rank, device)
         step, best = int(meta["step"]), meta["best"]
-        records = [r for r in _read_jsonl(out / "metrics.jsonl") if r["step"] <= step]
-        _write_jsonl(out / "metrics.jsonl", records)  # forget lines logged after the last save
-    hp.save_toml(out / "recipe.toml")
+        if main:
+            records = [r for r in _read_jsonl(out / "metrics.jsonl") if r["step"] <= step]
+            _write_jsonl(out / "metrics.jsonl", records)  # forget lines logged after the last save
+    if main:
+        hp.save_toml(out / "recipe.toml")
+    net: torch.nn.Module = model
+    if world > 1:  # the weights are broadcast from rank 0, gradients averaged in backward
+        ids = [torch.device(device)] if device.startswith("cuda") else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        why = "torchrun stopped the job: another rank failed"
+        signal.signal(signal.SIGTERM, lambda *_: _lost_rank(rank, world, step, last, why))
     base_meta = {
         "scale_factor": data.scale_factor,
         "max_seq_len": hp.max_seq_len,
@@ -263,75 +359,113 @@ def train(
         "datasets": data.datasets,
         "classes": data.classes,
     }
-    model.train()
+    net.train()
     # loss, L_s, L_p, L_KL summed on the device between logs: a float() per step would wait for
     # the GPU every step
     window, n_window = torch.zeros(4, device=device), 0
     t_window = time.perf_counter()
-    bar = _progress(hp.num_steps, step, progress)
+    bar = _progress(hp.num_steps, step, progress and main)
     stop = step >= hp.num_steps
-    while not stop:
-        rate = learning_rate(hp, step)
-        for g in opt.param_groups:
-            g["lr"] = rate  # torch's name
-        batch, lengths = make_batch(data.train, hp, rng)
-        losses = model(torch.from_numpy(batch).to(device), torch.from_numpy(lengths).to(device))
-        loss = train_loss(losses, step, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay)  # Eq. 15
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(model.parameters(), hp.grad_clip)
-        opt.step()
-        step += 1
-        window += torch.stack([loss.detach(), losses.ls.detach(), losses.lp.detach(), losses.kl.detach()])
-        n_window += 1
-        bar.update(1)
-        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
-        stop = step >= hp.num_steps or out_of_time
-        if step % hp.log_every == 0 or stop:
-            dt = time.perf_counter() - t_window
-            means = dict(zip(("loss", "ls", "lp", "kl"), (window / n_window).tolist(), strict=True))
-            rec = {
-                "split": "train",
-                "step": step,
-                **means,
-                "eta": kl_weight(step - 1, hp.eta_min, hp.kl_decay),
-                "learning_rate": rate,
-                "sketches_per_s": n_window * hp.batch_size / dt,
-                "time": time.time(),
-            }
-            records.append(rec)
-            _append_jsonl(out / "metrics.jsonl", rec)
-            bar.set_postfix_str(f"L_s {means['ls']:.3f} L_p {means['lp']:.3f} L_KL {means['kl']:.3f}")
-            window, n_window, t_window = torch.zeros(4, device=device), 0, time.perf_counter()
-        if step % hp.eval_every == 0 or stop:
-            metrics = evaluate(model, data.valid, hp, batch_size=hp.batch_size)
-            is_best = metrics["loss"] < best["loss"]
-            if is_best:
-                best = dict(metrics, step=step)
-                checkpoint.save(
-                    out / "best.safetensors",
-                    model,
-                    hp,
-                    dict(base_meta, step=step, metrics={"valid": metrics}),
-                )
-            rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
-            records.append(rec)
-            _append_jsonl(out / "metrics.jsonl", rec)
-            _save_state(last, model, hp, opt, rng, dict(base_meta, step=step, best=best))
-            loss_curve_png(out / "loss.png", records)
-            gen = torch.Generator(device=device).manual_seed(hp.seed + 1)
-            sketches_png(
-                out / "samples" / f"step_{step:07d}.png", sample(model, hp.num_samples, generator=gen, max_seq_len=hp.max_seq_len)
-            )
-            model.train()
-            bar.write(
-                f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
-                f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}"
-            )
-            if out_of_time:
-                bar.write(f"time limit of {time_limit:g} s reached at step {step}")
+    try:
+        while not stop:
+            rate = learning_rate(hp, step)
+            for g in opt.param_groups:
+                g["lr"] = rate  # torch's name
+            batch, lengths, eps = (torch.from_numpy(a).to(device) for a in make_batch(data.train, hp, step, shard))
+            losses = net(batch, lengths, eps=eps)
+            # Eq. 15, with KL_min applied to the whole batch's L_KL (the mean of the ranks' shards)
+            kl_batch = _mean_over_ranks(losses.kl.detach(), world)
+            loss = train_loss(losses, step, hp.w_kl, hp.kl_min, hp.eta_min, hp.kl_decay, kl_batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), hp.grad_clip)
+            opt.step()
+            step += 1
+            window += torch.stack([loss.detach(), losses.ls.detach(), losses.lp.detach(), losses.kl.detach()])
+            n_window += 1
+            bar.update(1)
+            out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
+            if world > 1:  # one answer for all ranks, at log lines only (a sync per step would stall the GPU)
+                flag = torch.tensor([float(out_of_time)], device=device)
+                out_of_time = step % hp.log_every == 0 and bool(_mean_over_ranks(flag, world) > 0)
+            stop = step >= hp.num_steps or out_of_time
+            if step % hp.log_every == 0 or stop:
+                dt = time.perf_counter() - t_window
+                window = _mean_over_ranks(window, world)
+                means = dict(zip(("loss", "ls", "lp", "kl"), (window / n_window).tolist(), strict=True))
+                rec = {
+                    "split": "train",
+                    "step": step,
+                    **means,
+                    "eta": kl_weight(step - 1, hp.eta_min, hp.kl_decay),
+                    "learning_rate": rate,
+                    "sketches_per_s": n_window * hp.batch_size / dt,
+                    "time": time.time(),
+                }
+                if main:
+                    records.append(rec)
+                    _append_jsonl(out / "metrics.jsonl", rec)
+                bar.set_postfix_str(f"L_s {means['ls']:.3f} L_p {means['lp']:.3f} L_KL {means['kl']:.3f}")
+                window, n_window, t_window = torch.zeros(4, device=device), 0, time.perf_counter()
+            if step % hp.eval_every == 0 or stop:
+                rng_states = _rng_states(world, device)  # every rank's: a collective
+                if main:
+                    best = _validate(model, data, hp, out, step, best, records, base_meta, bar)
+                    _save_state(last, model, hp, opt, rng_states, dict(base_meta, step=step, best=best))
+                    net.train()
+                if out_of_time:
+                    bar.write(f"time limit of {time_limit:g} s reached at step {step}")
+    except RuntimeError as e:  # what a collective raises when a peer is gone (gloo: "Connection reset")
+        if world > 1:
+            # gloo: "[pair.cc:537] Read error [127.0.0.1]:1463: Connection reset by peer. This is ..."
+            first = re.sub(r"^\[[^\]]*\] ", "", (str(e).strip().splitlines() or [type(e).__name__])[0])
+            _lost_rank(rank, world, step, last, first.split(". ")[0][:200])
+        raise
     bar.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return best if main else {}
+
+
+def _validate(
+    model: SketchRNN,
+    data: Any,
+    hp: Recipe,
+    out: Path,
+    step: int,
+    best: dict[str, Any],
+    records: list[dict[str, Any]],
+    base_meta: dict[str, Any],
+    bar: Any,
+) -> dict[str, Any]:
+    """Validate, keep the best checkpoint, log, redraw the loss curve and draw samples (rank 0).
+    Returns the best metrics so far."""
+    metrics = evaluate(model, data.valid, hp, batch_size=hp.batch_size)
+    is_best = metrics["loss"] < best["loss"]
+    if is_best:
+        best = dict(metrics, step=step)
+        meta = dict(base_meta, step=step, metrics={"valid": metrics})
+        checkpoint.save(out / "best.safetensors", model, hp, meta)
+    rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
+    records.append(rec)
+    _append_jsonl(out / "metrics.jsonl", rec)
+    loss_curve_png(out / "loss.png", records)
+    device = model.head.weight.device
+    gen = torch.Generator(device=device).manual_seed(hp.seed + 1)
+    drawn = sample(model, hp.num_samples, generator=gen, max_seq_len=hp.max_seq_len)
+    sketches_png(out / "samples" / f"step_{step:07d}.png", drawn)
+    bar.write(
+        f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
+        f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}"
+    )
     return best
+
+
+def _lost_rank(rank: int, world: int, step: int, last: Path, why: str) -> None:
+    """A torchrun job that lost a rank: one line, and every rank stops (no hang in a collective)."""
+    raise SketchkitError(
+        f"rank {rank} of {world} stopped at step {step} ({why}); the same command resumes from {last}"
+    )
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

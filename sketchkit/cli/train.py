@@ -72,7 +72,8 @@ def train(
     fresh: bool,
     quiet: bool,
 ) -> None:
-    """Train a sketch-rnn model from a RECIPE.toml (or from flags alone); resumes a killed run."""
+    """Train a sketch-rnn model from a RECIPE.toml (or from flags alone); resumes a killed run
+    exactly. Under `torchrun --nproc-per-node=N -m sketchkit train ...` N ranks share each batch."""
     _need_torch()
     import torch
 
@@ -95,6 +96,8 @@ def train(
         torch.set_num_threads(threads)
     out = out_dir or Path("runs") / (recipe.stem if recipe else "run")
     best = run(hp, out, device=device, resume=not fresh, progress=not quiet, time_limit=time_limit)
+    if not best:  # a torchrun rank other than 0: rank 0 reports
+        return
     click.echo(
         f"best valid loss {best.get('loss', float('nan')):.4f} at step {best.get('step')}; "
         f"checkpoint {out / 'best.safetensors'}"

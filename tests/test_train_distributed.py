@@ -1,0 +1,146 @@
+"""`torchrun --nproc-per-node=N -m sketchkit train`: real gloo processes on the CPU. Two ranks take
+the steps one process takes with the same global batch (augmentation on: each row's randomness is
+its own), a 2-rank run resumes, only rank 0 writes, and a killed rank stops the job with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sketchkit.datasets import Dataset, save_npz  # noqa: E402
+from sketchkit.zoo import checkpoint  # noqa: E402
+from sketchkit.zoo.config import Recipe  # noqa: E402
+from sketchkit.zoo.train import train  # noqa: E402
+
+
+def recipe(tmp_path: Path, sheep, **kw) -> Path:
+    """A tiny VAE on 16 real sheep with scale and point-drop augmentation on; recurrent dropout
+    off, since its masks are drawn per rank (the same distribution, not the same numbers)."""
+    few = [s for s in sheep.train if len(s) <= 40][:16]
+    save_npz(tmp_path / "sheep16.npz", Dataset(few, few[:8], few[:8]))
+    base = dict(
+        dataset=[str(tmp_path / "sheep16.npz")],
+        max_seq_len=40,
+        cell="layer_norm",
+        enc_size=16,
+        dec_size=32,
+        z_size=8,
+        num_mixture=5,
+        recurrent_keep_prob=1.0,
+        batch_size=8,
+        learning_rate=3e-3,
+        random_scale=0.15,
+        augment_prob=0.2,
+        kl_decay=0.99,
+        w_kl=0.5,
+        eval_every=4,
+        log_every=2,
+        num_samples=2,
+        num_steps=8,
+    )
+    path = tmp_path / "tiny.toml"
+    Recipe.of(**{**base, **kw}).save_toml(path)
+    return path
+
+
+def torchrun(n: int, *args: str, **popen: object) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--standalone"]
+    cmd += ["-m", "sketchkit", "train", *args, "--device", "cpu", "--threads", "1", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def test_two_ranks_equal_one_process_and_resume(sheep, tmp_path: Path) -> None:
+    """2 gloo ranks x 4 rows: 4 steps, then a resumed 4 more, equal one process x 8 rows for 8 steps."""
+    path = recipe(tmp_path, sheep)
+    torch.set_num_threads(1)
+    train(Recipe.from_toml(path), tmp_path / "one", device="cpu", progress=False)
+    run = tmp_path / "two"
+    rc, err = finish(torchrun(2, str(path), "--out", str(run), "--steps", "4"))
+    assert rc == 0, err
+    assert checkpoint.read_tensors(run / "last.safetensors")[1]["step"] == 4
+    rc, err = finish(torchrun(2, str(path), "--out", str(run)))  # resumes to the recipe's 8
+    assert rc == 0, err
+    one, two = (checkpoint.read_tensors(d / "last.safetensors") for d in (tmp_path / "one", run))
+    assert one[1]["step"] == two[1]["step"] == 8
+    weights = [k for k in one[0] if not k.startswith("train.")]
+    assert weights and set(one[0]) - {"train.rng.torch"} <= set(two[0])
+    for k in weights:  # the same steps up to the order of float sums (shard means, then their mean)
+        torch.testing.assert_close(two[0][k], one[0][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert "train.rng.torch.rank1" in two[0]  # every rank's RNG state is kept for the resume
+    # rank 0 alone writes: one line per log step and validation, in order, as in one process
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    solo = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in recs] == [(r["split"], r["step"]) for r in solo]
+    for a, b in zip(recs, solo, strict=True):  # logged losses are the whole batch's means
+        assert abs(a.get("loss", 0.0) - b.get("loss", 0.0)) < 1e-4 and a.get("eta") == b.get("eta")
+    assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "samples").iterdir()
+    )
+
+
+def test_batch_must_split_over_the_ranks(sheep, tmp_path: Path) -> None:
+    path = recipe(tmp_path, sheep, batch_size=7)
+    rc, err = finish(torchrun(2, str(path), "--out", str(tmp_path / "r")))
+    assert rc != 0
+    assert "error: batch_size 7 does not split over 2 ranks" in err, err
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (its child whose environment says RANK=rank)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(d.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+def test_a_killed_rank_stops_the_job_with_one_line(sheep, tmp_path: Path) -> None:
+    path = recipe(tmp_path, sheep, num_steps=100_000)
+    run = tmp_path / "r"
+    proc = torchrun(2, str(path), "--out", str(run))
+    try:
+        deadline = time.time() + 120
+        while not (run / "last.safetensors").exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.1)
+        pid = _rank_pid(proc.pid, 1)
+        assert pid is not None, "rank 1 not found"
+        os.kill(pid, signal.SIGKILL)
+        killed = time.time()
+        rc, err = finish(proc, timeout=90)  # no hang in a collective
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc != 0 and time.time() - killed < 90
+    ours = [line for line in err.splitlines() if line.startswith("error: rank 0 of 2 stopped at step ")]
+    assert len(ours) == 1, err
+    assert "the same command resumes from" in ours[0]
+    # and it does: the run goes on from its last checkpoint
+    step = int(checkpoint.read_tensors(run / "last.safetensors")[1]["step"])
+    rc, err = finish(torchrun(2, str(path), "--out", str(run), "--steps", str(step + 2)))
+    assert rc == 0, err
+    assert checkpoint.read_tensors(run / "last.safetensors")[1]["step"] == step + 2
