@@ -422,7 +422,8 @@ def train(
             _lost_rank(rank, world, step, last, first.split(". ")[0][:200])
         raise
     bar.close()
-    if world > 1:
+    if world > 1:  # every rank here before any tears the group down (gloo aborted a rank that left early)
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return best if main else {}
 
