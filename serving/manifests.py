@@ -59,12 +59,12 @@ def write_manifests(
         raise SketchkitError(f"{out} exists and is not empty (--force replaces a directory written by --k8s)")
     target = str(in_flight_target(opts, len(models)))
     cores = str(len(models) * opts.engines * opts.intra_op_threads) if opts.flavor == "cpu" else "2"
-    deployment = [
+    deployment: list[dict] = [
         {"op": "replace", "path": "/spec/template/spec/initContainers/0/args", "value": args},
         {"op": "replace", "path": "/spec/template/spec/containers/0/resources/requests/cpu", "value": cores},
     ]
-    hpa = [{"op": "replace", "path": "/spec/metrics/0/pods/target/averageValue", "value": target}]
-    isvc = [
+    hpa: list[dict] = [{"op": "replace", "path": "/spec/metrics/0/pods/target/averageValue", "value": target}]
+    isvc: list[dict] = [
         {"op": "replace", "path": "/spec/predictor/initContainers/0/args", "value": args},
         {"op": "replace", "path": "/spec/predictor/containers/0/resources/requests/cpu", "value": cores},
         {"op": "replace", "path": "/spec/predictor/autoScaling/metrics/0/external/target/averageValue",

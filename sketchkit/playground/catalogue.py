@@ -137,7 +137,7 @@ class Catalogue:
 
     def close(self) -> None:
         with self._guard:
-            samplers, self._samplers = list(self._samplers.values()), {}
+            samplers, self._samplers = list(self._samplers.values()), OrderedDict()
         for s in samplers:
             s.runtime.close()
 

@@ -27,24 +27,34 @@ if TYPE_CHECKING:
 _COLUMN_TYPES = {"prev": "float32", "z": "float32", "state": "float32", "temperature": "float32", "greedy": "bool", "counter": "uint64"}
 
 
-def _table_graph(columns: tuple[str, ...]) -> bytes:
-    """The row table's one bookkeeping graph: for each column X, X_out = Concat(Gather(X, keep),
-    X_new): drop finished rows and append admitted ones in one evaluation on the device."""
+def _column_graph(name: str, columns: tuple[str, ...], given: list[tuple[str, list[Any]]], nodes_of: Any) -> bytes:
+    """A bookkeeping graph over the row table's columns: inputs `given` (int64, by name and dims),
+    then each column X and X_new (the admitted rows, from the host), output X_out by the nodes
+    `nodes_of(X)` returns."""
     from onnx import TensorProto, helper
 
     elem = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "uint64": TensorProto.UINT64}
-    nodes, inputs, outputs = [], [helper.make_tensor_value_info("keep", TensorProto.INT64, ["K"])], []
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, dims) for n, dims in given]
+    nodes, outputs = [], []
     for c in columns:
         t = elem[_COLUMN_TYPES[c]]
         shape: list[int | str | None] = ["B"] if c in ("greedy", "counter") else ["B", None]
         inputs += [helper.make_tensor_value_info(c, t, shape), helper.make_tensor_value_info(f"{c}_new", t, shape)]
         outputs.append(helper.make_tensor_value_info(f"{c}_out", t, shape))
-        nodes += [
-            helper.make_node("Gather", [c, "keep"], [f"{c}_kept"], axis=0),
-            helper.make_node("Concat", [f"{c}_kept", f"{c}_new"], [f"{c}_out"], axis=0),
-        ]
-    graph = helper.make_graph(nodes, "row_table", inputs, outputs)
+        nodes += nodes_of(c)
+    graph = helper.make_graph(nodes, name, inputs, outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def _table_graph(columns: tuple[str, ...]) -> bytes:
+    """DeviceRows' bookkeeping: X_out = Concat(Gather(X, keep), X_new), dropping finished rows and
+    appending admitted ones in one evaluation on the device."""
+    from onnx import helper
+
+    return _column_graph("row_table", columns, [("keep", ["K"])], lambda c: [
+        helper.make_node("Gather", [c, "keep"], [f"{c}_kept"], axis=0),
+        helper.make_node("Concat", [f"{c}_kept", f"{c}_new"], [f"{c}_out"], axis=0),
+    ])  # fmt: skip
 
 
 class DeviceRows:
@@ -123,26 +133,14 @@ class DeviceRows:
 
 
 def _slots_graph(columns: tuple[str, ...]) -> bytes:
-    """GraphRows' bookkeeping graph: for each column X, X_out = ScatterND(Gather(X, src), slots,
-    X_new): `src` lays the old slots out at a (new) capacity, then the admitted rows go into
-    their slots."""
-    from onnx import TensorProto, helper
+    """GraphRows' bookkeeping: X_out = ScatterND(Gather(X, src), slots, X_new): `src` lays the old
+    slots out at a (new) capacity, then the admitted rows go into their slots."""
+    from onnx import helper
 
-    elem = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "uint64": TensorProto.UINT64}
-    inputs = [helper.make_tensor_value_info("src", TensorProto.INT64, ["C"]),
-              helper.make_tensor_value_info("slots", TensorProto.INT64, ["K", 1])]  # fmt: skip
-    nodes, outputs = [], []
-    for c in columns:
-        t = elem[_COLUMN_TYPES[c]]
-        shape: list[int | str | None] = ["B"] if c in ("greedy", "counter") else ["B", None]
-        inputs += [helper.make_tensor_value_info(c, t, shape), helper.make_tensor_value_info(f"{c}_new", t, shape)]
-        outputs.append(helper.make_tensor_value_info(f"{c}_out", t, shape))
-        nodes += [
-            helper.make_node("Gather", [c, "src"], [f"{c}_laid"], axis=0),
-            helper.make_node("ScatterND", [f"{c}_laid", "slots", f"{c}_new"], [f"{c}_out"]),
-        ]
-    graph = helper.make_graph(nodes, "row_slots", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    return _column_graph("row_slots", columns, [("src", ["C"]), ("slots", ["K", 1])], lambda c: [
+        helper.make_node("Gather", [c, "src"], [f"{c}_laid"], axis=0),
+        helper.make_node("ScatterND", [f"{c}_laid", "slots", f"{c}_new"], [f"{c}_out"]),
+    ])  # fmt: skip
 
 
 def with_passthrough(model: bytes, names: tuple[str, ...]) -> bytes:

@@ -391,7 +391,7 @@ class TritonGenerator:
         return self._run(arrays)
 
     def _options(self, n: int, options: Any) -> dict[str, np.ndarray]:
-        arrays = {"n": np.array([n], np.int64), "tau": np.array([options.tau], np.float32)}
+        arrays: dict[str, np.ndarray] = {"n": np.array([n], np.int64), "tau": np.array([options.tau], np.float32)}
         if options.seed is not None:
             arrays["seed"] = np.array([options.seed], np.int64)
         if options.greedy:
