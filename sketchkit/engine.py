@@ -142,7 +142,7 @@ class Engine:
     The live rows of every running request sit in one table, grouped by request in admission
     order: what the graph reads and writes (prev, z, state, temperature, greedy, counter) in
     `rows`, a `RowTable` that the runtime may keep on its device, and beside it, on the host, each
-    row's request, its row in the request and its slot in the output store. A step is one graph
+    row's request, its slot in the output store and its step. A step is one graph
     evaluation (decoder step and draw, `sketchkit.draw`) and a few array operations over the
     union, whatever the number of requests: no per-request work per step.
     """
@@ -160,7 +160,6 @@ class Engine:
         self.rows: RowTable = row_table(runtime)
         # the host side of the row table: one entry per live row, aligned with `rows`
         self._owner = np.zeros(0, np.intp)  # index of its request in scheduler.running
-        self._row = np.zeros(0, np.intp)  # its row in the request (0..n-1)
         self._slot = np.zeros(0, np.intp)  # its slot in the output store
         self._t = np.zeros(0, np.intp)  # steps its request has taken
         self._store = np.zeros((0, 0, 3), np.float32)  # slot -> stroke-3 points, normalised
@@ -207,7 +206,6 @@ class Engine:
         self.rows.append({k: np.concatenate([cols[k] for cols, _ in new]) for k in new[0][0]})
         host = {k: np.concatenate([meta[k] for _, meta in new]) for k in new[0][1]}
         self._owner = np.concatenate([self._owner, host["owner"]])
-        self._row = np.concatenate([self._row, host["row"]])
         self._slot = np.concatenate([self._slot, host["slot"]])
         self._t = np.concatenate([self._t, host["t"]])
 
@@ -230,7 +228,7 @@ class Engine:
         }  # fmt: skip
         if self.info.dims.vae:
             cols["z"] = np.asarray(r.z, np.float32)
-        host = {"owner": np.full(r.n, index, np.intp), "row": np.arange(r.n), "slot": slots, "t": np.full(r.n, r.t, np.intp)}
+        host = {"owner": np.full(r.n, index, np.intp), "slot": slots, "t": np.full(r.n, r.t, np.intp)}
         r.prev = r.state = None  # type: ignore[assignment]  # the table holds them now
         return cols, host
 
@@ -252,7 +250,7 @@ class Engine:
         """Drop the rows that are not in `keep` (a mask over the live rows)."""
         index = np.flatnonzero(keep)
         self.rows.keep(index)
-        self._owner, self._row, self._slot, self._t = (a[index] for a in (self._owner, self._row, self._slot, self._t))
+        self._owner, self._slot, self._t = (a[index] for a in (self._owner, self._slot, self._t))
 
     def _retire(self, running: list[Request]) -> None:
         """Hand finished requests their sketches, free their slots and drop their rows."""
