@@ -49,7 +49,12 @@ def _first_line(e: BaseException) -> str:
 
 
 class OnnxRuntime:
-    """`Runtime` over onnxruntime InferenceSessions built from a model directory (model.json)."""
+    """`Runtime` over onnxruntime InferenceSessions built from a model directory (model.json).
+
+    device_rows: keep an engine's rows in device memory (default: when the step runs on CUDA).
+    cuda_graphs: on CUDA, step them as captured CUDA graphs (`GraphRows`); each engine captures
+    its own, so it pays for engines that live long (the Triton generate model keeps one), not for
+    a `Sampler` call that makes a fresh engine each time."""
 
     def __init__(
         self,
