@@ -164,9 +164,9 @@ def _draw_nodes(b: _Builder, params: str, m: int, exact_math: bool) -> None:
     radius = b.op("Sqrt", b.op("Max", b.op("Mul", f32(-2.0), ln_u), f32(0.0)))  # ln u <= 0, also rounded
     n1, n2 = b.op("Mul", radius, cos), b.op("Mul", radius, sin)
     n2 = b.op("Add", b.op("Mul", rho, n1), b.op("Mul", b.op("Sqrt", b.op("Sub", f32(1.0), b.op("Mul", rho, rho))), n2))
-    scale = b.op("Mul", sig, b.op("Where", greedy, f32(0.0), f32(1.0)))  # greedy: the mean
-    dx = b.op("Add", mx, b.op("Mul", b.op("Mul", b.op("Exp", sx), scale), n1))  # Eq. 6: sigma = exp(sigma-hat)
-    dy = b.op("Add", my, b.op("Mul", b.op("Mul", b.op("Exp", sy), scale), n2))
+    dx = b.op("Add", mx, b.op("Mul", b.op("Mul", b.op("Exp", sx), sig), n1))  # Eq. 6: sigma = exp(sigma-hat)
+    dy = b.op("Add", my, b.op("Mul", b.op("Mul", b.op("Exp", sy), sig), n2))
+    dx, dy = b.op("Where", greedy, mx, dx), b.op("Where", greedy, my, dy)  # greedy: the mean, whatever sigma
     # NaN or infinity anywhere in a row's parameters makes its offset NaN (0 * inf = NaN)
     poison = b.op("Mul", f32(0.0), b.op("ReduceSum", params, b.const([1], np.int64), keepdims=1))
     offset = b.op("Add", b.op("Concat", dx, dy, axis=1), poison)
@@ -222,7 +222,7 @@ def _cos_sin_turn(b: _Builder, v: str) -> tuple[str, str]:
     return b.op("Mul", cos_sign, first), b.op("Mul", sin_sign, second)
 
 
-def _io(m: int) -> tuple[list[Any], list[Any]]:
+def _io() -> tuple[list[Any], list[Any]]:
     from onnx import TensorProto, helper
 
     inputs = [
@@ -247,7 +247,7 @@ def draw_graph(num_mixture: int, exact_math: bool = True) -> onnx.ModelProto:
 
     b = _Builder()
     _draw_nodes(b, "params", num_mixture, exact_math)
-    inputs, outputs = _io(num_mixture)
+    inputs, outputs = _io()
     params = helper.make_tensor_value_info("params", TensorProto.FLOAT, ["B", 6 * num_mixture + 3])
     graph = helper.make_graph(b.nodes, "draw", [params, *inputs], outputs, b.consts)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
@@ -258,21 +258,24 @@ def with_draw(decoder_step: onnx.ModelProto, num_mixture: int, exact_math: bool 
     state, temperature, greedy, counter -> point, next_state, next_counter. The step's own nodes
     are untouched, so its numbers are the ones it computes alone. exact_math=False for CUDA:
     its Log, Cos and Sin give every element the same bits wherever it sits in the batch."""
-    from onnx import helper
+    import onnx
 
-    g = decoder_step.graph
     opset = next((o.version for o in decoder_step.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset < 13:
         raise ValueError(f"decoder_step has opset {opset}; the draw needs 13 or later")
     b = _Builder()
     _draw_nodes(b, "params", num_mixture, exact_math)
-    inputs, outputs = _io(num_mixture)
-    next_state = [o for o in g.output if o.name == "next_state"]
-    graph = helper.make_graph(
-        [*g.node, *b.nodes], "decoder_step_draw", [*g.input, *inputs], [outputs[0], *next_state, outputs[1]],
-        [*g.initializer, *b.consts],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=list(decoder_step.opset_import), ir_version=decoder_step.ir_version)
+    inputs, outputs = _io()
+    model = onnx.ModelProto()
+    model.CopyFrom(decoder_step)  # its functions, value_info and initializers as they are
+    g = model.graph
+    g.name = "decoder_step_draw"
+    g.node.extend(b.nodes)
+    g.initializer.extend(b.consts)
+    g.input.extend(inputs)
+    (next_state,) = (onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in g.output if o.name == "next_state")
+    del g.output[:]
+    g.output.extend([outputs[0], next_state, outputs[1]])
     return model
 
 

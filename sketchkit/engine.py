@@ -170,6 +170,16 @@ class Engine:
     def add(self, request: Request) -> None:
         self.scheduler.add(request)
 
+    def reset(self) -> None:
+        """Forget every running request and its rows (after a failure the table may no longer
+        match the bookkeeping): a fresh row table, the output slots free again."""
+        self.rows = row_table(self.runtime)
+        self._owner, self._slot, self._t = (np.zeros(0, np.intp) for _ in range(3))
+        for slots in self._slots.values():
+            self._free += slots.tolist()
+        self._slots.clear()
+        self.scheduler.running = []
+
     def run(self, request: Request) -> list[np.ndarray]:
         """One request on its own, stepped until done: its sketches (pixel units)."""
         self.add(request)
@@ -367,4 +377,4 @@ class BackgroundEngine:
                         r.error = SketchkitError(f"engine failure: {type(e).__name__}: {e}".splitlines()[0])
                     if r.on_done is not None:
                         r.on_done(r)
-                engine.scheduler.running = []
+                engine.reset()  # the next requests start from an empty table

@@ -191,3 +191,13 @@ def test_owl_sketches_match_the_previous_draw(magenta_gen_dir, tmp_path):
     import_magenta(magenta_gen_dir / "owl.gen.json", tmp_path / "owl")
     runtime = OnnxRuntime(tmp_path / "owl")
     assert_same_statistics(*(sketch_statistics(runtime, 10_000, 0.6, flag) for flag in (True, False)))
+
+
+def test_greedy_is_the_mean_whatever_sigma():
+    """A greedy row takes the chosen component's mean even where exp(sigma-hat) overflows (the
+    noise is not multiplied by zero: 0 x inf would be NaN and fail the request)."""
+    params = np.zeros((3, 6 + 3), np.float32)
+    params[:, 4], params[:, 5] = [1.5, -2.0, 0.0], [0.25, 3.0, -1.0]  # mu_x, mu_y
+    params[:, 6] = params[:, 7] = 100.0  # sigma-hat: exp overflows float32
+    pen, xy = draw.sample_points(params, 1.0, greedy=True)
+    np.testing.assert_array_equal(xy, params[:, 4:6])

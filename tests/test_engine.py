@@ -187,3 +187,59 @@ def test_several_background_engines_each_answer_as_alone(sheep):
     assert background.evaluations == sum(e.evaluations for e in engines)
     for i, (n, o) in enumerate(asks):
         assert same(done[i], sheep.generate(n, options=o))
+
+
+@pytest.mark.parametrize("table", ["DeviceRows", "GraphRows"])
+def test_rows_on_the_device_give_the_host_rows_sketches(sheep, table):
+    """The row table's device forms (`sketchkit.runtimes.onnx_rows`), here on the CPU (GraphRows
+    without capture): requests of 1..300 rows joining while others finish, the table growing
+    past 256 slots and shrinking back, give each request exactly its host-row sketches."""
+    runtime = OnnxRuntime(resolve("sheep"), device_rows=True, cuda_graphs=table == "GraphRows")
+    engine = Engine(runtime, Scheduler(max_rows=2048))
+    assert type(engine.rows).__name__ == table
+    asks = [(300, SamplingOptions(tau=0.3, seed=0, max_len=60)), (5, SamplingOptions(tau=0.8, seed=1)),
+            (70, SamplingOptions(greedy=True, seed=2, max_len=40)), (1, SamplingOptions(tau=0.2, seed=3)),
+            (9, SamplingOptions(tau=1.0, seed=4, max_len=90))]  # fmt: skip
+    requests = [Sampler(runtime).generation(n, options=o) for n, o in asks]
+    waiting, capacities = list(requests), set()
+    while any(not r.done for r in requests):
+        if waiting and engine.evaluations % 7 == 0:
+            engine.add(waiting.pop(0))
+        engine.step()
+        capacities.add(getattr(engine.rows, "capacity", 0))
+    if table == "GraphRows":
+        assert {64, 1024} <= capacities  # grew for the 300 rows and shrank when they were done
+    for r, (n, o) in zip(requests, asks, strict=True):
+        assert same(r.sketches(), sheep.generate(n, options=o))
+
+
+def test_an_engine_failure_is_answered_and_the_engine_goes_on(sheep):
+    """A row table that raises something unexpected mid-step: the requests in flight get one
+    line each, the table is reset, and later requests are answered as alone."""
+    engine = Engine(sheep.runtime)
+    real_step, calls = engine.rows.step, [0]
+
+    def step_once_broken():
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("CUDA out of memory, say")
+        return real_step()
+
+    engine.rows.step = step_once_broken  # type: ignore[method-assign]
+    background = BackgroundEngine(engine)
+    errors: list[str] = []
+    failed = threading.Event()
+
+    def on_done(request):
+        errors.append(str(request.error))
+        failed.set()
+
+    first = sheep.generation(4, options=SamplingOptions(seed=1))
+    first.on_done = on_done
+    background.submit(first)
+    assert failed.wait(30)
+    assert errors == ["engine failure: RuntimeError: CUDA out of memory, say"]
+    assert len(engine.rows) == 0 and not engine.scheduler.running
+    done = answers_through(background, sheep, ASKS)
+    for i, (n, o) in enumerate(ASKS):
+        assert same(done[i], sheep.generate(n, options=o))

@@ -125,12 +125,19 @@ class OnnxRuntime:
     def row_table(self) -> DeviceRows | GraphRows | None:
         """The engine's row table in device memory when the step runs on CUDA (or when asked
         for with `device_rows=True`); None: the engine keeps host arrays (`sketchkit.rows`)."""
+        import onnxruntime as ort
+
         session = self._sessions.get("decoder_step_draw") or self._load(self._step_draw_graph)
         device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
         if not (self.device_rows if self.device_rows is not None else device == "cuda"):
             return None
-        if not self.cuda_graphs:
-            return DeviceRows(self, session, device)
+        cuda = next((p for p in self.providers if _names([p]) == ["CUDAExecutionProvider"]), None)
+        device_id = int(_options(cuda).get("device_id", 0)) if device == "cuda" and cuda else 0
+        # one CUDA graph per capacity and parity (`gpu_graph_id`) came with onnxruntime 1.18; before
+        # it a session replays its one graph for every id, which would step the wrong buffers
+        graphs_ok = device == "cpu" or _version(ort.__version__) >= (1, 18)
+        if not (self.cuda_graphs and graphs_ok):
+            return DeviceRows(self, session, device, device_id)
         names = ("z", "temperature", "greedy") if self.info.dims.vae else ("temperature", "greedy")
         path = graph_path(self.model_dir, self.info, "decoder_step")
         model = with_passthrough(_with_draw(path, self.info.dims.num_mixture, exact_math=device == "cpu"), names)
@@ -142,8 +149,8 @@ class OnnxRuntime:
             graphed = open_session(model, self.threads, providers)
         except Exception as e:  # e.g. a node the CUDA provider does not run: no capture, rows still on the GPU
             logging.getLogger("sketchkit").warning("no CUDA graphs (%s): rows on the device, uncaptured", _first_line(e))
-            return DeviceRows(self, session, device)
-        return GraphRows(self, graphed, device, capture=device == "cuda")
+            return DeviceRows(self, session, device, device_id)
+        return GraphRows(self, graphed, device, device_id, capture=device == "cuda")
 
     @property
     def _step_draw_graph(self) -> Graph:
@@ -217,6 +224,10 @@ def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
     from sketchkit.draw import with_draw
 
     return with_draw(onnx.load(str(path)), num_mixture, exact_math).SerializeToString()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
 
 
 def _options(provider: Any) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sketchkit.errors import ModelError
+from sketchkit.rows import COLUMNS
 from sketchkit.runtimes.base import Runtime
 
 if TYPE_CHECKING:
@@ -66,11 +67,11 @@ class DeviceRows:
     by one small graph (`_table_graph`) on the device: the host uploads only the new rows.
     """
 
-    def __init__(self, runtime: Runtime, session: ort.InferenceSession, device: str) -> None:
+    def __init__(self, runtime: Runtime, session: ort.InferenceSession, device: str, device_id: int = 0) -> None:
         import onnxruntime as ort
 
-        self.runtime, self.session, self.device = runtime, session, device
-        self.names = tuple(c for c in ("prev", "z", "state", "temperature", "greedy", "counter") if c != "z" or runtime.info.dims.vae)
+        self.runtime, self.session, self.device, self.device_id = runtime, session, device, device_id
+        self.names = tuple(c for c in COLUMNS if c != "z" or runtime.info.dims.vae)
         self.columns: dict[str, ort.OrtValue] = {}
         self._rows = 0
         self._keep: np.ndarray | None = None  # rows to keep (pending)
@@ -106,27 +107,29 @@ class DeviceRows:
                 binding.bind_ortvalue_input(c, old)
                 rows = new[c] if new is not None else np.zeros((0, *old.shape()[1:]), _COLUMN_TYPES[c])
                 binding.bind_cpu_input(f"{c}_new", np.ascontiguousarray(rows))
-                binding.bind_output(f"{c}_out", self.device, 0)
+                binding.bind_output(f"{c}_out", self.device, self.device_id)
             self._table.run_with_iobinding(binding)
             self.columns = dict(zip(self.names, binding.get_outputs(), strict=True))
         elif new is not None:  # an empty table takes the new rows as they are
-            self.columns = {c: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.device, 0) for c, v in new.items()}
+            self.columns = {c: self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.device, self.device_id) for c, v in new.items()}
         else:
             self.columns = {}
         self._keep, self._new = None, []
 
     def step(self) -> np.ndarray:
-        if self._keep is not None or self._new:
-            self._apply()
-        binding = self.session.io_binding()
-        for c in self.names:
-            binding.bind_ortvalue_input(c, self.columns[c])
-        for out in ("point", "next_state", "next_counter"):
-            binding.bind_output(out, self.device, 0)
         try:
+            if self._keep is not None or self._new:
+                self._apply()
+            binding = self.session.io_binding()
+            for c in self.names:
+                binding.bind_ortvalue_input(c, self.columns[c])
+            for out in ("point", "next_state", "next_counter"):
+                binding.bind_output(out, self.device, self.device_id)
             self.session.run_with_iobinding(binding)
-        except Exception as e:
-            raise ModelError(f"{self.runtime.info.name}: decoder_step_draw failed: {str(e).splitlines()[0][:300]}") from None
+        except ModelError:
+            raise
+        except Exception as e:  # onnxruntime's own (out of memory, a kernel's failure): one line
+            raise ModelError(_failed(self.runtime, e)) from None
         point, state, counter = binding.get_outputs()
         self.columns.update(prev=point, state=state, counter=counter)
         return point.numpy()
@@ -160,6 +163,10 @@ def with_passthrough(model: bytes, names: tuple[str, ...]) -> bytes:
 
 
 CAPACITIES = (64, 256, 1024, 4096, 16384, 32768, 65536, 131072)
+
+
+def _failed(runtime: Runtime, e: BaseException) -> str:
+    return f"{runtime.info.name}: decoder_step_draw failed: {(str(e).strip() or type(e).__name__).splitlines()[0][:300]}"
 _STEP_OUT = {"prev": "point", "state": "next_state", "counter": "next_counter"}  # column -> step output
 
 
@@ -170,14 +177,16 @@ class GraphRows:
     writes set 1 - p (graph id 1 + 2 k + p for capacity k), so the addresses a graph was captured
     with never change. `capture=False` runs the same bookkeeping without graphs (CPU tests)."""
 
-    def __init__(self, runtime: Runtime, session: ort.InferenceSession, device: str, capture: bool = True) -> None:
+    def __init__(
+        self, runtime: Runtime, session: ort.InferenceSession, device: str, device_id: int = 0, capture: bool = True
+    ) -> None:
         import onnxruntime as ort
 
         from sketchkit.runtimes.session import open_session
 
-        self.runtime, self.session, self.device, self.capture = runtime, session, device, capture
+        self.runtime, self.session, self.device, self.device_id, self.capture = runtime, session, device, device_id, capture
         info = runtime.info
-        self.names = tuple(c for c in ("prev", "z", "state", "temperature", "greedy", "counter") if c != "z" or info.dims.vae)
+        self.names = tuple(c for c in COLUMNS if c != "z" or info.dims.vae)
         self.widths = {"prev": 5, "z": info.dims.z_size, "state": info.dims.state_size, "temperature": 2}
         self._slots_session = open_session(_slots_graph(self.names), 1, session.get_providers())
         self._ort = ort
@@ -208,7 +217,7 @@ class GraphRows:
         if capacity not in self._sets:
             def empty(c: str) -> Any:
                 shape = [capacity] + ([self.widths[c]] if c in self.widths else [])
-                return self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(_COLUMN_TYPES[c]).type, self.device, 0)
+                return self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(_COLUMN_TYPES[c]).type, self.device, self.device_id)
             self._sets[capacity] = [{c: empty(c) for c in self.names} for _ in range(2)]
         return self._sets[capacity]
 
@@ -268,15 +277,17 @@ class GraphRows:
         return self._bindings[key]
 
     def step(self) -> np.ndarray:
-        if self._new or (self.capacity > CAPACITIES[0] and len(self.slot) * 4 <= self.capacity):
-            self._apply()
-        binding = self._binding()
-        run = self._ort.RunOptions()
-        if self.capture:
-            run.add_run_config_entry("gpu_graph_id", str(1 + 2 * CAPACITIES.index(self.capacity) + self.parity))
         try:
+            if self._new or (self.capacity > CAPACITIES[0] and len(self.slot) * 4 <= self.capacity):
+                self._apply()
+            binding = self._binding()
+            run = self._ort.RunOptions()
+            if self.capture:
+                run.add_run_config_entry("gpu_graph_id", str(1 + 2 * CAPACITIES.index(self.capacity) + self.parity))
             self.session.run_with_iobinding(binding, run)
-        except Exception as e:
-            raise ModelError(f"{self.runtime.info.name}: decoder_step_draw failed: {str(e).splitlines()[0][:300]}") from None
+        except ModelError:
+            raise
+        except Exception as e:  # onnxruntime's own (out of memory, a kernel's failure): one line
+            raise ModelError(_failed(self.runtime, e)) from None
         self.parity = 1 - self.parity
         return self._sets[self.capacity][self.parity]["prev"].numpy()[self.slot]

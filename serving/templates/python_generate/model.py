@@ -117,7 +117,7 @@ class TritonPythonModel:
             job = self.sampler.completion(r.prefix, r.n, options)
         else:
             job = self.sampler.generation(r.n, r.z, options)
-        z = None if job.z is None else job.z.copy()  # the engine drops rows of job.z as they finish
+        z = job.z  # the latents decoded, answered beside the sketches (the engine leaves them as they are)
         job.is_cancelled = request.is_cancelled
         job.on_done = lambda done: self._answers.put((sender, done, z, r.prefix))
         self.engine.submit(job)  # EngineBusy (one line) when too many sketches are in flight
