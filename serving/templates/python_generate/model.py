@@ -48,13 +48,14 @@ def error_response(e):
 def require_provider(model_dir, info, providers, threads):
     """A KIND_GPU model whose CUDA provider failed to load would silently run on the CPU (the
     session falls back): refuse to start instead, with the reason in one line."""
-    if providers[0] == "CPUExecutionProvider":
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    if wanted == "CPUExecutionProvider":
         return  # always there
     session = open_session(graph_path(model_dir, info, DECODER_STEP.name), threads, providers)
     active = session.get_providers()
-    if active[0] != providers[0]:
+    if active[0] != wanted:
         raise pb_utils.TritonModelException(
-            f"{providers[0]} is not active in onnxruntime (active: {', '.join(active)}): "
+            f"{wanted} is not active in onnxruntime (active: {', '.join(active)}): "
             "install the onnxruntime-gpu that matches this image's CUDA (serving/Dockerfile)"
         )
 
@@ -66,6 +67,8 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU"
         provider = p.get("execution_provider") or ("CUDAExecutionProvider" if gpu else "CPUExecutionProvider")
         providers = [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
+        if provider == "CUDAExecutionProvider":  # this instance's GPU (an instance group may span several)
+            providers[0] = (provider, {"device_id": str(args.get("model_instance_device_id", "0"))})
         model_dir = Path(args["model_repository"]) / args["model_version"]
         runtime = OnnxRuntime(model_dir, providers=providers, threads=int(p.get("intra_op_threads", "1")),
                               cuda_graphs=provider == "CUDAExecutionProvider" and p.get("cuda_graphs", "0") == "1")
