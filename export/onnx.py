@@ -4,7 +4,7 @@ The graph table is the only source of tensor names, dtypes and dynamic axes, so 
 writes is what the Triton configs and the runtimes read (optimum's ONNX-config idea without the
 class hierarchy). Each graph is checked with `onnx.checker`, then run by onnxruntime on random
 inputs of a batch size the export never saw, the decoder step over 50 chained steps, and every
-output is compared with PyTorch (optimum's validator, per output by max abs diff).
+output is compared with PyTorch (optimum's validator, per output by max |a - b| / (1 + |b|)).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from sketchkit.zoo.runtime_torch import model_info  # noqa: F401 (export builds 
 
 OPSET = 17
 DYNAMIC = ("B", "T")  # the symbolic dims that stay symbolic in the ONNX file
-# max abs diff (onnxruntime vs PyTorch float32) allowed per precision; float16 graphs keep
+# max |ort - torch| / (1 + |torch|) allowed per precision; float16 graphs keep
 # float32 inputs and outputs, so their error is the float16 rounding of weights and activations
 TOLERANCE = {"float32": 1e-4, "float16": 5e-2}
 EXPORT_BATCH, EXPORT_T = 2, 12  # dummy shapes traced at export
@@ -165,8 +165,10 @@ def _export_graph(model: SketchRNN, info: ModelInfo, graph: Graph, path: Path, f
 def validate(
     model: SketchRNN, directory: Path, info: ModelInfo, steps: int = CHECK_STEPS, seed: int = 0
 ) -> dict[str, float]:
-    """Max abs diff, onnxruntime vs PyTorch, per "graph/output", on random inputs of batch
-    CHECK_BATCH; the decoder step is chained `steps` times, each side feeding its own state."""
+    """Max difference |ort - torch| / (1 + |torch|), onnxruntime vs PyTorch, per "graph/output", on
+    random inputs of batch CHECK_BATCH; the decoder step is chained `steps` times, each side feeding
+    its own state. Relative where values are large (mixture parameters reach tens; float32 sums
+    differ by CPU, AVX2 vs AVX-512), absolute near zero."""
     rng = np.random.default_rng(seed)
     graphs = {g.name: g for g in graphs_for(info.dims.kind)}
     sessions = {name: _session(directory / info.files[name]) for name in graphs}
@@ -175,7 +177,7 @@ def validate(
     def run(
         name: str, feed: dict[str, np.ndarray], feed_ort: dict[str, np.ndarray] | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Both sides on `feed` (onnxruntime on `feed_ort` if given); records the max abs diff."""
+        """Both sides on `feed` (onnxruntime on `feed_ort` if given); records the max difference."""
         g = graphs[name]
         with torch.no_grad():
             ref = [
@@ -188,7 +190,7 @@ def validate(
                     f"{name}: output {t.name} is {o.dtype}{list(o.shape)}, expected {t.dtype}{list(r.shape)}"
                 )
             key = f"{name}/{t.name}"
-            diffs[key] = max(diffs.get(key, 0.0), float(np.abs(o - r).max()))
+            diffs[key] = max(diffs.get(key, 0.0), float((np.abs(o - r) / (1 + np.abs(r))).max()))
         return ref, got
 
     def sample(name: str) -> dict[str, np.ndarray]:
@@ -221,7 +223,7 @@ def export_model(
     progress: Progress | None = None,
 ) -> tuple[ModelInfo, dict[str, float]]:
     """Write OUT_DIR = the graphs of `info.dims.kind` + model.json, after checking each graph and the
-    onnxruntime/PyTorch parity; returns the written ModelInfo and the max abs diff per output.
+    onnxruntime/PyTorch parity; returns the written ModelInfo and the max difference per output.
     Raises ModelError (and writes nothing) when a graph fails the check or the tolerance."""
     say = progress or (lambda _: None)
     model = model.float().eval()
@@ -237,7 +239,7 @@ def export_model(
         say(f"checking against PyTorch: batch {CHECK_BATCH}, {CHECK_STEPS} chained decoder steps")
         diffs = validate(model, tmp, info)
         for key, d in diffs.items():
-            say(f"  {key:<28} max abs diff {d:.2e}" + ("" if d <= tol else f"  > tolerance {tol:g}"))
+            say(f"  {key:<28} max diff {d:.2e}" + ("" if d <= tol else f"  > tolerance {tol:g}"))
         bad = {k: d for k, d in diffs.items() if d > tol}
         if bad:
             worst = max(bad, key=bad.__getitem__)

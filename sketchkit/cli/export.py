@@ -31,7 +31,7 @@ def _say(line: str) -> None:
 
 
 def _report(info: ModelInfo, out_dir: Path, diffs: dict[str, float] | None = None) -> None:
-    check = f"onnxruntime vs PyTorch: max abs diff {max(diffs.values()):.1e}" if diffs else "built with onnx"
+    check = f"onnxruntime vs PyTorch: max diff {max(diffs.values()):.1e} (|a - b| / (1 + |b|))" if diffs else "built with onnx"
     click.echo(
         f"{info.name}: {info.dims.kind}, {info.dims.cell} H={info.dims.dec_size}, {info.precision} -> {out_dir} ({check})"
     )
