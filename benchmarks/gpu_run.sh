@@ -30,19 +30,7 @@ DATA=${SKETCHKIT_GPU_DATA:-.gpu/aaron_sheep.npz}
 ENGINE_MODEL=${SKETCHKIT_GPU_ENGINE:-.gpu/owl}  # an exported/imported model directory (no onnx needed)
 ENGINE_CODE=${SKETCHKIT_GPU_ENGINE_CODE:-.}  # a checkout whose benchmarks/bench_engine.py to run
 CANDIDATES=(lstm layernorm lstm256)
-: "${OUT:?set OUT to the folder whose files come back}"
-mkdir -p "$OUT"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")
-# sketchkit is not installed there: lay the checkout out as pyproject's package-dir mapping installs
-# it (zoo/, export/, serving/ as sketchkit.zoo, .export, .serving), with symlinks, and import from that
-mkdir -p "$WORK/src/sketchkit"
-for entry in "$PWD"/sketchkit/*; do ln -s "$entry" "$WORK/src/sketchkit/"; done
-for pkg in zoo export serving; do ln -s "$PWD/$pkg" "$WORK/src/sketchkit/$pkg"; done
-export PYTHONPATH="$WORK/src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONSAFEPATH=1  # python -m sketchkit must not put the checkout's own sketchkit/ (no zoo in it) first
-exec > >(tee -a "$OUT/log.txt") 2>&1
-
-elapsed() { echo $(($(date +%s) - START)); }
+source benchmarks/gpu/package_tree.sh && start_job gpu_run  # $WORK, the import tree, $OUT/log.txt, elapsed
 say() { echo "[gpu_run $(elapsed)s] $*"; }
 
 if [ "$TINY" = "1" ]; then
@@ -65,20 +53,7 @@ RESERVE=90
 KILL_AFTER=45  # a training still running LIMIT + KILL_AFTER seconds after it started is killed
 
 say "1. machine"
-nvidia-smi -L 2>/dev/null || echo "no nvidia-smi (TINY=$TINY)"
-"$PY" - <<'EOF'
-import platform, sys
-import numpy, torch
-print(f"python {platform.python_version()} ({sys.executable}), torch {torch.__version__} "
-      f"(CUDA {torch.version.cuda}, available {torch.cuda.is_available()}), numpy {numpy.__version__}")
-if torch.cuda.is_available():
-    print("device:", torch.cuda.get_device_name(0))
-try:
-    import triton
-    print("triton", triton.__version__)
-except ImportError:
-    print("no triton")
-EOF
+machine "$PY"
 ls -l "$DATA" || { say "no data at $DATA (SKETCHKIT_GPU_DATA)"; exit 1; }
 git log -1 --format='commit %H %s' 2>/dev/null || true
 

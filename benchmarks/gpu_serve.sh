@@ -70,10 +70,7 @@ run)
     SITE=/root/tv/lib/python3.12/site-packages
     python3 -m venv --without-pip /root/tv
     python3 -m pip install -q --no-deps --no-index --target $SITE $D/whl/*.whl || exit 1
-    # sketchkit is not installed: lay the checkout out as pyproject's package-dir mapping installs it
-    mkdir -p $G/src/sketchkit
-    for entry in "$PWD"/sketchkit/*; do ln -sf "$entry" $G/src/sketchkit/; done
-    for pkg in zoo export serving; do ln -sfn "$PWD/$pkg" $G/src/sketchkit/$pkg; done
+    source benchmarks/gpu/package_tree.sh && package_tree $G/src  # sketchkit is not installed there
     echo $G/src > $SITE/sketchkit-src.pth
     NVLIBS=$(ls -d /opt/torch/.venv/lib/python3.12/site-packages/nvidia/*/lib | paste -sd:)
     export LD_LIBRARY_PATH=$NVLIBS PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1

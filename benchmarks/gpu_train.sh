@@ -38,19 +38,7 @@ if [ "$TINY" = "1" ]; then BUDGET=${BUDGET:-150}; PROBE=${PROBE:-15}; else BUDGE
 PY=${PYTHON:-python3}
 DATA=${SKETCHKIT_GPU_DATA:-.gpu/aaron_sheep.npz}
 read -r -a CANDIDATES <<< "${CANDIDATES:-gpu b256 b512 hyper}"
-: "${OUT:?set OUT to the folder whose files come back}"
-mkdir -p "$OUT"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_train.XXXXXX")
-# sketchkit is not installed there: lay the checkout out as pyproject's package-dir mapping installs
-# it (zoo/, export/, serving/ as sketchkit.zoo, .export, .serving), with symlinks, and import from that
-mkdir -p "$WORK/src/sketchkit"
-for entry in "$PWD"/sketchkit/*; do ln -s "$entry" "$WORK/src/sketchkit/"; done
-for pkg in zoo export serving; do ln -s "$PWD/$pkg" "$WORK/src/sketchkit/$pkg"; done
-export PYTHONPATH="$WORK/src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONSAFEPATH=1  # python -m sketchkit must not put the checkout's own sketchkit/ (no zoo in it) first
-exec > >(tee -a "$OUT/log.txt") 2>&1
-
-elapsed() { echo $(($(date +%s) - START)); }
+source benchmarks/gpu/package_tree.sh && start_job gpu_train  # $WORK, the import tree, $OUT/log.txt, elapsed
 left() { echo $((BUDGET - $(elapsed))); }
 say() { echo "[gpu_train $(elapsed)s] $*"; }
 recipe_of() { if [ "$1" = gpu ]; then echo zoo/recipes/aaron_sheep_gpu.toml; else echo "zoo/recipes/aaron_sheep_gpu_$1.toml"; fi; }
@@ -93,15 +81,7 @@ train() {
 }
 
 say "1. machine (budget ${BUDGET}s, probes ${PROBE}s, candidates ${CANDIDATES[*]})"
-nvidia-smi -L 2>/dev/null || echo "no nvidia-smi (TINY=$TINY)"
-"$PY" - <<'EOF'
-import platform, sys
-import numpy, torch
-print(f"python {platform.python_version()} ({sys.executable}), torch {torch.__version__} "
-      f"(CUDA {torch.version.cuda}, available {torch.cuda.is_available()}), numpy {numpy.__version__}")
-if torch.cuda.is_available():
-    print("device:", torch.cuda.get_device_name(0))
-EOF
+machine "$PY"
 ls -l "$DATA" || { say "no data at $DATA (SKETCHKIT_GPU_DATA)"; exit 1; }
 for name in "${CANDIDATES[@]}"; do [ -f "$(recipe_of "$name")" ] || { say "no recipe $(recipe_of "$name")"; exit 1; }; done
 git log -1 --format='commit %H %s' 2>/dev/null || true

@@ -17,6 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_recipe import tiny  # noqa: E402
+
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
 from sketchkit.zoo import checkpoint  # noqa: E402
 from sketchkit.zoo.config import Recipe  # noqa: E402
@@ -32,29 +34,6 @@ def eight_sheep(sheep, tmp_path: Path) -> Path:
     path = tmp_path / "eight_sheep.npz"
     save_npz(path, Dataset(few, few, few))
     return path
-
-
-def tiny(dataset: Path, **kw) -> Recipe:
-    base = dict(
-        dataset=[str(dataset)],
-        max_seq_len=40,
-        cell="lstm",
-        enc_size=16,
-        dec_size=48,
-        z_size=8,
-        num_mixture=5,
-        recurrent_keep_prob=1.0,
-        batch_size=8,
-        learning_rate=3e-3,
-        random_scale=0.0,
-        kl_decay=0.99,
-        w_kl=0.5,
-        eval_every=100,
-        log_every=10,
-        num_samples=4,
-        num_steps=300,
-    )
-    return Recipe.of(**{**base, **kw})
 
 
 def _records(run: Path) -> list[dict]:

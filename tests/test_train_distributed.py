@@ -16,6 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_recipe import tiny  # noqa: E402
+
 from sketchkit.datasets import Dataset, save_npz  # noqa: E402
 from sketchkit.zoo import checkpoint  # noqa: E402
 from sketchkit.zoo.config import Recipe  # noqa: E402
@@ -26,29 +28,12 @@ def recipe(tmp_path: Path, sheep, **kw) -> Path:
     """A tiny VAE on 16 real sheep with scale and point-drop augmentation on; recurrent dropout
     off, since its masks are drawn per rank (the same distribution, not the same numbers)."""
     few = [s for s in sheep.train if len(s) <= 40][:16]
-    save_npz(tmp_path / "sheep16.npz", Dataset(few, few[:8], few[:8]))
-    base = dict(
-        dataset=[str(tmp_path / "sheep16.npz")],
-        max_seq_len=40,
-        cell="layer_norm",
-        enc_size=16,
-        dec_size=32,
-        z_size=8,
-        num_mixture=5,
-        recurrent_keep_prob=1.0,
-        batch_size=8,
-        learning_rate=3e-3,
-        random_scale=0.15,
-        augment_prob=0.2,
-        kl_decay=0.99,
-        w_kl=0.5,
-        eval_every=4,
-        log_every=2,
-        num_samples=2,
-        num_steps=8,
-    )
+    data = tmp_path / "sheep16.npz"
+    save_npz(data, Dataset(few, few[:8], few[:8]))
+    overrides = dict(cell="layer_norm", dec_size=32, random_scale=0.15, augment_prob=0.2, eval_every=4, log_every=2,
+                     num_samples=2, num_steps=8)  # fmt: skip
     path = tmp_path / "tiny.toml"
-    Recipe.of(**{**base, **kw}).save_toml(path)
+    tiny(data, **{**overrides, **kw}).save_toml(path)
     return path
 
 
