@@ -232,8 +232,8 @@ def test_publish_pull_and_sample_our_model(
         make_model(tmp_path / "built", "vae", name="tinyowl"), "models-v1", tmp_path / "stage"
     )
     zoo_mirror.root = tmp_path / "stage"
-    monkeypatch.setattr(hub, "registry", lambda: json.loads(table.read_text()))
-    row = hub.registry()["models"]["tinyowl"]
+    monkeypatch.setattr(hub.download, "registry", lambda: json.loads(table.read_text()))
+    row = hub.download.registry()["models"]["tinyowl"]
     assert [f["name"] for f in row["files"]] == [  # model.json, then the graphs in graphs_for order
         "tinyowl.model.json",
         "tinyowl.encoder.onnx",
