@@ -24,6 +24,7 @@ import pytest
 
 from sketchkit import datasets, hub
 from sketchkit.errors import ModelError
+from sketchkit.hub.cache import set_pin
 from sketchkit.modelinfo import ModelInfo
 
 OWL = "owl.gen.json"
@@ -161,7 +162,7 @@ def test_zoo_rm_clears_pins_partials_and_leftovers(zoo_mirror, tmp_path: Path) -
     (downloads / LARGE_OWL).write_text("half")  # what the old code kept and pinned
     (downloads / f"{LARGE_OWL}.part").write_text("part")
     (models / ".owl.gen.k1.tmp" / "sub").mkdir(parents=True)  # a killed pull's temp dir
-    hub._pin(file_row("magenta-large/owl.gen")["url"], "0" * 64)
+    set_pin(file_row("magenta-large/owl.gen")["url"], "0" * 64)
     code, _, err = cli("zoo", "verify")
     assert "magenta-large/owl.gen" in one_line(code, err)
     code, _, err = cli("zoo", "rm", "magenta-large/owl.gen")

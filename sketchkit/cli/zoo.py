@@ -10,6 +10,7 @@ import click
 from sketchkit import hub as client
 from sketchkit.dims import ModelDims
 from sketchkit.errors import SketchkitError
+from sketchkit.io import cache_dir
 
 DIM_FIELDS = tuple(f.name for f in dataclasses.fields(ModelDims))
 
@@ -73,7 +74,7 @@ def list_models(pattern: str | None, cached: bool, as_json: bool) -> None:
     for r in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     n_local = sum(client.is_cached(name) for name, _, _ in rows)
-    click.echo(f"{len(rows)} models, {n_local} local; cache: {client.cache_dir()}", err=True)
+    click.echo(f"{len(rows)} models, {n_local} local; cache: {cache_dir()}", err=True)
 
 
 @zoo.command("info")
@@ -141,7 +142,7 @@ def verify() -> None:
         raise SketchkitError(
             f"{len(problems)} cached model(s) failed: {'; '.join(problems)} (`sketchkit zoo rm NAME` clears one)"
         )
-    click.echo(f"cache ok: {client.cache_dir()}", err=True)
+    click.echo(f"cache ok: {cache_dir()}", err=True)
 
 
 @zoo.command("path")
@@ -149,7 +150,7 @@ def verify() -> None:
 def path(name: str | None) -> None:
     """The cache directory, or the directory of a local model (never downloads)."""
     if name is None:
-        click.echo(client.cache_dir())
+        click.echo(cache_dir())
         return
     local = next((c for c in client.candidates(name) if client.is_cached(c)), None)
     if local is None:
