@@ -30,13 +30,21 @@ from sketchkit.hub.download import (
 )
 from sketchkit.hub.load import SERVER_MODES, load, resolve, served_name, split_server_url
 from sketchkit.hub.pull import convert_local_magenta, convert_magenta, pull
-from sketchkit.hub.table import available_models, candidates, dataset_classes, registry, zoo_dir
+from sketchkit.hub.table import (
+    SETS,
+    available_models,
+    candidates,
+    dataset_classes,
+    model_set,
+    registry,
+    zoo_dir,
+)
 from sketchkit.io import cache_dir, sha256_file  # reached as hub.X by callers since hub.py
 
 __all__ = [
-    "ENV_MIRROR", "SERVER_MODES", "DownloadError", "Limits", "NotPublished",
+    "ENV_MIRROR", "SERVER_MODES", "SETS", "DownloadError", "Limits", "NotPublished",
     "available_models", "cache_dir", "candidates", "convert_local_magenta", "convert_magenta", "dataset_classes",
-    "expected_sha256", "fetch", "info", "is_cached", "load", "local_models", "model_dir", "pins",
+    "expected_sha256", "fetch", "info", "is_cached", "load", "local_models", "model_dir", "model_set", "pins",
     "pull", "pull_data", "registry", "remove", "resolve", "served_name", "sha256_file", "source_url",
     "split_server_url", "verify", "zoo_dir",
 ]  # fmt: skip

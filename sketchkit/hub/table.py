@@ -49,6 +49,19 @@ def row(name: str) -> dict[str, Any]:
     return found
 
 
+SETS = {  # a model's set is its name's prefix (none: ours), in the registry's order
+    "sketchkit": "sketchkit's own models",
+    "magenta": "Magenta sketch-rnn, H = 512",
+    "magenta-large": "Magenta sketch-rnn, H = 1024",
+}
+
+
+def model_set(name: str) -> str:
+    """The set a model belongs to (a key of SETS): `magenta/owl.gen` -> "magenta", `sheep` -> "sketchkit"."""
+    prefix = name.split("/")[0] if "/" in name else "sketchkit"
+    return prefix if prefix in SETS else "sketchkit"
+
+
 def did_you_mean(name: str) -> str:
     models = available_models()
     names = sorted(set(models) | {n.split("/")[-1].split(".")[0] for n in models})  # each name once
