@@ -16,8 +16,9 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("websockets")
 
+from browser import Chromium, find_chromium, mouse_lines  # noqa: E402  (tests/browser.py)
+
 from sketchkit.playground import Catalogue, create_app  # noqa: E402
-from sketchkit.playground.browser import Chromium, find_chromium, mouse_lines  # noqa: E402
 from sketchkit.playground.canvas import Canvas  # noqa: E402
 from sketchkit.playground.server import running  # noqa: E402
 
