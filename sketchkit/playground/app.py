@@ -1,7 +1,7 @@
 """The playground's routes: the page, and a small JSON API over `Sampler`.
 
     GET  /                 the page (static/index.html; static/ holds its script and style)
-    GET  /api/models       the model picker: [{name, group, kind, license, open}], default
+    GET  /api/models       the model picker: [{name, group, set, kind, license, open}], sets, default
     POST /api/model        {model} -> its card (opens it; downloads it on first use)
     POST /api/complete     {model, drawing, k, tau, seed} -> k endings of the drawing
     POST /api/generate     {model, n, tau, seed} -> n fresh sketches
@@ -124,7 +124,8 @@ def _need_vae(sampler: Sampler, name: str, what: str) -> None:
 # ---- the API -----------------------------------------------------------------------------------
 def models(catalogue: Catalogue, doc: dict[str, Any]) -> dict[str, Any]:
     listing = catalogue.listing()
-    return {"models": listing, "default": listing[0]["name"] if listing else None, "server": catalogue.server}
+    default = listing[0]["name"] if listing else None
+    return {"models": listing, "sets": catalogue.sets, "default": default, "server": catalogue.server}
 
 
 def model(catalogue: Catalogue, doc: dict[str, Any]) -> dict[str, Any]:
