@@ -138,6 +138,8 @@ def test_pull_list_path_rm_generate(zoo_mirror, tmp_path: Path) -> None:
     png = tmp_path / "owl.png"
     p = run("generate", "owl", "-n", "2", "--seed", "0", "-o", str(png))
     assert png.stat().st_size > 0 and "owl.gen.json" in p.stderr  # the progress label
+    mirror = f"missing from the mirror SKETCHKIT_ZOO_MIRROR={zoo_mirror.url}"  # the mirror has no owl.vae.json
+    assert f"magenta/owl.vae could not be fetched: {zoo_mirror.url}/owl.vae.json: not found (HTTP 404; {mirror}); using magenta/owl.gen instead\n" in p.stderr
     d = tmp_path / "cache" / "models" / "magenta" / "owl.gen"
     assert run("zoo", "path", "owl").stdout.strip() == str(d)
     table = states(run("zoo", "list", "owl").stdout)
