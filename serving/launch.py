@@ -44,7 +44,12 @@ class LaunchError(SketchkitError):
 
 
 class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint),
+    ]
 
 
 class _SockFprog(ctypes.Structure):
@@ -143,7 +148,7 @@ def _point_argv_at_env(pid: int, argc: int, secrets: Mapping[int, str]) -> None:
         for i, value in secrets.items():
             name = f"\0{ARG_ENV}{i}=".encode()
             at = block.find(name)
-            if at < 0 or block[at + len(name):].split(b"\0", 1)[0] != value.encode():
+            if at < 0 or block[at + len(name) :].split(b"\0", 1)[0] != value.encode():
                 raise LaunchError(f"argument {i} is not in the environment of process {pid}")
             mem.seek(start_stack + size * (1 + i))
             mem.write(struct.pack("P", env_start + at - 1 + len(name)))

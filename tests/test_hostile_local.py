@@ -64,7 +64,9 @@ def h2_grpc(port: int, method: str, headers: list[tuple[bytes, bytes]]) -> int:
         return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
 
     def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+        return (
+            struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+        )
 
     block = b"".join(literal(n, v) for n, v in [
         (b":method", b"POST"), (b":scheme", b"http"), (b":path", f"/inference.GRPCInferenceService/{method}".encode()),
@@ -77,9 +79,16 @@ def h2_grpc(port: int, method: str, headers: list[tuple[bytes, bytes]]) -> int:
             while chunk := s.recv(65536):
                 buf += chunk
                 while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
-                    n, kind, flags, stream = int.from_bytes(buf[:3], "big"), buf[3], buf[4], int.from_bytes(buf[5:9], "big")
+                    n, kind, flags, stream = (
+                        int.from_bytes(buf[:3], "big"),
+                        buf[3],
+                        buf[4],
+                        int.from_bytes(buf[5:9], "big"),
+                    )
                     data += n if kind == 0 and stream == 1 else 0
-                    if kind == 7 or kind == 3 or (stream == 1 and flags & 1):  # GOAWAY, RST_STREAM, END_STREAM
+                    if (
+                        kind == 7 or kind == 3 or (stream == 1 and flags & 1)
+                    ):  # GOAWAY, RST_STREAM, END_STREAM
                         return data
                     buf = buf[9 + n :]
     return data
@@ -104,7 +113,11 @@ def served(tiny_uncond: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     tmp = tmp_path_factory.mktemp("served")
     row = ModelInfo.load(tiny_uncond).dims.state_size * 4
-    build_repo([tiny_uncond], tmp / "repo", RepoOptions(flavor="cpu", max_sequence_rows=64, max_state_bytes=3 * 64 * row))
+    build_repo(
+        [tiny_uncond],
+        tmp / "repo",
+        RepoOptions(flavor="cpu", max_sequence_rows=64, max_state_bytes=3 * 64 * row),
+    )
     with TritonServer(tmp / "repo", free_port(), free_port(), key=KEY, log_path=tmp / "log") as server:
         yield server
 
@@ -135,8 +148,16 @@ def test_another_user_learns_nothing_that_opens_the_server(served) -> None:
         assert KEY.encode() not in cmdline.stdout
         shown += cmdline.stdout.decode().split("\0")
         environ = as_nobody("cat", f"/proc/{pid}/environ")
-        assert environ.returncode != 0 and b"Permission denied" in environ.stderr and KEY.encode() not in environ.stdout
-    rules = [a.split("=", 1)[1] for a in shown if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))]
+        assert (
+            environ.returncode != 0
+            and b"Permission denied" in environ.stderr
+            and KEY.encode() not in environ.stdout
+        )
+    rules = [
+        a.split("=", 1)[1]
+        for a in shown
+        if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))
+    ]
     assert len(rules) == 4, shown
     assert any(set(r.split(":")[0].split(",")) == set(CLOSED_APIS) for r in rules)  # closed, not left open
     stats = served.grpc_port, "ModelStatistics"
@@ -146,10 +167,24 @@ def test_another_user_learns_nothing_that_opens_the_server(served) -> None:
         name, _, value = header.partition("=")
         for method in ("ModelStatistics", "RepositoryIndex", "SystemSharedMemoryStatus"):
             for spelled in (name, name.lower()):
-                assert h2_grpc(served.grpc_port, method, [(f"triton-grpc-protocol-{spelled}".encode(), value.encode())]) == 0
+                assert (
+                    h2_grpc(
+                        served.grpc_port,
+                        method,
+                        [(f"triton-grpc-protocol-{spelled}".encode(), value.encode())],
+                    )
+                    == 0
+                )
         for path in ("/v2/repository/index", "/v2/systemsharedmemory/status", "/v2/models/stats"):
-            for sent in (value.encode(), value.replace("\n", "\r\n ").encode(), value.replace("\n", "\r\n\t").encode()):
-                assert not http1(served.http_port, path, name.encode() + b": " + sent).endswith(b"200 OK"), (path, sent)
+            for sent in (
+                value.encode(),
+                value.replace("\n", "\r\n ").encode(),
+                value.replace("\n", "\r\n\t").encode(),
+            ):
+                assert not http1(served.http_port, path, name.encode() + b": " + sent).endswith(b"200 OK"), (
+                    path,
+                    sent,
+                )
 
 
 @pytest.mark.triton
@@ -173,7 +208,12 @@ def test_management_apis_answer_no_one_without_management_api(served) -> None:
     for method in ("RepositoryIndex", "SystemSharedMemoryStatus", "TraceSetting", "LogSettings"):
         for name in (CLOSED_HEADER, CLOSED_HEADER.lower()):
             for value in (CLOSED_VALUE, CLOSED_VALUE.replace("\n", "\r\n"), CLOSED_VALUE.replace("\n", " ")):
-                assert h2_grpc(served.grpc_port, method, [(f"triton-grpc-protocol-{name}".encode(), value.encode())]) == 0
+                assert (
+                    h2_grpc(
+                        served.grpc_port, method, [(f"triton-grpc-protocol-{name}".encode(), value.encode())]
+                    )
+                    == 0
+                )
     assert h2_grpc(served.grpc_port, "RepositoryIndex", [(wire.GRPC_KEY_HEADER.encode(), KEY.encode())]) == 0
     assert served.ready()
 
@@ -191,7 +231,9 @@ def test_stub_segments_are_owner_only(served) -> None:
 
 
 @pytest.mark.triton
-def test_idle_sequences_give_their_room_to_a_new_one(served, tiny_uncond: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_sequences_give_their_room_to_a_new_one(
+    served, tiny_uncond: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """LOW: one client opened sequences to the whole stateful cap and left them (fails on b401ed7:
     every other client was refused until they idled out, 60 s). Sequences idle over a second give
     up their room, oldest first; fresh ones keep it."""
@@ -313,7 +355,9 @@ def test_the_local_key_goes_only_to_loopback(served, tiny_uncond: Path, tmp_path
         assert proxy.seen and set(proxy.seen) == {KEY}
         proxy.seen.clear()
         with Client(remote, key=KEY) as client:  # given for this server
-            assert all(np.array_equal(a, b) for a, b in zip(client.generate(name, n=2, seed=3), want, strict=True))
+            assert all(
+                np.array_equal(a, b) for a, b in zip(client.generate(name, n=2, seed=3), want, strict=True)
+            )
         monkeypatch.setenv(wire.KEY_ENV, KEY)
         with Client(remote) as client:
             assert len(client.generate(name, n=1, seed=3)) == 1
@@ -375,7 +419,9 @@ def _manifest_scripts() -> dict[str, str]:
     out = {}
     for name in ("base/deployment.yaml", "kserve/inferenceservice.yaml"):
         for doc in yaml.safe_load_all((ROOT / "serving" / "deploy" / name).read_text()):
-            spec = doc and (doc.get("spec", {}).get("template", {}).get("spec") or doc.get("spec", {}).get("predictor"))
+            spec = doc and (
+                doc.get("spec", {}).get("template", {}).get("spec") or doc.get("spec", {}).get("predictor")
+            )
             if spec and spec.get("containers"):
                 out[name] = spec["containers"][0]["args"][2]
     assert len(out) == 2, out
@@ -405,7 +451,9 @@ def test_a_secret_with_a_trailing_newline_still_opens_inference(name: str, tmp_p
     for bad in (good + "\r\n", "short\n", "has space in it 0123456789", ""):
         done = run(bad)
         assert done.returncode == 1 and done.stdout == "", (bad, done.stdout)
-        assert re.fullmatch(r"error: the Secret sketchkit-server-key \(key\) must be [^\n]*\n", done.stderr), done.stderr
+        assert re.fullmatch(
+            r"error: the Secret sketchkit-server-key \(key\) must be [^\n]*\n", done.stderr
+        ), done.stderr
 
 
 def test_magenta_names_reach_the_terminal_escaped(magenta_gen_dir: Path, tmp_path: Path) -> None:
