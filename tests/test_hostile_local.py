@@ -477,3 +477,21 @@ def test_magenta_names_reach_the_terminal_escaped(magenta_gen_dir: Path, tmp_pat
     assert "ev\\x1b]0;pwned\\x07il.json" in runs[0][2] and "o\\x1b[2Jut" in runs[1][1]
     assert "c\\x1b]2;pwned\\x07at" in runs[2][2]
     assert "bad model name" in one_line(*runs[3][::2])
+
+
+def test_docker_compose_passes_the_very_flags_of_serve_start(tmp_path: Path) -> None:
+    """Item 1 for the GPU deployment: its start-up command, run by sh with a stand-in tritonserver,
+    passes exactly the restricted-API flags of `serve start`, the closed rule included (fails on
+    b401ed7: a random value, readable in `ps` by users of the Docker host, opened the management APIs)."""
+    yaml = pytest.importorskip("yaml")
+    from sketchkit.serving.server import restricted_api_flags
+
+    compose = yaml.safe_load((ROOT / "serving" / "docker-compose.yml").read_text())
+    shell, flag, script = compose["services"]["triton"]["command"]
+    (tmp_path / "tritonserver").write_text('#!/bin/sh\nprintf "%s\\0" "$@"\n')
+    (tmp_path / "tritonserver").chmod(0o755)
+    done = subprocess.run([shell, flag, script.replace("$$", "$")], capture_output=True, text=True, timeout=30,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", wire.KEY_ENV: KEY})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    args = done.stdout.split("\0")
+    assert [a for a in args if "restricted" in a] == restricted_api_flags(KEY)

@@ -299,14 +299,14 @@ def test_gpu_image_pins_an_onnxruntime_gpu_built_for_its_cuda():
 
 def test_docker_compose_passes_the_restricted_api_flags_of_serve_start():
     """Issue 22: the GPU deployment closes what `serve start` closes (fails on b361367: no flags)."""
-    from sketchkit.serving.server import CLOSED_APIS, KEYED_APIS, restricted_api_flags
+    from sketchkit.serving.server import CLOSED_APIS, CLOSED_VALUE, KEYED_APIS, restricted_api_flags
 
     text = (SERVING / "docker-compose.yml").read_text()
     flags = restricted_api_flags("k" * 32)
-    for flag in flags:  # the same flags, the key from the environment, the closed value random
+    for flag in flags:  # the same flags, the key from the environment, the closed value made by printf
         name, _, rule = flag.partition("=")
         apis = rule.split(":")[0]
         want = "$$SKETCHKIT_SERVER_KEY" if apis == ",".join(KEYED_APIS) else "$$closed"
         assert f"{name}={apis}:{rule.split(':')[1].split('=')[0]}={want}" in text, flag
-    assert ",".join(CLOSED_APIS) in text and "/dev/urandom" in text
+    assert ",".join(CLOSED_APIS) in text and "closed=\"$$(printf '" + CLOSED_VALUE.replace("\n", "\\n") + "')\"" in text
     assert "${SKETCHKIT_SERVER_KEY:?" in text  # no key, no start
