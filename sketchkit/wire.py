@@ -89,11 +89,11 @@ def read_key_file(path: Path) -> str | None:
         return None
     except OSError as e:
         raise SketchkitError(f"{path}: cannot read the server key ({e.strerror}); remove it and retry") from None
-    with os.fdopen(fd) as f:
+    with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
             raise SketchkitError(f"{path}: the server key must be a file of this user's alone (mode 0600); remove it and retry")
-        return f.read(4096).strip() or None
+        return f.read(4096).decode("utf-8", "replace").strip() or None
 
 
 def server_key() -> str | None:
@@ -105,12 +105,12 @@ def server_key() -> str | None:
 
 
 def is_loopback(host: str) -> bool:
-    """`host` is this machine: localhost, 127.0.0.0/8 or ::1 (a name is not resolved: a DNS
-    answer is not trusted with the key)."""
+    """`host` is this machine as typed: localhost, 127.0.0.0/8 or ::1 (no other name is resolved:
+    a DNS answer is not trusted with the key)."""
     import ipaddress
 
     host = host.strip("[]").lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
