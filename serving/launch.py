@@ -133,22 +133,65 @@ def start_private(
 
 
 def _point_argv_at_env(pid: int, argc: int, secrets: Mapping[int, str]) -> None:
-    """In the stopped child: argv[i] -> the value of ARG_ENV<i> in its environment block."""
+    """In the stopped child: argv[i] -> the value of ARG_ENV<i> in its environment block. (A `#!`
+    script runs as `interpreter [arg] script argv[1:]`: the arguments after argv[0] keep their order.)"""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()  # fields 3.. after "pid (comm)"
     start_stack, arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in (28, 48, 49, 50, 51))
     size = struct.calcsize("P")
     with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
         mem.seek(start_stack)  # the initial stack: argc, argv[0..argc-1], NULL, envp...
-        words = struct.unpack(f"{argc + 2}P", mem.read(size * (argc + 2)))
-        if words[0] != argc or words[argc + 1] != 0 or not all(arg_start <= p < arg_end for p in words[1:-1]):
+        (real_argc,) = struct.unpack("P", mem.read(size))
+        shift = real_argc - argc  # 0, or what a #! line put before the script's arguments
+        words = struct.unpack(f"{real_argc + 1}P", mem.read(size * (real_argc + 1))) if 0 <= shift < 4 else ()
+        if not words or words[-1] != 0 or not all(arg_start <= p < arg_end for p in words[:-1]):
             raise LaunchError(f"the stack of process {pid} is not laid out as expected")
         mem.seek(env_start)
         block = b"\0" + mem.read(env_end - env_start)
         for i, value in secrets.items():
             name = f"\0{ARG_ENV}{i}=".encode()
             at = block.find(name)
-            if at < 0 or block[at + len(name) :].split(b"\0", 1)[0] != value.encode():
+            if i < 1 or at < 0 or block[at + len(name) :].split(b"\0", 1)[0] != value.encode():
                 raise LaunchError(f"argument {i} is not in the environment of process {pid}")
-            mem.seek(start_stack + size * (1 + i))
+            mem.seek(start_stack + size * (1 + i + shift))
             mem.write(struct.pack("P", env_start + at - 1 + len(name)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sketchkit.serving.launch [--management-api] tritonserver ARGS...`: for containers.
+    Runs tritonserver with ARGS and the restricted-API flags of `sketchkit serve start`, the key
+    from $SKETCHKIT_SERVER_KEY (a trailing newline, as a Secret made from a file has, is dropped)
+    kept off its command line; forwards SIGTERM and SIGINT and exits with its status."""
+    import sys
+
+    from sketchkit import wire
+    from sketchkit.errors import printable
+    from sketchkit.serving.server import HIDDEN_KEY_RULE, restricted_api_flags
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    management = args[:1] == ["--management-api"]
+    args = args[1:] if management else args
+    key = os.environ.get(wire.KEY_ENV, "").rstrip("\n")
+    try:
+        if not args:
+            raise LaunchError(
+                "usage: python -m sketchkit.serving.launch [--management-api] tritonserver ARGS..."
+            )
+        flags = restricted_api_flags(key, management)
+        rule = f"{wire.KEY_HEADER}={key}"
+        cmd = [*args, *flags]
+        proc = start_private(
+            [a.replace(rule, HIDDEN_KEY_RULE) for a in cmd], {i: a for i, a in enumerate(cmd) if rule in a},
+            env={k: v for k, v in os.environ.items() if k != wire.KEY_ENV}, die_with_parent=True,
+        )  # fmt: skip
+    except (SketchkitError, OSError) as e:
+        print(printable(f"error: {e}"), file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

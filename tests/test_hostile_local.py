@@ -480,18 +480,27 @@ def test_magenta_names_reach_the_terminal_escaped(magenta_gen_dir: Path, tmp_pat
 
 
 def test_docker_compose_passes_the_very_flags_of_serve_start(tmp_path: Path) -> None:
-    """Item 1 for the GPU deployment: its start-up command, run by sh with a stand-in tritonserver,
-    passes exactly the restricted-API flags of `serve start`, the closed rule included (fails on
-    b401ed7: a random value, readable in `ps` by users of the Docker host, opened the management APIs)."""
+    """Item 1 for the GPU deployment (fails on b401ed7: the key and a random closed value were on
+    tritonserver's command line, which users of the Docker host can read). Its command, run here
+    with a stand-in tritonserver, starts it through serve start's launcher: the restricted-API
+    flags of `serve start` (a Secret-style trailing newline dropped), the key not on the stand-in's
+    command line; a key no client can send stops it in one line."""
     yaml = pytest.importorskip("yaml")
     from sketchkit.serving.server import restricted_api_flags
 
-    compose = yaml.safe_load((ROOT / "serving" / "docker-compose.yml").read_text())
-    shell, flag, script = compose["services"]["triton"]["command"]
-    (tmp_path / "tritonserver").write_text('#!/bin/sh\nprintf "%s\\0" "$@"\n')
+    command = yaml.safe_load((ROOT / "serving" / "docker-compose.yml").read_text())["services"]["triton"]["command"]
+    assert command[0] == "python3"
+    (tmp_path / "tritonserver").write_text('#!/bin/sh\ntr "\\0" "|" < /proc/$$/cmdline > "$0.cmdline"\nprintf "%s\\0" "$@"\n')
     (tmp_path / "tritonserver").chmod(0o755)
-    done = subprocess.run([shell, flag, script.replace("$$", "$")], capture_output=True, text=True, timeout=30,
-                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", wire.KEY_ENV: KEY})  # fmt: skip
+
+    def run(key: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", wire.KEY_ENV: key}
+        return subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=60, env=env)
+
+    done = run(KEY + "\n")
     assert done.returncode == 0, done.stderr
-    args = done.stdout.split("\0")
-    assert [a for a in args if "restricted" in a] == restricted_api_flags(KEY)
+    assert done.stdout.split("\0")[:-1] == [*command[4:], *restricted_api_flags(KEY)]
+    shown = (tmp_path / "tritonserver.cmdline").read_text()
+    assert KEY not in shown and "X-Sketchkit-Key=hidden" in shown
+    done = run("short")
+    assert done.returncode == 1 and done.stdout == "" and "error: the server key must be" in one_line(1, done.stderr)
