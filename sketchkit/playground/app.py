@@ -185,12 +185,15 @@ async def index(request: Request) -> Response:
 
 
 def host_name(header: str) -> str:
-    """The host of a Host header, without its port: `[::1]:8765` -> `::1`, `Localhost:80` -> `localhost`."""
+    """The host of a Host header, without its port: `[::1]:8765` -> `::1`, `Localhost:80` -> `localhost`;
+    "" for anything else (`127.0.0.1:evil`, `a:1:2`): only a port of digits may follow the host."""
     header = header.strip().lower()
-    if header.startswith("["):  # an IPv6 literal: nothing but a port may follow it
+    if header.startswith("["):  # an IPv6 literal
         address, _, rest = header[1:].partition("]")
-        return address if rest == "" or rest[0] == ":" and rest[1:].isdigit() else ""
-    return header.split(":")[0]
+    else:
+        address, colon, port = header.partition(":")
+        rest = colon + port
+    return address if rest == "" or rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit() else ""
 
 
 class HostCheck:
