@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sketchkit import wire
     from sketchkit.errors import printable
-    from sketchkit.serving.server import HIDDEN_KEY_RULE, restricted_api_flags
+    from sketchkit.serving.access import HIDDEN_KEY_RULE, restricted_api_flags
 
     args = list(sys.argv[1:] if argv is None else argv)
     management = args[:1] == ["--management-api"]
