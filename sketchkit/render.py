@@ -125,10 +125,13 @@ def to_svg(
     color_by_stroke: bool = False,
     color: str = "black",
     background: str | None = "white",
+    given: int | None = None,
 ) -> str:
-    """One stroke-3 sketch as a `size` x `size` SVG; `padding` is a fraction of `size` per side."""
+    """One stroke-3 sketch as a `size` x `size` SVG; `padding` is a fraction of `size` per side;
+    `given`: its first rows a person drew (in `color`, the rest in `MODEL_COLOR`)."""
     body = _sketch_paths(
-        sketch, size, padding=padding, stroke_width=stroke_width, color_by_stroke=color_by_stroke, color=color
+        sketch, size, padding=padding, stroke_width=stroke_width, color_by_stroke=color_by_stroke, color=color,
+        given=given,
     )
     return _svg(size, size, body, background)
 
