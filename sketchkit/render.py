@@ -79,7 +79,8 @@ def _sketch_paths(
         if len(p) == 1:
             p = np.vstack([p, p])  # a zero-length segment with round caps draws a dot
         d = "M" + "L".join(f"{_num(x)},{_num(y)}" for x, y in p)
-        stroke = f" stroke={quoteattr(colors[k])}" if colors[k] else ""
+        mine = colors[k]
+        stroke = f" stroke={quoteattr(mine)}" if mine else ""
         paths.append(f'<path d="{d}"{stroke}/>')
     return (
         f'<g fill="none" stroke={quoteattr(color)} stroke-width="{_num(stroke_width)}" '

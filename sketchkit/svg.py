@@ -187,11 +187,18 @@ def _check_uses(root: Any, path: Path) -> None:
 
 
 def _visible(e: Any) -> bool:
-    """Drawn at all: not hidden, and with a stroke or a fill (an invisible clip or guide is not)."""
+    """Drawn on white paper at all: not hidden, with a stroke or a fill that is not transparent,
+    and a fill that is not white (an invisible guide, or a page's white background, draws nothing)."""
     if str(e.values.get("visibility", "")).lower() in ("hidden", "collapse"):
         return False
-    painted = [c for c in (e.stroke, e.fill) if c is not None and getattr(c, "value", None) is not None]
-    return bool(painted)
+
+    def paints(color: Any, white_too: bool) -> bool:
+        value = getattr(color, "value", None)
+        if color is None or value is None or value & 0xFF == 0:  # none, or alpha 0 (0xRRGGBBAA)
+            return False
+        return white_too or value >> 8 != 0xFFFFFF
+
+    return paints(e.stroke, white_too=True) or paints(e.fill, white_too=False)
 
 
 def _flatten(p: Any, tolerance: float, budget: list[int], path: Path) -> list[np.ndarray]:

@@ -95,10 +95,12 @@ def check_count(n: int, what: str) -> None:
         raise SketchkitError(f"{what} must be >= 1 and <= {MAX_SKETCHES}, got {n}")
 
 
-def default_stem(typed: str, suffix: str = "") -> str:
-    """The default output name: the typed NAME's last part, in this folder, made safe
-    (`magenta/owl.gen` -> `owl.gen`, `runs/sheep/` -> `sheep`, `owl.gen.json` -> `owl.gen`)."""
-    last = re.split(r"[/\\]", typed.strip().rstrip("/\\"))[-1]
+def default_stem(typed: str, model_name: str, suffix: str = "") -> str:
+    """The default output name, a flat file in this folder: the typed NAME (`owl` -> `owl.png`;
+    `magenta/owl.gen` -> `owl.gen.png`), or the model's own name where NAME is a path (a model
+    directory or a Magenta .json); only letters, digits, '_', '.' and '-'."""
+    name = model_name if Path(typed).exists() else typed
+    last = re.split(r"[/\\]", name.strip().rstrip("/\\"))[-1]
     last = re.sub(r"\.json$", "", last, flags=re.IGNORECASE)
     last = re.sub(r"[^A-Za-z0-9_.-]+", "-", last).strip(".-")[:64] or "sketches"
     return last + suffix
@@ -299,7 +301,7 @@ def generate(n: int, **kwargs: Any) -> None:
     check_count(n, "-n")
     s = session_from(kwargs)
     sketches = s.timed(lambda: s.sampler.generate(n, options=s.options))
-    write_output(sketches, session=s, stem=default_stem(kwargs["name"]), **output_args(kwargs))
+    write_output(sketches, session=s, stem=default_stem(kwargs["name"], s.info.name), **output_args(kwargs))
 
 
 @click.command()
@@ -321,7 +323,7 @@ def reconstruct(data: Path | None, sketch_files: tuple[Path, ...], split: str, r
     for k, (label, x) in enumerate(zip(inputs.labels, inputs.sketches, strict=True)):
         sketches += [x, *outs[k * n : (k + 1) * n]]
         captions += [label] + [_tau_caption(s)] * n
-    write_output(sketches, session=s, stem=default_stem(kwargs["name"], "-reconstruct"), captions=captions,
+    write_output(sketches, session=s, stem=default_stem(kwargs["name"], s.info.name, "-reconstruct"), captions=captions,
                  **dict(output_args(kwargs), cols=kwargs["cols"] or n + 1))
 
 
@@ -376,7 +378,7 @@ def interpolate(data: Path | None, sketch_files: tuple[Path, ...], split: str, r
             shown = [ends[0], *shown, ends[1]]
             captions = [inputs.labels[0], *captions, inputs.labels[1]]
         cols = kwargs["cols"] or min(len(shown), 12)
-    write_output(sketches, session=s, stem=default_stem(kwargs["name"], "-interpolate"), captions=captions,
+    write_output(sketches, session=s, stem=default_stem(kwargs["name"], s.info.name, "-interpolate"), captions=captions,
                  shown=shown, **dict(output_args(kwargs), cols=cols))
 
 
@@ -398,6 +400,6 @@ def complete(data: Path | None, sketch_files: tuple[Path, ...], split: str, resc
     partial = first_strokes(sketch, keep_strokes)
     endings = s.timed(lambda: s.sampler.complete(partial, k, s.options))
     captions = ["given"] + [_tau_caption(s)] * k
-    write_output([partial, *endings], session=s, stem=default_stem(kwargs["name"], "-complete"), captions=captions,
+    write_output([partial, *endings], session=s, stem=default_stem(kwargs["name"], s.info.name, "-complete"), captions=captions,
                  given=[len(partial)] * (k + 1), **output_args(kwargs))
 
