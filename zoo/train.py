@@ -432,9 +432,10 @@ def train(
                 if budget is not None:
                     budget.validated(time.perf_counter() - t_validation)
                 if out_of_time:
-                    bar.update(min(time.perf_counter() - started, bar.total) - bar.n)
-                    bar.write(f"time limit of {time_limit:g} s: stopped at step {step} after "
-                              f"{time.perf_counter() - started:.0f} s")
+                    took = time.perf_counter() - started
+                    bar.update(min(took, bar.total) - bar.n)
+                    over = " (a step and a validation take longer than that here)" if took > time_limit else ""
+                    bar.write(f"time limit of {time_limit:g} s: stopped at step {step} after {took:.0f} s{over}")
     except RuntimeError as e:  # what a collective raises when a peer is gone (gloo: "Connection reset")
         if world > 1:
             # gloo: "[pair.cc:537] Read error [127.0.0.1]:1463: Connection reset by peer. This is ..."
