@@ -434,7 +434,7 @@ def train(
                 if out_of_time:
                     took = time.perf_counter() - started
                     bar.update(min(took, bar.total) - bar.n)
-                    over = " (a step and a validation take longer than that here)" if took > time_limit else ""
+                    over = " (a step and a validation take longer than that here)" if took > (time_limit or 0) else ""
                     bar.write(f"time limit of {time_limit:g} s: stopped at step {step} after {took:.0f} s{over}")
     except RuntimeError as e:  # what a collective raises when a peer is gone (gloo: "Connection reset")
         if world > 1:

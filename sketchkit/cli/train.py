@@ -54,7 +54,8 @@ def _parse_value(text: str) -> Any:
     "--time-limit",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="Stop after this much wall time (then validate and save as at a last step).",
+    help="Be done within this much wall time: stop before a step that would pass it, counting the "
+    "validation and save that end the run (measured as it goes); the bar then shows the time left.",
 )
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when present).")
 @click.option("--threads", type=int, help="CPU threads for torch.")
