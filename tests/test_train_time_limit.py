@@ -63,3 +63,24 @@ def test_no_gpu_warning_for_a_cpu_recipe_and_steps_without_a_limit(sheep_short: 
     err = capsys.readouterr().err
     assert "warning" not in err
     assert re.search(r"3/3 ", err)  # without a limit the bar counts steps
+
+
+def test_cli_time_limit_counts_from_the_command_start(sheep_short: Path, tmp_path: Path) -> None:
+    """`sketchkit train --time-limit` as a user runs it: the whole process, torch's import included,
+    is done within the limit (plus the interpreter's own start, before sketchkit runs)."""
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "tiny.toml"
+    tiny(sheep_short, num_steps=100_000, eval_every=40, log_every=5).save_toml(recipe)
+    limit = 10.0
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sketchkit", "train", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
+         "--threads", "1", "--time-limit", str(limit), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    took = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "time limit of 10 s: stopped at step" in proc.stdout + proc.stderr
+    assert took <= limit * 1.1 + 2.0, took

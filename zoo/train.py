@@ -307,19 +307,21 @@ def train(
     resume: bool = True,
     progress: bool = True,
     time_limit: float | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Train until hp.num_steps, or until `time_limit` seconds have passed since this call began;
     resume from out_dir/last.safetensors if it exists. Returns the best validation metrics (rank 0;
     {} elsewhere). A time-limited run stops before a step that would end past the limit once its
     validation and save are counted (`_Budget`: measured step and validation times), validates and
-    saves like a last step, and its progress bar counts seconds to the limit.
+    saves like a last step, and its progress bar counts seconds to the limit. `started`: the
+    `time.perf_counter()` the limit counts from (the CLI's start, so torch's import counts too).
 
     Under torchrun each of the N ranks trains on its B/N rows of every batch (`make_batch`) and
     DistributedDataParallel averages the gradients, so N ranks take the steps of one process with
     the recipe's batch; rank 0 alone validates and writes the run directory. Ranks stop at the same
     step: the time limit is agreed on at each log line. A rank that dies stops the job with one
     line from each survivor."""
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     rank, world, device = _start_ranks(device)
     main = rank == 0
     if main and not device.startswith("cuda") and re.search(r"\bGPU\b", hp.note):
