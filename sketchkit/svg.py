@@ -33,6 +33,7 @@ MAX_ELEMENTS = 50_000  # after <use> copies are expanded: a <use> bomb multiplie
 MAX_DEPTH = 64  # nested elements; Inkscape files nest groups a few levels deep
 MAX_NUMBERS = 1_000_000  # numbers in path data and point lists (a 1M-point path is refused unread)
 MAX_POINTS = 200_000  # points after curves are flattened
+MAX_COORD = 1e9  # user units after transforms: past this, float64 geometry is no longer a drawing
 FLATTEN_TOLERANCE = 0.25  # in the converted drawing's units (its longer side is 255): well under RDP's 2.0
 _SVG_NS = "{http://www.w3.org/2000/svg}"
 _HREFS = ("href", "{http://www.w3.org/1999/xlink}href")
@@ -53,21 +54,22 @@ def read_polylines(path: str | os.PathLike[str]) -> list[np.ndarray]:
         doc = se.SVG.parse(io.BytesIO(data), on_error="raise")
         paths = [abs(se.Path(e)) for e in doc.elements() if isinstance(e, se.Shape) and _visible(e)]
         boxes = [b for b in (p.bbox() for p in paths) if b is not None]
-    except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, AttributeError, RecursionError) as e:
+    except Exception as e:  # svgelements' own errors on a malformed attribute are of every kind
         raise DataError(f"{path}: not a drawing svgelements can read ({type(e).__name__}: {e})") from None
     if not boxes:
         raise DataError(f"{path}: no shapes to convert (paths, lines, polylines, polygons, rects, circles)")
     lo = np.min([b[:2] for b in boxes], axis=0)
     hi = np.max([b[2:] for b in boxes], axis=0)
-    extent = float((hi - lo).max())
-    if not math.isfinite(extent):
-        raise DataError(f"{path}: coordinates that are not finite numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        extent = float((hi - lo).max())
+    if not (math.isfinite(extent) and np.isfinite(lo).all() and np.abs([lo, hi]).max() <= MAX_COORD):
+        raise DataError(f"{path}: absurd coordinates (beyond {MAX_COORD:g} once transformed)")
     tolerance = FLATTEN_TOLERANCE * (extent / 255.0 if extent > 0 else 1.0)
     lines: list[np.ndarray] = []
     budget = [MAX_POINTS]
     for p in paths:
         lines += _flatten(p, tolerance, budget, path)
-    lines = [line for line in lines if len(line)]
+    lines = [line for line in lines if len(line) > 1]  # a lone "M x y" draws nothing
     if not lines:
         raise DataError(f"{path}: no shapes to convert (paths, lines, polylines, polygons, rects, circles)")
     return lines
@@ -232,7 +234,11 @@ def _flatten(p: Any, tolerance: float, budget: list[int], path: Path) -> list[np
         if isinstance(seg, (se.Line, se.Close)):
             take(np.array([[seg.end.x, seg.end.y]], np.float64))
             continue
-        n = _pieces(seg, tolerance, se)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # absurd numbers: refused just below
+                n = _pieces(seg, tolerance, se)
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
         if n > budget[0]:
             raise DataError(f"{path}: over {MAX_POINTS} points once curves are flattened, too many for a sketch")
         t = np.linspace(0.0, 1.0, n + 1)[1:]
@@ -264,5 +270,5 @@ def _pieces(seg: Any, tolerance: float, se: Any) -> int:
     else:  # a segment kind svgelements may add: sample it finely
         n = 32.0
     if not math.isfinite(n):
-        return MAX_POINTS + 1
+        raise DataError(f"absurd coordinates (beyond {MAX_COORD:g} once transformed)")
     return max(1, math.ceil(n))

@@ -185,12 +185,14 @@ LAUGHS = (
             f'<g id="p{k + 1}">' + f'<use href="#p{k}"/>' * 10 + "</g>" for k in range(8))), "<use> copies"),
         (lambda p: write(p, '<g id="me"><use href="#me"/></g>'), "refers to itself"),
         (lambda p: write(p, '<text>no shapes</text>'), "no shapes"),
+        (lambda p: write(p, '<path d="M0 0 Q 1e308 1e308 10 10" stroke="black"/>'), "absurd coordinates"),
+        (lambda p: write(p, '<g transform="scale(1e300)"><path d="M0 0 L 1e10 1" stroke="black"/></g>'), "absurd"),
         (lambda p: _file(p / "x.svg", b"\x89PNG\r\n\x1a\n...."), "not valid XML"),
         (lambda p: _file(p / "h.svg", b"<html><body/></html>"), "not an SVG"),
         (lambda p: p / "missing.svg", "no such file"),
     ],
     ids=["billion-laughs", "xxe", "1M-point-path", "deep-nesting", "huge-file", "use-bomb", "use-cycle",
-         "no-shapes", "not-xml", "not-svg", "missing"],
+         "no-shapes", "huge-control-point", "huge-transform", "not-xml", "not-svg", "missing"],
 )
 def test_hostile_svgs_get_one_line(tmp_path: Path, make, match: str) -> None:
     path = make(tmp_path)
