@@ -99,7 +99,10 @@ def default_stem(typed: str, model_name: str, suffix: str = "") -> str:
     """The default output name, a flat file in this folder: the typed NAME (`owl` -> `owl.png`;
     `magenta/owl.gen` -> `owl.gen.png`), or the model's own name where NAME is a path (a model
     directory or a Magenta .json); only letters, digits, '_', '.' and '-'."""
-    name = model_name if Path(typed).exists() else typed
+    try:
+        name = model_name if Path(typed).exists() else typed
+    except OSError:  # a name too long to be a path
+        name = typed
     last = re.split(r"[/\\]", name.strip().rstrip("/\\"))[-1]
     last = re.sub(r"\.json$", "", last, flags=re.IGNORECASE)
     last = re.sub(r"[^A-Za-z0-9_.-]+", "-", last).strip(".-")[:64] or "sketches"
