@@ -31,7 +31,7 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 ASKS = [
-    (3, SamplingOptions(tau=0.3, seed=1)),
+    (3, SamplingOptions(tau=0.3, seed=1, max_len=100)),
     (1, SamplingOptions(tau=1.0, seed=2, temperature_rule="js")),
     (5, SamplingOptions(tau=0.6, seed=3, max_len=30)),
     (2, SamplingOptions(greedy=True, seed=5)),
@@ -243,3 +243,93 @@ def test_an_engine_failure_is_answered_and_the_engine_goes_on(sheep):
     done = answers_through(background, sheep, ASKS)
     for i, (n, o) in enumerate(ASKS):
         assert same(done[i], sheep.generate(n, options=o))
+
+
+# -- steps that overlap: step t + 1 runs while the host records step t ---------------------------
+
+TABLES = {"HostRows": {}, "DeviceRows": {"device_rows": True}, "GraphRows": {"device_rows": True, "cuda_graphs": True}}
+
+
+def scripted_run(runtime: OnnxRuntime, overlap: bool) -> tuple[dict[str, object], Engine]:
+    """Requests joining and leaving mid-flight (generations, completions whose prefix the engine
+    reads), one cancelled, and the row table failing once (as `BackgroundEngine` handles it: the
+    requests in flight fail, the engine resets and goes on): each request's sketches, or its error."""
+    sampler = Sampler(runtime)
+    engine = Engine(runtime, Scheduler(max_rows=64), overlap=overlap)
+    partial = sampler.generate(1, options=SamplingOptions(seed=5))[0]
+    cancelled = threading.Event()
+    script = {
+        0: [("a", sampler.generation(3, options=SamplingOptions(tau=0.3, seed=1, max_len=100))),
+            ("b", sampler.completion(partial[:12], 2, SamplingOptions(tau=0.5, seed=6, max_len=100)))],
+        3: [("c", sampler.generation(5, options=SamplingOptions(tau=0.6, seed=3, max_len=30)))],
+        5: [("cancelled", sampler.generation(4, options=SamplingOptions(tau=0.8, seed=4, max_len=200)))],
+        8: [("d", sampler.completion(partial[:30], 3, SamplingOptions(tau=0.4, seed=7, max_len=90)))],
+        12: [("e", sampler.generation(2, options=SamplingOptions(greedy=True, seed=2, max_len=80)))],
+        16: [("f", sampler.generation(40, options=SamplingOptions(tau=1.0, seed=8, max_len=150)))],
+        130: [("g", sampler.generation(2, options=SamplingOptions(tau=0.3, seed=9, max_len=60)))],
+        135: [("h", sampler.completion(partial[:5], 2, SamplingOptions(tau=0.7, seed=10, max_len=50)))],
+    }  # fmt: skip
+    script[5][0][1].is_cancelled = cancelled.is_set
+    real_step, steps = engine.rows.step, [0]
+
+    def step_once_broken() -> np.ndarray:
+        steps[0] += 1
+        if steps[0] == 125:
+            raise RuntimeError("out of memory, say")
+        return real_step()
+
+    engine.rows.step = step_once_broken  # type: ignore[method-assign]
+    requests: dict[str, object] = {}
+    call = 0
+    while call <= max(script) or engine.scheduler.has_work():
+        for name, r in script.get(call, []):
+            requests[name] = r
+            engine.add(r)
+        if call == 20:
+            cancelled.set()
+        try:
+            engine.step()
+        except RuntimeError as e:
+            for r in engine.scheduler.running:
+                r.error = ModelError(f"engine failure: {e}")
+            engine.reset()
+        call += 1
+    outcomes = {}
+    for name, r in requests.items():
+        try:
+            outcomes[name] = r.sketches()  # type: ignore[attr-defined]
+        except Exception as e:
+            outcomes[name] = type(e).__name__
+    return outcomes, engine
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_overlapping_steps_give_the_same_sketches(sheep, table):
+    """Overlap on and off, on all three row tables (the device ones here on the CPU): every
+    request answered has exactly its own single-request sketches, the cancelled one is
+    cancelled, the ones in flight when the table failed fail, and later ones are answered."""
+    runtime = OnnxRuntime(resolve("sheep"), **TABLES[table])  # type: ignore[arg-type]
+    partial = sheep.generate(1, options=SamplingOptions(seed=5))[0]
+    alone = {
+        "a": sheep.generate(3, options=SamplingOptions(tau=0.3, seed=1, max_len=100)),
+        "b": [e[12:] for e in sheep.complete(partial[:12], 2, SamplingOptions(tau=0.5, seed=6, max_len=100))],
+        "c": sheep.generate(5, options=SamplingOptions(tau=0.6, seed=3, max_len=30)),
+        "d": [e[30:] for e in sheep.complete(partial[:30], 3, SamplingOptions(tau=0.4, seed=7, max_len=90))],
+        "e": sheep.generate(2, options=SamplingOptions(greedy=True, seed=2, max_len=80)),
+        "f": sheep.generate(40, options=SamplingOptions(tau=1.0, seed=8, max_len=150)),
+        "g": sheep.generate(2, options=SamplingOptions(tau=0.3, seed=9, max_len=60)),
+        "h": [e[5:] for e in sheep.complete(partial[:5], 2, SamplingOptions(tau=0.7, seed=10, max_len=50))],
+    }
+    results = {}
+    for overlap in (False, True):
+        outcomes, engine = scripted_run(runtime, overlap)
+        assert type(engine.rows).__name__ == table and engine.overlap is overlap
+        assert outcomes.pop("cancelled") == "Cancelled"
+        failed = {k for k, v in outcomes.items() if isinstance(v, str)}
+        assert failed == {"f"} and outcomes["f"] == "ModelError"  # in flight when the table failed
+        assert {"g", "h"}.isdisjoint(failed)  # and the engine went on
+        for name in outcomes.keys() - failed:
+            assert same(outcomes[name], alone[name]), (overlap, name)  # type: ignore[arg-type]
+        results[overlap] = (failed, engine.rows_stepped)
+    # with overlap, rows that finished were stepped once more (their output ignored)
+    assert results[True][1] > results[False][1]
