@@ -30,7 +30,7 @@ import numpy as np
 
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.mixture import temperature
-from sketchkit.rows import HostRows, RowTable, row_table
+from sketchkit.rows import RowTable, row_table
 from sketchkit.runtimes.base import Runtime
 
 _STROKE3 = np.array([0, 1, 3])  # stroke-5 (dx, dy, p1, p2, p3) -> stroke-3 (dx, dy, p2: the pen lifts)
@@ -158,9 +158,10 @@ class Engine:
     the two run at once. The table is never touched while a step is in flight: rows that finish
     at step t are stepped once more at t + 1 and that output is ignored (they are dropped when it
     lands), requests admitted during t's bookkeeping join at t + 2. A row's sketch depends on its
-    own inputs alone, so the sketches are the same bits either way. Default: on for a table on a
-    device (only the points cross to the host), off for host rows (on 2 shared cores the worker
-    thread cost about what it saved; benchmarks/RESULTS.md).
+    own inputs alone, so the sketches are the same bits either way. Default: on where the table
+    lives on a GPU (the host is idle while the device steps), off on the CPU, where the step and
+    the bookkeeping share the cores: on 2 shared cores the worker thread cost more than it saved
+    (benchmarks/RESULTS.md, "Steps that overlap").
 
     Prefixes (`Request.prefix`) are read here too, after admission like every other row: one
     host row per request, all readers stepped together with the plain decoder step once per
@@ -180,7 +181,8 @@ class Engine:
         self.evaluations = 0  # graph evaluations (steps) so far
         self.rows_stepped = 0  # sum of the batch sizes of those evaluations
         self.rows: RowTable = row_table(runtime)
-        self.overlap = overlap if overlap is not None else not isinstance(self.rows, HostRows)
+        # by default only where the step runs on a GPU: on the CPU the host and the step share the cores
+        self.overlap = overlap if overlap is not None else getattr(self.rows, "device", "cpu") != "cpu"
         self._pool: ThreadPoolExecutor | None = None
         self._flight: tuple[Future[np.ndarray], list[Request]] | None = None  # a step launched, not yet recorded
         # the host side of the row table: one entry per row, aligned with `rows`
