@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, EngineBusy, Scheduler
-from sketchkit.errors import ModelError
+from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.hub import resolve
 from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
@@ -250,10 +250,11 @@ def test_an_engine_failure_is_answered_and_the_engine_goes_on(sheep):
 TABLES = {"HostRows": {}, "DeviceRows": {"device_rows": True}, "GraphRows": {"device_rows": True, "cuda_graphs": True}}
 
 
-def scripted_run(runtime: OnnxRuntime, overlap: bool) -> tuple[dict[str, object], Engine]:
+def scripted_run(runtime: OnnxRuntime, overlap: bool) -> tuple[dict[str, object], Engine, set[str]]:
     """Requests joining and leaving mid-flight (generations, completions whose prefix the engine
-    reads), one cancelled, and the row table failing once (as `BackgroundEngine` handles it: the
-    requests in flight fail, the engine resets and goes on): each request's sketches, or its error."""
+    reads), one cancelled, and the table failing twice: once unexpectedly (handled as
+    `BackgroundEngine` does: the requests in flight fail, the engine resets and goes on), once with
+    the runtime's own error (the requests it stepped fail): each request's sketches, or its error."""
     sampler = Sampler(runtime)
     engine = Engine(runtime, Scheduler(max_rows=64), overlap=overlap)
     partial = sampler.generate(1, options=SamplingOptions(seed=5))[0]
@@ -268,19 +269,22 @@ def scripted_run(runtime: OnnxRuntime, overlap: bool) -> tuple[dict[str, object]
         16: [("f", sampler.generation(40, options=SamplingOptions(tau=1.0, seed=8, max_len=150)))],
         130: [("g", sampler.generation(2, options=SamplingOptions(tau=0.3, seed=9, max_len=60)))],
         135: [("h", sampler.completion(partial[:5], 2, SamplingOptions(tau=0.7, seed=10, max_len=50)))],
+        195: [("i", sampler.generation(3, options=SamplingOptions(tau=0.5, seed=11, max_len=100)))],
+        210: [("j", sampler.completion(partial[:8], 2, SamplingOptions(tau=0.3, seed=12, max_len=40)))],
     }  # fmt: skip
     script[5][0][1].is_cancelled = cancelled.is_set
-    real_step, steps = engine.rows.step, [0]
+    call, failures = 0, {125: RuntimeError("out of memory, say"), 200: ModelError("the runtime failed")}
+    stepped_by: set[str] = set()
 
-    def step_once_broken() -> np.ndarray:
-        steps[0] += 1
-        if steps[0] == 125:
-            raise RuntimeError("out of memory, say")
-        return real_step()
+    def step_broken_twice() -> np.ndarray:
+        # something unexpected (the engine resets), then the runtime's own error (the requests it stepped fail)
+        stepped_by.add(threading.current_thread().name)
+        for at in [at for at in failures if call >= at]:
+            raise failures.pop(at)
+        return type(engine.rows).step(engine.rows)  # the table's own step (a reset makes a new table)
 
-    engine.rows.step = step_once_broken  # type: ignore[method-assign]
+    engine.rows.step = step_broken_twice  # type: ignore[method-assign]
     requests: dict[str, object] = {}
-    call = 0
     while call <= max(script) or engine.scheduler.has_work():
         for name, r in script.get(call, []):
             requests[name] = r
@@ -291,8 +295,9 @@ def scripted_run(runtime: OnnxRuntime, overlap: bool) -> tuple[dict[str, object]
             engine.step()
         except RuntimeError as e:
             for r in engine.scheduler.running:
-                r.error = ModelError(f"engine failure: {e}")
+                r.error = SketchkitError(f"engine failure: {e}")
             engine.reset()
+            engine.rows.step = step_broken_twice  # type: ignore[method-assign]
         call += 1
     outcomes = {}
     for name, r in requests.items():
@@ -300,7 +305,7 @@ def scripted_run(runtime: OnnxRuntime, overlap: bool) -> tuple[dict[str, object]
             outcomes[name] = r.sketches()  # type: ignore[attr-defined]
         except Exception as e:
             outcomes[name] = type(e).__name__
-    return outcomes, engine
+    return outcomes, engine, stepped_by
 
 
 @pytest.mark.parametrize("table", list(TABLES))
@@ -319,17 +324,15 @@ def test_overlapping_steps_give_the_same_sketches(sheep, table):
         "f": sheep.generate(40, options=SamplingOptions(tau=1.0, seed=8, max_len=150)),
         "g": sheep.generate(2, options=SamplingOptions(tau=0.3, seed=9, max_len=60)),
         "h": [e[5:] for e in sheep.complete(partial[:5], 2, SamplingOptions(tau=0.7, seed=10, max_len=50))],
+        "j": [e[8:] for e in sheep.complete(partial[:8], 2, SamplingOptions(tau=0.3, seed=12, max_len=40))],
     }
-    results = {}
     for overlap in (False, True):
-        outcomes, engine = scripted_run(runtime, overlap)
+        outcomes, engine, stepped_by = scripted_run(runtime, overlap)
         assert type(engine.rows).__name__ == table and engine.overlap is overlap
+        assert stepped_by == ({"sketchkit-step_0"} if overlap else {threading.current_thread().name})
         assert outcomes.pop("cancelled") == "Cancelled"
         failed = {k for k, v in outcomes.items() if isinstance(v, str)}
-        assert failed == {"f"} and outcomes["f"] == "ModelError"  # in flight when the table failed
-        assert {"g", "h"}.isdisjoint(failed)  # and the engine went on
+        assert failed == {"f", "i"}  # in flight when the table failed
+        assert outcomes["f"] == "SketchkitError" and outcomes["i"] == "ModelError"
         for name in outcomes.keys() - failed:
             assert same(outcomes[name], alone[name]), (overlap, name)  # type: ignore[arg-type]
-        results[overlap] = (failed, engine.rows_stepped)
-    # with overlap, rows that finished were stepped once more (their output ignored)
-    assert results[True][1] > results[False][1]
