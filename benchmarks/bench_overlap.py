@@ -6,7 +6,8 @@ flight on one engine until N sketches are done; prints sketches/s and the proces
 
 Pair two settings (or a checkout without overlap, `--overlap auto` there) with interleaved whole-process
 timings, e.g. `/usr/bin/time -v` over alternating runs. --table: host (numpy rows), device
-(`DeviceRows`, on the CPU here) or graph (`GraphRows` without capture)."""
+(`DeviceRows`) or graph (`GraphRows`: captured CUDA graphs with --cuda, uncaptured on the CPU).
+On a GPU: `--cuda --table graph --clients 1024 --sketches 4096 --overlap on` against `--overlap off`."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--sketches", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--cuda", action="store_true", help="the step on CUDA (a GPU machine; onnxruntime-gpu)")
     a = p.parse_args()
     kwargs = {"device_rows": a.table != "host", "cuda_graphs": a.table == "graph"}
-    runtime = OnnxRuntime(resolve(a.model), threads=a.threads, **kwargs)  # type: ignore[arg-type]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if a.cuda else None
+    runtime = OnnxRuntime(resolve(a.model), providers=providers, threads=a.threads, **kwargs)  # type: ignore[arg-type]
     sampler = Sampler(runtime)
     options = {} if a.overlap == "auto" else {"overlap": a.overlap == "on"}
     engine = Engine(runtime, Scheduler(max_rows=1024), **options)  # type: ignore[arg-type]
