@@ -5,7 +5,9 @@ admitted while their rows fit a budget; it never runs the model. The `Engine` ev
 decoder step and the draw (`sketchkit.draw`: one graph) once for the live rows of every running
 request, each row at its own request's temperature and from its own random stream, drops rows
 that drew p3 (end of sketch) and hands back the requests that are finished. A request added
-mid-flight joins at the next step. The rows live in a `sketchkit.rows.RowTable`, on the host or,
+mid-flight joins at the next step; a completion's partial sketch is read here too, after
+admission, batched with every other (`Request.prefix`). With `overlap`, step t + 1 runs while
+the host records step t. The rows live in a `sketchkit.rows.RowTable`, on the host or,
 with onnxruntime on CUDA, on the GPU.
 
 Every caller drives this loop: `Sampler` (one request, stepped until done), the Triton
