@@ -336,3 +336,48 @@ def test_overlapping_steps_give_the_same_sketches(sheep, table):
         assert outcomes["f"] == "SketchkitError" and outcomes["i"] == "ModelError"
         for name in outcomes.keys() - failed:
             assert same(outcomes[name], alone[name]), (overlap, name)  # type: ignore[arg-type]
+
+
+def test_prefixes_are_read_after_admission_batched_and_capped(sheep):
+    """Issue 25 item 5: building a completion runs no graph; its rows count against the caps like
+    any others; once admitted, the prefixes in flight are read together, one evaluation of the
+    plain decoder step per engine step (one row each), and each request still gets its own
+    in-process sketches."""
+
+    class Counting:
+        def __init__(self, runtime):  # type: ignore[no-untyped-def]
+            self.runtime, self.info, self.steps = runtime, runtime.info, []
+
+        def encode(self, strokes, lengths):  # type: ignore[no-untyped-def]
+            self.steps.append(("encode", len(strokes)))
+            return self.runtime.encode(strokes, lengths)
+
+        def init_state(self, z, batch):  # type: ignore[no-untyped-def]
+            return self.runtime.init_state(z, batch)
+
+        def step(self, prev, z, state):  # type: ignore[no-untyped-def]
+            self.steps.append(("step", len(prev)))
+            return self.runtime.step(prev, z, state)
+
+        def step_and_draw(self, *columns):  # type: ignore[no-untyped-def]
+            return self.runtime.step_and_draw(*columns)
+
+    runtime = Counting(sheep.runtime)
+    sampler = Sampler(runtime)  # type: ignore[arg-type]
+    partial = sheep.generate(1, options=SamplingOptions(seed=5))[0]
+    o1, o2 = SamplingOptions(tau=0.5, seed=1, max_len=80), SamplingOptions(tau=0.9, seed=2, max_len=80)
+    a, b = sampler.completion(partial[:20], 4, o1), sampler.completion(partial[:9], 3, o2)
+    assert runtime.steps == []  # nothing read yet: that is the engine's work, after admission
+    engine = Engine(runtime, Scheduler(max_rows=16, max_pending_rows=10))  # type: ignore[arg-type]
+    engine.add(a)
+    engine.add(b)
+    assert engine.scheduler.rows_in_flight() == 7
+    with pytest.raises(EngineBusy):
+        engine.add(sampler.completion(partial[:5], 4, o1))  # 7 + 4 rows > 10
+    while not (a.done and b.done):
+        engine.step()
+    assert runtime.steps[:2] == [("encode", 1), ("encode", 1)]
+    reads = [n for what, n in runtime.steps if what == "step"]
+    assert reads == [2] * 9 + [1] * 11  # both prefixes read together, then the longer one alone
+    assert same([np.vstack([partial[:20], e]) for e in a.sketches()], sheep.complete(partial[:20], 4, o1))
+    assert same([np.vstack([partial[:9], e]) for e in b.sketches()], sheep.complete(partial[:9], 3, o2))
