@@ -381,3 +381,15 @@ def test_prefixes_are_read_after_admission_batched_and_capped(sheep):
     assert reads == [2] * 9 + [1] * 11  # both prefixes read together, then the longer one alone
     assert same([np.vstack([partial[:20], e]) for e in a.sketches()], sheep.complete(partial[:20], 4, o1))
     assert same([np.vstack([partial[:9], e]) for e in b.sketches()], sheep.complete(partial[:9], 3, o2))
+
+
+def test_background_engine_with_overlap_answers_each_request_as_alone(sheep):
+    """The stepping thread with a worker beside it: a step may still be in flight when the engine
+    runs dry and waits; the next request lands it first."""
+    engine = Engine(sheep.runtime, overlap=True)
+    done = answers_through(BackgroundEngine(engine), sheep, ASKS)
+    for i, (n, o) in enumerate(ASKS):
+        assert same(done[i], sheep.generate(n, options=o))
+    done = answers_through(BackgroundEngine(engine), sheep, ASKS[:2])  # again, after it ran dry
+    for i, (n, o) in enumerate(ASKS[:2]):
+        assert same(done[i], sheep.generate(n, options=o))
