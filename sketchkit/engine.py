@@ -32,6 +32,7 @@ import numpy as np
 
 from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.mixture import temperature
+from sketchkit.prefixes import PrefixReaders
 from sketchkit.rows import RowTable, row_table
 from sketchkit.runtimes.base import Runtime
 
@@ -165,9 +166,10 @@ class Engine:
     the bookkeeping share the cores: on 2 shared cores the worker thread cost more than it saved
     (benchmarks/RESULTS.md, "Steps that overlap").
 
-    Prefixes (`Request.prefix`) are read here too, after admission like every other row: one
-    host row per request, all readers stepped together with the plain decoder step once per
-    engine step; a request whose prefix is read joins the table with its n rows.
+    Prefixes (`Request.prefix`) are read here too, after admission like every other row
+    (`sketchkit.prefixes`: one host row per request, all readers stepped together with the plain
+    decoder step once per engine step); a request whose prefix is read joins the table with its
+    n rows.
     """
 
     def __init__(
@@ -196,7 +198,7 @@ class Engine:
         self._length = np.zeros(0, np.intp)  # slot -> final length (max_len until p3)
         self._free: list[int] = []
         self._slots: dict[int, np.ndarray] = {}  # id(request) -> its n slots
-        self._readers = _Readers()
+        self._readers = PrefixReaders()
 
     def add(self, request: Request) -> None:
         self.scheduler.add(request)
@@ -214,7 +216,7 @@ class Engine:
         for slots in self._slots.values():
             self._free += slots.tolist()
         self._slots.clear()
-        self._readers = _Readers()
+        self._readers = PrefixReaders()
         self.scheduler.running = []
 
     def run(self, request: Request) -> list[np.ndarray]:
@@ -323,7 +325,7 @@ class Engine:
         admitted = self.scheduler.admit()
         running = self.scheduler.running
         if self._readers.done():
-            joining = set(map(id, self._readers.pop_done(self.runtime)))
+            joining = set(map(id, self._readers.pop_done()))
             admitted = [r for r in running if id(r) in joining] + admitted
         if not admitted:
             return running
@@ -419,87 +421,6 @@ class Engine:
         except SketchkitError as e:
             for r in self._readers.requests:
                 r.error = r.error or e
-
-
-class _Readers:
-    """Requests reading their prefix: one host row each (prev, z, state), stepped together with
-    the runtime's plain decoder step. Row i reads `reads[offset[i] + pos[i]]`: prev[0], then the
-    prefix's points but its last (from which the n rows sample on)."""
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        self.reads = np.zeros((0, 5), np.float32)
-        self.offset = np.zeros(0, np.intp)
-        self.length = np.zeros(0, np.intp)
-        self.pos = np.zeros(0, np.intp)
-        self.z: np.ndarray | None = None
-        self.state = np.zeros((0, 0), np.float32)
-
-    def add(self, r: Request, runtime: Runtime) -> None:
-        """Start reading r's prefix: its latent first (vae models), then its initial state."""
-        assert r.prefix is not None
-        prefix = np.asarray(r.prefix, np.float32)
-        try:
-            z1 = None
-            if runtime.info.dims.vae:
-                mu, _ = runtime.encode(prefix[None], np.array([len(prefix)], np.int64))
-                z1 = np.asarray(mu, np.float32)
-                r.z = np.repeat(z1, r.n, axis=0)
-            state = np.asarray(runtime.init_state(z1, 1))
-        except SketchkitError as e:
-            r.error = e
-            return
-        reads = np.vstack([np.asarray(r.prev, np.float32)[:1], prefix[:-1]])
-        self.offset = np.append(self.offset, len(self.reads))
-        self.reads = np.concatenate([self.reads, reads])
-        self.length = np.append(self.length, len(reads))
-        self.pos = np.append(self.pos, 0)
-        if z1 is not None:
-            self.z = z1 if self.z is None else np.concatenate([self.z, z1])
-        self.state = state if not len(self.requests) else np.concatenate([self.state, state])
-        self.requests.append(r)
-
-    def step(self, runtime: Runtime) -> None:
-        reading = self.pos < self.length
-        if not reading.any():
-            return
-        rows = np.flatnonzero(reading)
-        z = self.z[rows] if self.z is not None else None
-        _, state = runtime.step(self.reads[self.offset[rows] + self.pos[rows]], z, self.state[rows])
-        self.state[rows] = state
-        self.pos[rows] += 1
-
-    def done(self) -> bool:
-        return bool(len(self.requests)) and bool((self.pos >= self.length).any())
-
-    def pop_done(self, runtime: Runtime) -> list[Request]:
-        """The requests whose prefix is read, their rows ready to join the table (prev: the
-        prefix's last point; state: the one reading left, one copy per row)."""
-        done = self.pos >= self.length
-        out = []
-        for i in np.flatnonzero(done):
-            r = self.requests[i]
-            assert r.prefix is not None
-            r.prev = np.repeat(np.asarray(r.prefix, np.float32)[-1:], r.n, axis=0)
-            r.state = np.repeat(self.state[i : i + 1], r.n, axis=0)
-            out.append(r)
-        self._keep(~done)
-        return out
-
-    def remove(self, r: Request) -> None:
-        keep = np.array([x is not r for x in self.requests], bool)
-        if not keep.all():
-            self._keep(keep)
-
-    def _keep(self, keep: np.ndarray) -> None:
-        index = np.flatnonzero(keep)
-        self.requests = [self.requests[i] for i in index]
-        parts = [self.reads[o : o + n] for o, n in zip(self.offset[index], self.length[index], strict=True)]
-        self.reads = np.concatenate(parts) if parts else np.zeros((0, 5), np.float32)
-        self.length, self.pos = self.length[index], self.pos[index]
-        self.offset = np.concatenate([[0], np.cumsum(self.length)[:-1]]).astype(np.intp) if len(index) else self.length.copy()
-        self.state = self.state[index]
-        self.z = self.z[index] if self.z is not None else None
 
 
 class BackgroundEngine:
