@@ -110,6 +110,37 @@ def test_the_schema_check_refuses_broken_manifests(kind, path, value, inference_
         validate(doc, inference_service_schema)
 
 
+def nginx_directive(name: str) -> str:
+    """The value of an http-server directive in serving/deploy/nginx/nginx.conf."""
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    values = {v.strip() for v in re.findall(rf"^\s*{name}\s+([^;]+);", conf, re.M)}
+    assert len(values) == 1, (name, values)
+    return values.pop()
+
+
+def ingress_says_what_nginx_conf_says(ingress: dict) -> None:
+    """Issue 25, items 2 and 8: the same retries (only what a replica never got: no
+    non_idempotent, so a query of death is not sent on), timeouts and body size as nginx.conf;
+    only its paths; TLS; no response header naming a replica."""
+    annotations = ingress["metadata"]["annotations"]
+    nginx = "nginx.ingress.kubernetes.io/"
+    assert annotations[nginx + "proxy-next-upstream"] == nginx_directive("proxy_next_upstream")
+    assert "non_idempotent" not in annotations[nginx + "proxy-next-upstream"]
+    assert annotations[nginx + "proxy-next-upstream-tries"] == nginx_directive("proxy_next_upstream_tries")
+    assert annotations[nginx + "proxy-read-timeout"] + "s" == nginx_directive("proxy_read_timeout")
+    assert annotations[nginx + "proxy-connect-timeout"] + "s" == nginx_directive("proxy_connect_timeout")
+    assert annotations[nginx + "proxy-body-size"] == nginx_directive("client_max_body_size").split()[-1]
+    assert "X-Upstream" not in (DEPLOY / "nginx" / "nginx.conf").read_text()
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    locations = {m[2] or f"^{m[3]}$" for m in re.finditer(r"location (~ (\S+)|= (\S+)) \{\n\s+(proxy|grpc)_pass http:", conf)}
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert {p["path"] if p["pathType"] == "ImplementationSpecific" else f"^{p['path']}$" for p in paths} == locations
+    assert all(p["pathType"] in ("Exact", "ImplementationSpecific") for p in paths)  # no Prefix: nothing more
+    assert annotations[nginx + "use-regex"] == "true"
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["secretName"] and set(tls["hosts"]) == {rule["host"] for rule in ingress["spec"]["rules"]}
+
+
 def tritonserver_flags(container: dict) -> str:
     return " ".join(container["args"])
 
@@ -129,8 +160,7 @@ def test_manifests_say_what_serving_needs(tree):
         hpa = docs["HorizontalPodAutoscaler"]["spec"]
         assert hpa["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
         assert hpa["metrics"][0]["pods"]["metric"]["name"] == "sketchkit_sketches_in_flight"
-        annotations = docs["Ingress"]["metadata"]["annotations"]
-        assert "non_idempotent" in annotations["nginx.ingress.kubernetes.io/proxy-next-upstream"]
+        ingress_says_what_nginx_conf_says(docs["Ingress"])
     server = pod["containers"][0]
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
