@@ -182,6 +182,118 @@ def test_manifests_say_what_serving_needs(tree):
     assert flavor == ("cpu" if tree == "overlays/cpu" else "gpu")
 
 
+def pod_of(doc: dict) -> dict | None:
+    if doc["kind"] == "Deployment":
+        return doc["spec"]["template"]["spec"]
+    if doc["kind"] == "InferenceService":
+        return doc["spec"]["predictor"]
+    return None
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """What Pod Security Admission's "restricted" level (Kubernetes 1.32, which includes
+    "baseline") refuses in a pod spec: the checks of
+    https://kubernetes.io/docs/concepts/security/pod-security-standards/ that a spec can fail."""
+    bad = []
+    pod_sc = pod.get("securityContext", {})
+    containers = pod.get("initContainers", []) + pod.get("containers", [])
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            bad.append(key)
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}  # fmt: skip
+    for v in pod.get("volumes", []):
+        if not set(v) - {"name"} <= allowed_volumes:
+            bad.append(f"volume {v['name']}: {sorted(set(v) - {'name'})}")
+    for key in pod_sc.get("sysctls", []):
+        bad.append(f"sysctl {key['name']}")
+    if pod_sc.get("runAsUser") == 0:
+        bad.append("pod runAsUser 0")
+    pod_seccomp = pod_sc.get("seccompProfile", {}).get("type")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            bad.append(f"{name}: hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            bad.append(f"{name}: procMount")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation is not false")
+        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+            bad.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser") == 0:
+            bad.append(f"{name}: runAsUser 0")
+        if sc.get("seccompProfile", {}).get("type", pod_seccomp) not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile is not RuntimeDefault or Localhost")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: capabilities add {caps['add']}")
+    return bad
+
+
+def check_hardened(docs: list[dict]) -> None:
+    """Issue 25, item 8: every pod passes Pod Security "restricted", mounts no service-account
+    token, writes only to emptyDirs (read-only root), and every container has a CPU limit; a
+    NetworkPolicy opens each of the pods' ports only to named peers (metrics and gRPC are not
+    open cluster-wide); the Ingress (if any) has TLS."""
+    pods = [pod for doc in docs if (pod := pod_of(doc)) is not None]
+    assert pods
+    for pod in pods:
+        assert restricted_violations(pod) == []
+        assert pod["automountServiceAccountToken"] is False
+        emptydirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+            assert {m["name"] for m in c["volumeMounts"]} <= emptydirs
+            assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}
+            assert "cpu" in c["resources"]["limits"], c["name"]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    opened = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from"), rule  # no rule opens a port to every peer
+        for peer in rule["from"]:
+            assert peer.get("podSelector") or peer.get("namespaceSelector", {}).get("matchLabels"), peer
+            assert "ipBlock" not in peer
+        for port in rule["ports"]:
+            opened.setdefault(port["port"], []).append(rule["from"])
+    pod_labels = [d for d in docs if pod_of(d) is not None][0]
+    if pod_labels["kind"] == "Deployment":
+        labels = pod_labels["spec"]["template"]["metadata"]["labels"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        assert set(opened) == {8000, 8001, 8002}
+    else:
+        assert policy["spec"]["podSelector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": pod_labels["metadata"]["name"]}
+        assert set(opened) == {8000, 8002}
+    for doc in docs:
+        if doc["kind"] == "Ingress":
+            ingress_says_what_nginx_conf_says(doc)
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_manifests_pass_pod_security_restricted_and_are_closed_to_the_cluster(tree):
+    check_hardened(kustomize(DEPLOY / tree))
+
+
+def test_the_restricted_check_refuses_what_the_manifests_left_out():
+    """The check above is not vacuous: each hardening removed is refused."""
+    pod = by_kind(kustomize(DEPLOY / "overlays" / "cpu"))["Deployment"]["spec"]["template"]["spec"]
+    for undo in (lambda p: p["securityContext"].pop("runAsNonRoot"),
+                 lambda p: p["securityContext"].pop("seccompProfile"),
+                 lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
+                 lambda p: p["initContainers"][0]["securityContext"]["capabilities"].pop("drop"),
+                 lambda p: p["containers"][0]["securityContext"].update(capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
+                 lambda p: p.update(hostNetwork=True),
+                 lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}})):  # fmt: skip
+        broken = copy.deepcopy(pod)
+        undo(broken)
+        assert restricted_violations(broken) != []
+
+
 def test_build_repo_k8s_pods_rebuild_the_same_repository(tmp_path, inference_service_schema):
     """The init step's command, taken from the rendered manifests and run through the real CLI,
     writes a repository identical to the one `build-repo --k8s` wrote here."""
@@ -207,6 +319,8 @@ def test_build_repo_k8s_pods_rebuild_the_same_repository(tmp_path, inference_ser
         for p in want:
             assert (tmp_path / f"pod-{kind}" / p).read_bytes() == (tmp_path / "repo" / p).read_bytes(), p
         assert pod["containers"][0]["resources"]["requests"]["cpu"] == "4"  # 2 engines x 2 intra-op threads
+        assert pod["containers"][0]["resources"]["limits"]["cpu"] == "4"
+        check_hardened(docs)
     hpa = by_kind(kustomize(tmp_path / "k8s"))["HorizontalPodAutoscaler"]
     assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "256"  # half the 512 busy cap
 
