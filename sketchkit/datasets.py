@@ -83,26 +83,29 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device
                (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
 
 
-def open_dataset(path: str | os.PathLike[str], max_bytes: int | None = None) -> IO[bytes]:
+def open_dataset(path: str | os.PathLike[str], max_bytes: int | None = None, *, stream: bool = False) -> IO[bytes]:
     """`path` opened for reading if it is a regular file (after its symlinks) of at most
     `max_bytes` (default `MAX_DATASET_BYTES`); else a one-line DataError, nothing read. A device
     reads forever (`/dev/zero`: gigabytes before any parser gives up) and a FIFO blocks; the file
     is opened non-blocking, so even a FIFO without a writer is refused at once, and checked on
-    the open descriptor, so what is checked is what is read."""
+    the open descriptor, so what is checked is what is read. `stream`: a FIFO (a pipe) is taken
+    too, opened as usual (waiting for its writer), for a reader whose memory stays bounded
+    whatever the length (`convert_ndjson`, line by line and chunk by chunk)."""
     path = Path(path)
     cap = MAX_DATASET_BYTES if max_bytes is None else max_bytes
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if stream else getattr(os, "O_NONBLOCK", 0))
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) or (stream and stat.S_ISFIFO(st.st_mode))):
             kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
             raise DataError(f"{path}: not a regular file ({kind}); datasets are read from regular files only")
-        if st.st_size > cap:
+        if stat.S_ISREG(st.st_mode) and st.st_size > cap:
             raise DataError(f"{path}: {st.st_size} bytes, over the {cap}-byte cap for a dataset (SKETCHKIT_MAX_DATASET_BYTES)")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -540,7 +543,6 @@ def convert_ndjson(
     lines that `workers` processes (default: every core) convert, at most two per worker in
     flight, so memory holds the compact results and a few chunks, never the whole file."""
     path = Path(path)
-    open_dataset(path).close()  # a regular file, bounded: refused before a worker starts
     workers = workers or os.cpu_count() or 1
     out: list[np.ndarray] = []
     word: str | None = None
@@ -556,7 +558,7 @@ def convert_ndjson(
             progress(count)
 
     try:
-        with open_dataset(path) as f:
+        with open_dataset(path, stream=True) as f:  # a pipe streams: `zcat x.ndjson.gz | ... /dev/stdin`
             if workers == 1:
                 for first, lines in _chunks(f, CHUNK_LINES, path):
                     take(_convert_lines(str(path), first, lines, epsilon))

@@ -221,7 +221,7 @@ def restricted_violations(pod: dict) -> list[str]:
             bad.append(f"{name}: procMount")
         if sc.get("allowPrivilegeEscalation") is not False:
             bad.append(f"{name}: allowPrivilegeEscalation is not false")
-        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
             bad.append(f"{name}: runAsNonRoot is not true")
         if sc.get("runAsUser") == 0:
             bad.append(f"{name}: runAsUser 0")
