@@ -109,3 +109,74 @@ def test_a_recipe_that_is_not_a_small_file_is_one_line(tmp_path: Path, what: str
     code, _, err = cli("train", path, "--out", tmp_path / "run", timeout=60)
     line = one_line(code, err)
     assert ("not a regular file" in line) if what != "huge" else ("over the 1048576-byte cap for a recipe" in line), line
+
+
+# ---- a hostile last.safetensors (issue 25, LOW) -------------------------------------------------
+def _hostile_state(run: Path, how: str) -> None:
+    """Rewrite run/last.safetensors `how`, with a valid digest (anyone can compute one)."""
+    import torch
+
+    from sketchkit.zoo import checkpoint
+
+    path = run / "last.safetensors"
+    if how == "sparse-30GB":
+        with open(path, "r+b") as f:
+            f.truncate(30 << 30)
+        return
+    tensors, meta = checkpoint.read_tensors(path)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    adam = next(k for k in tensors if k.startswith("train.adam.") and k.endswith(".exp_avg"))
+    weight = next(k for k in tensors if not k.startswith("train."))
+    if how == "adam-shape":
+        tensors[adam] = torch.zeros(tensors[adam].numel() + 1)
+    elif how == "adam-step-nan":
+        tensors[adam.replace(".exp_avg", ".step")] = torch.tensor(float("nan"))
+    elif how == "step-negative":
+        meta["step"] = -5
+    elif how == "step-huge":
+        meta["step"] = 10**30
+    elif how == "best-text":
+        meta["best"] = {"loss": "low"}
+    elif how == "weight-shape":
+        tensors[weight] = torch.zeros(*tensors[weight].shape[:-1], tensors[weight].shape[-1] + 1)
+    elif how == "extra-tensor":
+        tensors["train.backdoor"] = torch.zeros(3)
+    elif how == "rng":
+        tensors["train.rng.torch"] = torch.zeros(7, dtype=torch.uint8)
+    checkpoint.write_tensors(path, tensors, meta)
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("adam-shape", "has shape"),
+        ("adam-step-nan", "is not a finite step count"),
+        ("step-negative", "step -5 is not a step count in [0, 1000000000]"),
+        ("step-huge", f"step {10**30} is not a step count"),
+        ("best-text", "is not a table of numbers with a loss"),
+        ("weight-shape", "has shape"),
+        ("extra-tensor", "unexpected tensor 'train.backdoor'"),
+        ("rng", "an RNG state torch refuses"),
+        ("sparse-30GB", "over the 2147483648-byte cap for a checkpoint"),
+    ],
+)
+def test_a_hostile_resume_state_is_one_line(sheep, tmp_path: Path, how: str, message: str) -> None:
+    """On b401ed7: tracebacks from Adam or load_state_dict, a run that did nothing (step 10**30),
+    or 30 GB read into memory; now one line, exit 1, the run directory as it was."""
+    pytest.importorskip("torch", reason="training needs the train extra")
+    from tiny_recipe import tiny
+
+    from sketchkit.datasets import Dataset, save_npz
+    from sketchkit.zoo.train import train
+
+    few = [s for s in sheep.train if len(s) <= 40][:8]
+    save_npz(tmp_path / "eight.npz", Dataset(few, few, few))
+    recipe = tiny(tmp_path / "eight.npz", num_steps=2, eval_every=2)
+    recipe.save_toml(tmp_path / "tiny.toml")
+    train(recipe, tmp_path / "run", progress=False)
+    _hostile_state(tmp_path / "run", how)
+    before = {p.name: p.stat().st_size for p in (tmp_path / "run").iterdir() if p.is_file()}
+    code, err, rss = peak_rss("train", tmp_path / "tiny.toml", "--out", tmp_path / "run", "--steps", 4)
+    assert message in one_line(code, err)
+    assert rss < 1000 * MB, rss
+    assert {p.name: p.stat().st_size for p in (tmp_path / "run").iterdir() if p.is_file()} == before
