@@ -187,7 +187,11 @@ def sketch_statistics(runtime, n: int, tau: float, new: bool) -> dict[str, np.nd
 
 def assert_same_statistics(new: dict, old: dict) -> None:
     """Mean length, pen-state frequencies and offset moments within their sampling error (5 SE;
-    the offsets of one sketch correlate, so the mean's error is taken 5x the independent one)."""
+    the offsets of one sketch correlate, so the mean's error is taken 5x the independent one).
+    Prints both (pytest -s) for benchmarks/RESULTS.md."""
+    for name, s in (("graph", new), ("previous", old)):
+        print(f"{name}: length {s['length'].mean():.2f} ({s['length'].std():.1f}), pen {np.round(s['pen'], 4)}, "
+              f"offset mean {np.round(s['mean'], 4)}, sd {np.round(s['std'], 4)}")  # fmt: skip
     n = len(new["length"])
     len_se = np.hypot(new["length"].std(), old["length"].std()) / np.sqrt(n)
     assert abs(new["length"].mean() - old["length"].mean()) < 5 * len_se
