@@ -22,6 +22,7 @@ process (user + sys, `time.process_time`), onnxruntime sessions of 1 intra-op th
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import statistics
@@ -73,10 +74,11 @@ def feeds_for(session: Any, batch: int, m: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def cpu_us(run: Callable[[], Any], calls: int) -> float:
+def cpu_us(session: Any, feeds: dict[str, np.ndarray], calls: int) -> float:
+    """CPU microseconds of this process per `session.run`."""
     t = time.process_time()
     for _ in range(calls):
-        run()
+        session.run(None, feeds)
     return (time.process_time() - t) / calls * 1e6
 
 
@@ -97,7 +99,7 @@ def sampler_for(model: Path, draw_module: ModuleType) -> Any:
     from sketchkit.sampling import Sampler
 
     own = new_draw.with_draw
-    new_draw.with_draw = draw_module.with_draw  # type: ignore[assignment]  (what the runtime appends)
+    new_draw.with_draw = draw_module.with_draw  # type: ignore[assignment]  # what the runtime appends
     try:
         sampler = Sampler(OnnxRuntime(model))
         sampler.generate(1)  # builds the step graph now, with this draw
@@ -154,20 +156,19 @@ def run(args: argparse.Namespace, model: Path) -> None:
         for batch, calls in ((1, 400), (64, 200)):
             s = open_session(g.SerializeToString(), threads=1)
             f = feeds_for(s, batch, m)
-            runs[f"draw/{name}/{batch}"] = lambda s=s, f=f, c=calls: cpu_us(lambda: s.run(None, f), c)
+            runs[f"draw/{name}/{batch}"] = functools.partial(cpu_us, s, f, calls)
             s2 = open_session(module.with_draw(step, m).SerializeToString(), threads=1)
-            f2 = feeds_for(s2, batch, m)
-            runs[f"step_draw/{name}/{batch}"] = lambda s=s2, f=f2, c=calls // 2: cpu_us(
-                lambda: s.run(None, f), c
+            runs[f"step_draw/{name}/{batch}"] = functools.partial(
+                cpu_us, s2, feeds_for(s2, batch, m), calls // 2
             )
     for batch, calls in ((1, 200), (64, 100)):
         s = open_session(str(model / "decoder_step.onnx"), threads=1)
         f = feeds_for(s, batch, m)
-        runs[f"step/-/{batch}"] = lambda s=s, f=f, c=calls: cpu_us(lambda: s.run(None, f), c)
+        runs[f"step/-/{batch}"] = functools.partial(cpu_us, s, f, calls)
     medians = interleaved(runs, args.rounds)
     for key, us in medians.items():
-        what, name, batch = key.split("/")
-        out.setdefault(f"{what}_us", {}).setdefault(name, {})[batch] = round(us, 1)
+        what, name, rows = key.split("/")
+        out.setdefault(f"{what}_us", {}).setdefault(name, {})[rows] = round(us, 1)
     if args.sketches:
         samplers = {name: sampler_for(model, module) for name, module in versions.items()}
         seeds = iter(range(10**9))
@@ -179,15 +180,15 @@ def run(args: argparse.Namespace, model: Path) -> None:
             return args.sketches / (time.process_time() - t)
 
         rates = interleaved(
-            {name: (lambda s=s: sketches(s)) for name, s in samplers.items()}, max(3, args.rounds // 3)
+            {k: functools.partial(sketches, s) for k, s in samplers.items()}, max(3, args.rounds // 3)
         )
         out["sketches_per_cpu_s"] = {k: round(v, 2) for k, v in rates.items()}
     print(json.dumps(out, indent=1))
     if "base" in versions:
         for what in ("draw_us", "step_draw_us"):
-            for batch in ("1", "64"):
-                print(f"{what} batch {batch}: base {out[what]['base'][batch]} us, new {out[what]['new'][batch]} us, "
-                      f"new/base {out[what]['new'][batch] / out[what]['base'][batch]:.2f}")  # fmt: skip
+            for rows in ("1", "64"):
+                base, new = out[what]["base"][rows], out[what]["new"][rows]
+                print(f"{what} batch {rows}: base {base} us, new {new} us, new/base {new / base:.2f}")
         if args.sketches:
             r = out["sketches_per_cpu_s"]
             print(
