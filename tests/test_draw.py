@@ -51,6 +51,19 @@ def test_uniforms_are_squares32_of_the_counter(exact_math):
     assert np.abs(counts - 0.1).max() < 5 * np.sqrt(0.09 / got[:, :3].size)
 
 
+def test_the_cuda_form_uses_only_what_the_cuda_provider_has():
+    """onnxruntime's CUDA provider has no shifts or xor, a cropping Pad was never tried there, and
+    its ArgMax need not take the first of equal maxima: the CUDA form keeps to uint64 Mul/Add/Div,
+    Gather, a counted Less and Log/Sin/Cos (the CPU form's Atanh and Tan are libm's, per element)."""
+    cuda = {n.op_type for n in draw.draw_graph(20, exact_math=False).graph.node}
+    assert not cuda & {"BitShift", "BitwiseXor", "Pad", "Min", "Atanh", "Tan"}
+    allowed = {"Add", "ArgMax", "Cast", "Concat", "Cos", "CumSum", "Div", "Exp", "Gather", "GatherElements",
+               "Less", "Log", "MatMul", "Mul", "ReduceSum", "Sin", "Softmax", "Split", "Sqrt", "Sub", "Tanh",
+               "Unsqueeze", "Where"}  # fmt: skip
+    assert cuda <= allowed, cuda - allowed
+    assert len(draw.draw_graph(20).graph.node) <= 146 // 2  # issue 27: at most half of b401ed7's draw
+
+
 def test_row_keys_depend_on_seed_and_row_only():
     a, b = draw.row_keys(7, 5), draw.row_keys(7, 9)
     np.testing.assert_array_equal(a, b[:5])  # row i's key does not depend on n
