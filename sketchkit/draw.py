@@ -25,8 +25,8 @@ per step and nothing uploaded per step. What a seed means: k = 0 draws the pen, 
 
 Bits and devices: on the CPU every operation here gives an element the same bits wherever it
 sits in the batch (onnxruntime's CPU Log, Sin and Cos do not: a vector loop with a scalar tail;
-its Atanh, Tan, Tanh and Exp are per element), so a row's sketch does not depend on what else is
-in flight. The CUDA form (`exact_math=False`) uses Log, Sin and Cos instead of Atanh and Tan, and
+its Atanh and Tan call libm per element, and its Tanh, Exp and Softmax were measured position-free,
+`tests/test_draw.py`), so a row's sketch does not depend on what else is in flight. The CUDA form (`exact_math=False`) uses Log, Sin and Cos instead of Atanh and Tan, and
 Gather, Div and a counted Less where the CPU form has faster Pad, BitShift and Min + ArgMax: the
 same distribution, the same random integers, other float bits.
 """
