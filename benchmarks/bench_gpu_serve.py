@@ -7,7 +7,8 @@ server's environment); each part can also run alone:
 
 inprocess: sketches/s of `Sampler.generate(n)` on onnxruntime's CUDA provider with the rows on
 the GPU (the default there), with host rows (`device_rows=False`), with TF32 off, and, given
---old, the previous release's sampler (host numpy draw) in a subprocess: the baseline, same run.
+--old, an older checkout's sampler in a subprocess (its rows on the GPU with CUDA graphs, n =
+the largest size, where it has them): the baseline, same run (--old-label names it).
 triton: C concurrent clients, each sending requests of n sketches (binary HTTP infer) for a
 fixed time: sketches/s and request latency p50/p99.
 GPU utilisation: `nvidia-smi` sampled every 100 ms while each row runs (mean and max %).
@@ -72,7 +73,7 @@ def timed(gpu: GpuUse, fn, *args):  # type: ignore[no-untyped-def]
 # ---- in process ---------------------------------------------------------------------------------
 
 
-def inprocess(model_dir: str, sizes: list[int], old: str | None, gpu: GpuUse) -> list[dict]:
+def inprocess(model_dir: str, sizes: list[int], old: str | None, gpu: GpuUse, old_label: str = "previous release") -> list[dict]:
     from sketchkit.engine import Engine
     from sketchkit.runtimes.onnx import OnnxRuntime
     from sketchkit.sampling import Sampler, SamplingOptions
@@ -100,19 +101,21 @@ def inprocess(model_dir: str, sizes: list[int], old: str | None, gpu: GpuUse) ->
             print(json.dumps(row), flush=True)
             rows.append(row)
     if old:  # the previous release, the same machine and model: the baseline of this run
+        n = max(sizes)
         code = (
-            "import sys, time, json; sys.path.insert(0, sys.argv[1])\n"
+            "import sys, time, json, inspect; sys.path.insert(0, sys.argv[1])\n"
             "from sketchkit.runtimes.onnx import OnnxRuntime\nfrom sketchkit.sampling import Sampler, SamplingOptions\n"
-            f"s = Sampler(OnnxRuntime(sys.argv[2], providers={CUDA!r})); s.generate(256, options=SamplingOptions(seed=0))\n"
-            "t = time.monotonic(); out = s.generate(8192, options=SamplingOptions(tau=0.3, seed=1)); dt = time.monotonic() - t\n"
-            "print(json.dumps({'seconds': round(dt, 3), 'sketches_per_s': round(8192 / dt)}))\n"
+            "kw = {'cuda_graphs': True} if 'cuda_graphs' in inspect.signature(OnnxRuntime).parameters else {}\n"
+            f"s = Sampler(OnnxRuntime(sys.argv[2], providers={CUDA!r}, **kw)); s.generate(256, options=SamplingOptions(seed=0))\n"
+            f"t = time.monotonic(); out = s.generate({n}, options=SamplingOptions(tau=0.3, seed=1)); dt = time.monotonic() - t\n"
+            f"print(json.dumps({{'n': {n}, 'cuda_graphs': bool(kw), 'seconds': round(dt, 3), 'sketches_per_s': round({n} / dt)}}))\n"
         )
         t0 = time.monotonic()
         res = subprocess.run([sys.executable, "-c", code, old, model_dir], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": old})
         t1 = time.monotonic()
         try:
             got = json.loads(res.stdout.strip().splitlines()[-1])
-            row = {"what": "in process, previous release (b361367: host rows, numpy draw)", "n": 8192, **got, **gpu.window(t0, t1)}
+            row = {"what": f"in process, {old_label}", **got, **gpu.window(t0, t1)}
         except (IndexError, ValueError):
             row = {"what": "previous release", "error": (res.stderr.strip().splitlines() or ["?"])[-1]}
         print(json.dumps(row), flush=True)
@@ -207,7 +210,8 @@ def main() -> None:
     a = sub.add_parser("inprocess")
     a.add_argument("model_dir")
     a.add_argument("--sizes", default="1024,8192,32768")
-    a.add_argument("--old", help="a directory holding the previous release's sketchkit/ package")
+    a.add_argument("--old", help="a directory holding an older checkout's sketchkit/ package: the baseline")
+    a.add_argument("--old-label", default="previous release", help="what --old is, for the rows")
     a.add_argument("--json", required=True)
     b = sub.add_parser("triton")
     b.add_argument("url")
@@ -219,7 +223,7 @@ def main() -> None:
     gpu = GpuUse()
     try:
         if args.part == "inprocess":
-            rows = inprocess(args.model_dir, [int(s) for s in args.sizes.split(",")], args.old, gpu)
+            rows = inprocess(args.model_dir, [int(s) for s in args.sizes.split(",")], args.old, gpu, args.old_label)
         else:
             loads = [(*map(int, x.split("x")), 1.0) for x in args.loads.split(",")] if args.loads else LOADS
             rows = triton(args.url, args.model, gpu, args.seconds, loads)

@@ -13,8 +13,8 @@
 # onnxruntime-gpu 1.31.1, a CUDA 13 build; numpy 1.26.4) with onnx and its needs for the server's
 # numpy-1 environment; the owl (Magenta) built into a gpu-flavor repository holding owl_generate
 # and owlplain_generate (the engine without CUDA graphs; the wheel's tritonserver has only the
-# Python backend, so no step models); and the previous release's sketchkit/ (the in-process
-# baseline). It cuts the tar into parts that each fit the device tool's 64 MiB beside this
+# Python backend, so no step models); and b401ed7's sketchkit/ (the in-process baseline: the
+# draw before issue 27, the same engine, rows on the GPU with CUDA graphs). It cuts the tar into parts that each fit the device tool's 64 MiB beside this
 # checkout (measured as it is now: the shipped models make it ~15 MiB).
 # `run`: joins and checks the tar, makes the server's environment (/root/tv: numpy 1.26,
 # onnxruntime-gpu, onnx; sketchkit through a symlink tree shaped like the package-dir install),
@@ -39,7 +39,7 @@ prepare)
     "$PY" -m sketchkit serve build-repo "$W/owl" --out "$W/repo" --flavor gpu --no-stateful --name owl
     "$PY" -m sketchkit serve build-repo "$W/owl" --out "$W/plain" --flavor gpu --no-stateful --name owlplain --no-engine-cuda-graphs
     cp -r "$W/repo/owl_generate" "$W/plain/owlplain_generate" "$P/repo/"
-    git archive b361367 sketchkit | tar -x -C "$P/old"
+    git archive "${BASELINE:-b401ed7}" sketchkit | tar -x -C "$P/old"
     mkdir -p .gpu && tar -cf .gpu/payload.tar -C "$W" payload && rm -rf "$W"
     SUM=$(sha256sum .gpu/payload.tar | cut -d' ' -f1)
     TREE=$(($(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) >> 20))  # MiB that travel anyway
@@ -78,7 +78,7 @@ run)
     $PY -c "import numpy, onnxruntime as o; print('server env: numpy', numpy.__version__, 'onnxruntime', o.__version__, o.get_available_providers())"
     MODEL=$D/repo/owl_generate/1
     say "in process"
-    timeout 240 $PY benchmarks/bench_gpu_serve.py inprocess "$MODEL" --old "$D/old" --json "$OUT/inprocess.json"
+    timeout 240 $PY benchmarks/bench_gpu_serve.py inprocess "$MODEL" --old "$D/old" --old-label "b401ed7 (the draw before issue 27)" --json "$OUT/inprocess.json"
     say "tritonserver"
     BK=$G/bk/python && mkdir -p $BK
     PB=$G/pt/pytriton/tritonserver/backends/python
@@ -103,7 +103,7 @@ run)
     say "done"
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_serve.sh prepare|c1|c2|c3|c4|c5|run" >&2
+    echo "usage: bash benchmarks/gpu_serve.sh prepare|part pK|run" >&2
     exit 2
     ;;
 esac

@@ -8,18 +8,27 @@ of these two graphs, so there is exactly one definition of the draw.
 
 Per row and step (the row's `temperature` = (divisor of the logits, factor on sigma), Eq. 8):
     pen   ~ softmax(q-hat / div)                 inverse CDF of one uniform
-    j     ~ softmax(Pi-hat / div)                inverse CDF of one uniform
+    j     ~ softmax(Pi-hat / div)                inverse CDF of one uniform (both in one pass)
     (dx, dy) = mu_j + sig * sigma_j * (n1, rho_j n1 + sqrt(1 - rho_j^2) n2)   Box-Muller, two uniforms
-Greedy rows (a per-row switch) take argmax q, argmax Pi and the component's mean. A row whose
-parameters hold NaN or infinity gets a NaN offset, so the caller sees it.
+and only component j's five parameters are gathered and worked on. Greedy rows (a per-row
+switch) take argmax q, argmax Pi and the component's mean. A row whose parameters hold NaN or
+infinity gets a NaN offset, so the caller sees it.
 
-Random numbers belong to the row, not to the batch: the four uniforms of a step are
+Random numbers belong to the row, not to the batch: the four uniforms of a step come from
 `squares32(counter + k)`, k = 0..3, a counter-based generator (Widynski's "Squares", 2020) whose
 integer arithmetic (uint64 multiply, add and divide; onnxruntime's CUDA provider has no shifts or
 xor, which it does without) gives the same bits on every device. Each row's counter starts at its
 key, `row_keys(seed, n)` made once on the host when a request arrives, and the graph returns it
 plus 4: the same seed gives the same sketch whatever else is in flight, with no per-row Python
-per step and nothing uploaded per step.
+per step and nothing uploaded per step. What a seed means: k = 0 draws the pen, 1 the component,
+2 the radius and 3 the angle of the bivariate normal (`_columns`).
+
+Bits and devices: on the CPU every operation here gives an element the same bits wherever it
+sits in the batch (onnxruntime's CPU Log, Sin and Cos do not: a vector loop with a scalar tail;
+its Atanh and Tan call libm per element, and its Tanh, Exp and Softmax were measured position-free,
+`tests/test_draw.py`), so a row's sketch does not depend on what else is in flight. The CUDA form (`exact_math=False`) uses Log, Sin and Cos instead of Atanh and Tan, and
+Gather, Div and a counted Less where the CPU form has faster Pad, BitShift and Min + ArgMax: the
+same distribution, the same random integers, other float bits.
 """
 
 from __future__ import annotations
@@ -99,127 +108,129 @@ class _Builder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [name], name=f"draw/n{self._n}", **attrs))
         return name
 
-    def split(self, x: str, sizes: list[int]) -> list[str]:
-        """Columns of x [B, sum(sizes)] (opset 13+ Split with a sizes input)."""
+    def split(self, x: str, sizes: list[int], axis: int = 1) -> list[str]:
+        """Slices of x along `axis` (opset 13+ Split with a sizes input)."""
         from onnx import helper
 
         self._n += 1
         names = [f"draw/part{self._n}_{k}" for k in range(len(sizes))]
-        self.nodes.append(helper.make_node("Split", [x, self.const(sizes, np.int64)], names, axis=1, name=f"draw/n{self._n}"))
+        self.nodes.append(
+            helper.make_node(
+                "Split", [x, self.const(sizes, np.int64)], names, axis=axis, name=f"draw/n{self._n}"
+            )
+        )
         return names
 
 
-def _uniforms(b: _Builder, counter: str) -> list[str]:
-    """Four uniforms in (0, 1) per row [B, 1] each (float32, 23 bits: k + 1/2 is exact), from
-    `counter` [B] uint64."""
+def _columns(exact_math: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the draw makes of a row's four 23-bit integers k (from counter + 0..3): per column,
+    the counter offset, and the scale and shift of k (float32, k * scale + shift, at most two
+    roundings). Columns: the pen's and the component's uniforms (k + 1/2) / 2^23 in (0, 1); the
+    radius' v = k / 2^23 in [0, 1) and, for the CPU's atanh, 2 - v (for CUDA's log, 1 - v), both
+    exact; the angle x = pi (k + 1/2) / 2^23 in (0, pi) and x + pi/4."""
+    step, turn = 2.0**-23, np.pi * 2.0**-23
+    offset = np.array([0, 1, 2, 2, 3, 3], np.uint64)
+    scale = np.array([step, step, step, -step, turn, turn], np.float32)
+    shift = np.array(
+        [step / 2, step / 2, 0.0, 2.0 if exact_math else 1.0, turn / 2, turn / 2 + np.pi / 4], np.float32
+    )
+    return offset, scale, shift
+
+
+def _uniforms(b: _Builder, counter: str, exact_math: bool = True) -> str:
+    """The columns of `_columns` [B, 6] float32 from `counter` [B] uint64: Squares of
+    counter + offset, its 23 high bits, scaled and shifted. Dividing by 2^32 is a shift on the
+    CPU (faster, the same integers)."""
     u64 = lambda v: b.const(v, np.uint64)  # noqa: E731
-    c = b.op("Add", b.op("Unsqueeze", counter, b.const([1], np.int64)), u64(np.arange(DRAWS_PER_STEP)))  # [B, 4]
+    offset, scale, shift = _columns(exact_math)
+
+    def down(x: str, bits: int) -> str:
+        if exact_math:
+            return b.op("BitShift", x, u64(bits), direction="RIGHT")
+        return b.op("Div", x, u64(2**bits))
+
+    c = b.op("Add", b.op("Unsqueeze", counter, b.const([1], np.int64)), u64(offset))  # [B, 6]
     x = y = b.op("Mul", c, u64(SQUARES_KEY))
     z = b.op("Add", y, u64(SQUARES_KEY))
-    high, shift = u64(2**32), u64(2**32)
     for add in (y, z, y):
         x = b.op("Add", b.op("Mul", x, x), add)
-        x = b.op("Add", b.op("Div", x, high), b.op("Mul", x, shift))  # rotate by 32
-    top23 = b.op("Div", b.op("Add", b.op("Mul", x, x), z), u64(2**41))  # the output's 23 high bits
-    u = b.op("Mul", b.op("Add", b.op("Cast", top23, to=1), b.const(0.5)), b.const(2.0**-23))  # (k + 1/2) / 2^23, exact
-    return b.split(u, [1] * DRAWS_PER_STEP)
+        x = b.op("Add", down(x, 32), b.op("Mul", x, u64(2**32)))  # rotate by 32
+    top23 = down(b.op("Add", b.op("Mul", x, x), z), 41)  # the output's 23 high bits
+    return b.op("Add", b.op("Mul", b.op("Cast", top23, to=1), b.const(scale)), b.const(shift))
 
 
-def _categorical(b: _Builder, logits: str, u: str, greedy: str) -> str:
-    """Index [B, 1] int64 drawn from softmax(logits) by inverse CDF (`u` scaled by the CDF's own
-    total, so rounding never runs past the last category and a zero-probability one is never
-    drawn), or argmax for greedy rows."""
-    cdf = b.op("CumSum", b.op("Softmax", logits, axis=1), b.const(1, np.int64))
-    total = b.op("Slice", cdf, b.const([-1], np.int64), b.const([2**62], np.int64), b.const([1], np.int64))
-    below = b.op("Cast", b.op("Less", cdf, b.op("Mul", u, total)), to=7)
-    drawn = b.op("ReduceSum", below, b.const([1], np.int64), keepdims=1)
-    best = b.op("ArgMax", logits, axis=1, keepdims=1)
-    return b.op("Where", greedy, best, drawn)
+def _categorical(b: _Builder, params: str, m: int, div: str, u: str, greedy: str, exact_math: bool) -> str:
+    """The pen state and the component, [B, 2] int64 places in two rows of logits / div
+    [B, 2, K]: both categoricals at once, each drawn by the inverse CDF of its uniform in `u`
+    [B, 2] (scaled by the CDF's own total, so rounding never runs past the last category and one
+    of probability zero is never drawn), or argmax for greedy rows (the first of equal maxima).
+    K = max(3, M); row 0 holds the pen's 3 logits last, after K - 3 copies of its first (their
+    probability zeroed after the softmax: a softmax over -inf is 4x slower on the CPU); row 1
+    the M mixture weights (if M < 3, then copies of the first). On the CPU, with M >= 3, the rows are
+    the parameters' first 2M columns after that padding (a Pad and a Reshape: a Gather of single
+    elements is 4x slower); elsewhere a Gather of the same places."""
+    k = max(3, m)
+    index = np.zeros((2, k), np.int64)
+    index[0, k - 3 :], index[1, :] = np.arange(3), 3
+    index[1, :m] = 3 + np.arange(m)
+    real = np.stack([np.arange(k) >= k - 3, np.arange(k) < m]).astype(np.float32)
+    if exact_math and m >= 3:  # [pen_0 x (M - 3), pen, pi]: edge padding in front, the rest cut
+        padded = b.op("Pad", params, b.const([0, m - 3, 0, -5 * m], np.int64), mode="edge")
+        logits = b.op("Reshape", b.op("Div", padded, div), b.const([-1, 2, k], np.int64))
+    else:
+        logits = b.op("Gather", b.op("Div", params, div), b.const(index, np.int64), axis=1)  # [B, 2, K]
+    p = b.op("Softmax", logits, axis=2)
+    if not real.all():
+        p = b.op("Mul", p, b.const(real))
+    cdf = b.op("CumSum", p, b.const(2, np.int64))
+    total = b.op("Gather", cdf, b.const([k - 1], np.int64), axis=2)  # [B, 2, 1]
+    threshold = b.op("Mul", b.op("Unsqueeze", u, b.const([2], np.int64)), total)
+    if exact_math:  # the first place whose CDF reaches the threshold: the first of the equal maxima
+        drawn = b.op("ArgMax", b.op("Min", cdf, threshold), axis=2, keepdims=0)
+    else:  # the places below it, counted (CUDA's ArgMax need not take the first of equal maxima)
+        below = b.op("Cast", b.op("Less", cdf, threshold), to=7)
+        drawn = b.op("ReduceSum", below, b.const([2], np.int64), keepdims=0)
+    return b.op("Where", greedy, b.op("ArgMax", logits, axis=2, keepdims=0), drawn)
 
 
 def _draw_nodes(b: _Builder, params: str, m: int, exact_math: bool) -> None:
     """The draw from `params` [B, 6M+3] and the inputs temperature [B, 2], greedy [B] bool,
-    counter [B] uint64; outputs point [B, 5] and next_counter [B]. exact_math: ln, cos and sin
-    from exact operations (every CPU), else onnxruntime's own (CUDA: fewer kernels per step)."""
-    f32 = b.const
+    counter [B] uint64; outputs point [B, 5] and next_counter [B]. exact_math: the CPU's
+    position-free Atanh and Tan, else Log, Sin and Cos (CUDA has them, per element)."""
     greedy = b.op("Unsqueeze", "greedy", b.const([1], np.int64))  # [B, 1]
     div, sig = b.split("temperature", [1, 1])
-    pen_hat, pi_hat, components = b.split(params, [3, m, 5 * m])  # q-hat, Pi-hat, then mu_x .. rho-hat
-    u_pen, u_pi, u_r, u_theta = _uniforms(b, "counter")
-    pen = _categorical(b, b.op("Div", pen_hat, div), u_pen, greedy)  # [B, 1]
-    j = _categorical(b, b.op("Div", pi_hat, div), u_pi, greedy)
-    # component j's five numbers: a one-hot mask over M times the five rows of M, summed (exact:
-    # one term is nonzero)
-    one_hot = b.op("Unsqueeze", b.op("Cast", b.op("Equal", b.const(np.arange(m), np.int64), j), to=1), b.const([1], np.int64))
-    rows = b.op("Reshape", components, b.const([-1, 5, m], np.int64))  # [B, 5, M]
-    chosen = b.op("ReduceSum", b.op("Mul", rows, one_hot), b.const([2], np.int64), keepdims=0)  # [B, 5]
-    mx, my, sx, sy, rho = b.split(chosen, [1] * 5)
-    rho = b.op("Tanh", rho)  # Eq. 6
-    # Box-Muller: n1, n2 ~ N(0, 1) independent; y takes rho of x's noise and sqrt(1 - rho^2) of its own
+    u_choice, v, w, angle = b.split(_uniforms(b, "counter", exact_math), [2, 1, 1, 2])
+    k = max(3, m)
+    place = _categorical(b, params, m, div, u_choice, greedy, exact_math)  # [B, 2]: the pen's, component j's
+    # component j's five numbers, gathered
+    j = b.op("Gather", place, b.const([1], np.int64), axis=1)  # [B, 1]
+    columns = b.op("Add", j, b.const(3 + m * np.arange(1, 6), np.int64))
+    mu, sigma_hat, rho_hat = b.split(b.op("GatherElements", params, columns, axis=1), [2, 2, 1])
+    # two standard normals, the second correlated by rho (Box-Muller, radius r and angle theta):
+    # (r sin theta, r sin(theta + alpha)) with cos alpha = rho = tanh(rho-hat) (Eq. 6), sin alpha >= 0.
+    # r^2 = -2 ln(1 - v) = 4 atanh(v / (2 - v)); theta = 2x; sin 2y = 2 / (tan y + 1 / tan y); and
+    # tan(alpha/2 - pi/4) = -tanh(rho-hat / 2), so theta + alpha = 2 (x + pi/4 + beta), tan beta that.
     if exact_math:
-        ln_u, (cos, sin) = _log(b, u_r), _cos_sin_turn(b, u_theta)
+        half_r = b.op("Sqrt", b.op("Atanh", b.op("Div", v, w)))  # r / 2
+        tan = b.op("Tan", angle)  # [B, 2]: tan x, tan(x + pi/4)
     else:
-        theta = b.op("Mul", f32(2 * np.pi), u_theta)
-        ln_u, cos, sin = b.op("Log", u_r), b.op("Cos", theta), b.op("Sin", theta)
-    radius = b.op("Sqrt", b.op("Max", b.op("Mul", f32(-2.0), ln_u), f32(0.0)))  # ln u <= 0, also rounded
-    n1, n2 = b.op("Mul", radius, cos), b.op("Mul", radius, sin)
-    n2 = b.op("Add", b.op("Mul", rho, n1), b.op("Mul", b.op("Sqrt", b.op("Sub", f32(1.0), b.op("Mul", rho, rho))), n2))
-    dx = b.op("Add", mx, b.op("Mul", b.op("Mul", b.op("Exp", sx), sig), n1))  # Eq. 6: sigma = exp(sigma-hat)
-    dy = b.op("Add", my, b.op("Mul", b.op("Mul", b.op("Exp", sy), sig), n2))
-    dx, dy = b.op("Where", greedy, mx, dx), b.op("Where", greedy, my, dy)  # greedy: the mean, whatever sigma
-    # NaN or infinity anywhere in a row's parameters makes its offset NaN (0 * inf = NaN)
-    poison = b.op("Mul", f32(0.0), b.op("ReduceSum", params, b.const([1], np.int64), keepdims=1))
-    offset = b.op("Add", b.op("Concat", dx, dy, axis=1), poison)
-    pen_one_hot = b.op("Cast", b.op("Equal", b.const(np.arange(3), np.int64), pen), to=1)  # [B, 3]
-    b.op("Concat", offset, pen_one_hot, axis=1, out="point")
+        half_r = b.op("Sqrt", b.op("Mul", b.op("Log", w), b.const(-0.5)))  # w = 1 - v here
+        tan = b.op("Div", b.op("Sin", angle), b.op("Cos", angle))
+    tan_beta = b.op("Tanh", b.op("Mul", rho_hat, b.const([0.0, -0.5])))  # [B, 2]: 0, tan beta
+    num = b.op("Add", tan, tan_beta)  # tan(y) = num / den by the addition formula
+    den = b.op("Sub", b.const(1.0), b.op("Mul", tan, tan_beta))
+    two_sin = b.op("Div", b.const(4.0), b.op("Add", b.op("Div", num, den), b.op("Div", den, num)))  # 2 sin 2y
+    scale = b.op("Mul", b.op("Exp", sigma_hat), b.op("Mul", half_r, sig))  # sigma = exp(sigma-hat), Eq. 6, 8
+    offset = b.op("Add", mu, b.op("Mul", scale, two_sin))
+    offset = b.op("Where", greedy, mu, offset)  # greedy: the mean, whatever sigma
+    # NaN or infinity anywhere in a row's parameters makes its offset NaN: params @ 0 is 0 or NaN
+    poison = b.op("MatMul", params, b.const(np.zeros((6 * m + 3, 2))))  # [B, 2]
+    one_hot = np.eye(3, dtype=np.float32)[
+        np.maximum(np.arange(k) - (k - 3), 0)
+    ]  # [K, 3]: place -> pen one-hot
+    pen = b.op("Gather", b.const(one_hot), b.op("Gather", place, b.const(0, np.int64), axis=1))  # [B, 3]
+    b.op("Concat", b.op("Add", offset, poison), pen, axis=1, out="point")
     b.op("Add", "counter", b.const(DRAWS_PER_STEP, np.uint64), out="next_counter")
-
-
-# onnxruntime's CPU Log, Sin and Cos give an element different bits depending on where it sits in
-# the batch (a vector loop with a scalar tail), which would make a sketch depend on what else is in
-# flight. The two the draw needs are written here with exact operations (compare, multiply, add,
-# divide, table lookup), whose bits depend on the element alone, on every device.
-
-
-def _log(b: _Builder, u: str) -> str:
-    """ln u for u [B, 1] in (0, 1), float32 to ~1e-7 (relative near 1 too): u = m 2^-e with m in
-    [sqrt(1/2), sqrt(2)) found by comparisons, ln m = 2 atanh(s) = 2 (s + s^3/3 + ... + s^9/9),
-    s = (m - 1)/(m + 1), |s| < 0.18."""
-    f32 = b.const
-    k = b.op("ReduceSum", b.op("Cast", b.op("Less", u, f32(2.0 ** -np.arange(1, 25))), to=7), b.const([1], np.int64), keepdims=1)
-    m = b.op("Mul", u, b.op("Gather", f32(2.0 ** np.arange(1, 26)), k))  # u 2^(k+1) in [1, 2), exact
-    high = b.op("Cast", b.op("Less", f32(np.sqrt(2.0)), m), to=1)  # 1 where m > sqrt(2): halve it
-    m = b.op("Mul", m, b.op("Sub", f32(1.0), b.op("Mul", high, f32(0.5))))
-    s = b.op("Div", b.op("Sub", m, f32(1.0)), b.op("Add", m, f32(1.0)))
-    s2 = b.op("Mul", s, s)
-    series = f32(1 / 9)
-    for c in (1 / 7, 1 / 5, 1 / 3, 1.0):
-        series = b.op("Add", f32(c), b.op("Mul", s2, series))
-    ln_m = b.op("Mul", f32(2.0), b.op("Mul", s, series))
-    e = b.op("Sub", b.op("Add", b.op("Cast", k, to=1), f32(1.0)), high)
-    return b.op("Sub", ln_m, b.op("Mul", e, f32(np.log(2.0))))
-
-
-def _cos_sin_turn(b: _Builder, v: str) -> tuple[str, str]:
-    """(cos, sin) of 2 pi v for v [B, 1] in (0, 1): the quarter turn q = floor(4v) and the angle
-    phi in [0, pi/2) within it, sin of [phi, pi/2 - phi] by its Taylor series to x^11 (error
-    < 1e-7), then swapped and signed by quadrant."""
-    f32 = b.const
-    w = b.op("Mul", v, f32(4.0))
-    q = b.op("Floor", w)
-    phi = b.op("Mul", b.op("Sub", w, q), f32(np.pi / 2))
-    x = b.op("Concat", phi, b.op("Sub", f32(np.pi / 2), phi), axis=1)  # [B, 2]
-    x2 = b.op("Mul", x, x)
-    series = f32(-1 / 39916800)
-    for c in (1 / 362880, -1 / 5040, 1 / 120, -1 / 6, 1.0):
-        series = b.op("Add", f32(c), b.op("Mul", x2, series))
-    sin_phi, cos_phi = b.split(b.op("Mul", x, series), [1, 1])
-    # quadrant q: (cos, sin) = (c, s), (-s, c), (-c, -s), (s, -c) for q = 0, 1, 2, 3
-    odd = b.op("Equal", b.op("Mod", q, f32(2.0), fmod=1), f32(1.0))
-    first, second = b.op("Where", odd, sin_phi, cos_phi), b.op("Where", odd, cos_phi, sin_phi)
-    cos_sign = b.op("Where", b.op("Or", b.op("Equal", q, f32(1.0)), b.op("Equal", q, f32(2.0))), f32(-1.0), f32(1.0))
-    sin_sign = b.op("Where", b.op("Less", q, f32(2.0)), f32(1.0), f32(-1.0))
-    return b.op("Mul", cos_sign, first), b.op("Mul", sin_sign, second)
 
 
 def _io() -> tuple[list[Any], list[Any]]:
@@ -273,7 +284,9 @@ def with_draw(decoder_step: onnx.ModelProto, num_mixture: int, exact_math: bool 
     g.node.extend(b.nodes)
     g.initializer.extend(b.consts)
     g.input.extend(inputs)
-    (next_state,) = (onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in g.output if o.name == "next_state")
+    (next_state,) = (
+        onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in g.output if o.name == "next_state"
+    )
     del g.output[:]
     g.output.extend([outputs[0], next_state, outputs[1]])
     return model

@@ -29,16 +29,39 @@ def run_nodes(build, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
 
 
-def test_uniforms_are_squares32_of_the_counter():
+@pytest.mark.parametrize("exact_math", [True, False])
+def test_uniforms_are_squares32_of_the_counter(exact_math):
+    """Both forms (BitShift on the CPU, Div for CUDA) give Squares' integers; each column is its
+    23 high bits scaled and shifted as `_columns` says, in its interval."""
     counter = draw.row_keys(12345, 1000)
-    us = run_nodes(lambda b: draw._uniforms(b, "counter"), {"counter": counter}, ["u0", "u1", "u2", "u3"])
-    want = draw.squares32(counter[:, None] + np.arange(4, dtype=np.uint64))  # [B, 4] 32-bit
-    got = np.concatenate(us, axis=1)
-    np.testing.assert_array_equal(got, ((want >> np.uint64(9)).astype(np.float64) + 0.5) / 2**23)
-    assert got.min() > 0 and got.max() < 1
+    (got,) = run_nodes(lambda b: [draw._uniforms(b, "counter", exact_math)], {"counter": counter}, ["u"])
+    offset, scale, shift = draw._columns(exact_math)
+    k = (draw.squares32(counter[:, None] + offset) >> np.uint64(9)).astype(np.float32)  # [B, 6], exact
+    np.testing.assert_array_equal(got, k * scale + shift)  # float32, the graph's two roundings
+    u = k[:, :2].astype(np.float64) / 2**23 + 2.0**-24
+    np.testing.assert_array_equal(got[:, :2], u)  # the choices' uniforms are exact, in (0, 1)
+    assert u.min() > 0 and u.max() < 1
+    np.testing.assert_array_equal(got[:, 2], k[:, 2] / 2**23)  # v in [0, 1), exact
+    np.testing.assert_array_equal(got[:, 3], (2.0 if exact_math else 1.0) - k[:, 2] / 2**23)  # exact too
+    np.testing.assert_array_equal(k[:, 3], k[:, 2])  # one counter each: radius (v, w), angle
+    np.testing.assert_allclose(got[:, 4], np.pi * (k[:, 4] + 0.5) / 2**23, rtol=3e-7)
+    np.testing.assert_allclose(got[:, 5] - got[:, 4], np.pi / 4, atol=1e-6)
     # uniform: each decile holds a tenth, within 5 standard errors
-    counts = np.histogram(got, bins=10, range=(0, 1))[0] / got.size
-    assert np.abs(counts - 0.1).max() < 5 * np.sqrt(0.09 / got.size)
+    counts = np.histogram(got[:, :3], bins=10, range=(0, 1))[0] / got[:, :3].size
+    assert np.abs(counts - 0.1).max() < 5 * np.sqrt(0.09 / got[:, :3].size)
+
+
+def test_the_cuda_form_uses_only_what_the_cuda_provider_has():
+    """onnxruntime's CUDA provider has no shifts or xor, a cropping Pad was never tried there, and
+    its ArgMax need not take the first of equal maxima: the CUDA form keeps to uint64 Mul/Add/Div,
+    Gather, a counted Less and Log/Sin/Cos (the CPU form's Atanh and Tan are libm's, per element)."""
+    cuda = {n.op_type for n in draw.draw_graph(20, exact_math=False).graph.node}
+    assert not cuda & {"BitShift", "BitwiseXor", "Pad", "Min", "Atanh", "Tan"}
+    allowed = {"Add", "ArgMax", "Cast", "Concat", "Cos", "CumSum", "Div", "Exp", "Gather", "GatherElements",
+               "Less", "Log", "MatMul", "Mul", "ReduceSum", "Sin", "Softmax", "Split", "Sqrt", "Sub", "Tanh",
+               "Unsqueeze", "Where"}  # fmt: skip
+    assert cuda <= allowed, cuda - allowed
+    assert len(draw.draw_graph(20).graph.node) <= 146 // 2  # issue 27: at most half of b401ed7's draw
 
 
 def test_row_keys_depend_on_seed_and_row_only():
@@ -49,14 +72,24 @@ def test_row_keys_depend_on_seed_and_row_only():
     assert draw.row_keys(2**200, 2).dtype == np.uint64  # any non-negative int seed
 
 
-def test_exact_log_and_turn_match_numpy():
-    u = np.concatenate([np.linspace(1e-7, 1 - 1e-7, 4001), [2.0**-24, 0.5, 0.25]]).astype(np.float32)[:, None]
-    ln, cos, sin = run_nodes(lambda b: (draw._log(b, "u"), *draw._cos_sin_turn(b, "u")), {"u": u}, ["ln", "cos", "sin"])
-    x = u.astype(np.float64)
-    np.testing.assert_allclose(ln, np.log(x), rtol=3e-7, atol=1e-8)
-    assert (ln < 0).all()  # Box-Muller takes sqrt(-2 ln u)
-    np.testing.assert_allclose(cos, np.cos(2 * np.pi * x), atol=1e-6)  # |values| <= 1: an absolute bound
-    np.testing.assert_allclose(sin, np.sin(2 * np.pi * x), atol=1e-6)
+def test_a_row_draws_the_same_bits_wherever_it_sits():
+    """The CPU form's point for a row depends on the row alone: the same rows drawn in batches of
+    1 to 70, in another order, give the same bits (onnxruntime's CPU Log, Sin and Cos would not:
+    a vector loop with a scalar tail). Greedy and non-greedy rows, tau 0.3 and 1, mixed."""
+    rng = np.random.default_rng(5)
+    M, N = 20, 70
+    params = (rng.normal(size=(N, 6 * M + 3)) * 2).astype(np.float32)
+    t = np.array([temperature(0.3, "eq8"), temperature(1.0, "eq8")], np.float32)[rng.integers(0, 2, N)]
+    greedy, counter = rng.random(N) < 0.2, draw.row_keys(9, N)
+    session = ort.InferenceSession(draw.draw_graph(M).SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def run(rows: np.ndarray) -> np.ndarray:
+        feeds = {"params": params[rows], "temperature": t[rows], "greedy": greedy[rows], "counter": counter[rows]}
+        return session.run(None, feeds)[0]
+
+    alone = np.concatenate([run(np.array([i])) for i in range(N)])
+    for rows in (np.arange(N), rng.permutation(N), np.arange(N)[::-1][:17], np.r_[3:N:3]):
+        np.testing.assert_array_equal(run(rows).view(np.uint32), alone[rows].view(np.uint32))
 
 
 @pytest.mark.parametrize("exact_math", [True, False])
@@ -167,7 +200,11 @@ def sketch_statistics(runtime, n: int, tau: float, new: bool) -> dict[str, np.nd
 
 def assert_same_statistics(new: dict, old: dict) -> None:
     """Mean length, pen-state frequencies and offset moments within their sampling error (5 SE;
-    the offsets of one sketch correlate, so the mean's error is taken 5x the independent one)."""
+    the offsets of one sketch correlate, so the mean's error is taken 5x the independent one).
+    Prints both (pytest -s) for benchmarks/RESULTS.md."""
+    for name, s in (("graph", new), ("previous", old)):
+        print(f"{name}: length {s['length'].mean():.2f} ({s['length'].std():.1f}), pen {np.round(s['pen'], 4)}, "
+              f"offset mean {np.round(s['mean'], 4)}, sd {np.round(s['std'], 4)}")  # fmt: skip
     n = len(new["length"])
     len_se = np.hypot(new["length"].std(), old["length"].std()) / np.sqrt(n)
     assert abs(new["length"].mean() - old["length"].mean()) < 5 * len_se
