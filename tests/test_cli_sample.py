@@ -224,3 +224,12 @@ def test_reconstruct_real_sheep(run, tiny_vae, sheep_npz, tmp_path):
         assert "max_seq_len" in one_error_line(code, err)
     else:
         assert (tmp_path / "s.png").read_bytes().startswith(PNG)
+
+
+def test_temp_suggests_tau(run):
+    """Issue 26: `--temp` suggested `--help` (click's spelling match); our name for it now, where the command has one."""
+    for typed in ("--temp", "--temperature"):
+        code, _, err = run("generate", "sheep", typed, "0.3", "-n", 1)
+        assert code == 2 and f"No such option '{typed}'. Did you mean '--tau'?" in err
+    code, _, err = run("data", "info", "x.npz", "--temp", "1")  # no --tau there: click's own suggestion stays
+    assert code == 2 and "--tau" not in err

@@ -4,7 +4,8 @@ the READMEs cannot drift from what works. serving/README.md runs in a second fre
 after README.md's quick start made the venv (its first block activates it).
 
 What the test changes, and why (nothing else):
-- downloads: CI has no internet. `SKETCHKIT_ZOO_MIRROR` points at a real HTTP mirror on 127.0.0.1
+- downloads: CI has no internet (and pip's PyTorch CPU index is dropped from `pip install`: pip's
+  own configuration finds the CPU wheel, as in .ci/run). `SKETCHKIT_ZOO_MIRROR` points at a real HTTP mirror on 127.0.0.1
   (conftest's `ZooMirror`) serving ../shared's Magenta models, QuickDraw samples and the sheep data,
   and each `https://` URL a command names is rewritten to that mirror by file name. QuickDraw's
   `sheep.npz` is stood in for by aaron_sheep.npz (as in tests/test_hub.py), its `owl.npz` by the 25
@@ -14,7 +15,7 @@ What the test changes, and why (nothing else):
   the project (pip finds every dependency, torch included, installed: no index is asked for it).
 - ports: a README-default server may be running beside the tests (issue 26, item 3), so 8000, 8001,
   8002 and 8765 become free ports, and `serve start` / `playground` get the port flags they lack.
-- training: `sketchkit train` runs `--steps 2` (the recipes run for hours).
+- training: `sketchkit train` runs 2 steps of a small model (`TINY_TRAIN`; the recipes run for hours).
 - a command whose comment says "Ctrl-C stops it" (a foreground server) runs in the background until
   its port answers, then gets SIGTERM.
 - a block after `<!-- readme-test: skip (reason) -->` is not run (a GPU, a cluster, docker, or the
@@ -27,17 +28,18 @@ empty-key `curl` of issue 26 answered so with exit 0), and the headline `curl` m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import QUICKDRAW, ROOT, SKETCHRNN, ZooMirror, need
 
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\b(.*?)-->")
@@ -45,6 +47,10 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "playground": 8765}
 FOREGROUND = "Ctrl-C stops it"
 TIMEOUT_S = 1200
+# `sketchkit train` here: 2 steps of a small model (the recipe's LSTM 256 takes ~45 s a step on 2 shared
+# cores); evaluate and export then read that checkpoint as they would a real one
+TINY_TRAIN = ("--steps 2 --set batch_size=8 --set enc_size=16 --set dec_size=32 --set z_size=8 "
+              "--set num_mixture=5 --set max_seq_len=60")
 
 
 @dataclass
@@ -128,14 +134,17 @@ def with_ports(cmd: str, ports: dict[str, int]) -> str:
 
 
 def with_mirror(cmd: str, mirror: str) -> str:
-    """Every https:// download from the mirror, by file name."""
-    return re.sub(r"https://[^\s'\"]*/([^/\s'\"]+)", rf"{mirror}/\1", cmd)
+    """Every https:// download (curl, wget) from the mirror, by file name; pip's PyTorch index
+    dropped (pip's own configuration finds the CPU wheel, as in .ci/run)."""
+    if re.match(r"(curl|wget)\b", cmd):
+        return re.sub(r"https://[^\s'\"]*/([^/\s'\"]+)", rf"{mirror}/\1", cmd)
+    return re.sub(r"\s--(extra-)?index-url[ =]https://download\.pytorch\.org/\S+", "", cmd)
 
 
 def with_overrides(cmd: str) -> str:
     body, comment = split_comment(cmd)
     if re.match(r"sketchkit train\b", body) and "--steps" not in body:
-        body += " --steps 2"  # a real run takes hours
+        body += f" {TINY_TRAIN}"  # the recipes run for hours
     return body + (f"  {comment}" if comment else "")
 
 
@@ -197,7 +206,7 @@ def script(md: list[Block], ports: dict[str, int], mirror: str, top: set[str], l
                 out.append("server=$!")
                 step(f"[{block.where}] it answers on {port}",
                      f"curl -sf --retry 120 --retry-delay 1 --retry-connrefused -o /dev/null http://127.0.0.1:{port}/")
-                out.append("kill -TERM $server; wait $server")
+                out.append("kill -TERM $server; wait $server || true  # its exit status on SIGTERM is not the README's")
                 continue
             step(f"[{block.where}] {raw}", cmd)
     return "\n".join(out) + "\n", ran
@@ -222,7 +231,9 @@ def test_the_parser_and_the_rewrites() -> None:
     assert with_ports("curl -s 127.0.0.1:8002/metrics | grep x", ports) == "curl -s 127.0.0.1:3/metrics | grep x"
     assert with_ports("sketchkit playground  # Ctrl-C stops it", ports) == "sketchkit playground --port 4  # Ctrl-C stops it"
     assert with_mirror("curl -fLO https://a.b/c/d.npz # e", "http://m") == "curl -fLO http://m/d.npz # e"
-    assert with_overrides("sketchkit train r.toml --out x  # y") == "sketchkit train r.toml --out x --steps 2  # y"
+    pip = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu   # x https://a/b"
+    assert with_mirror(pip, "http://m") == "pip install torch==2.13.0   # x https://a/b"
+    assert with_overrides("sketchkit train r.toml --out x  # y") == f"sketchkit train r.toml --out x {TINY_TRAIN}  # y"
     assert as_help("torchrun --nproc-per-node=4 -m sketchkit train a.toml --x 1  # c") == "sketchkit train a.toml --x 1 --help"
     assert as_help("kubectl create secret generic k --from-literal=key=$(sketchkit serve key)") is None
     assert repo_files("sketchkit train zoo/recipes/a.toml --out runs/x", {"zoo"}) == ["zoo/recipes/a.toml"]
@@ -235,6 +246,18 @@ def test_every_readme_has_runnable_blocks_and_marked_skips() -> None:
         for b in md:
             assert b.skip is None or b.skip.startswith("("), f"{b.where}: say why it is skipped: <!-- readme-test: skip (why) -->"
     assert blocks(ROOT / "serving" / "README.md")[0].lines[0] == "source .venv/bin/activate"  # a fresh shell
+
+
+def test_the_torch_line_is_the_cpu_build_everywhere() -> None:
+    """Issue 26, item 2: PyPI's torch==2.13.0 on Linux x86_64 is the CUDA build. The README, the
+    errors (sketchkit.errors.needs_torch) and .ci/run name PyTorch's CPU index, with the extras' pin."""
+    from sketchkit.errors import TORCH, TORCH_CPU_INDEX, needs_torch
+
+    line = f"pip install {TORCH} --index-url {TORCH_CPU_INDEX}"
+    assert line in (ROOT / "README.md").read_text()
+    assert line in str(needs_torch("train", "train"))
+    assert f"{TORCH} --index-url {TORCH_CPU_INDEX}" in (ROOT / ".ci" / "run").read_text()
+    assert (ROOT / "pyproject.toml").read_text().count(f'"{TORCH}"') == 2  # the train and export extras
 
 
 # ---- the READMEs, run ---------------------------------------------------------------------------------
@@ -272,7 +295,7 @@ def fresh_env(tmp: Path, mirror: str) -> dict[str, str]:
     path = [str(bindir), *(p for p in os.environ.get("PATH", "").split(os.pathsep) if p not in ours)]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "SKETCHKIT_SERVER_KEY")}
     return dict(env, PATH=os.pathsep.join(path), SKETCHKIT_ZOO_MIRROR=mirror, SKETCHKIT_CACHE=str(tmp / "cache"),
-                HOME=str(tmp / "home"), PIP_DISABLE_PIP_VERSION_CHECK="1")
+                PIP_DISABLE_PIP_VERSION_CHECK="1")
 
 
 def run_readme(path: Path, clone: Path, env: dict[str, str], mirror: str, tmp: Path) -> list[tuple[str, Path]]:
@@ -280,14 +303,21 @@ def run_readme(path: Path, clone: Path, env: dict[str, str], mirror: str, tmp: P
 
     ports = {name: free_port() for name in DEFAULT_PORTS}
     top = {p.name for p in ROOT.iterdir()}
-    logs = tmp / f"logs-{path.parent.name}"
+    name = path.relative_to(ROOT).as_posix().replace("/", "-")
+    logs = tmp / f"logs-{name}"
     logs.mkdir()
     text, ran = script(blocks(path), ports, mirror, top, logs)
-    (tmp / f"{path.parent.name}.sh").write_text(text)
+    (tmp / f"{name}.sh").write_text(text)
     assert subprocess.run(["bash", "-c", "command -v sketchkit"], env=env, capture_output=True).returncode != 0
-    p = subprocess.run(["bash", "--noprofile", "--norc", str(tmp / f"{path.parent.name}.sh")], cwd=clone, env=env,
-                       capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert p.returncode == 0, f"{path}:\n{p.stderr[-6000:]}"
+    p = subprocess.Popen(["bash", "--noprofile", "--norc", str(tmp / f"{name}.sh")], cwd=clone, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=TIMEOUT_S)
+    finally:  # a timeout or an interrupt: nothing the README started outlives the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+        p.wait()
+    assert p.returncode == 0, f"{path}:\n{err[-6000:]}"
     for shown, log in ran:
         out = log.read_text(errors="replace") if log.exists() else ""
         assert "Traceback" not in out and '{"error"' not in out, f"{shown}:\n{out[-3000:]}"

@@ -19,6 +19,7 @@ const state = {
   a: null, b: null, // the ends of a morph
   request: 0, // only the newest response is shown
   timings: [], // {action, ms (click to drawn), sample_ms, seed}: read by the tests and the benchmark
+  groups: null, // model name -> its picker group ("downloadable" ones download when picked)
 };
 window.playground = state;
 
@@ -236,13 +237,15 @@ async function loadModels() {
     const opt = new Option(`${m.name} · ${m.kind || "?"} · ${m.license || "licence ?"}`, m.name);
     groups.get(m.group).append(opt);
   }
+  state.groups = new Map(doc.models.map((m) => [m.name, m.group]));
   if (doc.default) await pick(doc.default);
 }
 
 async function pick(name) {
   const select = $("model");
   select.value = name;
-  say(`opening ${name}… (a downloadable model is fetched and converted first)`);
+  const download = state.groups && state.groups.get(name) === "downloadable";
+  say(`opening ${name}…` + (download ? " (downloading and converting it first)" : ""));
   try {
     state.card = await call("model", { model: name });
     state.model = name;
