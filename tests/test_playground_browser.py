@@ -134,6 +134,10 @@ def test_a_decoder_only_model_disables_the_latent_buttons(page: Chromium, tiny_u
         page.wait_for(f"window.playground.model === {json.dumps(name)} && window.playground.card.name === {json.dumps(name)}")
         states = page.evaluate("[...document.querySelectorAll('button.vae')].map(b => b.disabled)")
         assert states == [disabled] * 4  # reconstruct, keep as A, keep as B, morph
+    # issue 26: opening a model that is here already says nothing about downloading it
+    said = page.evaluate("window.playground.said")
+    assert f"opening {tiny_uncond}…" in said and "opening sheep…" in said
+    assert not [line for line in said if "download" in line or "fetched" in line]
 
 
 def test_a_refused_request_shows_its_one_line_in_the_page(page: Chromium) -> None:

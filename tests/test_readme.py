@@ -65,6 +65,7 @@ def blocks(path: Path) -> list[Block]:
     """The ```bash/```sh and ```python blocks of a markdown file, in order."""
     out: list[Block] = []
     lines = path.read_text().splitlines()
+    name = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name
     i, skip = 0, None
     while i < len(lines):
         m = SKIP.search(lines[i])
@@ -78,9 +79,9 @@ def blocks(path: Path) -> list[Block]:
                 body.append(lines[i])
                 i += 1
             if lang in ("bash", "sh", "shell"):
-                out.append(Block("bash", commands(body), skip, f"{path.name}:{start}"))
+                out.append(Block("bash", commands(body), skip, f"{name}:{start}"))
             elif lang == "python":
-                out.append(Block("python", ["\n".join(body)], skip, f"{path.name}:{start}"))
+                out.append(Block("python", ["\n".join(body)], skip, f"{name}:{start}"))
             skip = None
         elif lines[i].strip() and not m:
             skip = None  # the marker applies to the block right after it

@@ -20,6 +20,7 @@ const state = {
   request: 0, // only the newest response is shown
   timings: [], // {action, ms (click to drawn), sample_ms, seed}: read by the tests and the benchmark
   groups: null, // model name -> its picker group ("downloadable" ones download when picked)
+  said: [], // every status line shown: read by the tests
 };
 window.playground = state;
 
@@ -92,6 +93,7 @@ async function call(path, body) {
 }
 
 function say(text, isError = false) {
+  state.said.push(text);
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
 }
