@@ -6,7 +6,7 @@ after README.md's quick start made the venv (its first block activates it).
 What the test changes, and why (nothing else):
 - downloads: CI has no internet (and pip's PyTorch CPU index is dropped from `pip install`: pip's
   own configuration finds the CPU wheel, as in .ci/run). `SKETCHKIT_ZOO_MIRROR` points at a real HTTP mirror on 127.0.0.1
-  (conftest's `ZooMirror`) serving ../shared's Magenta models, QuickDraw samples and the sheep data,
+  (conftest's `ZooMirror`) serving ../shared's Magenta models, QuickDraw samples, SVGs and the sheep data,
   and each `https://` URL a command names is rewritten to that mirror by file name. QuickDraw's
   `sheep.npz` is stood in for by aaron_sheep.npz (as in tests/test_hub.py), its `owl.npz` by the 25
   owls of ../shared converted to .npz, its full `owl.ndjson` by those 25 owls.
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import QUICKDRAW, ROOT, SKETCHRNN, ZooMirror, need
+from conftest import QUICKDRAW, ROOT, SHARED, SKETCHRNN, ZooMirror, need
 
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\b(.*?)-->")
 FENCE = re.compile(r"^```(\w*)\s*$")
@@ -263,13 +263,18 @@ def test_the_torch_line_is_the_cpu_build_everywhere() -> None:
 
 # ---- the READMEs, run ---------------------------------------------------------------------------------
 def fresh_clone(dest: Path) -> Path:
-    """The repository's files as a fresh clone has them (plus uncommitted work), without venvs or outputs."""
+    """The repository's files as a fresh clone has them, plus uncommitted work inside its folders;
+    not what following the README leaves at the top (sheep.png, repo/, k8s/, *.npz), venvs, outputs."""
     git = shutil.which("git")
-    listed = subprocess.run([git, "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True) if git else None
-    if listed is None or listed.returncode != 0:
+    tracked = subprocess.run([git, "ls-files", "-z"], cwd=ROOT, capture_output=True) if git else None
+    if tracked is None or tracked.returncode != 0:
         shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info", "test-artifacts"))
         return dest
-    for name in listed.stdout.decode().split("\0"):
+    names = [n for n in tracked.stdout.decode().split("\0") if n]
+    folders = {n.split("/")[0] for n in names if "/" in n}
+    untracked = subprocess.run([git, "ls-files", "-oz", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True)
+    names += [n for n in untracked.stdout.decode().split("\0") if "/" in n and n.split("/")[0] in folders]
+    for name in names:
         src = ROOT / name
         if name and src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +354,8 @@ def test_the_readmes_run_as_written(magenta_gen_dir: Path, tmp_path: Path) -> No
     mirror.files["sheep.npz"] = SKETCHRNN / "aaron_sheep.npz"  # stands in for QuickDraw's sheep.npz
     mirror.files["owl.npz"] = owl_npz(tmp_path)
     for f in (QUICKDRAW / "simplified-25").glob("*.ndjson"):
+        mirror.files[f.name] = f
+    for f in (SHARED / "data" / "svg").glob("*/*.svg"):  # e.g. lucide-static's icons/cat.svg
         mirror.files[f.name] = f
     try:
         env = fresh_env(tmp_path, mirror.url)
