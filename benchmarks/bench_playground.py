@@ -28,12 +28,13 @@ import numpy as np
 from sketchkit.cli.sample import first_strokes
 from sketchkit.datasets import load_npz
 from sketchkit.playground import Catalogue, create_app
-from sketchkit.playground.browser import Chromium, find_chromium, mouse_lines
 from sketchkit.playground.canvas import Canvas
 from sketchkit.playground.server import running
 from sketchkit.sampling import SamplingOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the browser driver is test tooling
+from browser import Chromium, find_chromium, mouse_lines  # noqa: E402
 from results import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

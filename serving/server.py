@@ -9,7 +9,6 @@ flavor runs in the NGC container (serving/docker-compose.yml).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -30,6 +29,16 @@ from pathlib import Path
 
 from sketchkit import wire
 from sketchkit.errors import SketchkitError
+from sketchkit.serving.access import (  # noqa: F401  (re-exported: the names callers and tests use)
+    CLOSED_APIS,
+    CLOSED_HEADER,
+    CLOSED_VALUE,
+    HIDDEN_KEY_RULE,
+    KEYED_APIS,
+    AccessError,
+    restricted_api_flags,
+)
+from sketchkit.serving.launch import LaunchError, start_private
 
 STUB_LIB_ERROR = "error while loading shared libraries"  # a stub that cannot start: Triton hangs
 
@@ -131,12 +140,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# ---- who may call the server (serving/README.md, "Who may call the server") --------------------
-# behind the key: inference (Triton 2.51's JSON parser and shape checks live there) and the
-# read-only statistics (the client lists the served models with them for its error messages)
-KEYED_APIS = ("inference", "statistics")
-CLOSED_APIS = ("shared-memory", "model-repository", "trace", "logging")  # management
-CLOSED_HEADER = "x-sketchkit-closed"  # the closed APIs' header: its value is random and never kept
 
 
 def local_key() -> str:
@@ -146,8 +149,9 @@ def local_key() -> str:
         return key
     path = wire.key_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    # O_EXCL | O_NOFOLLOW: a link planted at the name cannot capture the key
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(32) + "\n")
     try:  # a link appears whole: a server starting at the same time reads this key, or its own
@@ -155,21 +159,10 @@ def local_key() -> str:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path.read_text().strip()
-
-
-def restricted_api_flags(key: str, management: bool = False) -> list[str]:
-    """Inference and statistics need the key header on HTTP and gRPC; the management APIs (shared
-    memory, the repository, trace and log settings) are closed (a header value nobody knows),
-    or, with `management`, opened to holders of the key. Health, metadata and model configs
-    stay open: read-only, and what a client reads before it infers."""
-    if not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", key):
-        raise ServerError(f"the server key must be 16..256 of A-Z a-z 0-9 . _ ~ - (${wire.KEY_ENV}, {wire.key_file()})")
-    keyed = KEYED_APIS + (CLOSED_APIS if management else ())
-    rules = [f"{','.join(keyed)}:{wire.KEY_HEADER}={key}"]
-    if not management:
-        rules.append(f"{','.join(CLOSED_APIS)}:{CLOSED_HEADER}={secrets.token_urlsafe(32)}")
-    return [f"--{flag}={rule}" for rule in rules for flag in ("http-restricted-api", "grpc-restricted-protocol")]
+    key = wire.read_key_file(path)
+    if not key:
+        raise ServerError(f"{path}: empty server key file; remove it and retry")
+    return key
 
 
 def check_repository(repo: Path) -> list[str]:
@@ -192,15 +185,6 @@ def check_repository(repo: Path) -> list[str]:
             f"{repo}: no models (expected <model>/config.pbtxt; see `sketchkit serve build-repo`)"
         )
     return names
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the parent dies, so a crashed test run leaves no server behind.
-    (Linux sends it when the *thread* that started the child ends: main-thread starts only.)"""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(
-            1, signal.SIGTERM
-        )  # PR_SET_PDEATHSIG: Triton then stops its stubs too
 
 
 def load_failures(log: str) -> list[str]:
@@ -322,12 +306,21 @@ class TritonServer:
     def start(self) -> TritonServer:
         triton, env = self.check()
         cmd = self.command(backend_dir(triton, env.version))
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.environment(env, triton), start_new_session=True,
-                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
-            )  # fmt: skip
+        # the key's rules reach tritonserver but not its /proc/PID/cmdline (serving/launch.py)
+        rule = f"{wire.KEY_HEADER}={self.key}"
+        shown = [arg.replace(rule, HIDDEN_KEY_RULE) for arg in cmd]
+        hidden = {i: arg for i, arg in enumerate(cmd) if rule in arg}
+        # O_NOFOLLOW | 0600: the log is in a shared temp dir under a name others can guess
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as log:
+            try:
+                self.process = start_private(
+                    shown, hidden, env=self.environment(env, triton), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                    die_with_parent=threading.current_thread() is threading.main_thread(),
+                )  # fmt: skip
+            except LaunchError as e:
+                raise ServerError(str(e)) from None
         try:
             self.wait_ready()
         except BaseException:

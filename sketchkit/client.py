@@ -20,10 +20,14 @@ from sketchkit.names import safe_name
 
 class Client:
     """url: grpc://host:8001 or http://host:8000. timeout_s: per request. retries: extra
-    attempts while the server is unavailable."""
+    attempts while the server is unavailable. key: the server's key (None: $SKETCHKIT_SERVER_KEY,
+    else the local `sketchkit serve key`, which is sent only to a server on loopback)."""
 
-    def __init__(self, url: str = "grpc://127.0.0.1:8001", *, timeout_s: float = 60.0, retries: int = 3) -> None:
+    def __init__(
+        self, url: str = "grpc://127.0.0.1:8001", *, timeout_s: float = 60.0, retries: int = 3, key: str | None = None
+    ) -> None:
         self.url = url
+        self._key = key
         self.timeout_s = timeout_s
         self.retries = retries
         self._runtimes: dict[str, Any] = {}
@@ -70,7 +74,7 @@ class Client:
         with self._lock:
             runtime: Any = self._runtimes.get(name)
             if runtime is None:
-                runtime = load(model, server=self.url, timeout_s=self.timeout_s, retries=self.retries)
+                runtime = load(model, server=self.url, timeout_s=self.timeout_s, retries=self.retries, key=self._key)
                 self._runtimes[name] = runtime
         generator = runtime.remote_generator()
         if generator is None:

@@ -559,14 +559,20 @@ def ndjson_to_dataset(
     rng = np.random.default_rng(seed)
     for path in paths:
         sketches, word = convert_ndjson(path, epsilon, workers, progress)
-        order = rng.permutation(len(sketches))
-        sketches = [sketches[i] for i in order]
-        n_train = int(round(split[0] * len(sketches)))
-        n_valid = int(round(split[1] * len(sketches)))
-        per_class.append(
-            Dataset(sketches[:n_train], sketches[n_train : n_train + n_valid], sketches[n_train + n_valid :])
-        )
+        per_class.append(shuffle_split(sketches, rng, split))
         names.append(word or Path(path).stem)
     if len(per_class) == 1:
         return per_class[0]
     return concat(per_class, names)
+
+
+def shuffle_split(
+    sketches: Sequence[np.ndarray], rng: np.random.Generator, split: tuple[float, float, float] = (0.9, 0.05, 0.05)
+) -> Dataset:
+    """One class's sketches shuffled by `rng` and cut into train/valid/test by the `split` fractions
+    (every converter's split: QuickDraw .ndjson and SVG drawings alike)."""
+    order = rng.permutation(len(sketches))
+    shuffled = [sketches[i] for i in order]
+    n_train = int(round(split[0] * len(shuffled)))
+    n_valid = int(round(split[1] * len(shuffled)))
+    return Dataset(shuffled[:n_train], shuffled[n_train : n_train + n_valid], shuffled[n_train + n_valid :])

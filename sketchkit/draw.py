@@ -284,7 +284,7 @@ def with_draw(decoder_step: onnx.ModelProto, num_mixture: int, exact_math: bool 
 
 @functools.lru_cache(maxsize=8)
 def _draw_session(num_mixture: int) -> Any:
-    from sketchkit.runtimes.session import open_session
+    from sketchkit.onnx_session import open_session
 
     return open_session(draw_graph(num_mixture).SerializeToString(), threads=1)
 

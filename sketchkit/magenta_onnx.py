@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from sketchkit.errors import printable
 from sketchkit.graphs import Graph, Tensor, graphs_for
 from sketchkit.io import staging_dir
 from sketchkit.magenta import FORGET_BIAS, MagentaModel, magenta_info, read_magenta, torch_lstm
@@ -188,12 +189,16 @@ def import_magenta(
     """Magenta JSON -> OUT_DIR (graphs + model.json), torch-free. The start token is the legacy
     sketch-rnn-js zeros (`sketchkit.magenta.DEFAULT_START`); a bad file raises a one-line
     ModelError and nothing is written."""
-    say = progress or (lambda _: None)
+
+    def say(line: str) -> None:  # the file's name and the JSON's own name are untrusted
+        if progress:
+            progress(printable(line))
+
     mm = read_magenta(path)
     say(f"read {mm.source}: {mm.summary}")
     info = magenta_info(mm, name=name, source=source)  # validated (name included) before any directory
     with staging_dir(out_dir) as tmp:
-        info = save_graphs(mm, info, tmp, fp16, progress)
+        info = save_graphs(mm, info, tmp, fp16, say)
     say(f"wrote {out_dir}")
     return info
 

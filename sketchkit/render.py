@@ -25,6 +25,9 @@ from sketchkit.io import atomic_write
 _VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#fde725"]
 _VIRIDIS_RGB = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in _VIRIDIS], dtype=np.float64)
 _PALETTE_END = 0.85
+# the playground's colours: what a person drew, and what the model added (complete)
+GIVEN_COLOR = "black"
+MODEL_COLOR = "#1c6fd1"
 
 
 def stroke_colors(n: int) -> list[str]:
@@ -49,8 +52,10 @@ def _sketch_paths(
     stroke_width: float = 2.0,
     color_by_stroke: bool = False,
     color: str = "black",
+    given: int | None = None,
 ) -> str:
-    """The `<g>` that draws one sketch fitted into a `size` x `size` square at (0, 0)."""
+    """The `<g>` that draws one sketch fitted into a `size` x `size` square at (0, 0). With
+    `given`, its first `given` rows are drawn in `color` and the rest in `MODEL_COLOR`."""
     if not size > 0:
         raise DataError(f"image size must be positive, got {size}")
     if not 0 <= padding < 0.5:
@@ -65,19 +70,43 @@ def _sketch_paths(
     inner = size * (1.0 - 2.0 * padding)
     scale = inner / extent if extent > 0 else 1.0  # a dot or a single point: draw it, unscaled
     shift = size / 2.0 - (lo + hi) / 2.0 * scale
-    colors = stroke_colors(len(lines)) if color_by_stroke else None
+    colors: list[str | None] = list(stroke_colors(len(lines))) if color_by_stroke else [None] * len(lines)
+    if given is not None:
+        lines, colors = _split_given(lines, given)
     paths = []
     for k, line in enumerate(lines):
         p = line * scale + shift
         if len(p) == 1:
             p = np.vstack([p, p])  # a zero-length segment with round caps draws a dot
         d = "M" + "L".join(f"{_num(x)},{_num(y)}" for x, y in p)
-        stroke = f" stroke={quoteattr(colors[k])}" if colors else ""
+        mine = colors[k]
+        stroke = f" stroke={quoteattr(mine)}" if mine else ""
         paths.append(f'<path d="{d}"{stroke}/>')
     return (
         f'<g fill="none" stroke={quoteattr(color)} stroke-width="{_num(stroke_width)}" '
         f'stroke-linecap="round" stroke-linejoin="round">{"".join(paths)}</g>'
     )
+
+
+def _split_given(lines: list[np.ndarray], given: int) -> tuple[list[np.ndarray], list[str | None]]:
+    """The polylines cut after point `given` (row `given - 1`; point 0 is the origin): the
+    points up to it keep the group's colour (None), the rest are the model's."""
+    out: list[np.ndarray] = []
+    colors: list[str | None] = []
+    start = 0  # index of the line's first point in the whole sketch
+    for line in lines:
+        cut = given + 1 - start  # how many of this line's points are given
+        if cut >= len(line):
+            out.append(line)
+            colors.append(None)
+        elif cut <= 0:
+            out.append(line)
+            colors.append(MODEL_COLOR)
+        else:  # a stroke the model continues: both parts share the cut point
+            out += [line[:cut], line[cut - 1 :]]
+            colors += [None, MODEL_COLOR]
+        start += len(line)
+    return out, colors
 
 
 def _svg(width: float, height: float, body: str, background: str | None) -> str:
@@ -97,10 +126,13 @@ def to_svg(
     color_by_stroke: bool = False,
     color: str = "black",
     background: str | None = "white",
+    given: int | None = None,
 ) -> str:
-    """One stroke-3 sketch as a `size` x `size` SVG; `padding` is a fraction of `size` per side."""
+    """One stroke-3 sketch as a `size` x `size` SVG; `padding` is a fraction of `size` per side;
+    `given`: its first rows a person drew (in `color`, the rest in `MODEL_COLOR`)."""
     body = _sketch_paths(
-        sketch, size, padding=padding, stroke_width=stroke_width, color_by_stroke=color_by_stroke, color=color
+        sketch, size, padding=padding, stroke_width=stroke_width, color_by_stroke=color_by_stroke, color=color,
+        given=given,
     )
     return _svg(size, size, body, background)
 
@@ -111,16 +143,20 @@ def grid_svg(
     cols: int | None = None,
     cell: int = 128,
     captions: Sequence[str] | None = None,
+    given: Sequence[int | None] | None = None,
     **style: Any,
 ) -> str:
     """Many sketches in a grid of `cell`-pixel squares, row by row, each with an optional caption
-    below it. `style` takes `to_svg`'s keywords (padding, stroke_width, color_by_stroke, color,
-    background)."""
+    below it. `given[i]`: how many first rows of sketch i a person drew (in `color`; the rest in
+    `MODEL_COLOR`, as the playground draws them). `style` takes `to_svg`'s keywords (padding,
+    stroke_width, color_by_stroke, color, background)."""
     n = len(sketches)
     if n == 0:
         raise DataError("no sketches to draw")
     if captions is not None and len(captions) != n:
         raise DataError(f"{len(captions)} captions for {n} sketches")
+    if given is not None and len(given) != n:
+        raise DataError(f"{len(given)} given counts for {n} sketches")
     cols = cols or math.ceil(math.sqrt(n))
     if cols < 1:
         raise DataError(f"cols must be at least 1, got {cols}")
@@ -132,7 +168,7 @@ def grid_svg(
     parts = []
     for i, sketch in enumerate(sketches):
         x, y = (i % cols) * cell, (i // cols) * (cell + band)
-        body = _sketch_paths(sketch, cell, **style)
+        body = _sketch_paths(sketch, cell, given=None if given is None else given[i], **style)
         if captions is not None:
             body += (
                 f'<text x="{_num(cell / 2)}" y="{_num(cell + font)}" font-family="sans-serif" '

@@ -1,8 +1,9 @@
 """The engine's row table: what the step graph reads and writes for every live row.
 
-Columns (aligned, one entry per live row): prev [B, 5], z [B, Nz] (vae models), state [B, S],
-temperature [B, 2] (divisor of the logits, factor on sigma: Eq. 8), greedy [B] bool and counter
-[B] uint64 (the row's place in its random stream, `sketchkit.draw`). The engine only ever appends
+Columns (aligned, one entry per live row): the inputs of the step graph (`sketchkit.graphs`
+DECODER_STEP_DRAW): prev [B, 5], z [B, Nz] (vae models), state [B, S], temperature [B, 2]
+(divisor of the logits, factor on sigma: Eq. 8), greedy [B] bool and counter [B] uint64 (the
+row's place in its random stream, `sketchkit.draw`). The engine only ever appends
 rows, keeps a subset in order, and steps; so the table can live where the graph runs. `HostRows`
 keeps numpy arrays (every CPU runtime, Triton's step loop, the torch previews); a runtime that
 runs on a device offers its own table (`OnnxRuntime.row_table()` on CUDA: the columns stay in
@@ -17,8 +18,6 @@ import numpy as np
 
 from sketchkit.draw import run_draw
 from sketchkit.runtimes.base import Runtime
-
-COLUMNS = ("prev", "z", "state", "temperature", "greedy", "counter")
 
 
 class RowTable(Protocol):

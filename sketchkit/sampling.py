@@ -211,19 +211,21 @@ class Sampler:
         return [np.vstack([s, e]) for e in self._run(self.completion(s, k, options))]
 
     def completion(self, partial: np.ndarray, k: int, options: SamplingOptions) -> Request:
-        """The engine request behind `complete` (its sketches are the endings only): the decoder
-        reads the partial sketch here, one row, then the request samples k endings on from it."""
+        """The engine request behind `complete` (its sketches are the endings only): the engine
+        reads the partial sketch (one row, admitted and batched like every other) and then
+        samples k endings on from it; for vae models it encodes the partial sketch to its mu."""
         s = strokes.check_stroke3(partial, name="partial sketch").astype(np.float32)
         max_len = options.max_len or self.info.max_seq_len
         if len(s) >= max_len:
             raise DataError(f"the partial sketch has {len(s)} points: nothing left to complete (max_len {max_len})")
-        z1 = self.encode([s])[0] if self.info.dims.vae else None
+        if self.info.dims.vae and len(s) > self.info.max_seq_len:
+            raise DataError(
+                f"sketch 0 has {len(s)} points, more than the model's max_seq_len {self.info.max_seq_len} "
+                "(simplify it with RDP first)"
+            )
         seq = strokes.to_stroke5(strokes.normalize(s, self.info.scale_factor), len(s))
-        state = self.runtime.init_state(z1, 1)
-        for prev in np.vstack([self.start_token, seq[:-1]]):  # read S_0, s_1 .. s_{n-1}
-            _, state = self.runtime.step(prev[None], z1, state)
-        z = None if z1 is None else np.repeat(z1, k, axis=0)
-        return self._request(np.repeat(seq[-1:], k, axis=0), z, np.repeat(state, k, axis=0), options, max_len - len(s))
+        prev = np.repeat(self.start_token[None], k, axis=0)  # what the decoder reads first
+        return self._request(prev, None, None, options, max_len - len(s), prefix=seq)
 
     # -- requests for the engine ----------------------------------------------------------------
 
@@ -241,12 +243,13 @@ class Sampler:
         return self._request(prev, z, None, options, options.max_len or self.info.max_seq_len)
 
     def _request(
-        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray | None, options: SamplingOptions, max_len: int
+        self, prev: np.ndarray, z: np.ndarray | None, state: np.ndarray | None, options: SamplingOptions, max_len: int,
+        prefix: np.ndarray | None = None,
     ) -> Request:
         return Request(
             prev=prev, z=z, state=state, tau=options.tau, rule=options.temperature_rule or self.info.temperature_rule,
             greedy=options.greedy, max_len=max_len, keys=None if options.greedy else row_keys(_step_seed(options.seed), len(prev)),
-            scale_factor=self.info.scale_factor,
+            scale_factor=self.info.scale_factor, prefix=prefix,
         )  # fmt: skip
 
     # -- helpers --------------------------------------------------------------------------------

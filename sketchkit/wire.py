@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,20 +80,57 @@ def key_file() -> Path:
     return cache_dir() / "server.key"
 
 
+def read_key_file(path: Path) -> str | None:
+    """The key in `path`, None without the file; a one-line error for a link, or a file that is
+    not this user's alone (another user could have set it, or read it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise SketchkitError(f"{path}: cannot read the server key ({e.strerror}); remove it and retry") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise SketchkitError(f"{path}: the server key must be a file of this user's alone (mode 0600); remove it and retry")
+        return f.read(4096).decode("utf-8", "replace").strip() or None
+
+
 def server_key() -> str | None:
-    """The key a client sends: $SKETCHKIT_SERVER_KEY, else the local server's key file, else none."""
+    """The local server's key: $SKETCHKIT_SERVER_KEY, else the key file, else none."""
     key = os.environ.get(KEY_ENV)
     if key:
         return key.strip()
+    return read_key_file(key_file())
+
+
+def is_loopback(host: str) -> bool:
+    """`host` is this machine as typed: localhost, 127.0.0.0/8 or ::1 (no other name is resolved:
+    a DNS answer is not trusted with the key)."""
+    import ipaddress
+
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
     try:
-        return key_file().read_text().strip() or None
-    except OSError:
-        return None
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def key_headers(protocol: str = "http") -> dict[str, str]:
-    """The key as an HTTP header or ("grpc") gRPC metadata; {} without a key."""
-    key = server_key()
+def key_for(host: str) -> str | None:
+    """The key to send to a server on `host`: $SKETCHKIT_SERVER_KEY to any server (it is given
+    for the server in use), the local key file's only to loopback (it belongs to `serve start`
+    on this machine; a remote or a proxy in between must not learn it)."""
+    key = os.environ.get(KEY_ENV)
+    if key:
+        return key.strip()
+    return read_key_file(key_file()) if is_loopback(host) else None
+
+
+def key_headers(protocol: str, host: str) -> dict[str, str]:
+    """The key for `host` as an HTTP header or ("grpc") gRPC metadata; {} without one."""
+    key = key_for(host)
     return {GRPC_KEY_HEADER if protocol == "grpc" else KEY_HEADER: key} if key else {}
 
 

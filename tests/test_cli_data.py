@@ -239,3 +239,40 @@ def test_failed_convert_keeps_the_old_output(sketchkit, tmp_path: Path) -> None:
     assert_one_line_error(code, err, "bad.ndjson:1: stroke 0 has 3 xs but 2 ys")
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ndjson", "out.npz"]
+
+
+# ---------------------------------------------------------------------------------------------
+# data convert *.svg (issue 26 item 11)
+
+SVG_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "svg"
+
+
+@pytest.mark.skipif(not SVG_DATA.is_dir(), reason=f"{SVG_DATA} is absent (the shared real SVG drawings)")
+def test_convert_real_svg_drawings(sketchkit, tmp_path: Path) -> None:
+    """18 drawings from Inkscape, Sodipodi, Illustrator and lucide into one .npz: every one kept, in
+    0..255 units, and `render` draws them back."""
+    drawings = sorted(SVG_DATA.glob("*/*.svg"))
+    out = tmp_path / "mine.npz"
+    code, _, err = sketchkit("data", "convert", *drawings, out)
+    assert code == 0, err
+    assert f"{len(drawings)} SVG drawings" in err
+    ds = datasets.load_npz(out)
+    converted = ds.train + ds.valid + ds.test
+    assert len(converted) == len(drawings) and len(ds.train) >= 0.8 * len(drawings)
+    for s in converted:
+        xy = np.concatenate(strokes.to_polylines(s))
+        assert s.dtype == np.int16 and 240 <= (xy.max(axis=0) - xy.min(axis=0)).max() <= 255
+    code, _, err = sketchkit("render", out, "--split", "train", "-n", 4, "-o", tmp_path / "mine.png")
+    assert code == 0 and Image.open(tmp_path / "mine.png").size == (256, 256)
+
+
+def test_convert_svg_mistakes_are_one_line(sketchkit, tmp_path: Path) -> None:
+    drawing = tmp_path / "d.svg"
+    drawing.write_text('<svg xmlns="http://www.w3.org/2000/svg"><path d="M0 0 L50 50" stroke="black"/></svg>')
+    quickdraw = tmp_path / "q.ndjson"
+    quickdraw.write_text(json.dumps({"word": "x", "drawing": [[[0, 9], [0, 9]]]}) + "\n")
+    assert_one_line_error(*sketchkit("data", "convert", drawing, quickdraw, tmp_path / "o.npz")[::2], "not both")
+    laughs = tmp_path / "l.svg"
+    laughs.write_text('<!DOCTYPE svg [<!ENTITY a "aa"><!ENTITY b "&a;&a;">]><svg xmlns="http://www.w3.org/2000/svg">&b;</svg>')
+    assert_one_line_error(*sketchkit("data", "convert", drawing, laughs, tmp_path / "o.npz")[::2], "entity")
+    assert not (tmp_path / "o.npz").exists()

@@ -233,3 +233,118 @@ def test_temp_suggests_tau(run):
         assert code == 2 and f"No such option '{typed}'. Did you mean '--tau'?" in err
     code, _, err = run("data", "info", "x.npz", "--temp", "1")  # no --tau there: click's own suggestion stays
     assert code == 2 and "--tau" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures that explain themselves (issue 26 item 8), default names (item 7), SVG input (item 11)
+
+SVG_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "svg"
+
+
+def _svg_texts(path: Path) -> list[str]:
+    import xml.etree.ElementTree as ET
+
+    return [t.text or "" for t in ET.parse(path).getroot().iter("{http://www.w3.org/2000/svg}text")]
+
+
+def _pixels(png: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(png).convert("RGB")).astype(int)
+
+
+def _blue(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of the model's colour (#1c6fd1) and its anti-aliased edges: clearly blue."""
+    return (rgb[..., 2] - rgb[..., 0] > 80) & (rgb[..., 2] > 150)
+
+
+def _dark(rgb: np.ndarray) -> np.ndarray:
+    return rgb.max(axis=-1) < 60
+
+
+def test_interpolate_shows_its_inputs_at_the_ends_and_t_under_each_frame(run, tiny_vae, npz, tmp_path):
+    code, _, err = run("interpolate", tiny_vae, "--data", npz, "--index", 1, "--index", 4, "--steps", 3,
+                       "--seed", 0, "-o", "i.svg")
+    assert code == 0, err
+    assert _svg_texts(tmp_path / "i.svg") == ["input 1", "t 0", "t 0.5", "t 1", "input 4"]
+    assert "3 sketches" in err  # the frames; the inputs are shown, not sampled
+    code, _, err = run("interpolate", tiny_vae, "--data", npz, *[a for i in (0, 1, 2, 3) for a in ("--index", i)],
+                       "--steps", 2, "--seed", 0, "-o", "g.svg")
+    assert code == 0, err
+    texts = _svg_texts(tmp_path / "g.svg")  # inputs above and below their corners, x and y under the frames
+    assert texts == ["input 0", "input 1", "x 0, y 0", "x 1, y 0", "x 0, y 1", "x 1, y 1", "input 2", "input 3"]
+    code, _, err = run("interpolate", tiny_vae, "--seed", 0, "--steps", 4, "-o", "z.svg")  # random z: no inputs
+    assert code == 0 and _svg_texts(tmp_path / "z.svg") == ["t 0", "t 0.33", "t 0.67", "t 1"]
+
+
+def test_complete_draws_given_strokes_black_and_the_models_blue(run, tiny_uncond, npz, tmp_path):
+    code, out, err = run("complete", tiny_uncond, "--data", npz, "--index", 2, "-k", 3, "--seed", 0,
+                         "--cols", 4, "-o", "c.png")
+    assert code == 0, err
+    rgb = _pixels(tmp_path / "c.png")
+    cell = rgb.shape[1] // 4
+    given, endings = rgb[:, :cell], rgb[:, cell:]
+    assert _dark(given).sum() > 50 and _blue(given).sum() == 0  # the given sketch alone: black only
+    assert _dark(endings).sum() > 50 and _blue(endings).sum() > 50  # endings: the given strokes and the model's
+    svg = run("complete", tiny_uncond, "--data", npz, "--index", 2, "-k", 1, "--seed", 0, "-o", "c.svg")
+    assert svg[0] == 0 and 'stroke="#1c6fd1"' in (tmp_path / "c.svg").read_text()
+    assert _svg_texts(tmp_path / "c.svg") == ["given", "tau 0.8"]
+
+
+def test_default_output_names_are_flat_files_here(run, tiny_vae, tmp_path):
+    from sketchkit.cli.sample import default_stem
+
+    assert default_stem("owl", "magenta/owl.gen") == "owl"
+    assert default_stem("magenta/owl.gen", "magenta/owl.gen") == "owl.gen"
+    assert default_stem("../../etc/x y", "m") == "x-y"
+    code, _, err = run("generate", tiny_vae, "-n", 2, "--seed", 1)  # NAME is a directory: the model's name
+    assert code == 0, err
+    assert (tmp_path / "tiny-vae.png").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "cache"] == []  # no folder for the picture
+
+
+def _svg_drawing(path: Path) -> Path:
+    """A drawing as another tool writes it: groups, a transform, a curve, a circle."""
+    path.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100"><g transform="translate(10 10)">'
+        '<path d="M0 40 C 10 0 60 0 70 40" fill="none" stroke="#000"/><circle cx="20" cy="30" r="4" fill="#000"/>'
+        '<g transform="scale(0.5)"><rect x="20" y="100" width="100" height="30" fill="none" stroke="#000"/></g>'
+        '<polyline points="0,60 20,80 40,60" fill="none" stroke="#000"/></g></svg>'
+    )
+    return path
+
+
+def test_sketch_svg_into_reconstruct_interpolate_complete(run, tiny_vae, tmp_path):
+    a, b = _svg_drawing(tmp_path / "a.svg"), _svg_drawing(tmp_path / "b.svg")
+    code, out, err = run("complete", tiny_vae, "--sketch", a, "--strokes", 2, "-k", 2, "--seed", 0, "--json")
+    assert code == 0, err
+    sketches = json.loads(out)["sketches"]
+    partial = sketches[0]
+    assert sum(row[2] for row in partial) == 2 and all(s[: len(partial)] == partial for s in sketches[1:])
+    assert "rescaled input sketches by x" in err  # 0..255 units, to the model's scale
+    code, _, err = run("reconstruct", tiny_vae, "--sketch", a, "--sketch", b, "-n", 1, "--seed", 0, "-o", "r.svg")
+    assert code == 0 and _svg_texts(tmp_path / "r.svg") == ["a.svg", "tau 0.3", "b.svg", "tau 0.3"]
+    code, _, err = run("interpolate", tiny_vae, "--sketch", a, "--sketch", b, "--steps", 2, "--seed", 0, "-o", "i.svg")
+    assert code == 0 and _svg_texts(tmp_path / "i.svg") == ["a.svg", "t 0", "t 1", "b.svg"]
+    # mistakes: one line each
+    assert "--sketch" in one_error_line(*run("complete", tiny_vae, "--data", a)[::2])
+    assert "not both" in one_error_line(*run("complete", tiny_vae, "--data", a, "--sketch", a)[::2])
+    assert "--index" in one_error_line(*run("reconstruct", tiny_vae, "--sketch", a, "--index", 1)[::2])
+    assert "one --sketch" in one_error_line(*run("complete", tiny_vae, "--sketch", a, "--sketch", b)[::2])
+    assert "2 or 4 --sketch" in one_error_line(*run("interpolate", tiny_vae, "--sketch", a)[::2])
+    bomb = tmp_path / "bomb.svg"
+    bomb.write_text('<!DOCTYPE svg [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><svg xmlns="http://www.w3.org/2000/svg">&b;</svg>')
+    assert "entity" in one_error_line(*run("complete", tiny_vae, "--sketch", bomb)[::2])
+
+
+@pytest.mark.skipif(not SVG_DIR.is_dir(), reason=f"{SVG_DIR} is absent (the shared real SVG drawings)")
+def test_the_shipped_sheep_completes_a_drawing_made_in_inkscape(run, tmp_path):
+    """An Inkscape sheep from ../shared/data/svg, its first 3 strokes, completed by the shipped
+    sheep: the picture has the given strokes in black and the model's in blue."""
+    drawing = SVG_DIR / "openclipart" / "pecora_architetto_france_01.svg"
+    code, out, err = run("complete", "sheep", "--sketch", drawing, "--strokes", 3, "-k", 3, "--tau", 0.4,
+                         "--seed", 3, "--cols", 4, "-o", "sheep.png")
+    assert code == 0, err
+    rgb = _pixels(tmp_path / "sheep.png")
+    endings = rgb[:, rgb.shape[1] // 4 :]
+    assert _dark(endings).sum() > 100 and _blue(endings).sum() > 100

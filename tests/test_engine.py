@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sketchkit.engine import BackgroundEngine, Cancelled, Engine, EngineBusy, Scheduler
-from sketchkit.errors import ModelError
+from sketchkit.errors import ModelError, SketchkitError
 from sketchkit.hub import resolve
 from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.sampling import Sampler, SamplingOptions
@@ -31,7 +31,7 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 ASKS = [
-    (3, SamplingOptions(tau=0.3, seed=1)),
+    (3, SamplingOptions(tau=0.3, seed=1, max_len=100)),
     (1, SamplingOptions(tau=1.0, seed=2, temperature_rule="js")),
     (5, SamplingOptions(tau=0.6, seed=3, max_len=30)),
     (2, SamplingOptions(greedy=True, seed=5)),
@@ -242,4 +242,154 @@ def test_an_engine_failure_is_answered_and_the_engine_goes_on(sheep):
     assert len(engine.rows) == 0 and not engine.scheduler.running
     done = answers_through(background, sheep, ASKS)
     for i, (n, o) in enumerate(ASKS):
+        assert same(done[i], sheep.generate(n, options=o))
+
+
+# -- steps that overlap: step t + 1 runs while the host records step t ---------------------------
+
+TABLES = {"HostRows": {}, "DeviceRows": {"device_rows": True}, "GraphRows": {"device_rows": True, "cuda_graphs": True}}
+
+
+def scripted_run(runtime: OnnxRuntime, overlap: bool) -> tuple[dict[str, object], Engine, set[str]]:
+    """Requests joining and leaving mid-flight (generations, completions whose prefix the engine
+    reads), one cancelled, and the table failing twice: once unexpectedly (handled as
+    `BackgroundEngine` does: the requests in flight fail, the engine resets and goes on), once with
+    the runtime's own error (the requests it stepped fail): each request's sketches, or its error."""
+    sampler = Sampler(runtime)
+    engine = Engine(runtime, Scheduler(max_rows=64), overlap=overlap)
+    partial = sampler.generate(1, options=SamplingOptions(seed=5))[0]
+    cancelled = threading.Event()
+    script = {
+        0: [("a", sampler.generation(3, options=SamplingOptions(tau=0.3, seed=1, max_len=100))),
+            ("b", sampler.completion(partial[:12], 2, SamplingOptions(tau=0.5, seed=6, max_len=100)))],
+        3: [("c", sampler.generation(5, options=SamplingOptions(tau=0.6, seed=3, max_len=30)))],
+        5: [("cancelled", sampler.generation(4, options=SamplingOptions(tau=0.8, seed=4, max_len=200)))],
+        8: [("d", sampler.completion(partial[:30], 3, SamplingOptions(tau=0.4, seed=7, max_len=90)))],
+        12: [("e", sampler.generation(2, options=SamplingOptions(greedy=True, seed=2, max_len=80)))],
+        16: [("f", sampler.generation(40, options=SamplingOptions(tau=1.0, seed=8, max_len=150)))],
+        130: [("g", sampler.generation(2, options=SamplingOptions(tau=0.3, seed=9, max_len=60)))],
+        135: [("h", sampler.completion(partial[:5], 2, SamplingOptions(tau=0.7, seed=10, max_len=50)))],
+        195: [("i", sampler.generation(3, options=SamplingOptions(tau=0.5, seed=11, max_len=100)))],
+        210: [("j", sampler.completion(partial[:8], 2, SamplingOptions(tau=0.3, seed=12, max_len=40)))],
+    }  # fmt: skip
+    script[5][0][1].is_cancelled = cancelled.is_set
+    call, failures = 0, {125: RuntimeError("out of memory, say"), 200: ModelError("the runtime failed")}
+    stepped_by: set[str] = set()
+
+    def step_broken_twice() -> np.ndarray:
+        # something unexpected (the engine resets), then the runtime's own error (the requests it stepped fail)
+        stepped_by.add(threading.current_thread().name)
+        for at in [at for at in failures if call >= at]:
+            raise failures.pop(at)
+        return type(engine.rows).step(engine.rows)  # the table's own step (a reset makes a new table)
+
+    engine.rows.step = step_broken_twice  # type: ignore[method-assign]
+    requests: dict[str, object] = {}
+    while call <= max(script) or engine.scheduler.has_work():
+        for name, r in script.get(call, []):
+            requests[name] = r
+            engine.add(r)
+        if call == 20:
+            cancelled.set()
+        try:
+            engine.step()
+        except RuntimeError as e:
+            for r in engine.scheduler.running:
+                r.error = SketchkitError(f"engine failure: {e}")
+            engine.reset()
+            engine.rows.step = step_broken_twice  # type: ignore[method-assign]
+        call += 1
+    outcomes = {}
+    for name, r in requests.items():
+        try:
+            outcomes[name] = r.sketches()  # type: ignore[attr-defined]
+        except Exception as e:
+            outcomes[name] = type(e).__name__
+    return outcomes, engine, stepped_by
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_overlapping_steps_give_the_same_sketches(sheep, table):
+    """Overlap on and off, on all three row tables (the device ones here on the CPU): every
+    request answered has exactly its own single-request sketches, the cancelled one is
+    cancelled, the ones in flight when the table failed fail, and later ones are answered."""
+    runtime = OnnxRuntime(resolve("sheep"), **TABLES[table])  # type: ignore[arg-type]
+    partial = sheep.generate(1, options=SamplingOptions(seed=5))[0]
+    alone = {
+        "a": sheep.generate(3, options=SamplingOptions(tau=0.3, seed=1, max_len=100)),
+        "b": [e[12:] for e in sheep.complete(partial[:12], 2, SamplingOptions(tau=0.5, seed=6, max_len=100))],
+        "c": sheep.generate(5, options=SamplingOptions(tau=0.6, seed=3, max_len=30)),
+        "d": [e[30:] for e in sheep.complete(partial[:30], 3, SamplingOptions(tau=0.4, seed=7, max_len=90))],
+        "e": sheep.generate(2, options=SamplingOptions(greedy=True, seed=2, max_len=80)),
+        "f": sheep.generate(40, options=SamplingOptions(tau=1.0, seed=8, max_len=150)),
+        "g": sheep.generate(2, options=SamplingOptions(tau=0.3, seed=9, max_len=60)),
+        "h": [e[5:] for e in sheep.complete(partial[:5], 2, SamplingOptions(tau=0.7, seed=10, max_len=50))],
+        "j": [e[8:] for e in sheep.complete(partial[:8], 2, SamplingOptions(tau=0.3, seed=12, max_len=40))],
+    }
+    for overlap in (False, True):
+        outcomes, engine, stepped_by = scripted_run(runtime, overlap)
+        assert type(engine.rows).__name__ == table and engine.overlap is overlap
+        assert stepped_by == ({"sketchkit-step_0"} if overlap else {threading.current_thread().name})
+        assert outcomes.pop("cancelled") == "Cancelled"
+        failed = {k for k, v in outcomes.items() if isinstance(v, str)}
+        assert failed == {"f", "i"}  # in flight when the table failed
+        assert outcomes["f"] == "SketchkitError" and outcomes["i"] == "ModelError"
+        for name in outcomes.keys() - failed:
+            assert same(outcomes[name], alone[name]), (overlap, name)  # type: ignore[arg-type]
+
+
+def test_prefixes_are_read_after_admission_batched_and_capped(sheep):
+    """Issue 25 item 5: building a completion runs no graph; its rows count against the caps like
+    any others; once admitted, the prefixes in flight are read together, one evaluation of the
+    plain decoder step per engine step (one row each), and each request still gets its own
+    in-process sketches."""
+
+    class Counting:
+        def __init__(self, runtime):  # type: ignore[no-untyped-def]
+            self.runtime, self.info, self.steps = runtime, runtime.info, []
+
+        def encode(self, strokes, lengths):  # type: ignore[no-untyped-def]
+            self.steps.append(("encode", len(strokes)))
+            return self.runtime.encode(strokes, lengths)
+
+        def init_state(self, z, batch):  # type: ignore[no-untyped-def]
+            return self.runtime.init_state(z, batch)
+
+        def step(self, prev, z, state):  # type: ignore[no-untyped-def]
+            self.steps.append(("step", len(prev)))
+            return self.runtime.step(prev, z, state)
+
+        def step_and_draw(self, *columns):  # type: ignore[no-untyped-def]
+            return self.runtime.step_and_draw(*columns)
+
+    runtime = Counting(sheep.runtime)
+    sampler = Sampler(runtime)  # type: ignore[arg-type]
+    partial = sheep.generate(1, options=SamplingOptions(seed=5))[0]
+    o1, o2 = SamplingOptions(tau=0.5, seed=1, max_len=80), SamplingOptions(tau=0.9, seed=2, max_len=80)
+    a, b = sampler.completion(partial[:20], 4, o1), sampler.completion(partial[:9], 3, o2)
+    assert runtime.steps == []  # nothing read yet: that is the engine's work, after admission
+    engine = Engine(runtime, Scheduler(max_rows=16, max_pending_rows=10))  # type: ignore[arg-type]
+    engine.add(a)
+    engine.add(b)
+    assert engine.scheduler.rows_in_flight() == 7
+    with pytest.raises(EngineBusy):
+        engine.add(sampler.completion(partial[:5], 4, o1))  # 7 + 4 rows > 10
+    while not (a.done and b.done):
+        engine.step()
+    assert runtime.steps[:2] == [("encode", 1), ("encode", 1)]
+    reads = [n for what, n in runtime.steps if what == "step"]
+    assert reads == [2] * 9 + [1] * 11  # both prefixes read together, then the longer one alone
+    assert same([np.vstack([partial[:20], e]) for e in a.sketches()], sheep.complete(partial[:20], 4, o1))
+    assert same([np.vstack([partial[:9], e]) for e in b.sketches()], sheep.complete(partial[:9], 3, o2))
+
+
+def test_background_engine_with_overlap_answers_each_request_as_alone(sheep):
+    """The stepping thread with a worker beside it: a step may still be in flight when the engine
+    runs dry and waits; the next request lands it first."""
+    engine = Engine(sheep.runtime, overlap=True)
+    done = answers_through(BackgroundEngine(engine), sheep, ASKS)
+    for i, (n, o) in enumerate(ASKS):
+        assert same(done[i], sheep.generate(n, options=o))
+    done = answers_through(BackgroundEngine(engine), sheep, ASKS[:2])  # again, after it ran dry
+    for i, (n, o) in enumerate(ASKS[:2]):
         assert same(done[i], sheep.generate(n, options=o))

@@ -24,6 +24,7 @@ import pytest
 
 from sketchkit import datasets, hub
 from sketchkit.errors import ModelError
+from sketchkit.hub.cache import set_pin
 from sketchkit.modelinfo import ModelInfo
 
 OWL = "owl.gen.json"
@@ -161,7 +162,7 @@ def test_zoo_rm_clears_pins_partials_and_leftovers(zoo_mirror, tmp_path: Path) -
     (downloads / LARGE_OWL).write_text("half")  # what the old code kept and pinned
     (downloads / f"{LARGE_OWL}.part").write_text("part")
     (models / ".owl.gen.k1.tmp" / "sub").mkdir(parents=True)  # a killed pull's temp dir
-    hub._pin(file_row("magenta-large/owl.gen")["url"], "0" * 64)
+    set_pin(file_row("magenta-large/owl.gen")["url"], "0" * 64)
     code, _, err = cli("zoo", "verify")
     assert "magenta-large/owl.gen" in one_line(code, err)
     code, _, err = cli("zoo", "rm", "magenta-large/owl.gen")
@@ -319,6 +320,9 @@ def test_stateful_triton_caps_rows_and_total_state(tiny_uncond: Path, tmp_path: 
     row = info.dims.state_size * 4
     opts = RepoOptions(flavor="cpu", max_sequence_rows=64, max_state_bytes=3 * 64 * row)
     build_repo([tiny_uncond], tmp_path / "repo", opts)
+    config = next((tmp_path / "repo").glob("*_decoder_step_stateful/config.pbtxt"))
+    with open(config, "a") as f:  # this test holds its sequences: none may give way, however slow the machine
+        f.write('parameters {\n  key: "evict_idle_seconds"\n  value {\n    string_value: "600"\n  }\n}\n')
     with TritonServer(tmp_path / "repo", free_port(), free_port(), log_path=tmp_path / "log", startup_timeout_s=120) as server:
         def open_sequence(rows: int) -> TritonRuntime:
             rt = TritonRuntime(server.grpc_url, info.name, stateful=True, timeout_s=20)

@@ -181,8 +181,24 @@ def test_unreachable_mirror_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_missing_file_on_the_mirror_is_not_published(zoo_mirror) -> None:
-    with pytest.raises(hub.NotPublished, match=r"owl\.vae\.json: not found \(HTTP 404\)"):
+    with pytest.raises(hub.NotPublished, match=r"owl\.vae\.json: not found \(HTTP 404; missing from the mirror") as e:
         hub.pull("magenta/owl.vae", progress=False)
+    assert (e.value.url, e.value.status) == (f"{zoo_mirror.url}/owl.vae.json", 404)
+
+
+def test_a_404_says_what_happened_and_which_model_is_used_instead(
+    zoo_mirror, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirror (../shared/data/magenta-gen) lacks owl.vae.json: `owl` says so, with the URL and
+    the status, and names the model it falls back to (issue 26 item 9)."""
+    assert hub.pull("owl") == hub.model_dir("magenta/owl.gen")
+    said = [line for line in capsys.readouterr().err.splitlines() if "HTTP 404" in line]
+    assert said == [
+        f"magenta/owl.vae could not be fetched: {zoo_mirror.url}/owl.vae.json: not found (HTTP 404; "
+        f"missing from the mirror SKETCHKIT_ZOO_MIRROR={zoo_mirror.url}); using magenta/owl.gen instead"
+    ]
+    monkeypatch.delenv("SKETCHKIT_ZOO_MIRROR")  # upstream: a 404 there means it is not published
+    assert str(hub.NotPublished("https://x.test/a.json")) == "https://x.test/a.json: not found (HTTP 404; not published upstream)"
 
 
 def test_two_processes_fetching_one_file_end_with_one_good_copy(zoo_mirror, tmp_path: Path) -> None:
@@ -232,8 +248,8 @@ def test_publish_pull_and_sample_our_model(
         make_model(tmp_path / "built", "vae", name="tinyowl"), "models-v1", tmp_path / "stage"
     )
     zoo_mirror.root = tmp_path / "stage"
-    monkeypatch.setattr(hub, "registry", lambda: json.loads(table.read_text()))
-    row = hub.registry()["models"]["tinyowl"]
+    monkeypatch.setattr(hub.table, "registry", lambda: json.loads(table.read_text()))  # read by every module
+    row = hub.table.registry()["models"]["tinyowl"]
     assert [f["name"] for f in row["files"]] == [  # model.json, then the graphs in graphs_for order
         "tinyowl.model.json",
         "tinyowl.encoder.onnx",

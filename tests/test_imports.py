@@ -177,3 +177,45 @@ def test_no_import_cycles() -> None:
     assert "sketchkit.zoo.data" in graph["sketchkit.zoo.evaluate"]
     assert {"sketchkit.hub", "sketchkit.runtimes.onnx", "sketchkit.runtimes.triton"} <= set(graph)  # the edge that replaced zoo.evaluate -> zoo.train
     assert cycles(graph) == []
+
+
+def test_no_import_runs_back_up() -> None:
+    """Inside sketchkit/, a module or folder imports only what stands below it: the folder-level
+    import graph (a sub-package such as runtimes/ is one node) has no cycle, so every arrow runs
+    down (the row table's columns, the draw graph and the runtimes were once tangled: runtimes/
+    took the columns from rows.py and the draw from draw.py while both imported runtimes/)."""
+    root = Path(__file__).resolve().parents[1] / "sketchkit"
+
+    def node(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if parts[0] == "sketchkit" and len(parts) > 1 else None
+
+    edges: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("__init__.py", "__main__.py"):
+            continue  # the package's face
+        src = rel.parts[0].removesuffix(".py")
+        for n in ast.walk(ast.parse(path.read_text(), str(path))):  # imports inside functions too
+            targets: list[str] = []
+            if isinstance(n, ast.Import):
+                targets = [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+                targets = [f"{n.module}.{a.name}" if n.module == "sketchkit" else n.module for a in n.names]
+            for t in targets:
+                dst = node(t)
+                if dst is not None and dst != src:
+                    edges.setdefault(src, set()).add(dst)
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for dst in sorted(edges.get(path[-1], ())):
+            if dst == start:
+                return [*path, dst]
+            if dst not in path and dst > start:  # each cycle found once, from its smallest node
+                found = cycle_from(start, [*path, dst])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for s in sorted(edges) if (c := cycle_from(s, [s]))]
+    assert not cycles, "imports that run back up: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -93,6 +93,18 @@ def test_the_wheel_holds_the_data_the_code_reads(built: tuple[Path, str]) -> Non
     assert {"index.html", "playground.js", "playground.css"} <= static
 
 
+def test_the_wheel_holds_no_test_tooling(built: tuple[Path, str]) -> None:
+    """What only tests and benchmarks use stays in the checkout: no test files, no browser driver,
+    no module that needs a dev-only package (pytest, websockets)."""
+    wheel, _ = built
+    with zipfile.ZipFile(wheel) as z:
+        modules = {n: z.read(n).decode() for n in z.namelist() if n.endswith(".py")}
+    assert "sketchkit/playground/browser.py" not in modules and "sketchkit/browser.py" not in modules
+    tooling = re.compile(r"^\s*(import|from) (pytest|websockets)\b", re.M)
+    assert [n for n, text in modules.items() if tooling.search(text)] == []
+    assert [n for n in modules if Path(n).name.startswith(("test_", "conftest"))] == []
+
+
 def test_the_wheel_has_one_top_level_name(built: tuple[Path, str]) -> None:
     wheel, _ = built
     with zipfile.ZipFile(wheel) as z:

@@ -86,11 +86,28 @@ def test_models_lists_the_command_line_models_first_then_the_zoo_with_licences(s
     status, doc = request(server, "/api/models")
     assert status == 200 and doc["default"] == "sheep" and doc["server"] is None
     first = doc["models"][0]
-    assert first == {"name": "sheep", "group": "command line", "kind": "vae", "license": "CC BY-NC 4.0", "open": True}
+    assert first == {
+        "name": "sheep", "group": "command line", "set": "sketchkit", "kind": "vae", "license": "CC BY-NC 4.0", "open": True,
+    }  # fmt: skip
     groups = {m["group"] for m in doc["models"]}
     assert "downloadable" in groups
     owl = next(m for m in doc["models"] if m["name"] == "magenta/owl.vae")
-    assert owl["license"] == "Apache-2.0" and owl["kind"] == "vae"
+    assert owl["license"] == "Apache-2.0" and owl["kind"] == "vae" and owl["set"] == "magenta"
+
+
+def test_the_picker_groups_the_zoo_as_zoo_list_does(server: str) -> None:
+    """Issue 26 item 10: the picker's 457 models come in groups, the downloadable ones set by set,
+    each set's label from the API (the page makes one optgroup per (group, set))."""
+    from sketchkit import hub
+
+    _, doc = request(server, "/api/models")
+    assert doc["sets"] == hub.SETS
+    order = [(m["group"], m["set"]) for m in doc["models"]]
+    runs = [key for i, key in enumerate(order) if i == 0 or order[i - 1] != key]  # each group once, in a row
+    assert len(runs) == len(set(runs))
+    downloadable = [s for g, s in runs if g == "downloadable"]
+    assert downloadable == [s for s in hub.SETS if s in downloadable] and {"magenta", "magenta-large"} <= set(downloadable)
+    assert all(m["set"] == hub.model_set(m["name"]) for m in doc["models"] if m["group"] == "downloadable")
 
 
 def test_model_card(server: str) -> None:
@@ -295,7 +312,7 @@ def test_with_server_the_page_gets_the_same_sketches_through_triton(tmp_path: Pa
         remote = Catalogue(["sheep"], server=f"grpc://127.0.0.1:{grpc_port}")
         with running(create_app(local)) as here, running(create_app(remote)) as there:
             assert request(there, "/api/models")[1]["models"] == [
-                {"name": "sheep", "group": "server", "kind": "vae", "license": "CC BY-NC 4.0", "open": True}
+                {"name": "sheep", "group": "server", "set": "", "kind": "vae", "license": "CC BY-NC 4.0", "open": True}
             ]
             for path in ("/api/complete", "/api/generate"):
                 want, got = request(here, path, body), request(there, path, body)

@@ -16,8 +16,9 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("websockets")
 
+from browser import Chromium, find_chromium, mouse_lines  # noqa: E402  (tests/browser.py)
+
 from sketchkit.playground import Catalogue, create_app  # noqa: E402
-from sketchkit.playground.browser import Chromium, find_chromium, mouse_lines  # noqa: E402
 from sketchkit.playground.canvas import Canvas  # noqa: E402
 from sketchkit.playground.server import running  # noqa: E402
 
@@ -149,3 +150,26 @@ def test_a_refused_request_shows_its_one_line_in_the_page(page: Chromium) -> Non
         "drawing is empty (fewer than 2 points): draw something first"
     )
     assert _seq(page) == seq  # the grid stays as it was
+
+
+def test_the_picker_has_a_group_per_set_and_a_name_filter(page: Chromium) -> None:
+    """Issue 26 item 10: optgroups per (group, set), and typing in the filter keeps the names that
+    contain it (the picked model stays)."""
+    labels = page.evaluate("[...document.querySelectorAll('#model optgroup')].map(g => g.label)")
+    assert labels[0] == "from the command line"
+    assert "Magenta sketch-rnn, H = 512 (downloadable)" in labels
+    assert "Magenta sketch-rnn, H = 1024 (downloadable)" in labels
+    visible = (
+        "[...document.querySelectorAll('#model option')].filter(o => !o.hidden && !o.parentElement.hidden)"
+        ".map(o => o.value)"
+    )
+    page.click("#model-filter")
+    page.evaluate("(() => { const f = document.getElementById('model-filter'); f.value = 'OWL';"
+                  " f.dispatchEvent(new Event('input')); })()")  # fmt: skip
+    shown = page.evaluate(visible)
+    assert shown[0] == "sheep" and set(shown[1:]) == {
+        "magenta/owl.gen", "magenta/owl.vae", "magenta-large/owl.gen", "magenta-large/owl.vae"
+    }  # fmt: skip
+    page.evaluate("(() => { const f = document.getElementById('model-filter'); f.value = '';"
+                  " f.dispatchEvent(new Event('input')); })()")  # fmt: skip
+    assert len(page.evaluate(visible)) == page.evaluate("document.querySelectorAll('#model option').length")

@@ -298,15 +298,11 @@ def test_gpu_image_pins_an_onnxruntime_gpu_built_for_its_cuda():
 
 
 def test_docker_compose_passes_the_restricted_api_flags_of_serve_start():
-    """Issue 22: the GPU deployment closes what `serve start` closes (fails on b361367: no flags)."""
-    from sketchkit.serving.server import CLOSED_APIS, KEYED_APIS, restricted_api_flags
-
+    """Issue 22 (fails on b361367: no flags): the GPU deployment closes what `serve start` closes,
+    through the same launcher, which adds the same flags (issue 25: the key off the command line;
+    tests/test_hostile_local.py runs the compose command with a stand-in tritonserver)."""
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((SERVING / "docker-compose.yml").read_text())
+    assert compose["services"]["triton"]["command"][:4] == ["python3", "-m", "sketchkit.serving.launch", "tritonserver"]
     text = (SERVING / "docker-compose.yml").read_text()
-    flags = restricted_api_flags("k" * 32)
-    for flag in flags:  # the same flags, the key from the environment, the closed value random
-        name, _, rule = flag.partition("=")
-        apis = rule.split(":")[0]
-        want = "$$SKETCHKIT_SERVER_KEY" if apis == ",".join(KEYED_APIS) else "$$closed"
-        assert f"{name}={apis}:{rule.split(':')[1].split('=')[0]}={want}" in text, flag
-    assert ",".join(CLOSED_APIS) in text and "/dev/urandom" in text
     assert "${SKETCHKIT_SERVER_KEY:?" in text  # no key, no start

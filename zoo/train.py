@@ -307,19 +307,26 @@ def train(
     resume: bool = True,
     progress: bool = True,
     time_limit: float | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
-    """Train until hp.num_steps, or until `time_limit` seconds have passed since this call began
-    (then the step under way finishes and is validated and saved like a last step); resume from
-    out_dir/last.safetensors if it exists. Returns the best validation metrics (rank 0; {} elsewhere).
+    """Train until hp.num_steps, or until `time_limit` seconds have passed since this call began;
+    resume from out_dir/last.safetensors if it exists. Returns the best validation metrics (rank 0;
+    {} elsewhere). A time-limited run stops before a step that would end past the limit once its
+    validation and save are counted (`_Budget`: measured step and validation times), validates and
+    saves like a last step, and its progress bar counts seconds to the limit. `started`: the
+    `time.perf_counter()` the limit counts from (the CLI's start, so torch's import counts too).
 
     Under torchrun each of the N ranks trains on its B/N rows of every batch (`make_batch`) and
     DistributedDataParallel averages the gradients, so N ranks take the steps of one process with
     the recipe's batch; rank 0 alone validates and writes the run directory. Ranks stop at the same
     step: the time limit is agreed on at each log line. A rank that dies stops the job with one
     line from each survivor."""
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     rank, world, device = _start_ranks(device)
     main = rank == 0
+    if main and not device.startswith("cuda") and re.search(r"\bGPU\b", hp.note):
+        print(f"warning: a GPU recipe on {device} ({hp.note.split(':')[0]}): expect seconds per step, "
+              "not milliseconds; zoo/recipes/aaron_sheep.toml is the CPU recipe", file=sys.stderr)
     out = Path(out_dir)
     if main:
         (out / "samples").mkdir(parents=True, exist_ok=True)
@@ -364,7 +371,8 @@ def train(
     # the GPU every step
     window, n_window = torch.zeros(4, device=device), 0
     t_window = time.perf_counter()
-    bar = _progress(hp.num_steps, step, progress and main)
+    bar = _progress(hp.num_steps, step, progress and main, time_limit, time.perf_counter() - started)
+    budget = None if time_limit is None else _Budget(started + time_limit, hp, world)
     stop = step >= hp.num_steps
     try:
         while not stop:
@@ -383,8 +391,17 @@ def train(
             step += 1
             window += torch.stack([loss.detach(), losses.ls.detach(), losses.lp.detach(), losses.kl.detach()])
             n_window += 1
-            bar.update(1)
-            out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
+            if budget is None:
+                bar.update(1)
+                out_of_time = False
+            else:
+                bar.update(min(time.perf_counter() - started, bar.total) - bar.n)
+                if main and budget.validation is None:  # after the first step: what validating will cost
+                    t_probe = time.perf_counter()
+                    budget.validation = _probe_validation(model, data, hp)
+                    net.train()
+                    budget.pause(time.perf_counter() - t_probe)
+                out_of_time = budget.out_of_time(step)
             if world > 1:  # one answer for all ranks, at log lines only (a sync per step would stall the GPU)
                 flag = torch.tensor([float(out_of_time)], device=device)
                 out_of_time = step % hp.log_every == 0 and bool(_mean_over_ranks(flag, world) > 0)
@@ -405,16 +422,22 @@ def train(
                 if main:
                     records.append(rec)
                     _append_jsonl(out / "metrics.jsonl", rec)
-                bar.set_postfix_str(f"L_s {means['ls']:.3f} L_p {means['lp']:.3f} L_KL {means['kl']:.3f}")
+                bar.set_postfix_str(f"step {step} L_s {means['ls']:.3f} L_p {means['lp']:.3f} L_KL {means['kl']:.3f}")
                 window, n_window, t_window = torch.zeros(4, device=device), 0, time.perf_counter()
             if step % hp.eval_every == 0 or stop:
+                t_validation = time.perf_counter()
                 rng_states = _rng_states(world, device)  # every rank's: a collective
                 if main:
                     best = _validate(model, data, hp, out, step, best, records, base_meta, bar)
                     _save_state(last, model, hp, opt, rng_states, dict(base_meta, step=step, best=best))
                     net.train()
+                if budget is not None:
+                    budget.validated(time.perf_counter() - t_validation)
                 if out_of_time:
-                    bar.write(f"time limit of {time_limit:g} s reached at step {step}")
+                    took = time.perf_counter() - started
+                    bar.update(min(took, bar.total) - bar.n)
+                    over = " (a step and a validation take longer than that here)" if took > (time_limit or 0) else ""
+                    bar.write(f"time limit of {time_limit:g} s: stopped at step {step} after {took:.0f} s{over}")
     except RuntimeError as e:  # what a collective raises when a peer is gone (gloo: "Connection reset")
         if world > 1:
             # gloo: "[pair.cc:537] Read error [127.0.0.1]:1463: Connection reset by peer. This is ..."
@@ -469,9 +492,69 @@ def _lost_rank(rank: int, world: int, step: int, last: Path, why: str) -> None:
     )
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
+class _Budget:
+    """When a time-limited run stops: before a step that would end past the deadline with the
+    final validation and save after it. Costs are measured: a step's is a running mean of the time
+    between steps (validations excluded), a validation's the last one taken (before the first,
+    `_probe_validation`'s estimate). Under torchrun the ranks agree only at log lines, so the next
+    chance to stop is `log_every` steps away."""
+
+    def __init__(self, deadline: float, hp: Recipe, world: int) -> None:
+        self.deadline, self.hp, self.world = deadline, hp, world
+        self.step_cost: float | None = None
+        self.validation: float | None = None
+        self._last = time.perf_counter()
+
+    def out_of_time(self, step: int) -> bool:
+        now = time.perf_counter()
+        took, self._last = now - self._last, now
+        self.step_cost = took if self.step_cost is None else 0.8 * self.step_cost + 0.2 * took
+        horizon = 1 if self.world == 1 else self.hp.log_every
+        validation = self.validation or 0.0
+        due_now = validation if step % self.hp.eval_every == 0 else 0.0  # this step validates anyway
+        return now + due_now + horizon * self.step_cost + validation > self.deadline
+
+    def pause(self, seconds: float) -> None:
+        """Time spent between steps on something else (the probe): not a step's cost."""
+        self._last += seconds
+
+    def validated(self, seconds: float) -> None:
+        self.validation = 1.1 * seconds
+        self._last = time.perf_counter()  # the validation is not a step's cost
+
+
+def _probe_validation(model: SketchRNN, data: Any, hp: Recipe) -> float:
+    """Seconds a validation and save will take, measured before the first one: one batch of
+    `evaluate` times the valid set's batches, plus 16 steps of the sampler scaled to max_seq_len
+    (an untrained model draws to the end), plus a margin for the pictures and the checkpoint.
+    The torch RNG states are restored: the run trains as it would without a time limit."""
+    cpu_rng = torch.get_rng_state()
+    cuda = model.head.weight.device
+    cuda_rng = torch.cuda.get_rng_state(cuda) if cuda.type == "cuda" else None
+    t0 = time.perf_counter()
+    evaluate(model, data.valid[: hp.batch_size], hp, batch_size=hp.batch_size)
+    t1 = time.perf_counter()
+    probe_len = min(16, hp.max_seq_len)
+    sample(model, hp.num_samples, generator=torch.Generator(device=cuda).manual_seed(0), max_seq_len=probe_len)
+    t2 = time.perf_counter()
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, cuda)
+    batches = math.ceil(len(data.valid) / hp.batch_size)
+    return 1.1 * ((t1 - t0) * batches + (t2 - t1) * hp.max_seq_len / probe_len) + 0.5
+
+
+def _progress(total: int, initial: int, enabled: bool, time_limit: float | None = None, elapsed: float = 0.0) -> Any:
+    """The progress bar: steps against num_steps, or, under a time limit, seconds against it (the
+    ETA is the time left, the step in the postfix)."""
     from tqdm import tqdm
 
+    if time_limit is not None:
+        return tqdm(
+            total=time_limit, initial=min(elapsed, time_limit), disable=not enabled, file=sys.stderr,
+            dynamic_ncols=True, unit="s",
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]",
+        )
     return tqdm(
         total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True, unit="step"
     )

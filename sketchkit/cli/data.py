@@ -1,4 +1,5 @@
-"""`sketchkit data convert | info`: QuickDraw .ndjson to sketch-rnn .npz, and what a dataset holds."""
+"""`sketchkit data convert | info`: QuickDraw .ndjson or SVG drawings to sketch-rnn .npz, and what a
+dataset holds."""
 
 from __future__ import annotations
 
@@ -28,16 +29,28 @@ def data() -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/valid/test shuffle.")
 def convert(inputs: tuple[Path, ...], output: Path, epsilon: float, seed: int) -> None:
-    """Convert QuickDraw INPUTS (.ndjson, simplified or raw) into a sketch-rnn OUTPUT .npz.
+    """Convert QuickDraw INPUTS (.ndjson, simplified or raw) or your own drawings (.svg, one
+    drawing per file) into a sketch-rnn OUTPUT .npz.
 
-    Several inputs make a multi-class dataset: each sketch keeps its class label. Splits are
-    90/5/5 per class after a seeded shuffle.
+    Several .ndjson inputs make a multi-class dataset: each sketch keeps its class label. SVG
+    drawings make one class; each is scaled, resampled and simplified as a raw QuickDraw drawing
+    (longer side 255, RDP --epsilon), its strokes in document order. Splits are 90/5/5 per class
+    after a seeded shuffle.
+
+    \b
+    sketchkit data convert drawings/*.svg mine.npz
     """
     if output.suffix.lower() != ".npz":
         raise DataError(f"{output}: the output must be a .npz file")
     for path in inputs:
         if not path.is_file():
             raise DataError(f"{path}: no such file")
+    kinds = {p.suffix.lower() == ".svg" for p in inputs}
+    if kinds == {True, False}:
+        raise DataError("give either .ndjson files or .svg drawings, not both (convert them apart)")
+    if kinds == {True}:
+        _convert_svgs(inputs, output, epsilon, seed)
+        return
     total = sum(_count_lines(p) for p in inputs)
     with click.progressbar(length=total, label="converting", file=sys.stderr) as bar:
         ds = datasets.ndjson_to_dataset(inputs, epsilon=epsilon, seed=seed, progress=bar.update)
@@ -49,6 +62,17 @@ def convert(inputs: tuple[Path, ...], output: Path, epsilon: float, seed: int) -
         f"wrote {output}: train/valid/test {counts}{classes} ({total - kept} empty drawings skipped)",
         err=True,
     )
+
+
+def _convert_svgs(inputs: tuple[Path, ...], output: Path, epsilon: float, seed: int) -> None:
+    from sketchkit import svg
+
+    with click.progressbar(inputs, label="converting", file=sys.stderr) as bar:
+        sketches = [svg.to_stroke3(p, epsilon) for p in bar]
+    ds = datasets.shuffle_split(sketches, np.random.default_rng(seed))
+    datasets.save_npz(output, ds)
+    counts = "/".join(str(len(ds.split(k))) for k in datasets.SPLITS)
+    click.echo(f"wrote {output}: train/valid/test {counts} ({len(inputs)} SVG drawings)", err=True)
 
 
 def _count_lines(path: Path) -> int:

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import click
 
-from sketchkit.errors import needs_torch
+from sketchkit.errors import needs_torch, printable
 from sketchkit.modelinfo import ModelInfo
 
 
@@ -32,9 +32,9 @@ def _say(line: str) -> None:
 
 def _report(info: ModelInfo, out_dir: Path, diffs: dict[str, float] | None = None) -> None:
     check = f"onnxruntime vs PyTorch: max diff {max(diffs.values()):.1e} (|a - b| / (1 + |b|))" if diffs else "built with onnx"
-    click.echo(
+    click.echo(printable(
         f"{info.name}: {info.dims.kind}, {info.dims.cell} H={info.dims.dec_size}, {info.precision} -> {out_dir} ({check})"
-    )
+    ))  # fmt: skip
 
 
 fp16_option = click.option(

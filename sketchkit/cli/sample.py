@@ -8,6 +8,7 @@ process with onnxruntime unless `--server URL` names a Triton server. Output: a 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +39,8 @@ def sampling_options(tau: float) -> Callable[[Callable[..., Any]], Callable[...,
             click.option("--greedy", is_flag=True, help="Most likely point at every step (the tau -> 0 limit)."),
             click.option("--max-len", type=int, default=None, help="Stop after this many points [default: the model's N_max]."),
             click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                         help="out.png | out.svg | out.json [default: <name>.png]."),
+                         help="out.png | out.svg | out.json [default: <name>.png here (generate), <name>-<command>.png "
+                              "for the others; <name>: NAME's last part]."),
             click.option("--json", "as_json", is_flag=True, help="Print the sketches as stroke-3 JSON."),
             click.option("--grid/--no-grid", default=True, show_default=True, help="One image of all sketches, or one file each."),
             click.option("--cols", type=int, default=None, help="Columns of the grid."),
@@ -54,8 +56,10 @@ def sampling_options(tau: float) -> Callable[[Callable[..., Any]], Callable[...,
 def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--rescale", default=None, metavar="auto|none|FACTOR",
                      help="Rescale input sketches: auto = make their offset std equal the model's scale_factor "
-                          "[default: auto for .ndjson (0..255 units), none for .npz].")(f)
+                          "[default: auto for .ndjson and .svg (0..255 units), none for .npz].")(f)
     f = click.option("--split", default="test", show_default=True, help="Split of an .npz file.")(f)
+    f = click.option("--sketch", "sketch_files", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+                     help="A drawing of yours as an .svg file, instead of --data/--index (repeat for several).")(f)
     return click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
                         help="Input sketches: a sketch-rnn .npz or a QuickDraw .ndjson.")(f)
 
@@ -91,6 +95,20 @@ def check_count(n: int, what: str) -> None:
         raise SketchkitError(f"{what} must be >= 1 and <= {MAX_SKETCHES}, got {n}")
 
 
+def default_stem(typed: str, model_name: str, suffix: str = "") -> str:
+    """The default output name, a flat file in this folder: the typed NAME (`owl` -> `owl.png`;
+    `magenta/owl.gen` -> `owl.gen.png`), or the model's own name where NAME is a path (a model
+    directory or a Magenta .json); only letters, digits, '_', '.' and '-'."""
+    try:
+        name = model_name if Path(typed).exists() else typed
+    except OSError:  # a name too long to be a path
+        name = typed
+    last = re.split(r"[/\\]", name.strip().rstrip("/\\"))[-1]
+    last = re.sub(r"\.json$", "", last, flags=re.IGNORECASE)
+    last = re.sub(r"[^A-Za-z0-9_.-]+", "-", last).strip(".-")[:64] or "sketches"
+    return last + suffix
+
+
 def session_from(kwargs: dict[str, Any]) -> Session:
     """Check the output options (before any work), then open the model."""
     output, cols = kwargs["output"], kwargs["cols"]
@@ -106,14 +124,41 @@ def session_from(kwargs: dict[str, Any]) -> Session:
 # input sketches
 
 
+class Inputs:
+    """A command's input sketches, in the model's units, and what to call them in captions."""
+
+    def __init__(self, sketches: list[np.ndarray], labels: list[str]) -> None:
+        self.sketches, self.labels = sketches, labels
+
+
+def load_inputs(data: Path | None, sketch_files: Sequence[Path], split: str, indices: Sequence[int],
+                rescale: str | None, scale_factor: float) -> Inputs:
+    """The input sketches of --data/--index or of --sketch FILE.svg (not both)."""
+    if sketch_files:
+        if data is not None:
+            raise SketchkitError("give --data FILE --index I or --sketch FILE.svg, not both")
+        from click.core import ParameterSource
+
+        ctx = click.get_current_context()
+        if any(ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE for k in ("indices", "index") if k in ctx.params):
+            raise SketchkitError("--index picks from --data; with --sketch, the files are the sketches")
+        from sketchkit import svg
+
+        sketches = [np.asarray(svg.to_stroke3(p), np.float32) for p in sketch_files]
+        return Inputs(_rescaled(sketches, sketches, rescale or "auto", scale_factor), [p.name for p in sketch_files])
+    return Inputs(load_sketches(data, split, indices, rescale, scale_factor), [f"input {i}" for i in indices])
+
+
 def load_sketches(path: Path | None, split: str, indices: Sequence[int], rescale: str | None,
                   scale_factor: float) -> list[np.ndarray]:
     """The sketches at `indices` of an .npz split or an .ndjson file, in the model's units."""
     from sketchkit import datasets
-    from sketchkit.sampling import rescale as match_scale
 
     if path is None:
-        raise SketchkitError("this command needs input sketches: --data FILE.npz|FILE.ndjson --index I")
+        raise SketchkitError("this command needs input sketches: --data FILE.npz|FILE.ndjson --index I, "
+                             "or --sketch FILE.svg")
+    if path.suffix.lower() == ".svg":
+        raise DataError(f"{path}: an SVG is one drawing: give it as --sketch {path}")
     if path.suffix == ".ndjson":
         drawings = datasets.read_ndjson(path)
         pool = list(range(min(len(drawings), 500)))  # enough drawings for a stable offset std
@@ -130,6 +175,13 @@ def load_sketches(path: Path | None, split: str, indices: Sequence[int], rescale
     else:
         raise DataError(f"{path}: expected a .npz or .ndjson file")
     sketches = [np.asarray(s, np.float32) for s in sketches]
+    return _rescaled(sketches, reference, rescale, scale_factor)
+
+
+def _rescaled(sketches: list[np.ndarray], reference: Sequence[np.ndarray], rescale: str, scale_factor: float) -> list[np.ndarray]:
+    """`sketches` in the model's units: `auto` matches `reference`'s offset std to `scale_factor`."""
+    from sketchkit.sampling import rescale as match_scale
+
     if rescale == "none":
         return sketches
     if rescale == "auto":
@@ -171,9 +223,12 @@ def first_strokes(s: np.ndarray, count: int | None) -> np.ndarray:
 
 def write_output(
     sketches: list[np.ndarray], *, session: Session, stem: str, output: Path | None, as_json: bool,
-    grid: bool, cols: int | None, captions: list[str] | None = None,
+    grid: bool, cols: int | None, captions: list[str] | None = None, given: list[int | None] | None = None,
+    shown: list[np.ndarray] | None = None,
 ) -> None:
-    """Print JSON and/or write the picture(s); one line on stderr says what was written."""
+    """Print JSON and/or write the picture(s); one line on stderr says what was written. The grid
+    shows `shown` (the sketches and the inputs around them) where given, with `captions` under each
+    cell; `given[i]`: rows of cell i drawn by a person (black; the model's rows blue)."""
     json_file = output is not None and output.suffix.lower() == ".json"
     if as_json and not json_file:
         click.echo(_to_json(sketches, session))
@@ -190,13 +245,15 @@ def write_output(
 
     path = output or Path(f"{stem}.png")
     if grid:
-        cols = cols or _default_cols(len(sketches))
-        render.save(path, render.grid_svg(sketches, cols=cols, captions=captions))
+        cells = shown if shown is not None else sketches
+        cols = cols or _default_cols(len(cells))
+        render.save(path, render.grid_svg(cells, cols=cols, captions=captions, given=given))
         _report(len(sketches), session, path)
     else:
         width = len(str(len(sketches) - 1))
         for i, s in enumerate(sketches):
-            render.save(path.with_name(f"{path.stem}-{i:0{width}d}{path.suffix}"), render.to_svg(s))
+            mine = None if given is None or shown is not None else given[i]
+            render.save(path.with_name(f"{path.stem}-{i:0{width}d}{path.suffix}"), render.to_svg(s, given=mine))
         _report(len(sketches), session, path.with_name(f"{path.stem}-*{path.suffix}"))
 
 
@@ -247,7 +304,7 @@ def generate(n: int, **kwargs: Any) -> None:
     check_count(n, "-n")
     s = session_from(kwargs)
     sketches = s.timed(lambda: s.sampler.generate(n, options=s.options))
-    write_output(sketches, session=s, stem=s.info.name, **output_args(kwargs))
+    write_output(sketches, session=s, stem=default_stem(kwargs["name"], s.info.name), **output_args(kwargs))
 
 
 @click.command()
@@ -256,19 +313,20 @@ def generate(n: int, **kwargs: Any) -> None:
               help="Sketch(es) to reconstruct; repeat for several.")
 @click.option("-n", "n", type=int, default=4, show_default=True, help="Reconstructions per sketch.")
 @sampling_options(tau=0.3)
-def reconstruct(data: Path | None, split: str, rescale: str | None, indices: tuple[int, ...], n: int, **kwargs: Any) -> None:
+def reconstruct(data: Path | None, sketch_files: tuple[Path, ...], split: str, rescale: str | None,
+                indices: tuple[int, ...], n: int, **kwargs: Any) -> None:
     """Encode sketches and decode them again (vae models): one row per input, the input first."""
     check_count(n, "-n")
-    check_count(n * len(indices), "-n times the number of --index values")
+    check_count(n * max(len(indices), len(sketch_files)), "-n times the number of inputs")
     s = session_from(kwargs)
-    inputs = load_sketches(data, split, indices, rescale, s.info.scale_factor)
-    repeated = [x for x in inputs for _ in range(n)]
+    inputs = load_inputs(data, sketch_files, split, indices, rescale, s.info.scale_factor)
+    repeated = [x for x in inputs.sketches for _ in range(n)]
     outs = s.timed(lambda: s.sampler.reconstruct(repeated, s.options))
     sketches, captions = [], []
-    for k, (i, x) in enumerate(zip(indices, inputs, strict=True)):
+    for k, (label, x) in enumerate(zip(inputs.labels, inputs.sketches, strict=True)):
         sketches += [x, *outs[k * n : (k + 1) * n]]
-        captions += [f"input {i}"] + [_tau_caption(s)] * n
-    write_output(sketches, session=s, stem=f"{s.info.name}-reconstruct", captions=captions,
+        captions += [label] + [_tau_caption(s)] * n
+    write_output(sketches, session=s, stem=default_stem(kwargs["name"], s.info.name, "-reconstruct"), captions=captions,
                  **dict(output_args(kwargs), cols=kwargs["cols"] or n + 1))
 
 
@@ -281,29 +339,50 @@ def reconstruct(data: Path | None, split: str, rescale: str | None, indices: tup
 @click.option("--steps", type=int, default=10, show_default=True, help="Points along the path (or per side of the grid).")
 @click.option("--method", default="slerp", show_default=True, metavar="slerp|lerp", help="Interpolation in latent space.")
 @sampling_options(tau=0.1)
-def interpolate(data: Path | None, split: str, rescale: str | None, indices: tuple[int, ...], corners: int,
-                steps: int, method: str, **kwargs: Any) -> None:
-    """Morph between two sketches in latent space, or fill the paper's 4-corner grid (vae models)."""
+def interpolate(data: Path | None, sketch_files: tuple[Path, ...], split: str, rescale: str | None,
+                indices: tuple[int, ...], corners: int, steps: int, method: str, **kwargs: Any) -> None:
+    """Morph between two sketches in latent space, or fill the paper's 4-corner grid (vae models).
+    The picture shows the input sketches beside the path (above and below the grid's corners) and
+    t under every frame."""
     check_count(steps, "--steps")
     check_count(steps * steps, "--steps squared (a grid's size)")
     s = session_from(kwargs)
-    if data is not None:
-        if len(indices) not in (2, 4):
-            raise SketchkitError(f"give 2 or 4 --index values, got {len(indices)}")
-        ends: list[np.ndarray] = load_sketches(data, split, indices, rescale, s.info.scale_factor)
+    inputs: Inputs | None = None
+    if data is not None or sketch_files:
+        count = len(sketch_files) or len(indices)
+        if count not in (2, 4):
+            what = "--sketch files" if sketch_files else "--index values"
+            raise SketchkitError(f"give 2 or 4 {what}, got {count}")
+        inputs = load_inputs(data, sketch_files, split, indices, rescale, s.info.scale_factor)
+        ends: list[np.ndarray] = inputs.sketches
     else:
         if corners not in (2, 4):
             raise SketchkitError(f"--corners must be 2 or 4, got {corners}")
         if not s.info.dims.vae:
             raise SketchkitError(f"{s.info.name} is a decoder-only model: it has no latent space to interpolate")
         ends = list(np.random.default_rng(kwargs["seed"]).standard_normal((corners, s.info.dims.z_size)).astype(np.float32))
+    ts = [f"{t:.2f}".rstrip("0").rstrip(".") if t else "0" for t in np.linspace(0.0, 1.0, steps)]
     if len(ends) == 4:
         sketches = s.timed(lambda: s.sampler.grid4(ends, steps, method, s.options))
+        shown, captions = list(sketches), [f"x {tx}, y {ty}" for ty in ts for tx in ts]
         cols = steps
+        if inputs is not None:  # each input above or below its corner
+            blank, gap = np.zeros((0, 3), np.float32), [""] * max(0, steps - 2)
+            top = [ends[0], *[blank] * (steps - 2), ends[1]] if steps > 1 else [ends[0]]
+            bottom = [ends[2], *[blank] * (steps - 2), ends[3]] if steps > 1 else [ends[2]]
+            labels = inputs.labels
+            shown = top + shown + bottom
+            captions = ([labels[0], *gap, labels[1]] if steps > 1 else [labels[0]]) + captions + (
+                [labels[2], *gap, labels[3]] if steps > 1 else [labels[2]])
     else:
         sketches = s.timed(lambda: s.sampler.interpolate(ends[0], ends[1], steps, method, s.options))
-        cols = kwargs["cols"] or min(steps, 10)
-    write_output(sketches, session=s, stem=f"{s.info.name}-interpolate", **dict(output_args(kwargs), cols=cols))
+        shown, captions = list(sketches), [f"t {t}" for t in ts]
+        if inputs is not None:  # the two inputs at the ends of the path
+            shown = [ends[0], *shown, ends[1]]
+            captions = [inputs.labels[0], *captions, inputs.labels[1]]
+        cols = kwargs["cols"] or min(len(shown), 12)
+    write_output(sketches, session=s, stem=default_stem(kwargs["name"], s.info.name, "-interpolate"), captions=captions,
+                 shown=shown, **dict(output_args(kwargs), cols=cols))
 
 
 @click.command()
@@ -312,15 +391,18 @@ def interpolate(data: Path | None, split: str, rescale: str | None, indices: tup
 @click.option("--strokes", "keep_strokes", type=int, default=None, help="Keep its first K strokes [default: half].")
 @click.option("-k", "k", type=int, default=8, show_default=True, help="How many endings.")
 @sampling_options(tau=0.8)
-def complete(data: Path | None, split: str, rescale: str | None, index: int, keep_strokes: int | None, k: int,
-             **kwargs: Any) -> None:
-    """Continue the beginning of a sketch k ways (paper §5.4); the partial sketch comes first."""
+def complete(data: Path | None, sketch_files: tuple[Path, ...], split: str, rescale: str | None, index: int,
+             keep_strokes: int | None, k: int, **kwargs: Any) -> None:
+    """Continue the beginning of a sketch k ways (paper §5.4); the partial sketch comes first.
+    The given strokes are drawn black, the model's blue (as in the playground)."""
     check_count(k, "-k")
+    if len(sketch_files) > 1:
+        raise SketchkitError(f"complete takes one --sketch, got {len(sketch_files)}")
     s = session_from(kwargs)
-    (sketch,) = load_sketches(data, split, [index], rescale, s.info.scale_factor)
+    (sketch,) = load_inputs(data, sketch_files, split, [index], rescale, s.info.scale_factor).sketches
     partial = first_strokes(sketch, keep_strokes)
     endings = s.timed(lambda: s.sampler.complete(partial, k, s.options))
-    captions = ["partial"] + [_tau_caption(s)] * k
-    write_output([partial, *endings], session=s, stem=f"{s.info.name}-complete", captions=captions,
-                 **output_args(kwargs))
+    captions = ["given"] + [_tau_caption(s)] * k
+    write_output([partial, *endings], session=s, stem=default_stem(kwargs["name"], s.info.name, "-complete"), captions=captions,
+                 given=[len(partial)] * (k + 1), **output_args(kwargs))
 

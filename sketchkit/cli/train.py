@@ -4,6 +4,7 @@ imported inside the commands only, so the rest of the CLI never pays for them.""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ def _parse_value(text: str) -> Any:
     "--time-limit",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="Stop after this much wall time (then validate and save as at a last step).",
+    help="Be done within this much wall time: stop before a step that would pass it, counting the "
+    "validation and save that end the run (measured as it goes); the bar then shows the time left.",
 )
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when present).")
 @click.option("--threads", type=int, help="CPU threads for torch.")
@@ -74,6 +76,7 @@ def train(
 ) -> None:
     """Train a sketch-rnn model from a RECIPE.toml (or from flags alone); resumes a killed run
     exactly. Under `torchrun --nproc-per-node=N -m sketchkit train ...` N ranks share each batch."""
+    started = time.perf_counter()  # --time-limit counts from here: importing torch is part of the run
     _need_torch("train")
     import torch
 
@@ -95,7 +98,8 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     out = out_dir or Path("runs") / (recipe.stem if recipe else "run")
-    best = run(hp, out, device=device, resume=not fresh, progress=not quiet, time_limit=time_limit)
+    best = run(hp, out, device=device, resume=not fresh, progress=not quiet, time_limit=time_limit,
+               started=started)
     if not best:  # a torchrun rank other than 0: rank 0 reports
         return
     click.echo(

@@ -8,8 +8,8 @@ served from this package: no build step, no CDN, so it works offline.
 
 Modules, in the order a request flows: `validate` (parse and check a JSON body), `canvas` (canvas
 pixels <-> the model's units), `catalogue` (which models the page offers, opened once each),
-`app` (the routes), `server` (bind and run uvicorn). `browser` drives the page in headless
-Chromium for the tests and the latency benchmark.
+`app` (the routes), `server` (bind and run uvicorn). The tests and the latency benchmark drive the
+page in headless Chromium with tests/browser.py (test tooling: not installed).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The playground's routes: the page, and a small JSON API over `Sampler`.
 
     GET  /                 the page (static/index.html; static/ holds its script and style)
-    GET  /api/models       the model picker: [{name, group, kind, license, open}], default
+    GET  /api/models       the model picker: [{name, group, set, kind, license, open}], sets, default
     POST /api/model        {model} -> its card (opens it; downloads it on first use)
     POST /api/complete     {model, drawing, k, tau, seed} -> k endings of the drawing
     POST /api/generate     {model, n, tau, seed} -> n fresh sketches
@@ -124,7 +124,8 @@ def _need_vae(sampler: Sampler, name: str, what: str) -> None:
 # ---- the API -----------------------------------------------------------------------------------
 def models(catalogue: Catalogue, doc: dict[str, Any]) -> dict[str, Any]:
     listing = catalogue.listing()
-    return {"models": listing, "default": listing[0]["name"] if listing else None, "server": catalogue.server}
+    default = listing[0]["name"] if listing else None
+    return {"models": listing, "sets": catalogue.sets, "default": default, "server": catalogue.server}
 
 
 def model(catalogue: Catalogue, doc: dict[str, Any]) -> dict[str, Any]:
@@ -184,12 +185,15 @@ async def index(request: Request) -> Response:
 
 
 def host_name(header: str) -> str:
-    """The host of a Host header, without its port: `[::1]:8765` -> `::1`, `Localhost:80` -> `localhost`."""
+    """The host of a Host header, without its port: `[::1]:8765` -> `::1`, `Localhost:80` -> `localhost`;
+    "" for anything else (`127.0.0.1:evil`, `a:1:2`): only a port of digits may follow the host."""
     header = header.strip().lower()
-    if header.startswith("["):  # an IPv6 literal: nothing but a port may follow it
+    if header.startswith("["):  # an IPv6 literal
         address, _, rest = header[1:].partition("]")
-        return address if rest == "" or rest[0] == ":" and rest[1:].isdigit() else ""
-    return header.split(":")[0]
+    else:
+        address, colon, port = header.partition(":")
+        rest = colon + port
+    return address if rest == "" or rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit() else ""
 
 
 class HostCheck:

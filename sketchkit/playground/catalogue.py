@@ -2,7 +2,8 @@
 
 The models named on the command line (default: the shipped sheep) come first and are opened at
 start, so a typo fails there and not in the page. Without `--server` the rest of the zoo follows:
-shipped, cached, then downloadable models, each opened (and downloaded) when first picked. With
+shipped, cached, then downloadable models set by set (`sketchkit.hub.SETS`, as `zoo list` groups
+them), each opened (and downloaded) when first picked. With
 `--server` only the named models are offered, through Triton. A request names a model by its
 entry in this table, never by a path.
 """
@@ -33,6 +34,14 @@ class Entry:
     group: str  # one of GROUPS
     kind: str  # "vae", "decoder-only" or "" (not known until opened)
     license: str
+    set: str = ""  # the zoo set (a key of sketchkit.hub.SETS); "" for a directory or a served model
+
+
+def _is_zoo_name(name: str) -> bool:
+    """A registry name, not a model directory given on the command line."""
+    from sketchkit.hub import available_models
+
+    return name in available_models()
 
 
 def _warm(sampler: Sampler) -> Sampler:
@@ -53,9 +62,10 @@ class Catalogue:
     def __init__(
         self, models: Sequence[str] = ("sheep",), server: str | None = None, zoo: bool = True, max_open: int = MAX_OPEN
     ) -> None:
-        from sketchkit.hub import load
+        from sketchkit.hub import SETS, load, model_set
 
         self.server = server
+        self.sets = dict(SETS)  # set -> what the picker calls it
         self.max_open = max_open  # zoo models open at once: the least recently used is closed
         self.entries: dict[str, Entry] = {}
         self._samplers: OrderedDict[str, Sampler] = OrderedDict()  # least recently used first
@@ -64,7 +74,9 @@ class Catalogue:
         for name in dict.fromkeys(models):
             sampler = _warm(Sampler(load(name, server)))
             info = sampler.info
-            self.entries[name] = Entry(name, "server" if server else "command line", info.dims.kind, info.license)
+            group = "server" if server else "command line"
+            zoo_set = model_set(name) if not server and _is_zoo_name(name) else ""  # served: Triton's name
+            self.entries[name] = Entry(name, group, info.dims.kind, info.license, zoo_set)
             self._samplers[name] = sampler
         if zoo and not server:
             self._add_zoo()
@@ -84,16 +96,18 @@ class Catalogue:
             if group == "shipped" and not hub.is_cached(name):
                 continue  # shipped without its ONNX export: nothing to sample
             licence = (row.get("license") or "").split(" (")[0]
-            found[group].append(Entry(name, group, row["dims"].get("kind", ""), licence))
-        for entries in found.values():
-            self.entries.update((e.name, e) for e in entries)
+            found[group].append(Entry(name, group, row["dims"].get("kind", ""), licence, hub.model_set(name)))
+        order = {key: i for i, key in enumerate(self.sets)}
+        for entries in found.values():  # within a group, set by set (stable: registry order within one)
+            self.entries.update((e.name, e) for e in sorted(entries, key=lambda e: order.get(e.set, len(order))))
 
     def listing(self) -> list[dict[str, Any]]:
-        """What the model picker shows, in order."""
+        """What the model picker shows, in order; the page groups it by (group, set)."""
         return [
-            {"name": e.name, "group": e.group, "kind": e.kind, "license": e.license, "open": e.name in self._samplers}
+            {"name": e.name, "group": e.group, "set": e.set, "kind": e.kind, "license": e.license,
+             "open": e.name in self._samplers}
             for e in self.entries.values()
-        ]
+        ]  # fmt: skip
 
     def lock(self, name: str) -> threading.Lock:
         """Held while a request samples `name`: one request at a time per model."""

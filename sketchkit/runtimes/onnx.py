@@ -30,9 +30,9 @@ from sketchkit.graphs import (
     concrete_dims,
 )
 from sketchkit.modelinfo import ModelInfo, graph_path
+from sketchkit.onnx_session import open_session as open_session  # the one way to a session
+from sketchkit.onnx_session import session_options as session_options
 from sketchkit.runtimes.onnx_rows import DeviceRows, GraphRows, with_passthrough
-from sketchkit.runtimes.session import open_session as open_session  # the one way to a session
-from sketchkit.runtimes.session import session_options as session_options
 
 if TYPE_CHECKING:
     import onnxruntime as ort

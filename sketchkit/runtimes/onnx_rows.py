@@ -17,15 +17,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sketchkit.errors import ModelError
-from sketchkit.rows import COLUMNS
+from sketchkit.graphs import DECODER_STEP_DRAW, DECODER_STEP_DRAW_UNCOND
 from sketchkit.runtimes.base import Runtime
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 
+# the table's columns are the step graph's inputs (`sketchkit.graphs`: one contract for both)
+_COLUMN_TYPES = {t.name: t.dtype for t in DECODER_STEP_DRAW.inputs}
 
-_COLUMN_TYPES = {"prev": "float32", "z": "float32", "state": "float32", "temperature": "float32", "greedy": "bool", "counter": "uint64"}
+
+def _columns(runtime: Runtime) -> tuple[str, ...]:
+    graph = DECODER_STEP_DRAW if runtime.info.dims.vae else DECODER_STEP_DRAW_UNCOND
+    return tuple(t.name for t in graph.inputs)
 
 
 def _column_graph(name: str, columns: tuple[str, ...], given: list[tuple[str, list[Any]]], nodes_of: Any) -> bytes:
@@ -71,12 +76,12 @@ class DeviceRows:
         import onnxruntime as ort
 
         self.runtime, self.session, self.device, self.device_id = runtime, session, device, device_id
-        self.names = tuple(c for c in COLUMNS if c != "z" or runtime.info.dims.vae)
+        self.names = _columns(runtime)
         self.columns: dict[str, ort.OrtValue] = {}
         self._rows = 0
         self._keep: np.ndarray | None = None  # rows to keep (pending)
         self._new: list[dict[str, np.ndarray]] = []  # rows to append (pending)
-        from sketchkit.runtimes.session import open_session
+        from sketchkit.onnx_session import open_session
 
         self._table = open_session(_table_graph(self.names), 1, session.get_providers())
         self._ort = ort
@@ -182,11 +187,11 @@ class GraphRows:
     ) -> None:
         import onnxruntime as ort
 
-        from sketchkit.runtimes.session import open_session
+        from sketchkit.onnx_session import open_session
 
         self.runtime, self.session, self.device, self.device_id, self.capture = runtime, session, device, device_id, capture
         info = runtime.info
-        self.names = tuple(c for c in COLUMNS if c != "z" or info.dims.vae)
+        self.names = _columns(runtime)
         self.widths = {"prev": 5, "z": info.dims.z_size, "state": info.dims.state_size, "temperature": 2}
         self._slots_session = open_session(_slots_graph(self.names), 1, session.get_providers())
         self._ort = ort

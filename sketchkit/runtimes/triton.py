@@ -61,7 +61,9 @@ class TritonRuntime:
     info: model.json; None reads it from the server. timeout_s: per request. retries: extra
     attempts when the server is UNAVAILABLE (connection refused, restarting). mode: "generate"
     samples whole sketches with `<model>_generate` when the server has it; "step" always runs the
-    loop here. stateful: the step mode with server-held state.
+    loop here. stateful: the step mode with server-held state. key: what inference sends in
+    `wire.KEY_HEADER`; None: $SKETCHKIT_SERVER_KEY, else the local key file's key, sent only to a
+    loopback server (`wire.key_for`).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class TritonRuntime:
         retries: int = 3,
         stateful: bool = False,
         mode: str = "generate",
+        key: str | None = None,
     ) -> None:
         if not model:
             raise TritonError("no model name given for the Triton runtime")
@@ -90,7 +93,11 @@ class TritonRuntime:
         self._lock = threading.Lock()
         self._clients: list[Any] = []
         self._open: dict[int, int] = {}  # thread id -> its last sequence (ended when it starts the next)
-        self._headers = wire.key_headers(self.protocol)  # inference needs the server's key (`sketchkit serve key`)
+        host = self.address.rsplit(":", 1)[0]
+        self._loopback = wire.is_loopback(host)
+        # inference needs the server's key (`sketchkit serve key`); the local one goes only to loopback
+        header = wire.GRPC_KEY_HEADER if self.protocol == "grpc" else wire.KEY_HEADER
+        self._headers = {header: key} if key else wire.key_headers(self.protocol, host)
         import tritonclient.utils  # fail here, in one line, if the client library is missing
 
         self._exception = tritonclient.utils.InferenceServerException
@@ -243,10 +250,7 @@ class TritonRuntime:
                     or "no available versions" in message
                 )
                 if "is restricted, expecting header" in message:
-                    raise TritonError(
-                        f"Triton at {self.url}: {what} needs the server's key (set ${wire.KEY_ENV}, or run "
-                        "`sketchkit serve start` as this user: it keeps the key where clients find it)"
-                    ) from None
+                    raise TritonError(f"Triton at {self.url}: {what} needs the server's key ({self._key_hint()})") from None
                 if "DEADLINE_EXCEEDED" in status or "Deadline" in message:
                     raise TritonError(
                         f"Triton at {self.url}: {what} timed out after {self.timeout_s:g} s"
@@ -263,6 +267,12 @@ class TritonRuntime:
                 time.sleep(delay)
                 delay *= 2
         raise TritonError(f"Triton server at {self.url} is unavailable ({message})")
+
+    def _key_hint(self) -> str:
+        if self._loopback:
+            return (f"set ${wire.KEY_ENV}, or run `sketchkit serve start` as this user: it keeps the key where "
+                    "clients find it")  # fmt: skip
+        return f"set ${wire.KEY_ENV} to its key: the local key file is sent only to servers on loopback"
 
     def _config(self, name: str) -> dict[str, Any]:
         def get(client: Any) -> dict[str, Any]:

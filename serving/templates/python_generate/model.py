@@ -120,9 +120,10 @@ class TritonPythonModel:
             job = self.sampler.completion(r.prefix, r.n, options)
         else:
             job = self.sampler.generation(r.n, r.z, options)
-        z = job.z  # the latents decoded, answered beside the sketches (the engine leaves them as they are)
+        # a prefix is read (and, for vae models, encoded) by the engine after admission, like
+        # every other row: nothing here runs a graph
         job.is_cancelled = request.is_cancelled
-        job.on_done = lambda done: self._answers.put((sender, done, z, r.prefix))
+        job.on_done = lambda done: self._answers.put((sender, done, r.prefix))
         self.engine.submit(job)  # EngineBusy (one line) when too many sketches are in flight
 
     def _respond_loop(self):
@@ -134,7 +135,7 @@ class TritonPythonModel:
             except Exception as e:
                 pb_utils.Logger.log_error(f"sketchkit responder: an answer was not sent: {one_line(e)}")
 
-    def respond(self, sender, job, z, prefix):
+    def respond(self, sender, job, prefix):
         self.metrics.answered(job)
         if isinstance(job.error, Cancelled):
             # a non-decoupled model must send a response before the final flag, even to a
@@ -148,8 +149,8 @@ class TritonPythonModel:
                 sketches = [np.vstack([prefix, s]) for s in sketches]
             strokes, lengths = pack(sketches)
             tensors = [pb_utils.Tensor("strokes", strokes), pb_utils.Tensor("lengths", lengths)]
-            if self.info.dims.vae:
-                tensors.append(pb_utils.Tensor("z", z))
+            if self.info.dims.vae:  # the latents decoded (the prefix's own, for a completion)
+                tensors.append(pb_utils.Tensor("z", np.ascontiguousarray(job.z, np.float32)))
             response = pb_utils.InferenceResponse(output_tensors=tensors)
         except Exception as e:  # the model failed (NaN parameters, ...): not the client's fault
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e)))

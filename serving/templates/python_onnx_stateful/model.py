@@ -9,7 +9,9 @@ max_sequence_idle_microseconds, after which Triton drops the sequence) are freed
 
 Limits (config parameters): a sequence holds at most "max_rows" rows, and all sequences together
 at most "max_state_bytes" of state; a request past either gets a one-line error and its sequence
-is dropped. onnxruntime's memory arena is off, so memory goes back to the system when sequences end.
+is dropped. Room held by sequences idle for "evict_idle_seconds" (default 1 s; a client steps
+every few ms) goes, oldest first, to a sequence that needs it: one client cannot hold the whole
+cap for the idle time by opening sequences and walking away. onnxruntime's memory arena is off, so memory goes back to the system when sequences end.
 """
 
 import json
@@ -51,6 +53,7 @@ class TritonPythonModel:
         self.idle_s = float(p["idle_seconds"])
         self.max_rows = int(p.get("max_rows", "4096"))
         self.max_state_bytes = int(p.get("max_state_bytes", str(1 << 30)))
+        self.evict_idle_s = float(p.get("evict_idle_seconds", "1"))
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = session(path, p)
         check_names(self.session, self.inputs, self.outputs, path)
@@ -69,14 +72,20 @@ class TritonPythonModel:
         elif corrid in self.states:
             state = self.states[corrid][0]
         else:
-            raise KeyError(f"sequence {corrid} has no state (ended, or idle longer than {self.idle_s:g} s)")
+            raise KeyError(
+                f"sequence {corrid} has no state (ended, idle longer than {self.idle_s:g} s, or idle longer than "
+                f"{self.evict_idle_s:g} s while another sequence needed its room)"
+            )
         feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
         rows = len(feeds[self.inputs[0]])
         if rows > self.max_rows:
             self.states.pop(corrid, None)
             raise ValueError(f"sequence {corrid}: {rows} rows, over the cap of {self.max_rows} per sequence (max_rows)")
         stored = sum(s.nbytes for c, (s, _) in self.states.items() if c != corrid)
-        if not end and stored + rows * self.placeholder.nbytes > self.max_state_bytes:
+        need = rows * self.placeholder.nbytes
+        if not end and stored + need > self.max_state_bytes:
+            stored -= self.evict(stored + need - self.max_state_bytes, keep=corrid)
+        if not end and stored + need > self.max_state_bytes:
             self.states.pop(corrid, None)
             raise ValueError(
                 f"sequence {corrid}: {rows} more rows of state would pass the server's cap of "
@@ -92,6 +101,17 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outputs, strict=True)]
         )
+
+    def evict(self, wanted, keep):
+        """Drop sequences idle for evict_idle_s, oldest first, until `wanted` bytes are free; the bytes freed."""
+        now, freed = time.monotonic(), 0
+        for corrid, (state, used) in sorted(self.states.items(), key=lambda item: item[1][1]):
+            if freed >= wanted or now - used < self.evict_idle_s:
+                break
+            if corrid != keep:
+                del self.states[corrid]
+                freed += state.nbytes
+        return freed
 
     def execute(self, requests):
         responses = []

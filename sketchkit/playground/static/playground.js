@@ -225,22 +225,42 @@ const GROUP_LABELS = {
   downloadable: "downloadable (fetched on first use)", server: "on the Triton server",
 };
 
+// One optgroup per group, and the downloadable models one per set (as `sketchkit zoo list` shows them).
+function groupLabel(m, sets) {
+  if (m.group !== "downloadable" || !m.set) return GROUP_LABELS[m.group] || m.group;
+  return `${sets[m.set] || m.set} (downloadable)`;
+}
+
 async function loadModels() {
   const doc = await call("models");
   const select = $("model");
   const groups = new Map();
   for (const m of doc.models) {
-    if (!groups.has(m.group)) {
+    const label = groupLabel(m, doc.sets || {});
+    if (!groups.has(label)) {
       const og = document.createElement("optgroup");
-      og.label = GROUP_LABELS[m.group] || m.group;
-      groups.set(m.group, og);
+      og.label = label;
+      groups.set(label, og);
       select.append(og);
     }
     const opt = new Option(`${m.name} · ${m.kind || "?"} · ${m.license || "licence ?"}`, m.name);
-    groups.get(m.group).append(opt);
+    groups.get(label).append(opt);
   }
   state.groups = new Map(doc.models.map((m) => [m.name, m.group]));
   if (doc.default) await pick(doc.default);
+}
+
+// Keep the models whose name contains the filter (any case); the picked one always stays.
+function filterModels(text) {
+  const q = text.trim().toLowerCase();
+  for (const og of $("model").querySelectorAll("optgroup")) {
+    let shown = 0;
+    for (const opt of og.children) {
+      opt.hidden = Boolean(q) && !opt.value.toLowerCase().includes(q) && opt.value !== state.model;
+      if (!opt.hidden) shown += 1;
+    }
+    og.hidden = shown === 0;
+  }
 }
 
 async function pick(name) {
@@ -285,6 +305,7 @@ $("clear").addEventListener("click", () => { state.strokes = []; redraw(); });
 $("save-drawing").addEventListener("click", () => download(sketchSvg(state.strokes, state.strokes.length, true), "drawing.svg"));
 $("dice").addEventListener("click", () => { $("seed").value = String(Math.floor(Math.random() * 2 ** 31)); });
 $("model").addEventListener("change", (e) => pick(e.target.value));
+$("model-filter").addEventListener("input", (e) => filterModels(e.target.value));
 $("tau").addEventListener("input", () => { $("tau-value").textContent = Number($("tau").value).toFixed(2); });
 $("tau").addEventListener("change", () => { if (state.last) run(state.last); });
 

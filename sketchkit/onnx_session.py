@@ -1,5 +1,7 @@
 """The one way this project opens an onnxruntime session (the runtime, the row tables, the draw,
-the export's check, the Triton Python models, the benchmarks); `sketchkit.runtimes.onnx` re-exports it."""
+the export's check, the Triton Python models, the benchmarks); `sketchkit.runtimes.onnx` re-exports it.
+It stands below everything that runs a graph (it imports nothing of sketchkit): the draw runs its
+own graph with it, and the runtimes append that graph to the decoder step."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Headless Chromium driven over the DevTools protocol: real pointer events on the real page.
 
-The playground's tests and its latency benchmark draw with this. It uses the distribution's
-`chromium` (Debian: `apt-get install chromium`), started with a fresh profile and everything
-that would reach the network switched off, and talks to it over one websocket (the `websockets`
-package, in the dev extra). Playwright would do the same through a Node.js driver; this is the
+Test tooling, so it lives in tests/ and not in the wheel: tests/test_playground_browser.py and
+benchmarks/bench_playground.py (which puts tests/ on its path) draw with it. It uses the
+distribution's `chromium` (Debian: `apt-get install chromium`), started with a fresh profile and
+everything that would reach the network switched off, and talks to it over one websocket (the
+`websockets` package, in the dev extra). Playwright would do the same through a Node.js driver; this is the
 sixty lines of it that the playground needs.
 """
 
