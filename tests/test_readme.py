@@ -261,6 +261,20 @@ def test_the_torch_line_is_the_cpu_build_everywhere() -> None:
     assert (ROOT / "pyproject.toml").read_text().count(f'"{TORCH}"') == 2  # the train and export extras
 
 
+def test_the_key_path_is_where_serving_readme_says(tmp_path: Path) -> None:
+    """Issue 26, item 5: `serve key --path` prints the file, and on Linux without $SKETCHKIT_CACHE
+    or $XDG_CACHE_HOME it is ~/.cache/sketchkit/server.key (the snippet's fallback)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SKETCHKIT_CACHE", "XDG_CACHE_HOME", "SKETCHKIT_SERVER_KEY")}
+    cases = {str(tmp_path / "c" / "server.key"): dict(env, SKETCHKIT_CACHE=str(tmp_path / "c"))}
+    if sys.platform.startswith("linux"):
+        cases[str(tmp_path / "home" / ".cache" / "sketchkit" / "server.key")] = dict(env, HOME=str(tmp_path / "home"))
+    for want, case in cases.items():
+        p = subprocess.run([sys.executable, "-m", "sketchkit", "serve", "key", "--path"], env=case,
+                           capture_output=True, text=True, timeout=60)
+        assert (p.returncode, p.stdout, p.stderr) == (0, want + "\n", "")
+    assert "~/.cache/sketchkit" in (ROOT / "serving" / "README.md").read_text()
+
+
 # ---- the READMEs, run ---------------------------------------------------------------------------------
 def fresh_clone(dest: Path) -> Path:
     """The repository's files as a fresh clone has them, plus uncommitted work inside its folders;

@@ -243,9 +243,19 @@ def start(
 
 
 @serve.command("key", short_help="Print the key that `serve start` requires for inference.")
-def key() -> None:
+@click.option("--path", "show_path", is_flag=True,
+              help="Print the key file's path instead (what a service in another codebase reads).")
+def key(show_path: bool) -> None:
     """Print the local server's key ($SKETCHKIT_SERVER_KEY, else the cache's server.key, made on
     first use): send it as the x-sketchkit-key header (sketchkit's clients read it themselves)."""
+    import os
+
+    from sketchkit import wire
     from sketchkit.serving.server import local_key
 
+    if show_path:
+        if os.environ.get(wire.KEY_ENV):
+            click.echo(f"note: ${wire.KEY_ENV} is set: servers started here use it, not this file", err=True)
+        click.echo(wire.key_file())
+        return
     click.echo(local_key())
