@@ -62,11 +62,13 @@ def write_manifests(
     deployment: list[dict] = [
         {"op": "replace", "path": "/spec/template/spec/initContainers/0/args", "value": args},
         {"op": "replace", "path": "/spec/template/spec/containers/0/resources/requests/cpu", "value": cores},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/cpu", "value": cores},
     ]
     hpa: list[dict] = [{"op": "replace", "path": "/spec/metrics/0/pods/target/averageValue", "value": target}]
     isvc: list[dict] = [
         {"op": "replace", "path": "/spec/predictor/initContainers/0/args", "value": args},
         {"op": "replace", "path": "/spec/predictor/containers/0/resources/requests/cpu", "value": cores},
+        {"op": "replace", "path": "/spec/predictor/containers/0/resources/limits/cpu", "value": cores},
         {"op": "replace", "path": "/spec/predictor/autoScaling/metrics/0/external/target/averageValue",
          "value": target},
     ]  # fmt: skip

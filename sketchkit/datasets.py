@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pickle
+import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -69,6 +70,48 @@ MAX_NPZ_MEMBER_BYTES = int(os.environ.get("SKETCHKIT_MAX_NPZ_BYTES", 512 << 20))
 """Largest uncompressed `.npz` member we inflate (512 MiB, several times a QuickDraw class's
 largest split; `SKETCHKIT_MAX_NPZ_BYTES` moves it): a zip bomb is refused from its directory
 entry, before anything is decompressed."""
+
+
+MAX_NPZ_TOTAL_BYTES = 4 * MAX_NPZ_MEMBER_BYTES
+"""Largest sum of an `.npz`'s uncompressed members (2 GiB with the default member cap)."""
+
+MAX_DATASET_BYTES = int(os.environ.get("SKETCHKIT_MAX_DATASET_BYTES", 4 << 30))
+"""Largest dataset file read (`.npz` or `.ndjson`, 4 GiB: a QuickDraw class's raw `.ndjson` is
+under 1 GiB; `SKETCHKIT_MAX_DATASET_BYTES` moves it)."""
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+
+
+def open_dataset(path: str | os.PathLike[str], max_bytes: int | None = None, *, stream: bool = False) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file (after its symlinks) of at most
+    `max_bytes` (default `MAX_DATASET_BYTES`); else a one-line DataError, nothing read. A device
+    reads forever (`/dev/zero`: gigabytes before any parser gives up) and a FIFO blocks; the file
+    is opened non-blocking, so even a FIFO without a writer is refused at once, and checked on
+    the open descriptor, so what is checked is what is read. `stream`: a FIFO (a pipe) is taken
+    too, opened as usual (waiting for its writer), for a reader whose memory stays bounded
+    whatever the length (`convert_ndjson`, line by line and chunk by chunk)."""
+    path = Path(path)
+    cap = MAX_DATASET_BYTES if max_bytes is None else max_bytes
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if stream else getattr(os, "O_NONBLOCK", 0))
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or (stream and stat.S_ISFIFO(st.st_mode))):
+            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
+            raise DataError(f"{path}: not a regular file ({kind}); datasets are read from regular files only")
+        if stat.S_ISREG(st.st_mode) and st.st_size > cap:
+            raise DataError(f"{path}: {st.st_size} bytes, over the {cap}-byte cap for a dataset (SKETCHKIT_MAX_DATASET_BYTES)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _npy_header(f: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -133,11 +176,12 @@ def load_npz_arrays(
     Members larger than `max_member_bytes` (default `MAX_NPZ_MEMBER_BYTES`) are refused unread."""
     path = Path(path)
     cap = MAX_NPZ_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
     try:
-        with zipfile.ZipFile(path) as z:
+        with open_dataset(path) as file, zipfile.ZipFile(file) as z:
             out = {}
+            total = sum(info.file_size for info in z.infolist())
+            if total > MAX_NPZ_TOTAL_BYTES:
+                raise DataError(f"{path}: its members inflate to {total} bytes, over the {MAX_NPZ_TOTAL_BYTES}-byte cap")
             for info in z.infolist():
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 if info.file_size > cap:
@@ -298,11 +342,9 @@ def ndjson_lines(f: IO[bytes], label: object) -> Iterator[bytes]:
 def read_ndjson(path: str | os.PathLike[str]) -> list[Drawing]:
     """Every drawing of a QuickDraw `.ndjson` file; a bad line is reported with its number."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
     out = []
     try:
-        with open(path, "rb") as f:
+        with open_dataset(path) as f:
             for number, raw in enumerate(ndjson_lines(f, path), 1):
                 where = f"{path}:{number}"
                 try:
@@ -501,8 +543,6 @@ def convert_ndjson(
     lines that `workers` processes (default: every core) convert, at most two per worker in
     flight, so memory holds the compact results and a few chunks, never the whole file."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
     workers = workers or os.cpu_count() or 1
     out: list[np.ndarray] = []
     word: str | None = None
@@ -518,7 +558,7 @@ def convert_ndjson(
             progress(count)
 
     try:
-        with open(path, "rb") as f:
+        with open_dataset(path, stream=True) as f:  # a pipe streams: `zcat x.ndjson.gz | ... /dev/stdin`
             if workers == 1:
                 for first, lines in _chunks(f, CHUNK_LINES, path):
                     take(_convert_lines(str(path), first, lines, epsilon))

@@ -110,7 +110,7 @@ def test_not_a_zip(tmp_path: Path) -> None:
 
 
 def test_a_directory_is_not_an_npz(tmp_path: Path) -> None:
-    one_line_error(datasets.load_npz, tmp_path, match="not a readable .npz")
+    one_line_error(datasets.load_npz, tmp_path, match="not a regular file \\(a directory\\)")
 
 
 def test_truncated_npz(tmp_path: Path, sheep_npz: Path) -> None:

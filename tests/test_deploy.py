@@ -110,6 +110,37 @@ def test_the_schema_check_refuses_broken_manifests(kind, path, value, inference_
         validate(doc, inference_service_schema)
 
 
+def nginx_directive(name: str) -> str:
+    """The value of an http-server directive in serving/deploy/nginx/nginx.conf."""
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    values = {v.strip() for v in re.findall(rf"^\s*{name}\s+([^;]+);", conf, re.M)}
+    assert len(values) == 1, (name, values)
+    return values.pop()
+
+
+def ingress_says_what_nginx_conf_says(ingress: dict) -> None:
+    """Issue 25, items 2 and 8: the same retries (only what a replica never got: no
+    non_idempotent, so a query of death is not sent on), timeouts and body size as nginx.conf;
+    only its paths; TLS; no response header naming a replica."""
+    annotations = ingress["metadata"]["annotations"]
+    nginx = "nginx.ingress.kubernetes.io/"
+    assert annotations[nginx + "proxy-next-upstream"] == nginx_directive("proxy_next_upstream")
+    assert "non_idempotent" not in annotations[nginx + "proxy-next-upstream"]
+    assert annotations[nginx + "proxy-next-upstream-tries"] == nginx_directive("proxy_next_upstream_tries")
+    assert annotations[nginx + "proxy-read-timeout"] + "s" == nginx_directive("proxy_read_timeout")
+    assert annotations[nginx + "proxy-connect-timeout"] + "s" == nginx_directive("proxy_connect_timeout")
+    assert annotations[nginx + "proxy-body-size"] == nginx_directive("client_max_body_size").split()[-1]
+    assert "X-Upstream" not in (DEPLOY / "nginx" / "nginx.conf").read_text()
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    locations = {m[2] or f"^{m[3]}$" for m in re.finditer(r"location (~ (\S+)|= (\S+)) \{\n\s+(proxy|grpc)_pass http:", conf)}
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert {p["path"] if p["pathType"] == "ImplementationSpecific" else f"^{p['path']}$" for p in paths} == locations
+    assert all(p["pathType"] in ("Exact", "ImplementationSpecific") for p in paths)  # no Prefix: nothing more
+    assert annotations[nginx + "use-regex"] == "true"
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["secretName"] and set(tls["hosts"]) == {rule["host"] for rule in ingress["spec"]["rules"]}
+
+
 def tritonserver_flags(container: dict) -> str:
     return " ".join(container["args"])
 
@@ -129,8 +160,7 @@ def test_manifests_say_what_serving_needs(tree):
         hpa = docs["HorizontalPodAutoscaler"]["spec"]
         assert hpa["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
         assert hpa["metrics"][0]["pods"]["metric"]["name"] == "sketchkit_sketches_in_flight"
-        annotations = docs["Ingress"]["metadata"]["annotations"]
-        assert "non_idempotent" in annotations["nginx.ingress.kubernetes.io/proxy-next-upstream"]
+        ingress_says_what_nginx_conf_says(docs["Ingress"])
     server = pod["containers"][0]
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -150,6 +180,118 @@ def test_manifests_say_what_serving_needs(tree):
     if flavor.startswith("$("):
         flavor = next(e["value"] for e in init["env"] if e["name"] == "SKETCHKIT_FLAVOR")
     assert flavor == ("cpu" if tree == "overlays/cpu" else "gpu")
+
+
+def pod_of(doc: dict) -> dict | None:
+    if doc["kind"] == "Deployment":
+        return doc["spec"]["template"]["spec"]
+    if doc["kind"] == "InferenceService":
+        return doc["spec"]["predictor"]
+    return None
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """What Pod Security Admission's "restricted" level (Kubernetes 1.32, which includes
+    "baseline") refuses in a pod spec: the checks of
+    https://kubernetes.io/docs/concepts/security/pod-security-standards/ that a spec can fail."""
+    bad = []
+    pod_sc = pod.get("securityContext", {})
+    containers = pod.get("initContainers", []) + pod.get("containers", [])
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            bad.append(key)
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}  # fmt: skip
+    for v in pod.get("volumes", []):
+        if not set(v) - {"name"} <= allowed_volumes:
+            bad.append(f"volume {v['name']}: {sorted(set(v) - {'name'})}")
+    for key in pod_sc.get("sysctls", []):
+        bad.append(f"sysctl {key['name']}")
+    if pod_sc.get("runAsUser") == 0:
+        bad.append("pod runAsUser 0")
+    pod_seccomp = pod_sc.get("seccompProfile", {}).get("type")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            bad.append(f"{name}: hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            bad.append(f"{name}: procMount")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation is not false")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            bad.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser") == 0:
+            bad.append(f"{name}: runAsUser 0")
+        if sc.get("seccompProfile", {}).get("type", pod_seccomp) not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile is not RuntimeDefault or Localhost")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: capabilities add {caps['add']}")
+    return bad
+
+
+def check_hardened(docs: list[dict]) -> None:
+    """Issue 25, item 8: every pod passes Pod Security "restricted", mounts no service-account
+    token, writes only to emptyDirs (read-only root), and every container has a CPU limit; a
+    NetworkPolicy opens each of the pods' ports only to named peers (metrics and gRPC are not
+    open cluster-wide); the Ingress (if any) has TLS."""
+    pods = [pod for doc in docs if (pod := pod_of(doc)) is not None]
+    assert pods
+    for pod in pods:
+        assert restricted_violations(pod) == []
+        assert pod["automountServiceAccountToken"] is False
+        emptydirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+            assert {m["name"] for m in c["volumeMounts"]} <= emptydirs
+            assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}
+            assert "cpu" in c["resources"]["limits"], c["name"]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    opened = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from"), rule  # no rule opens a port to every peer
+        for peer in rule["from"]:
+            assert peer.get("podSelector") or peer.get("namespaceSelector", {}).get("matchLabels"), peer
+            assert "ipBlock" not in peer
+        for port in rule["ports"]:
+            opened.setdefault(port["port"], []).append(rule["from"])
+    pod_labels = [d for d in docs if pod_of(d) is not None][0]
+    if pod_labels["kind"] == "Deployment":
+        labels = pod_labels["spec"]["template"]["metadata"]["labels"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        assert set(opened) == {8000, 8001, 8002}
+    else:
+        assert policy["spec"]["podSelector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": pod_labels["metadata"]["name"]}
+        assert set(opened) == {8000, 8002}
+    for doc in docs:
+        if doc["kind"] == "Ingress":
+            ingress_says_what_nginx_conf_says(doc)
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_manifests_pass_pod_security_restricted_and_are_closed_to_the_cluster(tree):
+    check_hardened(kustomize(DEPLOY / tree))
+
+
+def test_the_restricted_check_refuses_what_the_manifests_left_out():
+    """The check above is not vacuous: each hardening removed is refused."""
+    pod = by_kind(kustomize(DEPLOY / "overlays" / "cpu"))["Deployment"]["spec"]["template"]["spec"]
+    for undo in (lambda p: p["securityContext"].pop("runAsNonRoot"),
+                 lambda p: p["securityContext"].pop("seccompProfile"),
+                 lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
+                 lambda p: p["initContainers"][0]["securityContext"]["capabilities"].pop("drop"),
+                 lambda p: p["containers"][0]["securityContext"].update(capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
+                 lambda p: p.update(hostNetwork=True),
+                 lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}})):  # fmt: skip
+        broken = copy.deepcopy(pod)
+        undo(broken)
+        assert restricted_violations(broken) != []
 
 
 def test_build_repo_k8s_pods_rebuild_the_same_repository(tmp_path, inference_service_schema):
@@ -177,6 +319,8 @@ def test_build_repo_k8s_pods_rebuild_the_same_repository(tmp_path, inference_ser
         for p in want:
             assert (tmp_path / f"pod-{kind}" / p).read_bytes() == (tmp_path / "repo" / p).read_bytes(), p
         assert pod["containers"][0]["resources"]["requests"]["cpu"] == "4"  # 2 engines x 2 intra-op threads
+        assert pod["containers"][0]["resources"]["limits"]["cpu"] == "4"
+        check_hardened(docs)
     hpa = by_kind(kustomize(tmp_path / "k8s"))["HorizontalPodAutoscaler"]
     assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "256"  # half the 512 busy cap
 

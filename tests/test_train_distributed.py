@@ -1,12 +1,16 @@
-"""`torchrun --nproc-per-node=N -m sketchkit train`: real gloo processes on the CPU. Two ranks take
-the steps one process takes with the same global batch (augmentation on: each row's randomness is
-its own), a 2-rank run resumes, only rank 0 writes, and a killed rank stops the job with one line."""
+"""`python -m sketchkit.zoo.torchrun --nproc-per-node=N -m sketchkit train` (torchrun, its stores
+bound to the address asked for): real gloo processes on the CPU. Two ranks take the steps one
+process takes with the same global batch (augmentation on: each row's randomness is its own), a
+2-rank run resumes, only rank 0 writes, a killed rank stops the job with one line, and nothing of
+the job listens beyond the loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,7 +42,7 @@ def recipe(tmp_path: Path, sheep, **kw) -> Path:
 
 
 def torchrun(n: int, *args: str, **popen: object) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", "--standalone"]
+    cmd = [sys.executable, "-m", "sketchkit.zoo.torchrun", f"--nproc-per-node={n}", "--standalone"]
     cmd += ["-m", "sketchkit", "train", *args, "--device", "cpu", "--threads", "1", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
@@ -129,3 +133,82 @@ def test_a_killed_rank_stops_the_job_with_one_line(sheep, tmp_path: Path) -> Non
     rc, err = finish(torchrun(2, str(path), "--out", str(run), "--steps", str(step + 2)))
     assert rc == 0, err
     assert checkpoint.read_tensors(run / "last.safetensors")[1]["step"] == step + 2
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """The addresses (host:port) that the processes `pids` listen on over TCP, from /proc."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    out = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                raw, port = fields[1].split(":")
+                packed = bytes.fromhex(raw)  # /proc writes each 32-bit word in host order
+                packed = b"".join(packed[i : i + 4][::-1] for i in range(0, len(packed), 4))
+                out.append(f"{socket.inet_ntop(family, packed)}:{int(port, 16)}")
+    return out
+
+
+def _tree(root: int) -> set[int]:
+    """root and every process below it."""
+    pids, children = {root}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            pids.add(child)
+            todo.append(child)
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc")
+def test_a_loopback_job_listens_on_the_loopback_only(sheep, tmp_path: Path) -> None:
+    """Issue 25, item 7: torchrun's c10d stores listened on every interface (`*:PORT`, open to
+    the network and unauthenticated) even for a job on 127.0.0.1; through sketchkit.zoo.torchrun
+    every socket the launcher and its ranks listen on is bound to 127.0.0.1."""
+    path = recipe(tmp_path, sheep, num_steps=100_000)
+    run = tmp_path / "r"
+    proc = torchrun(2, str(path), "--out", str(run))
+    try:
+        deadline = time.time() + 120
+        while not (run / "last.safetensors").exists():  # both ranks are training: every store is up
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.1)
+        pids = _tree(proc.pid)
+        agent = _listening({proc.pid})
+        everything = _listening(pids)
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert len(pids) >= 3 and len(agent) >= 1, (pids, agent)  # the launcher's stores, and the ranks'
+    assert everything and all(a.startswith("127.0.0.1:") for a in everything), everything
+
+
+@pytest.mark.parametrize(
+    ("argv", "host"),
+    [(["--standalone", "--nproc-per-node=2", "-m", "x", "--master-addr=10.0.0.1"], "127.0.0.1"),
+     (["--nnodes=2", "--master-addr", "10.0.0.5", "--master-port=29500", "-m", "x"], "10.0.0.5"),
+     (["--rdzv-endpoint=10.0.0.7:29400", "--rdzv-backend=c10d", "-m", "x"], "10.0.0.7"),
+     (["--rdzv-endpoint", "[fd00::1]:29400", "-m", "x"], "fd00::1"),
+     (["--nproc-per-node=2", "train.py"], "127.0.0.1")],
+)  # fmt: skip
+def test_the_launcher_binds_to_the_address_the_job_names(argv: list[str], host: str) -> None:
+    from sketchkit.zoo.torchrun import bind_host
+
+    assert bind_host(argv) == host

@@ -27,6 +27,11 @@ from sketchkit.io import atomic_write
 from sketchkit.zoo.config import Recipe
 from sketchkit.zoo.model import SketchRNN
 
+MAX_BYTES = int(os.environ.get("SKETCHKIT_MAX_CHECKPOINT_BYTES", 2 << 30))
+"""Largest checkpoint read (2 GiB: the paper's largest model with Adam's state is under 300 MB;
+`SKETCHKIT_MAX_CHECKPOINT_BYTES` moves it): the file is read whole, so a 30 GB sparse file would
+be 30 GB of memory."""
+
 FORMAT = "sketchkit-checkpoint"
 VERSION = 2
 VERSIONS = (1, 2)  # what `read_tensors` accepts
@@ -55,9 +60,13 @@ def write_tensors(
 def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and metadata of a file written by `write_tensors`, verified."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such checkpoint")
-    raw = path.read_bytes()
+    if not path.is_file():  # (after symlinks) a device or FIFO would be read forever
+        raise ModelError(f"{path}: no such checkpoint" if not path.exists() else f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_BYTES:
+            raise ModelError(f"{path}: {size} bytes, over the {MAX_BYTES}-byte cap for a checkpoint (SKETCHKIT_MAX_CHECKPOINT_BYTES)")
+        raw = f.read(MAX_BYTES + 1)
     try:
         tensors = st_load(raw)
         n = int.from_bytes(raw[:8], "little")

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,25 @@ else:  # Python 3.10: the tomli backport (pyproject: tomli; python_version < "3.
     import tomli as tomllib
 
 VERSION = 2  # 2: dims in their own table, the names below; 1: flat (converted by `upgrade`)
+LIMITS: dict[str, float] = {  # the largest value each number may take (issue 25): past these a
+    # recipe asks for memory or time no machine has (batch_size 1e10, max_seq_len 1e9, num_samples
+    # 1e8 grew past 3 GB) or overflows the loss (w_kl 1e308 wrote Infinity into metrics.jsonl)
+    "max_seq_len": 10_000,  # QuickDraw sketches are under 200 points after simplification
+    "batch_size": 10_000,
+    "num_steps": 10**9,
+    "eval_every": 10**9,
+    "log_every": 10**9,
+    "num_samples": 1_000,
+    "seed": 2**63 - 1,  # torch.manual_seed takes 64 bits
+    "offset_limit": 1e6,
+    "w_kl": 1e3,
+    "kl_min": 1e3,
+    "learning_rate": 10.0,
+    "min_learning_rate": 10.0,
+    "grad_clip": 1e6,
+}
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of TOML
+
 DIM_FIELDS = tuple(f.name for f in dataclasses.fields(ModelDims))
 V1_NAMES = {  # version 1 name -> today's
     "lr": "learning_rate",
@@ -107,6 +127,9 @@ class Recipe:
         for name in ("kl_decay", "eta_min", "learning_rate_decay", "augment_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # nan fails this too
                 raise SketchkitError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name, high in LIMITS.items():
+            if getattr(self, name) > high:
+                raise SketchkitError(f"{name} must be <= {high:g}, got {getattr(self, name):g}")
         if self.random_scale >= 1.0:
             raise SketchkitError(
                 f"random_scale must be < 1 (a scale of 1 - s must stay > 0), got {self.random_scale}"
@@ -152,11 +175,11 @@ class Recipe:
         """A recipe; dataset paths are resolved relative to the recipe file."""
         path = Path(path)
         try:
-            d = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SketchkitError(f"{path}: no such recipe") from None
+            d = tomllib.loads(_read_recipe(path))
         except tomllib.TOMLDecodeError as e:
             raise SketchkitError(f"{path}: invalid TOML ({e})") from None
+        except RecursionError:  # arrays or inline tables nested 100,000 deep
+            raise SketchkitError(f"{path}: invalid TOML (nested too deeply)") from None
         hp = cls.from_dict(d)
         dataset = [str((path.parent / p).resolve()) if not os.path.isabs(p) else p for p in hp.dataset]
         return dataclasses.replace(hp, dataset=dataset)
@@ -173,6 +196,29 @@ class Recipe:
 
 
 DEFAULT = Recipe()
+
+
+def _read_recipe(path: Path) -> str:
+    """The text of a recipe file: a regular file (a device or FIFO would be read forever or
+    block) of at most MAX_RECIPE_BYTES, UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise SketchkitError(f"{path}: no such recipe") from None
+    except OSError as e:
+        raise SketchkitError(f"{path}: cannot read the recipe ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SketchkitError(f"{path}: not a regular file; a recipe is a TOML file")
+        if st.st_size > MAX_RECIPE_BYTES:
+            raise SketchkitError(f"{path}: {st.st_size} bytes, over the {MAX_RECIPE_BYTES}-byte cap for a recipe")
+        os.set_blocking(fd, True)
+        raw = f.read(MAX_RECIPE_BYTES + 1)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SketchkitError(f"{path}: not UTF-8 text (is this a TOML recipe?)") from None
 
 
 def upgrade(d: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +249,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        try:
+            value = float(value) if ok else value
+        except OverflowError:  # an integer past 1e308
+            raise SketchkitError(f"hyperparameter {name}: too large (an integer past 1e308)") from None
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, list):

@@ -36,7 +36,7 @@ from sketchkit import strokes
 from sketchkit.errors import SketchkitError
 from sketchkit.io import atomic_write, remove_stale_temps
 from sketchkit.zoo import checkpoint
-from sketchkit.zoo.config import Recipe
+from sketchkit.zoo.config import LIMITS, Recipe
 from sketchkit.zoo.data import load_data
 from sketchkit.zoo.evaluate import evaluate
 from sketchkit.zoo.loss import kl_weight, train_loss
@@ -212,13 +212,18 @@ def _load_state(
     """Restore `_save_state`'s file. The dataset may have moved (another machine): it is compared by
     content, the other settings as they are (num_steps may grow)."""
     tensors, meta = checkpoint.read_tensors(path)
-    same = dataclasses.replace(checkpoint.recipe_of(meta), num_steps=1, dataset=[])
+    try:
+        recipe = checkpoint.recipe_of(meta)
+    except (KeyError, TypeError) as e:
+        raise SketchkitError(f"{path}: not a resume state (no usable recipe: {e})") from None
+    same = dataclasses.replace(recipe, num_steps=1, dataset=[])
     if same != dataclasses.replace(hp, num_steps=1, dataset=[]):
         raise SketchkitError(
             f"{path}: the run was started with other hyperparameters (start a new run directory)"
         )
     if meta.get("dataset_sha256") != dataset_sha256:
         raise SketchkitError(f"{path}: the run was started on other data (start a new run directory)")
+    _check_state(path, tensors, meta, model)
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
     for name, p in model.named_parameters():
         key = f"train.adam.{name}"
@@ -230,13 +235,69 @@ def _load_state(
                 "exp_avg_sq": tensors[f"{key}.exp_avg_sq"].to(dev),
             }
     suffix = "" if rank == 0 else f".rank{rank}"
-    if f"train.rng.torch{suffix}" in tensors:
-        torch.set_rng_state(tensors[f"train.rng.torch{suffix}"])
-    else:  # a run saved by fewer ranks: this rank's dropout starts afresh
-        torch.manual_seed(hp.seed + rank)
-    if device.startswith("cuda") and f"train.rng.cuda{suffix}" in tensors:
-        torch.cuda.set_rng_state(tensors[f"train.rng.cuda{suffix}"], device)
+    try:
+        if f"train.rng.torch{suffix}" in tensors:
+            torch.set_rng_state(tensors[f"train.rng.torch{suffix}"])
+        else:  # a run saved by fewer ranks: this rank's dropout starts afresh
+            torch.manual_seed(hp.seed + rank)
+        if device.startswith("cuda") and f"train.rng.cuda{suffix}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"train.rng.cuda{suffix}"], device)
+    except (RuntimeError, ValueError) as e:
+        raise SketchkitError(f"{path}: not a resume state of this run (an RNG state torch refuses: "
+                             f"{str(e).splitlines()[0]}); start a new run directory") from None  # fmt: skip
     return meta
+
+
+_ADAM = ("step", "exp_avg", "exp_avg_sq")
+_RNG = re.compile(r"train\.rng\.(torch|cuda)(\.rank[1-9][0-9]*)?")
+
+
+def _check_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: SketchRNN) -> None:
+    """A resume file can come from anywhere (a copied run directory): before anything is loaded,
+    it must hold what `_save_state` writes and nothing else - the model's weights in their shapes,
+    Adam's state per parameter in its shapes with a step count, RNG states, a step in
+    [0, LIMITS["num_steps"]] and best metrics that are numbers. Anything else is one line (it
+    was a traceback deep in Adam, or a run that silently did nothing)."""
+
+    def refuse(why: str) -> SketchkitError:
+        return SketchkitError(f"{path}: not a resume state of this run ({why}); start a new run directory")
+
+    weights = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    params = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    adam: dict[str, set[str]] = {}
+    for name, t in tensors.items():
+        if name in weights:
+            want = weights[name]
+        elif name.startswith("train.adam.") and name.rpartition(".")[2] in _ADAM:
+            param, _, part = name.removeprefix("train.adam.").rpartition(".")
+            if param not in params:
+                raise refuse(f"Adam state for {param!r}, which the model does not have")
+            adam.setdefault(param, set()).add(part)
+            want = () if part == "step" else params[param]
+            if not bool(torch.isfinite(t).all()) or (part == "step" and not 0 <= float(t) <= LIMITS["num_steps"]):
+                raise refuse(f"{name} is not a finite {'step count' if part == 'step' else 'moment'}")
+        elif _RNG.fullmatch(name):
+            if t.dtype != torch.uint8 or t.dim() != 1:
+                raise refuse(f"{name} is not an RNG state ({t.dtype} {tuple(t.shape)})")
+            continue
+        else:
+            raise refuse(f"unexpected tensor {name!r}")
+        if tuple(t.shape) != want:
+            raise refuse(f"{name} has shape {tuple(t.shape)}, the model needs {want}")
+    missing = sorted(set(weights) - set(tensors))
+    if missing:
+        raise refuse(f"no {missing[0]!r}")
+    partial = sorted(p for p, parts in adam.items() if parts != set(_ADAM))
+    if partial:
+        raise refuse(f"Adam state for {partial[0]!r} without all of {', '.join(_ADAM)}")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= LIMITS["num_steps"]:
+        raise refuse(f"step {step!r} is not a step count in [0, {LIMITS['num_steps']}]")
+    best = meta.get("best")
+    if not isinstance(best, dict) or "loss" not in best or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in best.values()
+    ):
+        raise refuse(f"best {best!r:.60} is not a table of numbers with a loss")
 
 
 # ---------------------------------------------------------------------------------------------
