@@ -285,7 +285,9 @@ class TritonServer:
         out["PATH"] = os.pathsep.join((str(env.prefix / "bin"), os.environ.get("PATH", "")))
         return out
 
-    def start(self) -> TritonServer:
+    def check(self) -> tuple[Path, PythonEnv]:
+        """Everything start() refuses before it launches anything (the repository, the ports, the
+        key, the binary, the Python): `serve start` checks first, then says it is starting."""
         self.models = check_repository(self.repo)
         ports = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if p is not None]
         for port in ports:
@@ -299,8 +301,10 @@ class TritonServer:
                 raise ServerError(
                     f"port {port} on 127.0.0.1 is already in use (pick another with --http-port/--grpc-port/--metrics-port)"
                 )
-        triton = pytriton_dir()
-        env = PythonEnv.probe(self.python)
+        return pytriton_dir(), PythonEnv.probe(self.python)
+
+    def start(self) -> TritonServer:
+        triton, env = self.check()
         cmd = self.command(backend_dir(triton, env.version))
         # the key's rules reach tritonserver but not its /proc/PID/cmdline (serving/launch.py)
         rule = f"{wire.KEY_HEADER}={self.key}"

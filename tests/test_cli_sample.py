@@ -226,6 +226,15 @@ def test_reconstruct_real_sheep(run, tiny_vae, sheep_npz, tmp_path):
         assert (tmp_path / "s.png").read_bytes().startswith(PNG)
 
 
+def test_temp_suggests_tau(run):
+    """Issue 26: `--temp` suggested `--help` (click's spelling match); our name for it now, where the command has one."""
+    for typed in ("--temp", "--temperature"):
+        code, _, err = run("generate", "sheep", typed, "0.3", "-n", 1)
+        assert code == 2 and f"No such option '{typed}'. Did you mean '--tau'?" in err
+    code, _, err = run("data", "info", "x.npz", "--temp", "1")  # no --tau there: click's own suggestion stays
+    assert code == 2 and "--tau" not in err
+
+
 # ---------------------------------------------------------------------------------------------
 # pictures that explain themselves (issue 26 item 8), default names (item 7), SVG input (item 11)
 

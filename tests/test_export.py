@@ -189,7 +189,17 @@ def test_without_torch_the_commands_say_what_to_install(
         with pytest.raises(SystemExit) as e:
             main(args)
         assert e.value.code == 1
-        assert capsys.readouterr().err == f"error: {what} needs torch: pip install 'sketchkit[export]'\n"
+        assert capsys.readouterr().err == (
+            f"error: {what} needs torch: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+            "(the CPU build; with a CUDA GPU: pip install torch==2.13.0), then pip install 'sketchkit[export]'\n"
+        )
+    for what, args in {"train": ["train"], "evaluate": ["evaluate", "x.safetensors"]}.items():  # issue 26, item 2
+        with pytest.raises(SystemExit):
+            main(args)
+        assert capsys.readouterr().err == (
+            f"error: {what} needs torch: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu "
+            "(the CPU build; with a CUDA GPU: pip install torch==2.13.0), then pip install 'sketchkit[train]'\n"
+        )
     # a plain import-magenta needs no torch: it gets as far as reading the file
     with pytest.raises(SystemExit):
         main(["import-magenta", str(tmp_path / "x.json"), str(tmp_path / "out")])

@@ -66,8 +66,8 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 def readme_curl(http_url: str) -> str:
-    """The curl command that serving/README.md shows first, pointed at this server."""
-    line = next(x for x in README.read_text().splitlines() if x.startswith("curl "))
+    """serving/README.md's first generate curl command, pointed at this server."""
+    line = next(x for x in README.read_text().splitlines() if x.startswith("curl ") and "_generate/generate" in x)
     return line.replace("http://127.0.0.1:8000", http_url)
 
 

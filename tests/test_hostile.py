@@ -613,10 +613,10 @@ def test_serve_start_cleans_shared_memory_after_a_crash_and_busy_is_unavailable(
     code, _, err = cli("serve", "build-repo", "sheep", "--out", repo, "--no-stateful",
                        "--max-sketches-per-request", 4, "--max-sketches-in-flight", 4)  # fmt: skip
     assert code == 0, err
-    http, grpc_port = free_port(), free_port()
+    http, grpc_port, metrics = free_port(), free_port(), free_port()  # never a README default (issue 26, item 3)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sketchkit", "serve", "start", str(repo), "--http-port", str(http),
-         "--grpc-port", str(grpc_port), "--log", str(tmp_path / "log")],
+         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics), "--log", str(tmp_path / "log")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -660,6 +660,13 @@ def test_serve_start_cleans_shared_memory_after_a_crash_and_busy_is_unavailable(
                 break
         assert busy["grpc"].startswith("StatusCode.UNAVAILABLE busy: "), busy
         assert busy["http"].startswith('400 {"error":"busy: '), busy  # 2.51's HTTP: 400 for every model error
+        # a missing key is UNAVAILABLE too (Triton's answer): told apart by the message, as
+        # serving/README.md ("From another codebase") says (issue 26, item 5)
+        with pytest.raises(grpcclient.InferenceServerException) as unkeyed:
+            client.infer("sheep_generate", [grpcclient.InferInput("n", [1], "INT64").set_data_from_numpy(
+                np.array([1], np.int64))], client_timeout=60)  # fmt: skip
+        assert str(unkeyed.value.status()) == "StatusCode.UNAVAILABLE"
+        assert unkeyed.value.message().startswith("This protocol is restricted, expecting header")
         tritonserver = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0])
         os.killpg(tritonserver, signal.SIGKILL)  # a crash: tritonserver and its stubs die at once
         assert proc.wait(60) == 1
@@ -689,6 +696,7 @@ def test_serve_numbers_are_one_line(tiny_uncond: Path, tmp_path: Path, args, mes
     t = time.monotonic()
     code, _, err = cli("serve", *args)
     assert message in one_line(code, err)
+    assert "starting" not in err  # checked before it says so (issue 26)
     assert time.monotonic() - t < 30 and not (tmp_path / "out").exists()
 
 

@@ -135,6 +135,10 @@ def test_a_decoder_only_model_disables_the_latent_buttons(page: Chromium, tiny_u
         page.wait_for(f"window.playground.model === {json.dumps(name)} && window.playground.card.name === {json.dumps(name)}")
         states = page.evaluate("[...document.querySelectorAll('button.vae')].map(b => b.disabled)")
         assert states == [disabled] * 4  # reconstruct, keep as A, keep as B, morph
+    # issue 26: opening a model that is here already says nothing about downloading it
+    said = page.evaluate("window.playground.said")
+    assert f"opening {tiny_uncond}…" in said and "opening sheep…" in said
+    assert not [line for line in said if "download" in line or "fetched" in line]
 
 
 def test_a_refused_request_shows_its_one_line_in_the_page(page: Chromium) -> None:
@@ -169,3 +173,22 @@ def test_the_picker_has_a_group_per_set_and_a_name_filter(page: Chromium) -> Non
     page.evaluate("(() => { const f = document.getElementById('model-filter'); f.value = '';"
                   " f.dispatchEvent(new Event('input')); })()")  # fmt: skip
     assert len(page.evaluate(visible)) == page.evaluate("document.querySelectorAll('#model option').length")
+
+
+def test_picking_a_downloadable_model_says_it_downloads_it(page: Chromium, zoo_mirror, magenta_gen_dir: Path) -> None:
+    """Issue 26: only a model that is not here yet is announced as downloaded (from the mirror)."""
+    groups = page.evaluate("[...window.playground.groups.entries()]")
+    name = next(n for n, g in groups if g == "downloadable" and n.startswith("magenta/") and n.endswith(".gen")
+                and (magenta_gen_dir / f"{n.removeprefix('magenta/')}.json").exists())
+    try:
+        for pick in (name, "sheep"):
+            page.evaluate(f"(() => {{ const s = document.getElementById('model'); s.value = {json.dumps(pick)};"
+                          " s.dispatchEvent(new Event('change')); })()")  # fmt: skip
+            page.wait_for(f"window.playground.model === {json.dumps(pick)} && window.playground.card.name === {json.dumps(pick)}",
+                          timeout=120)  # fmt: skip
+        said = page.evaluate("window.playground.said")
+        assert f"opening {name}… (downloading and converting it first)" in said
+        assert said[-2:] == ["opening sheep…", 'sheep ready: draw, then press "finish it"']
+    finally:
+        page.evaluate("(() => { const s = document.getElementById('model'); s.value = 'sheep';"
+                      " s.dispatchEvent(new Event('change')); })()")  # fmt: skip

@@ -5,6 +5,7 @@ and stateful, from many threads at once; and every failure is one clear line, ne
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,10 +264,12 @@ def test_stub_that_cannot_start_fails_fast(small_repo, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_cli_start_prints_urls_and_stops_on_signal(small_repo, tmp_path, sig):
+    """Its own temp log is removed after a clean stop (issue 26: logs were left in /tmp); a --log is kept."""
     http, grpc, metrics = free_port(), free_port(), free_port()
+    log = ["--log", str(tmp_path / "log")] if sig == signal.SIGTERM else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "sketchkit", "serve", "start", str(small_repo), "--http-port", str(http), "--grpc-port", str(grpc),
-         "--metrics-port", str(metrics), "--log", str(tmp_path / "log")],
+         "--metrics-port", str(metrics), *log],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -278,7 +281,10 @@ def test_cli_start_prints_urls_and_stops_on_signal(small_repo, tmp_path, sig):
             assert b"nv_inference_count" in r.read()
         proc.send_signal(sig)
         assert proc.wait(30) == 0
-        assert "stopped" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert "stopped" in err
+        used = Path(re.search(r"\(log: (.*)\)", err)[1])
+        assert used.exists() == bool(log) and (not log or used == tmp_path / "log")
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2)
     finally:

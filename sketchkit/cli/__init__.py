@@ -68,6 +68,19 @@ def cli() -> None:
     """Generative vector sketches with sketch-rnn."""
 
 
+# what people type for an option we spell otherwise; click suggests by spelling alone (`--temp`: `--help`)
+SYNONYMS = {"--temp": "--tau", "--temperature": "--tau", "-t": "--tau"}
+
+
+def suggest_synonym(e: click.exceptions.NoSuchOption) -> click.exceptions.NoSuchOption:
+    """Suggest our name for an option typed under another name, where the command has it."""
+    target = SYNONYMS.get(e.option_name)
+    if target and e.ctx and any(target in p.opts for p in e.ctx.command.params):
+        message = f"No such option {e.option_name!r}. Did you mean {target!r}?"  # as click words its own
+        return click.exceptions.NoSuchOption(e.option_name, message, ctx=e.ctx)
+    return e
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures print one line and exit 1; Ctrl-C exits 130."""
     try:
@@ -83,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.NoSuchOption as e:
+        suggest_synonym(e).show()
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

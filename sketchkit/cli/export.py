@@ -14,7 +14,7 @@ from types import ModuleType
 
 import click
 
-from sketchkit.errors import SketchkitError, printable
+from sketchkit.errors import needs_torch, printable
 from sketchkit.modelinfo import ModelInfo
 
 
@@ -22,7 +22,7 @@ def _load(module: str, what: str = "export") -> ModuleType:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise SketchkitError(f"{what} needs torch: pip install 'sketchkit[export]'") from None
+        raise needs_torch(what, "export") from None
     return importlib.import_module(module)
 
 

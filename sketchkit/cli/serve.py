@@ -191,7 +191,7 @@ def pod_args(models: Sequence[str], names: Sequence[str], opts: RepoOptions) -> 
     help="Interpreter whose packages model.py uses (numpy<2 and onnxruntime).",
 )
 @click.option(
-    "--log", "log_path", type=click.Path(dir_okay=False), help="Server log file (default: a temp file)."
+    "--log", "log_path", type=click.Path(dir_okay=False), help="Server log file (default: a temp file, removed after a clean stop)."
 )
 @click.option(
     "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
@@ -218,7 +218,9 @@ def start(
         repo, http_port, grpc_port, python=python, log_path=log_path, startup_timeout_s=startup_timeout,
         metrics_port=metrics_port, management_api=management_api,
     )  # fmt: skip
+    clean = False
     try:
+        server.check()  # a bad repository, port or Python: one line, before "starting"
         click.echo(printable(f"starting tritonserver on {repo} (log: {server.log_path})"), err=True)
         server.start()
         models = printable(", ".join(server.models))  # directory names of a repository: not trusted
@@ -230,17 +232,30 @@ def start(
         raise ServerError(f"tritonserver exited with code {code} (log: {server.log_path})")
     except KeyboardInterrupt:
         click.echo("stopping", err=True)
+        clean = True
     finally:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if clean and log_path is None:  # our temp log; kept (and named in the error) after a failure
+            server.log_path.unlink(missing_ok=True)
     click.echo("stopped", err=True)
 
 
 @serve.command("key", short_help="Print the key that `serve start` requires for inference.")
-def key() -> None:
+@click.option("--path", "show_path", is_flag=True,
+              help="Print the key file's path instead (what a service in another codebase reads).")
+def key(show_path: bool) -> None:
     """Print the local server's key ($SKETCHKIT_SERVER_KEY, else the cache's server.key, made on
     first use): send it as the x-sketchkit-key header (sketchkit's clients read it themselves)."""
+    import os
+
+    from sketchkit import wire
     from sketchkit.serving.server import local_key
 
+    if show_path:
+        if os.environ.get(wire.KEY_ENV):
+            click.echo(f"note: ${wire.KEY_ENV} is set: servers started here use it, not this file", err=True)
+        click.echo(wire.key_file())
+        return
     click.echo(local_key())

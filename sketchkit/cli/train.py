@@ -10,15 +10,15 @@ from typing import Any
 
 import click
 
-from sketchkit.errors import SketchkitError
+from sketchkit.errors import SketchkitError, needs_torch
 
 
-def _need_torch() -> None:
+def _need_torch(what: str) -> None:
     try:
         import safetensors  # noqa: F401
         import torch  # noqa: F401
     except ImportError:
-        raise SketchkitError("needs torch: pip install 'sketchkit[train]'") from None
+        raise needs_torch(what, "train") from None
 
 
 def _parse_value(text: str) -> Any:
@@ -77,7 +77,7 @@ def train(
     """Train a sketch-rnn model from a RECIPE.toml (or from flags alone); resumes a killed run
     exactly. Under `torchrun --nproc-per-node=N -m sketchkit train ...` N ranks share each batch."""
     started = time.perf_counter()  # --time-limit counts from here: importing torch is part of the run
-    _need_torch()
+    _need_torch("train")
     import torch
 
     from sketchkit.zoo.config import Recipe
@@ -121,7 +121,7 @@ def train(
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(checkpoint: Path, split: str, data: tuple[str, ...], as_json: bool) -> None:
     """Report L_R and L_KL of a checkpoint on a split, as in the paper's Table 1."""
-    _need_torch()
+    _need_torch("evaluate")
     from sketchkit.zoo.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(str(checkpoint), split, [str(Path(p).resolve()) for p in data] or None)

@@ -19,6 +19,8 @@ const state = {
   a: null, b: null, // the ends of a morph
   request: 0, // only the newest response is shown
   timings: [], // {action, ms (click to drawn), sample_ms, seed}: read by the tests and the benchmark
+  groups: null, // model name -> its picker group ("downloadable" ones download when picked)
+  said: [], // every status line shown: read by the tests
 };
 window.playground = state;
 
@@ -91,6 +93,7 @@ async function call(path, body) {
 }
 
 function say(text, isError = false) {
+  state.said.push(text);
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
 }
@@ -243,6 +246,7 @@ async function loadModels() {
     const opt = new Option(`${m.name} · ${m.kind || "?"} · ${m.license || "licence ?"}`, m.name);
     groups.get(label).append(opt);
   }
+  state.groups = new Map(doc.models.map((m) => [m.name, m.group]));
   if (doc.default) await pick(doc.default);
 }
 
@@ -262,7 +266,8 @@ function filterModels(text) {
 async function pick(name) {
   const select = $("model");
   select.value = name;
-  say(`opening ${name}… (a downloadable model is fetched and converted first)`);
+  const download = state.groups && state.groups.get(name) === "downloadable";
+  say(`opening ${name}…` + (download ? " (downloading and converting it first)" : ""));
   try {
     state.card = await call("model", { model: name });
     state.model = name;
