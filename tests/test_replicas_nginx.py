@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sketchkit.client import Client
 from sketchkit.hub import resolve
 from sketchkit.serving.manifests import DEPLOY
 from sketchkit.serving.repository import RepoOptions, build_repo
@@ -261,7 +262,24 @@ def test_killing_a_replica_mid_load_loses_no_seeded_request(cluster):
                 seed = todo.pop(0)
             got[seed] = generate_retrying(proxy.url, seed, headers)
 
-    clients = [threading.Thread(target=client) for _ in range(3)]
+    def sketchkit_client() -> None:  # sketchkit's own HTTP client sends a 502 again by itself
+        with Client(proxy.url, timeout_s=120) as via:
+            while True:
+                with lock:
+                    if not ours_todo:
+                        return
+                    seed = ours_todo.pop(0)
+                try:
+                    ours[seed] = via.generate("sheep", n=4, tau=0.4, seed=seed)
+                except Exception as e:  # a lost request: reported by the assertion below
+                    ours[seed] = e
+
+    ours_seeds = list(range(200, 212))
+    with Client(keeper.http_url) as direct:
+        ours_want = {seed: direct.generate("sheep", n=4, tau=0.4, seed=seed) for seed in ours_seeds}
+    ours: dict[int, object] = {}
+    ours_todo = list(ours_seeds)
+    clients = [threading.Thread(target=client) for _ in range(3)] + [threading.Thread(target=sketchkit_client)]
     for c in clients:
         c.start()
     deadline = time.monotonic() + 60
@@ -278,6 +296,10 @@ def test_killing_a_replica_mid_load_loses_no_seeded_request(cluster):
     lost = [seed for seed in seeds if got[seed][0] != 200]
     assert lost == [], {seed: got[seed] for seed in lost}
     assert all(got[seed][1] == want[seed] for seed in seeds)  # same sketches as before the kill
+    assert sorted(ours) == ours_seeds and not [s for s in ours_seeds if isinstance(ours[s], Exception)], ours
+    assert all(
+        all(np.array_equal(a, b) for a, b in zip(ours[s], ours_want[s], strict=True)) for s in ours_seeds  # type: ignore[arg-type]
+    )
     tried = proxy.upstreams(since)
     addr = f"127.0.0.1:{victim.http_port}"
     assert any(u == [addr] for u in tried), "the victim answered nothing before it died"

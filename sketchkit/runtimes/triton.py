@@ -244,8 +244,11 @@ class TritonRuntime:
             except self._exception as e:
                 status, message = str(e.status() or ""), _first_line(e.message() or str(e))
                 # not listening yet, restarting, or still loading its models: worth another try
+                # (502/503 over HTTP: a proxy whose replica died under the request, serving/README.md,
+                # "Replicas behind nginx"; the same request again gives the same sketches for a seed)
                 unavailable = (
                     "UNAVAILABLE" in status
+                    or status in ("502", "503")
                     or "failed to connect" in message.lower()
                     or "no available versions" in message
                 )
