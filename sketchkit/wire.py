@@ -106,10 +106,11 @@ def server_key() -> str | None:
 
 def is_loopback(host: str) -> bool:
     """`host` is this machine as typed: localhost, 127.0.0.0/8 or ::1 (no other name is resolved:
-    a DNS answer is not trusted with the key)."""
+    a DNS answer is not trusted with the key; `localhost.` and `127.0.0.1.`, with a final dot,
+    are names that glibc and gRPC ask DNS for)."""
     import ipaddress
 
-    host = host.strip("[]").lower().rstrip(".")
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:

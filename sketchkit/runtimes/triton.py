@@ -42,11 +42,18 @@ class TritonError(SketchkitError):
 
 def parse_url(url: str) -> tuple[str, str]:
     """'grpc://host:8001' | 'http://host:8000' | 'host:port' (gRPC) -> (protocol, 'host:port')."""
-    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    bad = TritonError(f"bad Triton URL {url!r} (expected grpc://host:8001 or http://host:8000)")
+    try:
+        parts = urlsplit(url if "://" in url else f"grpc://{url}")
+        port = parts.port or (8001 if parts.scheme == "grpc" else 8000)
+    except ValueError:  # a port that is no number or out of range, a broken [IPv6] literal
+        raise bad from None
     if parts.scheme not in ("grpc", "http") or not parts.hostname:
-        raise TritonError(f"bad Triton URL {url!r} (expected grpc://host:8001 or http://host:8000)")
-    port = parts.port or (8001 if parts.scheme == "grpc" else 8000)
-    return parts.scheme, f"{parts.hostname}:{port}"
+        raise bad
+    # an IPv6 literal keeps its brackets: unbracketed, gRPC reads `::1:8001` as the address
+    # ::0.1.128.1 (port 443), which is not loopback, and the HTTP client cannot parse it
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return parts.scheme, f"{host}:{port}"
 
 
 def _first_line(text: str) -> str:

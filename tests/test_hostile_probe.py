@@ -1,0 +1,86 @@
+"""Hostile probe of issue 25's fixes (round 3's mechanisms attacked again): URL spellings that the
+client's loopback rule and tritonclient read differently. Real sockets on loopback throughout."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from sketchkit import wire
+
+KEY = "k3y-of-the-probe-" + "y" * 24
+
+
+@pytest.mark.parametrize("host", ["localhost.", "LocalHost.", "127.0.0.1.", "localhost..", "[::1]."])
+def test_a_name_with_a_final_dot_gets_no_local_key(
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`localhost.` and `127.0.0.1.` are absolute DNS names: glibc's getaddrinfo and gRPC's
+    resolver send them to the DNS server of /etc/resolv.conf (seen with strace in a network
+    namespace), so whoever answers it would receive the local key file's key. They used to pass
+    as loopback (the final dot was stripped)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (KEY + "\n").encode())
+    os.close(fd)
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
+    monkeypatch.delenv(wire.KEY_ENV, raising=False)
+    assert not wire.is_loopback(host)
+    assert wire.key_headers("http", host) == {} and wire.key_headers("grpc", host) == {}
+    assert wire.key_headers("http", "localhost") == {wire.KEY_HEADER: KEY}  # the real forms still get it
+    assert wire.key_headers("grpc", "[::1]") == {wire.GRPC_KEY_HEADER: KEY}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_an_ipv6_loopback_url_reaches_loopback(protocol: str) -> None:
+    """`grpc://[::1]:8001` counts as loopback, so the local key goes with it; the address handed
+    to tritonclient used to lose its brackets (`::1:8001`), which gRPC reads as the IPv6 address
+    ::0.1.128.1 on port 443 (not loopback: the key went off the machine's loopback), and the HTTP
+    client failed with a ValueError traceback. Now both reach [::1] itself."""
+    pytest.importorskip("tritonclient", reason="needs tritonclient (pip install 'sketchkit[triton]')")
+    from sketchkit.runtimes.triton import TritonError, TritonRuntime, parse_url
+
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with listener:
+        listener.listen()
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        assert parse_url(f"{protocol}://[::1]:{port}") == (protocol, f"[::1]:{port}")
+        reached: list[object] = []
+
+        def accept() -> None:
+            try:
+                conn, peer = listener.accept()
+            except OSError as e:
+                reached.append(e)
+                return
+            reached.append(peer[0])
+            conn.close()
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        with pytest.raises(TritonError) as failed:  # no Triton there: one line, after reaching [::1]
+            TritonRuntime(f"{protocol}://[::1]:{port}", "m", retries=0, timeout_s=3)
+        thread.join()
+        assert reached == ["::1"], reached
+        assert "\n" not in str(failed.value) and f"[::1]:{port}" in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999", "http://127.0.0.1:8000:9000", "grpc://127.0.0.1:x", "http://[::1:8000"]
+)
+def test_a_url_with_a_bad_port_is_one_line(url: str) -> None:
+    """urlsplit's ValueError for the port used to escape parse_url as a traceback."""
+    from sketchkit.runtimes.triton import TritonError, parse_url
+
+    with pytest.raises(TritonError, match="bad Triton URL"):
+        parse_url(url)
