@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -219,11 +220,9 @@ class TritonServer:
         self.http_port, self.grpc_port = http_port, grpc_port
         self.metrics_port = metrics_port  # None: no /metrics endpoint
         self.python = python
-        self.log_path = (
-            Path(log_path)
-            if log_path
-            else Path(tempfile.gettempdir()) / f"tritonserver-{os.getpid()}-{grpc_port}.log"
-        )
+        # the default is in a shared temp dir: a name no other user can guess, so none makes it first
+        default = f"tritonserver-{os.getpid()}-{grpc_port}-{secrets.token_hex(8)}.log"
+        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / default
         self.startup_timeout_s = startup_timeout_s
         self.models: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
@@ -306,9 +305,7 @@ class TritonServer:
         rule = f"{wire.KEY_HEADER}={self.key}"
         shown = [arg.replace(rule, HIDDEN_KEY_RULE) for arg in cmd]
         hidden = {i: arg for i, arg in enumerate(cmd) if rule in arg}
-        # O_NOFOLLOW | 0600: the log is in a shared temp dir under a name others can guess
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with open(fd, "wb") as log:
+        with open(self._open_log(), "wb") as log:
             try:
                 self.process = start_private(
                     shown, hidden, env=self.environment(env, triton), stdout=log, stderr=subprocess.STDOUT,
@@ -323,6 +320,24 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    def _open_log(self) -> int:
+        """The log, truncated, for writing. It may be in a shared dir (/tmp by default), so: no link
+        (O_NOFOLLOW), no FIFO (open would wait for a reader, who then reads the log: O_NONBLOCK, and
+        what is not a regular file is refused), no file another user made (they read and write it)."""
+        try:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            raise ServerError(f"{self.log_path}: cannot write the server log ({e.strerror}); pick another with --log") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise ServerError(
+                f"{self.log_path}: the server log must be a regular file of this user's; remove it or pick another with --log"
+            )
+        os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+        return fd
 
     def log(self) -> str:
         try:

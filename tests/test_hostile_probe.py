@@ -4,7 +4,9 @@ client's loopback rule and tritonclient read differently. Real sockets on loopba
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from pathlib import Path
 
@@ -84,3 +86,58 @@ def test_a_url_with_a_bad_port_is_one_line(url: str) -> None:
 
     with pytest.raises(TritonError, match="bad Triton URL"):
         parse_url(url)
+
+
+# ---- the server log --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def repo(tiny_uncond: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (pip install 'sketchkit[serve]')")
+    from sketchkit.serving.repository import RepoOptions, build_repo
+
+    out = tmp_path_factory.mktemp("probe") / "repo"
+    build_repo([tiny_uncond], out, RepoOptions(flavor="cpu"))
+    return out
+
+
+def test_the_default_log_name_cannot_be_guessed(repo: Path) -> None:
+    """The default log is in /tmp, and was named tritonserver-<pid>-<grpc port>.log: another user
+    (fs.protected_regular=0, as on this machine) made that file first and read the whole log from
+    it as uid nobody, or made it a FIFO and `serve start` waited for ever."""
+    from sketchkit.serving.server import TritonServer
+
+    a, b = TritonServer(repo, 18000, 18001), TritonServer(repo, 18000, 18001)
+    assert a.log_path != b.log_path and a.log_path.parent == b.log_path.parent
+
+
+@pytest.mark.parametrize("kind", ["fifo", "another user's file"])
+def test_a_log_path_that_others_can_read_is_refused_in_one_line(
+    repo: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """`--log` in a shared dir: a FIFO (any uid could read the log from it; open blocked `serve
+    start` until one did) or a file another user made there first is refused, in one line, at once,
+    and nothing is written to it."""
+    import subprocess
+    import time
+
+    from sketchkit.serving.server import ServerError, TritonServer, free_port
+
+    shared = Path(tempfile.mkdtemp(prefix="sketchkit-probe-"))  # like /tmp, where others can reach
+    shared.chmod(0o1777)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    log = shared / "server.log"
+    if kind == "fifo":
+        os.mkfifo(log, 0o666)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("makes a file as uid nobody: needs root (setpriv)")
+        made = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+                               f"umask 0; : > {log}"], capture_output=True)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    server = TritonServer(repo, free_port(), free_port(), key=KEY, log_path=log, startup_timeout_s=30)
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="server log") as refused:
+        server.start()
+    assert time.monotonic() - started < 20 and "\n" not in str(refused.value)
+    assert server.process is None
+    if kind != "fifo":
+        assert log.stat().st_size == 0
