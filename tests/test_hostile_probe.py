@@ -192,3 +192,68 @@ def test_sequences_opened_and_left_do_not_hold_every_slot(
             handle = newcomer.init_state(None, 2)
             params, _ = newcomer.step(np.zeros((2, 5), np.float32), None, handle)
         assert len(params) == 2
+
+
+# ---- the local key and other users' listeners on loopback ---------------------------------------
+CATCHER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        print(self.path, self.headers.get("x-sketchkit-key"), flush=True)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"error":"Request for unknown model: not found"}'
+        self.send_response(400)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = answer
+    def log_message(self, *a): pass
+server = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("owner", ["another user", "this user"])
+def test_the_local_key_goes_only_to_a_loopback_listener_of_this_user(
+    owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any uid may listen on a free loopback port (8001 while `serve start` is down, a port typed
+    wrong): uid nobody's listener received the local key file's key from `sketchkit generate
+    --server http://127.0.0.1:PORT` (in the statistics request the client makes to list the
+    models for its error message), and could then open the real server with it. The key file's
+    key now goes only to a port that this user's process listens on; the message says what to do."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tritonclient", reason="needs tritonclient (pip install 'sketchkit[triton]')")
+    from sketchkit.runtimes.triton import TritonError, TritonRuntime
+
+    if wire.listener_uids(1) is None:
+        pytest.skip("no /proc/net/tcp: the kernel does not say who listens")
+    if owner == "another user" and os.geteuid() != 0:
+        pytest.skip("listens as uid nobody: needs root (setpriv)")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (KEY + "\n").encode())
+    os.close(fd)
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
+    monkeypatch.delenv(wire.KEY_ENV, raising=False)
+    become = (
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if owner == "another user" else []
+    )
+    catcher = subprocess.Popen(
+        [*become, sys.executable, "-I", "-c", CATCHER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert catcher.stdout is not None
+        port = int(catcher.stdout.readline())
+        with pytest.raises(TritonError) as refused:
+            TritonRuntime(f"http://127.0.0.1:{port}", "m", retries=0, timeout_s=5)
+        assert "\n" not in str(refused.value)
+    finally:
+        catcher.kill()
+    seen = dict(line.split(" ", 1) for line in catcher.communicate()[0].splitlines())
+    assert seen["/v2/models/stats"] == ("None" if owner == "another user" else KEY)
