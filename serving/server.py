@@ -109,9 +109,21 @@ def backend_dir(triton: Path, python_version: str) -> Path:
         raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {python_version}")
     key = hashlib.sha256(str(stub.resolve()).encode()).hexdigest()[:12]  # one per wheel install
     target = cache_dir() / "triton-backends" / key
-    if (target / "python" / "triton_python_backend_stub").exists():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # tritonserver loads the library found here: in a cache another user can write (SKETCHKIT_CACHE
+    # in a shared dir) they could plant their own, and it would run as this user
+    ours = [cache_dir(), target.parent]
+    if (target / "python" / "triton_python_backend_stub").exists():
+        ours += [target, target / "python", *(target / "python").iterdir()]
+    for path in ours:
+        st = path.lstat()
+        if st.st_uid != os.geteuid() or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o002):
+            raise ServerError(
+                f"{path}: the backend cache must be this user's, not writable by others (another user could "
+                "plant the library tritonserver loads); remove it, or set SKETCHKIT_CACHE to a private directory"
+            )
+    if len(ours) > 2:
+        return target
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     (tmp / "python").mkdir()
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):

@@ -137,8 +137,11 @@ def test_a_log_path_that_others_can_read_is_refused_in_one_line(
         assert made.returncode == 0, made.stderr
     server = TritonServer(repo, free_port(), free_port(), key=KEY, log_path=log, startup_timeout_s=30)
     started = time.monotonic()
-    with pytest.raises(ServerError, match="server log") as refused:
-        server.start()
+    try:
+        with pytest.raises(ServerError, match="server log") as refused:
+            server.start()
+    finally:
+        server.stop()
     assert time.monotonic() - started < 20 and "\n" not in str(refused.value)
     assert server.process is None
     if kind != "fifo":
@@ -257,3 +260,50 @@ def test_the_local_key_goes_only_to_a_loopback_listener_of_this_user(
         catcher.kill()
     seen = dict(line.split(" ", 1) for line in catcher.communicate()[0].splitlines())
     assert seen["/v2/models/stats"] == ("None" if owner == "another user" else KEY)
+
+
+# ---- the backend cache -------------------------------------------------------------------------
+@pytest.mark.parametrize("planted", ["the cache dir", "a library in it"])
+def test_a_backend_cache_another_user_can_write_is_refused(
+    repo: Path, planted: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SKETCHKIT_CACHE in a shared dir, uid nobody made the cache first and planted
+    triton-backends/<hash>/python/libtriton_python.so: `serve start` (root) had tritonserver load
+    it ("unable to load shared library ... file too short": a real library would have run as root).
+    A backend cache that is not this user's, or that others can write, is refused in one line."""
+    import subprocess
+
+    from sketchkit.serving.server import (
+        PythonEnv,
+        ServerError,
+        TritonServer,
+        backend_dir,
+        free_port,
+        pytriton_dir,
+    )
+
+    if os.geteuid() != 0:
+        pytest.skip("plants files as uid nobody: needs root (setpriv)")
+    shared = Path(tempfile.mkdtemp(prefix="sketchkit-probe-"))
+    shared.chmod(0o1777)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    cache = shared / "cache"
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
+    if planted == "a library in it":  # the cache is this user's; the backend dir in it is not
+        target = backend_dir(pytriton_dir(), PythonEnv.probe().version)
+        shutil.rmtree(target)
+        target.parent.chmod(0o1777)  # a cache left writable by others
+    else:
+        target = cache / "triton-backends" / "0"
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"]
+    made = subprocess.run([*as_nobody, f"umask 0; mkdir -p {target}/python && echo planted > {target}/python/x.so"],
+                          capture_output=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    server = TritonServer(repo, free_port(), free_port(), key=KEY, log_path=shared / "root-only" / "log")
+    (shared / "root-only").mkdir(mode=0o700)
+    try:
+        with pytest.raises(ServerError, match="the backend cache must be this user's") as refused:
+            server.start()
+    finally:
+        server.stop()
+    assert "\n" not in str(refused.value) and server.process is None
