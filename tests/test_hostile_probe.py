@@ -307,3 +307,48 @@ def test_a_backend_cache_another_user_can_write_is_refused(
     finally:
         server.stop()
     assert "\n" not in str(refused.value) and server.process is None
+
+
+def test_another_users_ipv6_listener_beside_the_server_gets_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server listens on 127.0.0.1 only, so [::1] on its port is free for anyone: gRPC tries
+    ::1 first for `localhost` (its own resolver adds it), and a connection to `grpc://localhost:PORT`
+    reached uid nobody's listener on [::1]:PORT while this user's server was up. With any other
+    user's listener on the port, the local key is not sent."""
+    import subprocess
+    import sys
+
+    if wire.listener_uids(1) is None:
+        pytest.skip("no /proc/net/tcp: the kernel does not say who listens")
+    if os.geteuid() != 0:
+        pytest.skip("listens as uid nobody: needs root (setpriv)")
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (KEY + "\n").encode())
+    os.close(fd)
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
+    monkeypatch.delenv(wire.KEY_ENV, raising=False)
+    with socket.socket() as ours:
+        ours.bind(("127.0.0.1", 0))
+        ours.listen()
+        port = ours.getsockname()[1]
+        assert wire.key_for("localhost", port) == KEY
+        code = (f"import socket, sys; s = socket.socket(socket.AF_INET6); s.bind(('::1', {port})); s.listen(); "
+                "print('up', flush=True); sys.stdin.read()")  # fmt: skip
+        theirs = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                                   "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert theirs.stdout is not None and theirs.stdout.readline() == "up\n"
+            assert wire.listener_uids(port) == {os.geteuid(), 65534}
+            assert wire.key_for("localhost", port) is None and wire.key_for("127.0.0.1", port) is None
+        finally:
+            theirs.kill()
+            theirs.wait()
