@@ -276,12 +276,14 @@ class TritonRuntime:
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
+                self._find_key()  # a server that went away: who listens on its port now?
         raise TritonError(f"Triton server at {self.url} is unavailable ({message})")
 
     def _find_key(self) -> None:
-        """Without a key given: the local one for a server that answered, if it is on loopback and
-        listens as this user (`wire.key_for`; only then is something listening to ask about)."""
-        if not self._given_key:
+        """Without a key given: the local one for a server on loopback that listens as this user
+        (`wire.key_for`), asked once one answers and again before each retry; while nothing listens
+        the headers stay (that attempt cannot connect)."""
+        if not self._given_key and wire.listener_uids(self._port) != set():
             self._headers = wire.key_headers(self.protocol, self._host, self._port)
 
     def _key_hint(self) -> str:
