@@ -90,6 +90,17 @@ def test_a_url_with_a_bad_port_is_one_line(url: str) -> None:
         parse_url(url)
 
 
+def two_ports() -> tuple[int, int]:
+    """Two ports the OS just reported free, not the same one twice."""
+    from sketchkit.serving.server import free_port
+
+    ports = {free_port()}
+    while len(ports) < 2:
+        ports.add(free_port())
+    a, b = ports
+    return a, b
+
+
 # ---- the server log --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def repo(tiny_uncond: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -121,7 +132,7 @@ def test_a_log_path_that_others_can_read_is_refused_in_one_line(
     import subprocess
     import time
 
-    from sketchkit.serving.server import ServerError, TritonServer, free_port
+    from sketchkit.serving.server import ServerError, TritonServer
 
     shared = Path(tempfile.mkdtemp(prefix="sketchkit-probe-"))  # like /tmp, where others can reach
     shared.chmod(0o1777)
@@ -135,7 +146,7 @@ def test_a_log_path_that_others_can_read_is_refused_in_one_line(
         made = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
                                f"umask 0; : > {log}"], capture_output=True)  # fmt: skip
         assert made.returncode == 0, made.stderr
-    server = TritonServer(repo, free_port(), free_port(), key=KEY, log_path=log, startup_timeout_s=30)
+    server = TritonServer(repo, *two_ports(), key=KEY, log_path=log, startup_timeout_s=30)
     started = time.monotonic()
     try:
         with pytest.raises(ServerError, match="server log") as refused:
@@ -169,16 +180,14 @@ def test_sequences_opened_and_left_do_not_hold_every_slot(
     from sketchkit.modelinfo import ModelInfo
     from sketchkit.runtimes.triton import TritonRuntime
     from sketchkit.serving.repository import RepoOptions, build_repo
-    from sketchkit.serving.server import TritonServer, free_port
+    from sketchkit.serving.server import TritonServer
 
     build_repo(
         [tiny_uncond], tmp_path / "repo", RepoOptions(flavor="cpu", max_sequences=4, sequence_idle_s=30)
     )
     name = ModelInfo.load(tiny_uncond).name
     monkeypatch.setenv(wire.KEY_ENV, KEY)
-    with TritonServer(
-        tmp_path / "repo", free_port(), free_port(), key=KEY, log_path=tmp_path / "log"
-    ) as server:
+    with TritonServer(tmp_path / "repo", *two_ports(), key=KEY, log_path=tmp_path / "log") as server:
         holder = tc.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
         feeds = []
         for tensor, array in (("prev", np.zeros((1, 5), np.float32)), ("rows", np.zeros(1, np.int64))):
@@ -278,7 +287,6 @@ def test_a_backend_cache_another_user_can_write_is_refused(
         ServerError,
         TritonServer,
         backend_dir,
-        free_port,
         pytriton_dir,
     )
 
@@ -299,7 +307,7 @@ def test_a_backend_cache_another_user_can_write_is_refused(
     made = subprocess.run([*as_nobody, f"umask 0; mkdir -p {target}/python && echo planted > {target}/python/x.so"],
                           capture_output=True)  # fmt: skip
     assert made.returncode == 0, made.stderr
-    server = TritonServer(repo, free_port(), free_port(), key=KEY, log_path=shared / "root-only" / "log")
+    server = TritonServer(repo, *two_ports(), key=KEY, log_path=shared / "root-only" / "log")
     (shared / "root-only").mkdir(mode=0o700)
     try:
         with pytest.raises(ServerError, match="the backend cache must be this user's") as refused:
