@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -108,9 +109,21 @@ def backend_dir(triton: Path, python_version: str) -> Path:
         raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {python_version}")
     key = hashlib.sha256(str(stub.resolve()).encode()).hexdigest()[:12]  # one per wheel install
     target = cache_dir() / "triton-backends" / key
-    if (target / "python" / "triton_python_backend_stub").exists():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # tritonserver loads the library found here: in a cache another user can write (SKETCHKIT_CACHE
+    # in a shared dir) they could plant their own, and it would run as this user
+    ours = [cache_dir(), target.parent]
+    if (target / "python" / "triton_python_backend_stub").exists():
+        ours += [target, target / "python", *(target / "python").iterdir()]
+    for path in ours:
+        st = path.lstat()
+        if st.st_uid != os.geteuid() or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o002):
+            raise ServerError(
+                f"{path}: the backend cache must be this user's, not writable by others (another user could "
+                "plant the library tritonserver loads); remove it, or set SKETCHKIT_CACHE to a private directory"
+            )
+    if len(ours) > 2:
+        return target
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     (tmp / "python").mkdir()
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
@@ -219,11 +232,9 @@ class TritonServer:
         self.http_port, self.grpc_port = http_port, grpc_port
         self.metrics_port = metrics_port  # None: no /metrics endpoint
         self.python = python
-        self.log_path = (
-            Path(log_path)
-            if log_path
-            else Path(tempfile.gettempdir()) / f"tritonserver-{os.getpid()}-{grpc_port}.log"
-        )
+        # the default is in a shared temp dir: a name no other user can guess, so none makes it first
+        default = f"tritonserver-{os.getpid()}-{grpc_port}-{secrets.token_hex(8)}.log"
+        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / default
         self.startup_timeout_s = startup_timeout_s
         self.models: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
@@ -310,9 +321,7 @@ class TritonServer:
         rule = f"{wire.KEY_HEADER}={self.key}"
         shown = [arg.replace(rule, HIDDEN_KEY_RULE) for arg in cmd]
         hidden = {i: arg for i, arg in enumerate(cmd) if rule in arg}
-        # O_NOFOLLOW | 0600: the log is in a shared temp dir under a name others can guess
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with open(fd, "wb") as log:
+        with open(self._open_log(), "wb") as log:
             try:
                 self.process = start_private(
                     shown, hidden, env=self.environment(env, triton), stdout=log, stderr=subprocess.STDOUT,
@@ -327,6 +336,24 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    def _open_log(self) -> int:
+        """The log, truncated, for writing. It may be in a shared dir (/tmp by default), so: no link
+        (O_NOFOLLOW), no FIFO (open would wait for a reader, who then reads the log: O_NONBLOCK, and
+        what is not a regular file is refused), no file another user made (they read and write it)."""
+        try:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            raise ServerError(f"{self.log_path}: cannot write the server log ({e.strerror}); pick another with --log") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise ServerError(
+                f"{self.log_path}: the server log must be a regular file of this user's; remove it or pick another with --log"
+            )
+        os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+        return fd
 
     def log(self) -> str:
         try:

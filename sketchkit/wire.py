@@ -106,10 +106,11 @@ def server_key() -> str | None:
 
 def is_loopback(host: str) -> bool:
     """`host` is this machine as typed: localhost, 127.0.0.0/8 or ::1 (no other name is resolved:
-    a DNS answer is not trusted with the key)."""
+    a DNS answer is not trusted with the key; `localhost.` and `127.0.0.1.`, with a final dot,
+    are names that glibc and gRPC ask DNS for)."""
     import ipaddress
 
-    host = host.strip("[]").lower().rstrip(".")
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:
@@ -118,19 +119,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def key_for(host: str) -> str | None:
+def listener_uids(port: int) -> set[int] | None:
+    """The uids owning the TCP sockets that listen on `port` on this machine (Linux: /proc/net/tcp
+    and tcp6, LISTEN rows); None where the kernel does not say."""
+    uids: set[int] = set()
+    tables = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        tables += 1
+        for row in rows:  # sl local_address rem_address st ... uid
+            fields = row.split()
+            if len(fields) > 7 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                uids.add(int(fields[7]))
+    return uids if tables else None
+
+
+def key_for(host: str, port: int | None = None) -> str | None:
     """The key to send to a server on `host`: $SKETCHKIT_SERVER_KEY to any server (it is given
     for the server in use), the local key file's only to loopback (it belongs to `serve start`
-    on this machine; a remote or a proxy in between must not learn it)."""
+    on this machine; a remote or a proxy in between must not learn it), and, given the `port`,
+    only while what listens there is this user's: any uid may listen on a free loopback port (the
+    default 8001 while the server is down), and would otherwise receive the key."""
     key = os.environ.get(KEY_ENV)
     if key:
         return key.strip()
-    return read_key_file(key_file()) if is_loopback(host) else None
+    if not is_loopback(host):
+        return None
+    uids = listener_uids(port) if port is not None else None
+    if uids is not None and uids != {os.geteuid()}:
+        return None
+    return read_key_file(key_file())
 
 
-def key_headers(protocol: str, host: str) -> dict[str, str]:
-    """The key for `host` as an HTTP header or ("grpc") gRPC metadata; {} without one."""
-    key = key_for(host)
+def key_headers(protocol: str, host: str, port: int | None = None) -> dict[str, str]:
+    """The key for `host` (and `port`: `key_for`) as an HTTP header or ("grpc") gRPC metadata;
+    {} without one."""
+    key = key_for(host, port)
     return {GRPC_KEY_HEADER if protocol == "grpc" else KEY_HEADER: key} if key else {}
 
 

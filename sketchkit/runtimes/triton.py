@@ -42,11 +42,18 @@ class TritonError(SketchkitError):
 
 def parse_url(url: str) -> tuple[str, str]:
     """'grpc://host:8001' | 'http://host:8000' | 'host:port' (gRPC) -> (protocol, 'host:port')."""
-    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    bad = TritonError(f"bad Triton URL {url!r} (expected grpc://host:8001 or http://host:8000)")
+    try:
+        parts = urlsplit(url if "://" in url else f"grpc://{url}")
+        port = parts.port or (8001 if parts.scheme == "grpc" else 8000)
+    except ValueError:  # a port that is no number or out of range, a broken [IPv6] literal
+        raise bad from None
     if parts.scheme not in ("grpc", "http") or not parts.hostname:
-        raise TritonError(f"bad Triton URL {url!r} (expected grpc://host:8001 or http://host:8000)")
-    port = parts.port or (8001 if parts.scheme == "grpc" else 8000)
-    return parts.scheme, f"{parts.hostname}:{port}"
+        raise bad
+    # an IPv6 literal keeps its brackets: unbracketed, gRPC reads `::1:8001` as the address
+    # ::0.1.128.1 (port 443), which is not loopback, and the HTTP client cannot parse it
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return parts.scheme, f"{host}:{port}"
 
 
 def _first_line(text: str) -> str:
@@ -93,17 +100,20 @@ class TritonRuntime:
         self._lock = threading.Lock()
         self._clients: list[Any] = []
         self._open: dict[int, int] = {}  # thread id -> its last sequence (ended when it starts the next)
-        host = self.address.rsplit(":", 1)[0]
+        host, port = self.address.rsplit(":", 1)
         self._loopback = wire.is_loopback(host)
-        # inference needs the server's key (`sketchkit serve key`); the local one goes only to loopback
+        # inference needs the server's key (`sketchkit serve key`); the local one goes only to a
+        # loopback server of this user's, so it is looked up once a server answers (`_find_key`)
         header = wire.GRPC_KEY_HEADER if self.protocol == "grpc" else wire.KEY_HEADER
-        self._headers = {header: key} if key else wire.key_headers(self.protocol, host)
+        self._headers = {header: key} if key else {}
+        self._given_key, self._host, self._port = key, host, int(port)
         import tritonclient.utils  # fail here, in one line, if the client library is missing
 
         self._exception = tritonclient.utils.InferenceServerException
         self._generator: TritonGenerator | None = None
         try:
             config = self._config(triton_name(self.model, DECODER_STEP.name))
+            self._find_key()
             self.max_batch_size = int(config["max_batch_size"]) or 1 << 30
             self.info = info or self._info(config)
             if stateful:
@@ -269,12 +279,20 @@ class TritonRuntime:
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
+                self._find_key()  # a server that went away: who listens on its port now?
         raise TritonError(f"Triton server at {self.url} is unavailable ({message})")
+
+    def _find_key(self) -> None:
+        """Without a key given: the local one for a server on loopback that listens as this user
+        (`wire.key_for`), asked once one answers and again before each retry; while nothing listens
+        the headers stay (that attempt cannot connect)."""
+        if not self._given_key and wire.listener_uids(self._port) != set():
+            self._headers = wire.key_headers(self.protocol, self._host, self._port)
 
     def _key_hint(self) -> str:
         if self._loopback:
             return (f"set ${wire.KEY_ENV}, or run `sketchkit serve start` as this user: it keeps the key where "
-                    "clients find it")  # fmt: skip
+                    "clients find it, and the local key goes only to a port this user listens on")  # fmt: skip
         return f"set ${wire.KEY_ENV} to its key: the local key file is sent only to servers on loopback"
 
     def _config(self, name: str) -> dict[str, Any]:
@@ -305,6 +323,7 @@ class TritonRuntime:
         """The sketchkit models a server offers, for error messages."""
         suffix = "_" + DECODER_STEP.name
         try:
+            self._find_key()
             stats = self._client().get_inference_statistics(  # the repository index is closed (serving/README.md)
                 headers=self._headers, **({"as_json": True} if self.protocol == "grpc" else {})
             )
