@@ -25,7 +25,7 @@ import numpy as np
 
 from sketchkit.dims import ModelDims
 from sketchkit.errors import ModelError
-from sketchkit.modelinfo import ModelInfo
+from sketchkit.modelinfo import START_TOKENS, ModelInfo
 
 MAX_WEIGHT = 10.0  # sketch-rnn-js: weight = int16 / 32767 * max_weight
 LICENSE = "Apache-2.0 (Magenta sketch-rnn pretrained models, Google)"
@@ -238,10 +238,6 @@ def torch_lstm(
 # ---------------------------------------------------------------------------------------------
 # what an imported model's model.json says
 
-START_TOKENS: dict[str, tuple[float, ...]] = {
-    "paper": (0.0, 0.0, 1.0, 0.0, 0.0),
-    "zeros": (0.0, 0.0, 0.0, 0.0, 0.0),
-}
 # Without drawings to measure, the legacy sketch-rnn-js zeros: real QuickDraw drawings were more
 # likely under them than under the paper's S_0 for all 8 classes measured (owl, cat, face,
 # mosquito, pig, sheep, bear, flamingo; flamingo breaks visibly with S_0).

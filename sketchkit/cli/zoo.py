@@ -98,6 +98,9 @@ def info(name: str, as_json: bool) -> None:
     ):
         click.echo(f"{key}: {'?' if row.get(key) is None else row[key]}")
     for key, value in row["metrics"].items():
+        if key == "quality" and isinstance(value, dict) and "c2st_auc" in value:  # issue 28, beside L_R
+            value = (f"C2ST AUC {value['c2st_auc']:.3f} [{value.get('c2st_low', 0):.3f}, {value.get('c2st_high', 1):.3f}], "
+                     f"FD {value.get('fd', float('nan')):.2f} (n {value.get('n')}, tau {value.get('tau')})")  # fmt: skip
         click.echo(f"metric {key}: {value}")
     if row.get("shipped"):
         click.echo("shipped: yes")
