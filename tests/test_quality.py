@@ -205,3 +205,30 @@ def test_evaluate_samples_command(quality, sheep_npz, tmp_path: Path) -> None:  
         data = [] if not bad else ["--data", str(sheep_npz)]
         r = _sketchkit("evaluate", "sheep", "--samples", *data, "-n", "16", *bad)
         assert r.returncode == 1 and r.stderr.startswith("error:") and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_start_token_on_the_command_line(magenta_gen_dir, tiny_uncond, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sketchkit.modelinfo import ModelInfo
+
+    r = _sketchkit("import-magenta", str(magenta_gen_dir / "key.gen.json"), str(tmp_path / "key"), "--start", "paper")
+    assert r.returncode == 0, r.stderr
+    assert ModelInfo.load(tmp_path / "key").start_token == (0, 0, 1, 0, 0)
+    out = {}
+    for start in ("zeros", "paper"):
+        r = _sketchkit("generate", str(tiny_uncond), "-n", "3", "--seed", "2", "--max-len", "15", "--start", start, "--json")
+        assert r.returncode == 0, r.stderr
+        out[start] = r.stdout
+    assert out["zeros"] != out["paper"]
+    r = _sketchkit("generate", str(tiny_uncond), "--start", "0,0,1", "--json")
+    assert r.returncode == 1 and "--start" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_training_logs_quality_at_validation(quality, sheep_npz, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tiny_recipe import tiny
+
+    from sketchkit.zoo.train import train
+
+    train(tiny(sheep_npz, num_steps=10, eval_every=10, num_samples=1, quality_samples=16), tmp_path, progress=False)
+    valid = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
+    q = valid[-1]["quality"]
+    assert q["n"] == 16 and 0 <= q["c2st_low"] <= q["c2st_auc"] <= q["c2st_high"] <= 1 and q["fd"] >= 0
