@@ -228,7 +228,7 @@ def test_training_logs_quality_at_validation(quality, sheep_npz, tmp_path: Path)
 
     from sketchkit.zoo.train import train
 
-    train(tiny(sheep_npz, num_steps=10, eval_every=10, num_samples=1, quality_samples=16), tmp_path, progress=False)
+    train(tiny(sheep_npz, num_steps=10, eval_every=10, num_samples=1, max_seq_len=250, quality_samples=16), tmp_path, progress=False)
     valid = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
     q = valid[-1]["quality"]
     assert q["n"] == 16 and 0 <= q["c2st_low"] <= q["c2st_auc"] <= q["c2st_high"] <= 1 and q["fd"] >= 0

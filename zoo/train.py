@@ -448,7 +448,7 @@ def _validate(
         meta = dict(base_meta, step=step, metrics={"valid": metrics})
         checkpoint.save(out / "best.safetensors", model, hp, meta)
     rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
-    if hp.quality_samples:
+    if hp.quality_samples and len(data.valid) >= 8:  # the two-sample test needs 8 of each
         rec["quality"] = _quality(model, data.valid, hp)
     records.append(rec)
     _append_jsonl(out / "metrics.jsonl", rec)
