@@ -138,7 +138,7 @@ def test_a_briefly_trained_model_scores_worse(quality, real_sheep, sheep_npz, tm
 
 @pytest.mark.slow
 def test_an_early_checkpoint_scores_worse_than_a_later_one(quality, real_sheep, sheep_npz, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The same tiny recipe at 50 and at 1,500 steps (a few minutes on 2 cores)."""
+    """The same tiny recipe at 50 and at 1,500 steps (3-4 minutes on 2 loaded cores)."""
     import torch
     from tiny_recipe import tiny
 
@@ -152,7 +152,10 @@ def test_an_early_checkpoint_scores_worse_than_a_later_one(quality, real_sheep, 
         model, _, _ = load(run / "best.safetensors")
         drawn = sample(model, 400, tau=0.5, generator=torch.Generator().manual_seed(0))
         scores[steps] = quality.compare(drawn, real_sheep[:400], seed=0)
-    assert scores[50].c2st_auc > scores[1500].c2st_auc and scores[50].fd > scores[1500].fd
+    # the tiny recipe's drawings are told from real ones every time at both steps (AUC 0.999 and
+    # 1.000: a saturated C2ST ranks nothing); FD ranks them (547 at 50 steps, 91 at 1,500)
+    assert min(scores[50].c2st_auc, scores[1500].c2st_auc) > 0.95
+    assert scores[50].fd > 2 * scores[1500].fd
 
 
 def test_start_token_option(tiny_uncond) -> None:  # type: ignore[no-untyped-def]

@@ -35,8 +35,9 @@ from sketchkit.runtimes.base import Runtime
 from sketchkit.sampling import Sampler, SamplingOptions
 from sketchkit.zoo import sketchnet
 
-C2ST_STEPS = 250  # Adam steps of batch 64 (at least C2ST_MIN_EPOCHS passes over the training half)
+C2ST_STEPS = 250  # Adam steps of batch 64 (at least C2ST_MIN_EPOCHS, at most C2ST_MAX_EPOCHS passes over the training half)
 C2ST_MIN_EPOCHS = 4
+C2ST_MAX_EPOCHS = 100  # bounds the cost of tiny sets (a shipped test model's 24 sketches)
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ def c2st(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], seed: int 
     halves = [rng.permutation(n), rng.permutation(n) + n]
     train = np.concatenate([h[: n // 2] for h in halves])
     test = np.concatenate([h[n // 2 :] for h in halves])
-    epochs = max(C2ST_MIN_EPOCHS, -(-steps * 64 // len(train)))
+    epochs = min(C2ST_MAX_EPOCHS, max(C2ST_MIN_EPOCHS, -(-steps * 64 // len(train))))
     torch.manual_seed(seed)  # the initial weights too
     net = sketchnet.TwoSampleNet()
     sketchnet.fit(
