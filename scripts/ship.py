@@ -20,10 +20,15 @@ import torch
 
 from sketchkit.export.onnx import export_model, model_info
 from sketchkit.io import atomic_write
+from sketchkit.modelinfo import ModelInfo
+from sketchkit.runtimes.onnx import OnnxRuntime
 from sketchkit.zoo.checkpoint import load, save
 from sketchkit.zoo.data import load_data
 from sketchkit.zoo.evaluate import evaluate
+from sketchkit.zoo.quality import evaluate_samples
 from sketchkit.zoo.train import sample, sketches_png
+
+QUALITY_N = 1000  # drawings scored against as many real sketches (the test split first)
 
 
 def _wall_minutes(run: Path, step: int) -> float | None:
@@ -38,6 +43,17 @@ def _wall_minutes(run: Path, step: int) -> float | None:
     first, last = train[0], train[-1]
     per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
     return ((last["time"] - first["time"]) + first["step"] * per_step) / 60
+
+
+def _quality(model_dir: Path, real: list[Any], tau: float, seed: int) -> dict[str, Any]:
+    """The model's drawings scored against real sketches (C2ST AUC, FD; `sketchkit.zoo.quality`)."""
+    q = evaluate_samples(OnnxRuntime(model_dir, threads=1), real, len(real), tau=tau, seed=seed)
+    return {k: v for k, v in q.to_dict().items() if k != "seconds"}
+
+
+def quality_line(q: dict[str, Any]) -> str:
+    return (f"C2ST AUC {q['c2st_auc']:.3f} [{q['c2st_low']:.3f}, {q['c2st_high']:.3f}], FD {q['fd']:.2f}, "
+            f"never ended {q['unfinished']:.1%} (n {q['n']}, tau {q['tau']:g})")  # fmt: skip
 
 
 def ship(
@@ -65,6 +81,8 @@ def ship(
     save(rounded, model, hp, dict(keep, metrics=metrics, **extra), dtype=torch.float16)
     half, _, _ = load(rounded)
     metrics["test_float16"] = evaluate(half, ds.test, hp)
+    real = [*ds.test, *ds.valid, *ds.train][:QUALITY_N]
+    replaced = _quality(out, real, tau, seed) if (out / "model.json").is_file() else None
     # the graphs first: the export replaces the whole directory (atomically), then the rest joins it
     info = model_info(
         half,
@@ -76,6 +94,11 @@ def ship(
         metrics={"test": metrics["test_float16"], "step": meta["step"]},
     )
     export_model(half, info, out)
+    metrics["quality"] = _quality(out, real, tau, seed)
+    if replaced:
+        metrics["quality_replaced"] = replaced
+    shipped = ModelInfo.load(out)  # model.json carries the score too (`zoo info` shows it)
+    dataclasses.replace(shipped, metrics={**shipped.metrics, "quality": metrics["quality"]}).save(out)
     save(weights, model, hp, dict(keep, metrics=metrics, **extra), dtype=torch.float16)
     gen = torch.Generator().manual_seed(seed)
     sketches_png(out / "samples.png", sample(half, 25, tau=tau, generator=gen), cols=5)
@@ -162,6 +185,7 @@ The paper's Table 1 (QuickDraw classes, HyperLSTM 2048, w_KL 1.0) reports the fl
 magenta's evaluation prints it: compare our floored column with it (different data, so as a
 sanity check of scale, not class for class).
 
+{quality_section(metrics)}
 ## Samples
 ![samples](samples.png)
 
@@ -176,6 +200,25 @@ Weights: {license} (they derive from the training data's licence). Code: Apache-
 sketchkit evaluate runs/{name}/best.safetensors --split test
 python scripts/ship.py runs/{name} zoo/models/{name} --name {name} --license "{license}"
 ```
+"""
+
+
+def quality_section(metrics: dict[str, Any]) -> str:
+    """The card's sample-quality section (`sketchkit evaluate --samples`), where measured."""
+    q = metrics.get("quality")
+    if not q:
+        return ""
+    rows = "\n".join(f"| {k} | {v['generated']:.3f} | {v['real']:.3f} | {v['ks']:.3f} |" for k, v in q["stats"].items())
+    return f"""
+## Sample quality (issue 28: `sketchkit evaluate MODEL --samples`)
+{q['n']} drawings at tau {q['tau']:g} against {q['n']} real sketches of the data set (test split first):
+classifier two-sample test AUC {q['c2st_auc']:.3f} (95 % DeLong interval {q['c2st_low']:.3f}-{q['c2st_high']:.3f};
+0.5 = indistinguishable from real, 1 = always told apart), Fréchet distance {q['fd']:.2f} in the
+features of `zoo/features/sketchnet.safetensors`, {q['unfinished']:.1%} never ended (cut at N_max).
+
+| statistic | generated (mean) | real (mean) | KS distance |
+|---|---|---|---|
+{rows}
 """
 
 
@@ -197,6 +240,9 @@ def main() -> None:
         data=args.data, train=args.train,
     )  # fmt: skip
     print(json.dumps({k: metrics[k] for k in ("test", "test_float16")}, indent=2))
+    print(f"quality of {args.name}: {quality_line(metrics['quality'])}")
+    if "quality_replaced" in metrics:
+        print(f"  the model it replaces: {quality_line(metrics['quality_replaced'])}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sketchkit.errors import printable
 from sketchkit.graphs import Graph, Tensor, graphs_for
 from sketchkit.io import staging_dir
-from sketchkit.magenta import FORGET_BIAS, MagentaModel, magenta_info, read_magenta, torch_lstm
+from sketchkit.magenta import DEFAULT_START, FORGET_BIAS, MagentaModel, magenta_info, read_magenta, torch_lstm
 from sketchkit.modelinfo import ModelInfo
 
 OPSET = 17
@@ -185,10 +185,12 @@ def import_magenta(
     fp16: bool = False,
     source: str | None = None,
     progress: Progress | None = None,
+    start_token: tuple[float, ...] = DEFAULT_START,
 ) -> ModelInfo:
     """Magenta JSON -> OUT_DIR (graphs + model.json), torch-free. The start token is the legacy
-    sketch-rnn-js zeros (`sketchkit.magenta.DEFAULT_START`); a bad file raises a one-line
-    ModelError and nothing is written."""
+    sketch-rnn-js zeros (`sketchkit.magenta.DEFAULT_START`, the better of the two by CAS recall and
+    never-ending fraction over the 40 models, benchmarks/RESULTS.md) unless given; a bad file
+    raises a one-line ModelError and nothing is written."""
 
     def say(line: str) -> None:  # the file's name and the JSON's own name are untrusted
         if progress:
@@ -196,7 +198,7 @@ def import_magenta(
 
     mm = read_magenta(path)
     say(f"read {mm.source}: {mm.summary}")
-    info = magenta_info(mm, name=name, source=source)  # validated (name included) before any directory
+    info = magenta_info(mm, name=name, source=source, start_token=start_token)  # validated (name included) before any directory
     with staging_dir(out_dir) as tmp:
         info = save_graphs(mm, info, tmp, fp16, say)
     say(f"wrote {out_dir}")

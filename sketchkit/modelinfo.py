@@ -25,6 +25,11 @@ MAX_SEQ_LEN = 10_000  # N_max
 MAX_JSON_BYTES = 1 << 20  # model.json itself
 V1_DIMS = ("kind", "cell", "enc_size", "dec_size", "z_size", "num_mixture")  # flat in version 1
 RULES = ("eq8", "js")
+# the two first inputs S_0 in use: the paper's (and @magenta/sketch 0.2's), and the legacy sketch-rnn-js zeros
+START_TOKENS: dict[str, tuple[float, ...]] = {
+    "paper": (0.0, 0.0, 1.0, 0.0, 0.0),
+    "zeros": (0.0, 0.0, 0.0, 0.0, 0.0),
+}
 PRECISIONS = ("float32", "float16")
 
 
@@ -181,3 +186,16 @@ def validate(info: ModelInfo) -> None:
             raise ModelError(
                 f"model.json: the {graph} file must be a plain file name in the model directory, got {file!r}"
             )
+
+
+def parse_start(text: str) -> tuple[float, ...]:
+    """`--start`: a name in START_TOKENS or five comma-separated numbers."""
+    if text in START_TOKENS:
+        return START_TOKENS[text]
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 5 or not all(math.isfinite(x) for x in values):
+        raise ModelError(f"--start: expected {' or '.join(START_TOKENS)} or five numbers a,b,c,d,e, got {text!r}")
+    return values

@@ -41,6 +41,7 @@ class SamplingOptions:
     temperature_rule: "eq8" (the paper) or "js" (sketch-rnn-js); None = the model's own rule.
     max_len: steps before a sketch is cut; None = the model's max_seq_len (N_max).
     seed: for numpy.random.default_rng; None = fresh entropy.
+    start_token: the first input S_0 (5 numbers); None = the model's own (model.json).
     """
 
     tau: float = 0.3
@@ -48,6 +49,7 @@ class SamplingOptions:
     greedy: bool = False
     max_len: int | None = None
     seed: int | None = None
+    start_token: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, bool) or not isinstance(self.tau, numbers.Real) or not 0 < self.tau <= 2:
@@ -58,6 +60,10 @@ class SamplingOptions:
             raise SketchkitError(f"max_len must be in [1, {MAX_SEQ_LEN}], got {self.max_len}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0):
             raise SketchkitError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.start_token is not None and (
+            len(self.start_token) != 5 or not all(isinstance(x, numbers.Real) and math.isfinite(x) for x in self.start_token)
+        ):
+            raise SketchkitError(f"start_token must be 5 finite numbers, got {self.start_token!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +121,7 @@ class Sampler:
         request = self.generation(n, z, options)
         remote = self._remote()
         if remote is not None:
+            self._check_remote_start(options)
             return remote.generate(n, None if z is None else request.z, options)
         return self._run(request)
 
@@ -207,6 +214,7 @@ class Sampler:
         s = strokes.check_stroke3(partial, name="partial sketch").astype(np.float32)
         remote = self._remote()
         if remote is not None:
+            self._check_remote_start(options)
             return remote.complete(s, k, options)
         return [np.vstack([s, e]) for e in self._run(self.completion(s, k, options))]
 
@@ -224,7 +232,7 @@ class Sampler:
                 "(simplify it with RDP first)"
             )
         seq = strokes.to_stroke5(strokes.normalize(s, self.info.scale_factor), len(s))
-        prev = np.repeat(self.start_token[None], k, axis=0)  # what the decoder reads first
+        prev = np.repeat(self._start(options)[None], k, axis=0)  # what the decoder reads first
         return self._request(prev, None, None, options, max_len - len(s), prefix=seq)
 
     # -- requests for the engine ----------------------------------------------------------------
@@ -239,7 +247,7 @@ class Sampler:
         return remote() if callable(remote) else None
 
     def _request_from_start(self, z: np.ndarray | None, n: int, options: SamplingOptions) -> Request:
-        prev = np.repeat(self.start_token[None], n, axis=0)
+        prev = np.repeat(self._start(options)[None], n, axis=0)
         return self._request(prev, z, None, options, options.max_len or self.info.max_seq_len)
 
     def _request(
@@ -253,6 +261,14 @@ class Sampler:
         )  # fmt: skip
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _start(self, options: SamplingOptions) -> np.ndarray:
+        """S_0: the options' start token, else the model's."""
+        return self.start_token if options.start_token is None else np.asarray(options.start_token, np.float32)
+
+    def _check_remote_start(self, options: SamplingOptions) -> None:
+        if options.start_token is not None and tuple(options.start_token) != tuple(self.info.start_token):
+            raise SketchkitError("a served model samples from its model.json's start token: --start works in process only")
 
     def _need_encoder(self, what: str) -> None:
         if not self.info.dims.vae:

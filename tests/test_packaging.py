@@ -79,6 +79,7 @@ def test_the_wheel_holds_the_data_the_code_reads(built: tuple[Path, str]) -> Non
         | installed("sketchkit/playground/static", "*")
         | installed("zoo/recipes", "*.toml")
         | installed("zoo", "registry.json")
+        | installed("zoo/features", "*.safetensors")  # the quality measure's feature network (issue 28)
         | {"sketchkit/py.typed"}
     )
     registry = json.loads((ROOT / "zoo" / "registry.json").read_text())

@@ -251,3 +251,9 @@ def test_ship_writes_weights_samples_and_card(eight_sheep: Path, tmp_path: Path)
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{metrics['test_float16']['lr']:.4f}" in card and "CC BY-NC 4.0" in card and "20 steps" in card
+    q = metrics["quality"]  # issue 28: the drawings scored against real sketches, in the card and model.json
+    assert 0 <= q["c2st_low"] <= q["c2st_auc"] <= q["c2st_high"] <= 1 and q["n"] == 24
+    assert f"AUC {q['c2st_auc']:.3f}" in card
+    assert json.loads((out / "model.json").read_text())["metrics"]["quality"]["fd"] == q["fd"]
+    again = ship(run, out, "tiny", "CC BY-NC 4.0", "eight sheep", "a test machine")  # the score of the one it replaces
+    assert again["quality_replaced"]["c2st_auc"] == q["c2st_auc"]

@@ -101,6 +101,7 @@ class Recipe:
     eval_every: int = 500  # validate, keep the best checkpoint, save the resume state, draw samples
     log_every: int = 20  # a train line in metrics.jsonl every this many steps
     num_samples: int = 16  # sketches drawn at each validation
+    quality_samples: int = 0  # > 0: score that many drawings against valid sketches at each validation (C2ST, FD; zoo.quality)
     note: str = ""  # free text: why this recipe deviates from the paper
     version: int = VERSION
 
@@ -116,6 +117,8 @@ class Recipe:
         for name in ("max_seq_len", "batch_size", "num_steps", "eval_every", "log_every", "num_samples"):
             if getattr(self, name) < 1:
                 raise SketchkitError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.quality_samples <= 10_000:
+            raise SketchkitError(f"quality_samples must be in [0, 10000] (0 = off), got {self.quality_samples}")
         if self.seed < 0:  # it seeds numpy's SeedSequence (zoo.train.make_batch)
             raise SketchkitError(f"seed must be >= 0, got {self.seed}")
         for name in ("learning_rate", "grad_clip", "offset_limit"):  # > 0 and finite (nan fails both)

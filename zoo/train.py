@@ -216,8 +216,8 @@ def _load_state(
         recipe = checkpoint.recipe_of(meta)
     except (KeyError, TypeError) as e:
         raise SketchkitError(f"{path}: not a resume state (no usable recipe: {e})") from None
-    same = dataclasses.replace(recipe, num_steps=1, dataset=[])
-    if same != dataclasses.replace(hp, num_steps=1, dataset=[]):
+    same = dataclasses.replace(recipe, num_steps=1, dataset=[], quality_samples=0)
+    if same != dataclasses.replace(hp, num_steps=1, dataset=[], quality_samples=0):
         raise SketchkitError(
             f"{path}: the run was started with other hyperparameters (start a new run directory)"
         )
@@ -532,6 +532,8 @@ def _validate(
         meta = dict(base_meta, step=step, metrics={"valid": metrics})
         checkpoint.save(out / "best.safetensors", model, hp, meta)
     rec = {"split": "valid", "step": step, **metrics, "best": is_best, "time": time.time()}
+    if hp.quality_samples and len(data.valid) >= 8:  # the two-sample test needs 8 of each
+        rec["quality"] = _quality(model, data.valid, hp)
     records.append(rec)
     _append_jsonl(out / "metrics.jsonl", rec)
     loss_curve_png(out / "loss.png", records)
@@ -539,11 +541,26 @@ def _validate(
     gen = torch.Generator(device=device).manual_seed(hp.seed + 1)
     drawn = sample(model, hp.num_samples, generator=gen, max_seq_len=hp.max_seq_len)
     sketches_png(out / "samples" / f"step_{step:07d}.png", drawn)
+    q = rec.get("quality")
+    scored = f" C2ST AUC {q['c2st_auc']:.3f} FD {q['fd']:.2f}" if q else ""
     bar.write(
         f"step {step}: valid loss {metrics['loss']:.4f} L_R {metrics['lr']:.4f} "
-        f"L_KL {metrics['kl']:.4f}{' (best)' if is_best else ''}"
+        f"L_KL {metrics['kl']:.4f}{scored}{' (best)' if is_best else ''}"
     )
     return best
+
+
+def _quality(model: SketchRNN, valid: Sequence[np.ndarray], hp: Recipe) -> dict[str, Any]:
+    """`quality_samples` drawings (tau 0.5, seeded) against as many valid sketches: C2ST AUC with
+    its interval, FD and the fraction that never ended (`zoo.quality`)."""
+    from sketchkit.zoo import quality
+
+    gen = torch.Generator().manual_seed(hp.seed + 2)
+    n = min(hp.quality_samples, len(valid))
+    drawn = sample(model, n, tau=0.5, generator=gen, max_seq_len=hp.max_seq_len)
+    q = quality.compare(drawn, valid[:n], hp.seed)
+    return {"tau": 0.5, "n": q.n, "c2st_auc": q.c2st_auc, "c2st_low": q.c2st_low, "c2st_high": q.c2st_high,
+            "fd": q.fd, "unfinished": quality.unfinished(drawn, hp.max_seq_len), "seconds": q.seconds}  # fmt: skip
 
 
 def _lost_rank(rank: int, world: int, step: int, last: Path, why: str) -> None:

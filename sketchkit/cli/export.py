@@ -70,6 +70,12 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, name: str | None) -> Non
     default=None,
     help="Also save the weights as a sketchkit checkpoint (.safetensors; needs torch).",
 )
+@click.option(
+    "--start",
+    default=None,
+    metavar="zeros|paper|a,b,c,d,e",
+    help="The start token written into model.json [default: zeros, the better by CAS recall and never-ending fraction; benchmarks/RESULTS.md].",
+)
 @fp16_option
 @name_option
 def import_magenta(
@@ -77,10 +83,19 @@ def import_magenta(
     out_dir: Path,
     drawings: Path | None,
     checkpoint: Path | None,
+    start: str | None,
     fp16: bool,
     name: str | None,
 ) -> None:
     """Convert a Magenta sketch-rnn-js model (FILE.json, gen or vae) to OUT_DIR."""
+    if start is not None:
+        if drawings is not None or checkpoint is not None:
+            raise SketchkitError("--start goes without --drawings/--checkpoint (--drawings chooses the start token by L_R)")
+        from sketchkit.magenta_onnx import import_magenta as build
+        from sketchkit.modelinfo import parse_start
+
+        _report(build(model_json, out_dir, name=name, fp16=fp16, progress=_say, start_token=parse_start(start)), out_dir)
+        return
     if drawings is None and checkpoint is None:
         from sketchkit.magenta_onnx import import_magenta as build
 

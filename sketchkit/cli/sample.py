@@ -36,6 +36,8 @@ def sampling_options(tau: float) -> Callable[[Callable[..., Any]], Callable[...,
             click.option("--tau", type=float, default=tau, show_default=True, help="Temperature in (0, 2] (paper Eq. 8)."),
             click.option("--seed", type=int, default=None, help="Seed: the same seed gives the same sketches."),
             click.option("--rule", default=None, metavar="eq8|js", help="Temperature rule [default: the model's]."),
+            click.option("--start", default=None, metavar="paper|zeros|a,b,c,d,e",
+                         help="First input S_0 [default: the model's start_token in model.json]."),
             click.option("--greedy", is_flag=True, help="Most likely point at every step (the tau -> 0 limit)."),
             click.option("--max-len", type=int, default=None, help="Stop after this many points [default: the model's N_max]."),
             click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -68,11 +70,13 @@ class Session:
     """A command's model, sampler and options, opened once from the shared options."""
 
     def __init__(self, name: str, server: str | None, tau: float, seed: int | None, rule: str | None,
-                 greedy: bool, max_len: int | None) -> None:
+                 greedy: bool, max_len: int | None, start: str | None = None) -> None:
         from sketchkit.hub import load
+        from sketchkit.modelinfo import parse_start
         from sketchkit.sampling import Sampler, SamplingOptions
 
-        self.options = SamplingOptions(tau=tau, temperature_rule=rule, greedy=greedy, max_len=max_len, seed=seed)
+        self.options = SamplingOptions(tau=tau, temperature_rule=rule, greedy=greedy, max_len=max_len, seed=seed,
+                                       start_token=None if start is None else parse_start(start))
         self.runtime = load(name, server)
         click.get_current_context().call_on_close(self.runtime.close)  # a Triton runtime ends its sequences
         self.info = self.runtime.info
@@ -116,7 +120,7 @@ def session_from(kwargs: dict[str, Any]) -> Session:
         raise SketchkitError(f"{output}: unknown output format (use {', '.join(FORMATS)})")
     if cols is not None and cols < 1:
         raise SketchkitError(f"--cols must be >= 1, got {cols}")
-    keys = ("name", "server", "tau", "seed", "rule", "greedy", "max_len")
+    keys = ("name", "server", "tau", "seed", "rule", "greedy", "max_len", "start")
     return Session(**{k: kwargs[k] for k in keys})
 
 

@@ -58,6 +58,12 @@ def _parse_value(text: str) -> Any:
     help="Be done within this much wall time: stop before a step that would pass it, counting the "
     "validation and save that end the run (measured as it goes); the bar then shows the time left.",
 )
+@click.option(
+    "--quality-samples",
+    type=int,
+    metavar="N",
+    help="At each validation, score N drawings against N valid sketches (C2ST AUC, FD; off by default).",
+)
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when present).")
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--fresh", is_flag=True, help="Do not resume from RUN/last.safetensors.")
@@ -69,6 +75,7 @@ def train(
     data: tuple[str, ...],
     steps: int | None,
     time_limit: float | None,
+    quality_samples: int | None,
     device: str | None,
     threads: int | None,
     fresh: bool,
@@ -94,6 +101,8 @@ def train(
         d["dataset"] = [str(Path(p).resolve()) for p in data]
     if steps is not None:
         d["num_steps"] = steps
+    if quality_samples is not None:
+        d["quality_samples"] = quality_samples
     hp = Recipe.from_dict(dict(d, version=1))  # flat, and the version 1 names (lr=...) still work
     if threads:
         torch.set_num_threads(threads)
@@ -109,21 +118,40 @@ def train(
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", metavar="CHECKPOINT|MODEL")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
 @click.option(
     "--data",
     "data",
     multiple=True,
     type=click.Path(dir_okay=False),
-    help="Dataset .npz (default: the checkpoint's own recipe).",
+    help="Dataset .npz (default: the checkpoint's own recipe); with --samples: the real sketches (.npz or .ndjson).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(checkpoint: Path, split: str, data: tuple[str, ...], as_json: bool) -> None:
-    """Report L_R and L_KL of a checkpoint on a split, as in the paper's Table 1."""
+@click.option("--samples", is_flag=True, help="Score MODEL's own drawings against real ones (C2ST AUC, FD, statistics).")
+@click.option("-n", "n", type=int, default=2000, show_default=True, help="--samples: sketches of each kind.")
+@click.option("--tau", default="0.5", show_default=True, metavar="T[,T...]", help="--samples: temperature(s); several draw a sweep.")
+@click.option("--seed", type=int, default=0, show_default=True, help="--samples: the same seed gives the same numbers.")
+@click.option("--start", default=None, metavar="paper|zeros|a,b,c,d,e", help="--samples: first input S_0 [default: the model's].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="--samples: the sweep picture (score against tau, samples under each tau), .png or .svg.")  # fmt: skip
+def evaluate(
+    model: str, split: str, data: tuple[str, ...], as_json: bool, samples: bool, n: int, tau: str, seed: int,
+    start: str | None, output: Path | None,
+) -> None:  # fmt: skip
+    """Report L_R and L_KL of a CHECKPOINT on a split, as in the paper's Table 1; with --samples,
+    how real MODEL's (a zoo name or model directory) drawings are against --data."""
     _need_torch("evaluate")
+    if samples:
+        from sketchkit.cli.quality import evaluate_samples
+
+        evaluate_samples(model, data, n, tau, seed, start, output, as_json)
+        return
     from sketchkit.zoo.evaluate import evaluate_checkpoint
 
+    checkpoint = Path(model)
+    if not checkpoint.is_file():
+        raise SketchkitError(f"{model}: no such checkpoint (to score a model's drawings: --samples --data REAL)")
     m = evaluate_checkpoint(str(checkpoint), split, [str(Path(p).resolve()) for p in data] or None)
     if as_json:
         click.echo(json.dumps(m, indent=2))

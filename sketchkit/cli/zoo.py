@@ -123,7 +123,11 @@ def metric_lines(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, s
     four decimals, so that right-aligned values line up at the point."""
     out = []
     for key, value in metrics.items():
-        if isinstance(value, dict):
+        if key == "quality" and isinstance(value, dict) and "c2st_auc" in value:  # issue 28, beside L_R
+            out.append((f"{prefix}{key}", (
+                f"C2ST AUC {value['c2st_auc']:.3f} [{value.get('c2st_low', 0):.3f}, {value.get('c2st_high', 1):.3f}], "
+                f"FD {value.get('fd', float('nan')):.2f} (n {value.get('n')}, tau {value.get('tau')})")))  # fmt: skip
+        elif isinstance(value, dict):
             out += metric_lines(value, f"{prefix}{key} ")
         elif isinstance(value, float):
             out.append((f"{prefix}{key}", f"{value:.4f}"))
