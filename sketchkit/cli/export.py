@@ -14,7 +14,7 @@ from types import ModuleType
 
 import click
 
-from sketchkit.errors import needs_torch, printable
+from sketchkit.errors import SketchkitError, needs_torch, printable
 from sketchkit.modelinfo import ModelInfo
 
 
