@@ -218,12 +218,34 @@ def _check_contract(session: Any, graph: Graph, sizes: dict[str, int], path: Pat
 
 
 def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
-    """decoder_step at `path` with the draw appended, serialised for a session."""
+    """decoder_step at `path` with the draw appended, serialised for a session. Built once and
+    kept in the cache (`graphs/`, named by the SHA-256 of the step's bytes, of the draw's source
+    and of the arguments, so a changed step or draw builds anew): building it took onnx's import,
+    a parse and two copies of the step's weights, a fifth of a one-sketch `generate`'s CPU time.
+    Where the cache cannot be written, the graph is built in memory each time."""
+    import hashlib
+
+    from sketchkit import draw
+    from sketchkit.io import atomic_write, cache_dir
+
+    step = path.read_bytes()
+    key = hashlib.sha256(step)
+    key.update(Path(draw.__file__).read_bytes())
+    key.update(f"{num_mixture} {exact_math}".encode())
+    cached = cache_dir() / "graphs" / f"decoder_step_draw-{key.hexdigest()[:40]}.onnx"
+    try:
+        return cached.read_bytes()
+    except OSError:
+        pass
     import onnx
 
-    from sketchkit.draw import with_draw
-
-    return with_draw(onnx.load(str(path)), num_mixture, exact_math).SerializeToString()
+    model = draw.with_draw(onnx.load_from_string(step), num_mixture, exact_math).SerializeToString()
+    try:
+        with atomic_write(cached) as f:
+            f.write(model)
+    except OSError as e:  # a read-only cache: no harm, only slower
+        logging.getLogger("sketchkit").debug("decoder_step_draw not cached (%s)", e)
+    return model
 
 
 def _version(text: str) -> tuple[int, ...]:
