@@ -218,33 +218,40 @@ def _check_contract(session: Any, graph: Graph, sizes: dict[str, int], path: Pat
 
 
 def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
-    """decoder_step at `path` with the draw appended, serialised for a session. Built once and
-    kept in the cache (`graphs/`, named by the SHA-256 of the step's bytes, of the draw's source
-    and of the arguments, so a changed step or draw builds anew): building it took onnx's import,
-    a parse and two copies of the step's weights, a fifth of a one-sketch `generate`'s CPU time.
-    Where the cache cannot be written, the graph is built in memory each time."""
+    """decoder_step at `path` with the draw appended, serialised for a session. For a model in the
+    cache (the zoo's), built once and kept beside its step as `decoder_step_draw-<key>.onnx`, the
+    key the SHA-256 of the step's bytes, of the draw's source and of the arguments (a changed
+    step or draw builds anew and the old file is removed): building it took onnx's import, a parse
+    and two copies of the step's weights, a fifth of a one-sketch `generate`'s CPU time. Models
+    elsewhere (a training run's, a test's) are built in memory each time, leaving nothing behind."""
     import hashlib
 
     from sketchkit import draw
     from sketchkit.io import atomic_write, cache_dir
 
     step = path.read_bytes()
-    key = hashlib.sha256(step)
-    key.update(Path(draw.__file__).read_bytes())
-    key.update(f"{num_mixture} {exact_math}".encode())
-    cached = cache_dir() / "graphs" / f"decoder_step_draw-{key.hexdigest()[:40]}.onnx"
-    try:
-        return cached.read_bytes()
-    except OSError:
-        pass
+    cached: Path | None = None
+    if path.resolve().is_relative_to(cache_dir().resolve()):
+        key = hashlib.sha256(step)
+        key.update(Path(draw.__file__).read_bytes())
+        key.update(f"{num_mixture} {exact_math}".encode())
+        cached = path.parent / f"decoder_step_draw-{key.hexdigest()[:40]}.onnx"
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
     import onnx
 
     model = draw.with_draw(onnx.load_from_string(step), num_mixture, exact_math).SerializeToString()
-    try:
-        with atomic_write(cached) as f:
-            f.write(model)
-    except OSError as e:  # a read-only cache: no harm, only slower
-        logging.getLogger("sketchkit").debug("decoder_step_draw not cached (%s)", e)
+    if cached is not None:
+        try:
+            with atomic_write(cached) as f:
+                f.write(model)
+            for old in path.parent.glob("decoder_step_draw-*.onnx"):
+                if old != cached:
+                    old.unlink(missing_ok=True)
+        except OSError as e:  # a read-only cache: no harm, only slower
+            logging.getLogger("sketchkit").debug("decoder_step_draw not kept (%s)", e)
     return model
 
 
