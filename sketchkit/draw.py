@@ -139,7 +139,8 @@ def _columns(exact_math: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _uniforms(b: _Builder, counter: str, exact_math: bool = True) -> str:
     """The columns of `_columns` [B, 6] float32 from `counter` [B] uint64: Squares of
-    counter + offset, its 23 high bits, scaled and shifted. Dividing by 2^32 is a shift on the
+    counter + 0..3, its 23 high bits, widened to the six columns and scaled by one MatMul (one
+    nonzero product per column: exact, as a Mul) and shifted. Dividing by 2^32 is a shift on the
     CPU (faster, the same integers)."""
     u64 = lambda v: b.const(v, np.uint64)  # noqa: E731
     offset, scale, shift = _columns(exact_math)
@@ -165,20 +166,23 @@ def _uniforms(b: _Builder, counter: str, exact_math: bool = True) -> str:
 def _categorical(b: _Builder, params: str, m: int, div: str, u: str, greedy: str, exact_math: bool) -> str:
     """The pen state and the component, [B, 2] int64 places in two rows of logits / div
     [B, 2, K]: both categoricals at once, each drawn by the inverse CDF of its uniform in `u`
-    [B, 2] (scaled by the CDF's own total, so rounding never runs past the last category and one
-    of probability zero is never drawn), or argmax for greedy rows (the first of equal maxima).
-    K = max(3, M); row 0 holds the pen's 3 logits last, after K - 3 copies of its first (their
-    probability zeroed after the softmax: a softmax over -inf is 4x slower on the CPU); row 1
-    the M mixture weights (if M < 3, then copies of the first). On the CPU, with M >= 3, the rows are
-    the parameters' first 2M columns after that padding (a Pad and a Reshape: a Gather of single
-    elements is 4x slower); elsewhere a Gather of the same places."""
+    [B, 2] (never past the last category, never one of probability zero), or argmax for greedy
+    rows (the first of equal maxima). K = max(3, M); row 0 holds the pen's 3 logits last, after
+    K - 3 copies of its first; row 1 the M mixture weights (if M < 3, then copies of the first).
+    On the CPU, with M >= 3, the rows are the parameters' first 2M columns after that padding (a
+    Pad and a Reshape: a Gather of single elements is 4x slower) and the copies are 30 below the
+    first logit, so their mass is under 1e-12 of it and, drawn or an argmax, they map to the pen's
+    first state anyway (a softmax over -inf, or anything whose exp underflows, is 2.5-4x slower); the
+    first place whose CDF reaches u is then the ArgMax of Min(CDF, u), or the last of nonzero
+    probability where rounding left the CDF below u. Elsewhere a Gather of the same places, the
+    copies' probability zeroed after the softmax and u scaled by the CDF's own total."""
     k = max(3, m)
     index = np.zeros((2, k), np.int64)
     index[0, k - 3 :], index[1, :] = np.arange(3), 3
     index[1, :m] = 3 + np.arange(m)
     real = np.stack([np.arange(k) >= k - 3, np.arange(k) < m]).astype(np.float32)
     padded_out = exact_math and m >= 3
-    if padded_out:  # [pen_0 - 30 x (M - 3), pen, pi]: edge padding in front, the rest cut
+    if padded_out:  # [pen_0 - 30 x (M - 3), pen, pi]: edge padding in front, - 30, the rest cut
         padded = b.op("Pad", params, b.const([0, m - 3, 0, -5 * m], np.int64), mode="edge")
         logits = b.op("Reshape", b.op("Div", padded, div), b.const([-1, 2, k], np.int64))
         logits = b.op("Add", logits, b.const((real - 1) * 30))
@@ -189,7 +193,7 @@ def _categorical(b: _Builder, params: str, m: int, div: str, u: str, greedy: str
         p = b.op("Mul", p, b.const(real))
     cdf = b.op("CumSum", p, b.const(2, np.int64))
     threshold = b.op("Unsqueeze", u, b.const([2], np.int64))  # [B, 2, 1]
-    if not padded_out:  # scaled by the CDF's total (the copies' mass is in it; counting never runs past the end)
+    if not padded_out:  # the copies' mass is in the total; counting must never run past the end
         threshold = b.op("Mul", threshold, b.op("Gather", cdf, b.const([k - 1], np.int64), axis=2))
     if exact_math:  # the first place whose CDF reaches the threshold: the first of the equal maxima
         drawn = b.op("ArgMax", b.op("Min", cdf, threshold), axis=2, keepdims=0)
