@@ -139,9 +139,8 @@ def _columns(exact_math: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _uniforms(b: _Builder, counter: str, exact_math: bool = True) -> str:
     """The columns of `_columns` [B, 6] float32 from `counter` [B] uint64: Squares of
-    counter + 0..3, its 23 high bits, widened to the six columns and scaled by one MatMul (one
-    nonzero product per column: exact, as a Mul) and shifted. Dividing by 2^32 is a shift on the
-    CPU (faster, the same integers)."""
+    counter + 0..3 (as [4, B]), its 23 high bits, widened to the six columns, scaled and shifted
+    by one Gemm. Dividing by 2^32 is a shift on the CPU (faster, the same integers)."""
     u64 = lambda v: b.const(v, np.uint64)  # noqa: E731
     offset, scale, shift = _columns(exact_math)
 
@@ -150,17 +149,18 @@ def _uniforms(b: _Builder, counter: str, exact_math: bool = True) -> str:
             return b.op("BitShift", x, u64(bits), direction="RIGHT")
         return b.op("Div", x, u64(2**bits))
 
-    c = b.op("Add", b.op("Unsqueeze", counter, b.const([1], np.int64)), u64(np.arange(DRAWS_PER_STEP)))  # [B, 4]
+    c = b.op("Add", counter, u64(np.arange(DRAWS_PER_STEP)[:, None]))  # [4, B]: no Unsqueeze
     x = y = b.op("Mul", c, u64(SQUARES_KEY))
     z = b.op("Add", y, u64(SQUARES_KEY))
     for add in (y, z, y):
         x = b.op("Add", b.op("Mul", x, x), add)
         x = b.op("Add", down(x, 32), b.op("Mul", x, u64(2**32)))  # rotate by 32
     top23 = down(b.op("Add", b.op("Mul", x, x), z), 41)  # the output's 23 high bits
-    # [B, 4] -> [B, 6], scaled: each column one product by a nonzero weight (exact zeros besides)
+    # [4, B] -> [B, 6] in one Gemm: transposed, widened and scaled (one product by a nonzero weight
+    # per column, exact zeros besides: the bits of a Mul), then shifted (the bits of an Add)
     weights = np.zeros((DRAWS_PER_STEP, len(offset)), np.float32)
     weights[offset.astype(np.int64), np.arange(len(offset))] = scale
-    return b.op("Add", b.op("MatMul", b.op("Cast", top23, to=1), b.const(weights)), b.const(shift))
+    return b.op("Gemm", b.op("Cast", top23, to=1), b.const(weights), b.const(shift), transA=1)
 
 
 def _categorical(b: _Builder, params: str, m: int, div: str, u: str, greedy: str, exact_math: bool) -> str:
