@@ -73,6 +73,7 @@ class OnnxRuntime:
         self.device_rows = device_rows
         self.cuda_graphs = cuda_graphs
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._wants: dict[str, list[tuple[int, ...]]] = {}  # per graph: its outputs' dims after the batch
 
     def __repr__(self) -> str:
         return f"OnnxRuntime({str(self.model_dir)!r}, providers={self.providers})"
@@ -169,12 +170,14 @@ class OnnxRuntime:
         except Exception as e:  # onnxruntime raises its own exception types, all Exception
             raise ModelError(f"{self.info.name}: {graph.name} failed: {_first_line(e)}") from None
         batch = len(next(iter(feeds.values())))
-        for t, out in zip(graph.outputs, outputs, strict=True):  # a symbolic dim may hide a wrong size
-            want = [batch, *concrete_dims(t, self.info.sizes)[1:]]
-            if list(out.shape) != want:
+        wants = self._wants.get(graph.name)
+        if wants is None:  # model.json's dims after the batch, once per graph (checked every call)
+            wants = self._wants[graph.name] = [tuple(concrete_dims(t, self.info.sizes)[1:]) for t in graph.outputs]
+        for t, out, want in zip(graph.outputs, outputs, wants, strict=True):  # a symbolic dim may hide a wrong size
+            if out.shape[:1] != (batch,) or out.shape[1:] != want:
                 raise ModelError(
                     f"{self.info.name}: {graph.name} returned {t.name} of shape {list(out.shape)}, "
-                    f"model.json says {want}"
+                    f"model.json says {[batch, *want]}"
                 )
         return outputs
 
