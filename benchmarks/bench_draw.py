@@ -43,7 +43,7 @@ from bench_engine import load_model  # noqa: E402  (a Magenta JSON converted tor
 
 from sketchkit import draw as new_draw  # noqa: E402
 from sketchkit.mixture import temperature  # noqa: E402
-from sketchkit.runtimes.session import open_session  # noqa: E402
+from sketchkit.onnx_session import open_session  # noqa: E402
 
 DEFAULT_MODEL = ROOT.parent / "shared" / "data" / "magenta-gen" / "owl.gen.json"
 

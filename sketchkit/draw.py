@@ -139,8 +139,8 @@ def _columns(exact_math: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _uniforms(b: _Builder, counter: str, exact_math: bool = True) -> str:
     """The columns of `_columns` [B, 6] float32 from `counter` [B] uint64: Squares of
-    counter + offset, its 23 high bits, scaled and shifted. Dividing by 2^32 is a shift on the
-    CPU (faster, the same integers)."""
+    counter + 0..3 (as [4, B]), its 23 high bits, widened to the six columns, scaled and shifted
+    by one Gemm. Dividing by 2^32 is a shift on the CPU (faster, the same integers)."""
     u64 = lambda v: b.const(v, np.uint64)  # noqa: E731
     offset, scale, shift = _columns(exact_math)
 
@@ -149,42 +149,52 @@ def _uniforms(b: _Builder, counter: str, exact_math: bool = True) -> str:
             return b.op("BitShift", x, u64(bits), direction="RIGHT")
         return b.op("Div", x, u64(2**bits))
 
-    c = b.op("Add", b.op("Unsqueeze", counter, b.const([1], np.int64)), u64(offset))  # [B, 6]
+    c = b.op("Add", counter, u64(np.arange(DRAWS_PER_STEP)[:, None]))  # [4, B]: no Unsqueeze
     x = y = b.op("Mul", c, u64(SQUARES_KEY))
     z = b.op("Add", y, u64(SQUARES_KEY))
     for add in (y, z, y):
         x = b.op("Add", b.op("Mul", x, x), add)
         x = b.op("Add", down(x, 32), b.op("Mul", x, u64(2**32)))  # rotate by 32
     top23 = down(b.op("Add", b.op("Mul", x, x), z), 41)  # the output's 23 high bits
-    return b.op("Add", b.op("Mul", b.op("Cast", top23, to=1), b.const(scale)), b.const(shift))
+    # [4, B] -> [B, 6] in one Gemm: transposed, widened and scaled (one product by a nonzero weight
+    # per column, exact zeros besides: the bits of a Mul), then shifted (the bits of an Add)
+    weights = np.zeros((DRAWS_PER_STEP, len(offset)), np.float32)
+    weights[offset.astype(np.int64), np.arange(len(offset))] = scale
+    return b.op("Gemm", b.op("Cast", top23, to=1), b.const(weights), b.const(shift), transA=1)
 
 
 def _categorical(b: _Builder, params: str, m: int, div: str, u: str, greedy: str, exact_math: bool) -> str:
     """The pen state and the component, [B, 2] int64 places in two rows of logits / div
     [B, 2, K]: both categoricals at once, each drawn by the inverse CDF of its uniform in `u`
-    [B, 2] (scaled by the CDF's own total, so rounding never runs past the last category and one
-    of probability zero is never drawn), or argmax for greedy rows (the first of equal maxima).
-    K = max(3, M); row 0 holds the pen's 3 logits last, after K - 3 copies of its first (their
-    probability zeroed after the softmax: a softmax over -inf is 4x slower on the CPU); row 1
-    the M mixture weights (if M < 3, then copies of the first). On the CPU, with M >= 3, the rows are
-    the parameters' first 2M columns after that padding (a Pad and a Reshape: a Gather of single
-    elements is 4x slower); elsewhere a Gather of the same places."""
+    [B, 2] (never past the last category, never one of probability zero), or argmax for greedy
+    rows (the first of equal maxima). K = max(3, M); row 0 holds the pen's 3 logits last, after
+    K - 3 copies of its first; row 1 the M mixture weights (if M < 3, then copies of the first).
+    On the CPU, with M >= 3, the rows are the parameters' first 2M columns after that padding (a
+    Pad and a Reshape: a Gather of single elements is 4x slower) and the copies are 30 below the
+    first logit, so their mass is under 1e-12 of it and, drawn or an argmax, they map to the pen's
+    first state anyway (a softmax over -inf, or anything whose exp underflows, is 2.5-4x slower); the
+    first place whose CDF reaches u is then the ArgMax of Min(CDF, u), or the last of nonzero
+    probability where rounding left the CDF below u. Elsewhere a Gather of the same places, the
+    copies' probability zeroed after the softmax and u scaled by the CDF's own total."""
     k = max(3, m)
     index = np.zeros((2, k), np.int64)
     index[0, k - 3 :], index[1, :] = np.arange(3), 3
     index[1, :m] = 3 + np.arange(m)
     real = np.stack([np.arange(k) >= k - 3, np.arange(k) < m]).astype(np.float32)
-    if exact_math and m >= 3:  # [pen_0 x (M - 3), pen, pi]: edge padding in front, the rest cut
+    padded_out = exact_math and m >= 3
+    if padded_out:  # [pen_0 - 30 x (M - 3), pen, pi]: edge padding in front, - 30, the rest cut
         padded = b.op("Pad", params, b.const([0, m - 3, 0, -5 * m], np.int64), mode="edge")
         logits = b.op("Reshape", b.op("Div", padded, div), b.const([-1, 2, k], np.int64))
+        logits = b.op("Add", logits, b.const((real - 1) * 30))
     else:
         logits = b.op("Gather", b.op("Div", params, div), b.const(index, np.int64), axis=1)  # [B, 2, K]
     p = b.op("Softmax", logits, axis=2)
-    if not real.all():
+    if not (real.all() or padded_out):
         p = b.op("Mul", p, b.const(real))
     cdf = b.op("CumSum", p, b.const(2, np.int64))
-    total = b.op("Gather", cdf, b.const([k - 1], np.int64), axis=2)  # [B, 2, 1]
-    threshold = b.op("Mul", b.op("Unsqueeze", u, b.const([2], np.int64)), total)
+    threshold = b.op("Unsqueeze", u, b.const([2], np.int64))  # [B, 2, 1]
+    if not padded_out:  # the copies' mass is in the total; counting must never run past the end
+        threshold = b.op("Mul", threshold, b.op("Gather", cdf, b.const([k - 1], np.int64), axis=2))
     if exact_math:  # the first place whose CDF reaches the threshold: the first of the equal maxima
         drawn = b.op("ArgMax", b.op("Min", cdf, threshold), axis=2, keepdims=0)
     else:  # the places below it, counted (CUDA's ArgMax need not take the first of equal maxima)
@@ -206,6 +216,9 @@ def _draw_nodes(b: _Builder, params: str, m: int, exact_math: bool) -> None:
     j = b.op("Gather", place, b.const([1], np.int64), axis=1)  # [B, 1]
     columns = b.op("Add", j, b.const(3 + m * np.arange(1, 6), np.int64))
     mu, sigma_hat, rho_hat = b.split(b.op("GatherElements", params, columns, axis=1), [2, 2, 1])
+    # NaN or infinity anywhere in a row's parameters makes its offset NaN: mu + params @ 0 (Gemm:
+    # one node) is mu or NaN
+    mu = b.op("Gemm", params, b.const(np.zeros((6 * m + 3, 2))), mu)
     # two standard normals, the second correlated by rho (Box-Muller, radius r and angle theta):
     # (r sin theta, r sin(theta + alpha)) with cos alpha = rho = tanh(rho-hat) (Eq. 6), sin alpha >= 0.
     # r^2 = -2 ln(1 - v) = 4 atanh(v / (2 - v)); theta = 2x; sin 2y = 2 / (tan y + 1 / tan y); and
@@ -223,13 +236,11 @@ def _draw_nodes(b: _Builder, params: str, m: int, exact_math: bool) -> None:
     scale = b.op("Mul", b.op("Exp", sigma_hat), b.op("Mul", half_r, sig))  # sigma = exp(sigma-hat), Eq. 6, 8
     offset = b.op("Add", mu, b.op("Mul", scale, two_sin))
     offset = b.op("Where", greedy, mu, offset)  # greedy: the mean, whatever sigma
-    # NaN or infinity anywhere in a row's parameters makes its offset NaN: params @ 0 is 0 or NaN
-    poison = b.op("MatMul", params, b.const(np.zeros((6 * m + 3, 2))))  # [B, 2]
     one_hot = np.eye(3, dtype=np.float32)[
         np.maximum(np.arange(k) - (k - 3), 0)
     ]  # [K, 3]: place -> pen one-hot
     pen = b.op("Gather", b.const(one_hot), b.op("Gather", place, b.const(0, np.int64), axis=1))  # [B, 3]
-    b.op("Concat", b.op("Add", offset, poison), pen, axis=1, out="point")
+    b.op("Concat", offset, pen, axis=1, out="point")
     b.op("Add", "counter", b.const(DRAWS_PER_STEP, np.uint64), out="next_counter")
 
 

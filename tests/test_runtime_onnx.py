@@ -148,3 +148,32 @@ def test_make_model_writes_both_kinds(tmp_path):
     vae = make_model(tmp_path / "v", "vae", hidden=8, num_mixture=2)
     assert sorted(p.name for p in vae.iterdir()) == ["decoder_init.onnx", "decoder_step.onnx", "encoder.onnx", "model.json"]
     assert OnnxRuntime(vae).info.dims.state_size == 16
+
+
+def test_the_step_with_the_draw_is_kept_beside_a_cached_model(tiny_uncond, tmp_path, monkeypatch):
+    """A model in the cache keeps its step-with-draw graph (built once, named by content); one
+    elsewhere leaves nothing behind; the sketches are the same either way."""
+    import onnx
+
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "cache" / "models" / "m"
+    copy_model(tiny_uncond, model)
+    opts = SamplingOptions(seed=3, max_len=20)
+
+    def sketches(where):
+        return Sampler(OnnxRuntime(where)).generate(3, options=opts)
+
+    fresh = sketches(tiny_uncond)
+    assert not list(tiny_uncond.glob("decoder_step_draw-*"))
+    first = sketches(model)
+    (kept,) = model.glob("decoder_step_draw-*.onnx")
+    again = sketches(model)  # read back, not built
+    for a, b, c in zip(fresh, first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    step = onnx.load(str(model / "decoder_step.onnx"))
+    step.doc_string = "changed"  # other bytes: a new key, the old file removed
+    onnx.save(step, str(model / "decoder_step.onnx"))
+    sketches(model)
+    (now,) = model.glob("decoder_step_draw-*.onnx")
+    assert now != kept

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +178,10 @@ def _download(
     """Stream `url` into `part` (resuming what is there with Range); return the SHA-256 of all of
     it. Stops at once when more than `size` bytes (else `limits.max_bytes`) arrive, past the
     deadline, and when a window of `limits.rate_window_s` brings less than `limits.min_rate`."""
+    import http.client  # here, not above: a `generate` of a cached model never downloads
+    import urllib.error
+    import urllib.request
+
     cap = size if size is not None else limits.max_bytes
     h = hashlib.sha256()
     have = 0

@@ -73,6 +73,7 @@ class OnnxRuntime:
         self.device_rows = device_rows
         self.cuda_graphs = cuda_graphs
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._wants: dict[str, list[tuple[int, ...]]] = {}  # per graph: its outputs' dims after the batch
 
     def __repr__(self) -> str:
         return f"OnnxRuntime({str(self.model_dir)!r}, providers={self.providers})"
@@ -169,12 +170,14 @@ class OnnxRuntime:
         except Exception as e:  # onnxruntime raises its own exception types, all Exception
             raise ModelError(f"{self.info.name}: {graph.name} failed: {_first_line(e)}") from None
         batch = len(next(iter(feeds.values())))
-        for t, out in zip(graph.outputs, outputs, strict=True):  # a symbolic dim may hide a wrong size
-            want = [batch, *concrete_dims(t, self.info.sizes)[1:]]
-            if list(out.shape) != want:
+        wants = self._wants.get(graph.name)
+        if wants is None:  # model.json's dims after the batch, once per graph (checked every call)
+            wants = self._wants[graph.name] = [tuple(concrete_dims(t, self.info.sizes)[1:]) for t in graph.outputs]
+        for t, out, want in zip(graph.outputs, outputs, wants, strict=True):  # a symbolic dim may hide a wrong size
+            if out.shape[:1] != (batch,) or out.shape[1:] != want:
                 raise ModelError(
                     f"{self.info.name}: {graph.name} returned {t.name} of shape {list(out.shape)}, "
-                    f"model.json says {want}"
+                    f"model.json says {[batch, *want]}"
                 )
         return outputs
 
@@ -218,12 +221,41 @@ def _check_contract(session: Any, graph: Graph, sizes: dict[str, int], path: Pat
 
 
 def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
-    """decoder_step at `path` with the draw appended, serialised for a session."""
+    """decoder_step at `path` with the draw appended, serialised for a session. For a model in the
+    cache (the zoo's), built once and kept beside its step as `decoder_step_draw-<key>.onnx`, the
+    key the SHA-256 of the step's bytes, of the draw's source and of the arguments (a changed
+    step or draw builds anew and the old file is removed): building it took onnx's import, a parse
+    and two copies of the step's weights, a fifth of a one-sketch `generate`'s CPU time. Models
+    elsewhere (a training run's, a test's) are built in memory each time, leaving nothing behind."""
+    import hashlib
+
+    from sketchkit import draw
+    from sketchkit.io import atomic_write, cache_dir
+
+    step = path.read_bytes()
+    cached: Path | None = None
+    if path.resolve().is_relative_to(cache_dir().resolve()):
+        key = hashlib.sha256(step)
+        key.update(Path(draw.__file__).read_bytes())
+        key.update(f"{num_mixture} {exact_math}".encode())
+        cached = path.parent / f"decoder_step_draw-{key.hexdigest()[:40]}.onnx"
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
     import onnx
 
-    from sketchkit.draw import with_draw
-
-    return with_draw(onnx.load(str(path)), num_mixture, exact_math).SerializeToString()
+    model = draw.with_draw(onnx.load_from_string(step), num_mixture, exact_math).SerializeToString()
+    if cached is not None:
+        try:
+            with atomic_write(cached) as f:
+                f.write(model)
+            for old in path.parent.glob("decoder_step_draw-*.onnx"):
+                if old != cached:
+                    old.unlink(missing_ok=True)
+        except OSError as e:  # a read-only cache: no harm, only slower
+            logging.getLogger("sketchkit").debug("decoder_step_draw not kept (%s)", e)
+    return model
 
 
 def _version(text: str) -> tuple[int, ...]:
