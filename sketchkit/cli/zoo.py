@@ -168,9 +168,10 @@ def info(name: str, as_json: bool) -> None:
     if metrics:
         click.echo("metrics:")
         mw = max(len(k) for k, _ in metrics) + 1
-        vw = max(len(v) for _, v in metrics)
+        numbers = [v for _, v in metrics if " " not in v]  # the numbers line up at the point; prose (quality) does not
+        vw = max((len(v) for v in numbers), default=0)
         for key, value in metrics:
-            click.echo(f"  {key + ':':<{mw}} {value:>{vw}}")
+            click.echo(f"  {key + ':':<{mw}} {value:>{vw}}" if " " not in value else f"  {key + ':':<{mw}} {value}")
     for f in row["files"]:
         click.echo(f"file: {f['url']} ({UNKNOWN if f['size'] is None else megabytes(f['size'])})")
         if f["verified_by"] == "registry":
