@@ -183,3 +183,21 @@ def zoo_mirror(magenta_gen_dir: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
     yield mirror
     mirror.close()
+
+
+@pytest.fixture
+def key_file_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """make(key): a fresh SKETCHKIT_CACHE whose server.key (0600) holds `key`, with
+    $SKETCHKIT_SERVER_KEY unset, so that what a client sends comes from the key file."""
+
+    def make(key: str) -> Path:
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, (key + "\n").encode())
+        os.close(fd)
+        monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
+        monkeypatch.delenv("SKETCHKIT_SERVER_KEY", raising=False)
+        return cache
+
+    return make

@@ -324,7 +324,7 @@ def test_loopback_is_decided_by_the_address_typed(host: str, loopback: bool) -> 
 
 @pytest.mark.triton
 def test_the_local_key_goes_only_to_loopback(served, tiny_uncond: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                            monkeypatch: pytest.MonkeyPatch, key_file_cache) -> None:  # fmt: skip
     """Item 4 (fails on b401ed7: the key file's key went to any --server, and a logging proxy kept
     it). Through a logging proxy: the local key file's key reaches it only when the URL is
     loopback; for another host it takes $SKETCHKIT_SERVER_KEY or `key=`, and without one the
@@ -332,13 +332,7 @@ def test_the_local_key_goes_only_to_loopback(served, tiny_uncond: Path, tmp_path
     from sketchkit.client import Client
     from sketchkit.runtimes.triton import TritonError
 
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, (KEY + "\n").encode())
-    os.close(fd)
-    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
-    monkeypatch.delenv(wire.KEY_ENV, raising=False)
+    cache = key_file_cache(KEY)
     name = ModelInfo.load(tiny_uncond).name
     proxy = LoggingProxy(served.http_url)
     try:

@@ -21,19 +21,13 @@ KEY = "k3y-of-the-probe-" + "y" * 24
 
 @pytest.mark.parametrize("host", ["localhost.", "LocalHost.", "127.0.0.1.", "localhost..", "[::1]."])
 def test_a_name_with_a_final_dot_gets_no_local_key(
-    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_file_cache
 ) -> None:
     """`localhost.` and `127.0.0.1.` are absolute DNS names: glibc's getaddrinfo and gRPC's
     resolver send them to the DNS server of /etc/resolv.conf (seen with strace in a network
     namespace), so whoever answers it would receive the local key file's key. They used to pass
     as loopback (the final dot was stripped)."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, (KEY + "\n").encode())
-    os.close(fd)
-    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
-    monkeypatch.delenv(wire.KEY_ENV, raising=False)
+    key_file_cache(KEY)
     assert not wire.is_loopback(host)
     assert wire.key_headers("http", host) == {} and wire.key_headers("grpc", host) == {}
     assert wire.key_headers("http", "localhost") == {wire.KEY_HEADER: KEY}  # the real forms still get it
@@ -229,7 +223,7 @@ server.serve_forever()
 
 @pytest.mark.parametrize("owner", ["another user", "this user"])
 def test_the_local_key_goes_only_to_a_loopback_listener_of_this_user(
-    owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_file_cache
 ) -> None:
     """Any uid may listen on a free loopback port (8001 while `serve start` is down, a port typed
     wrong): uid nobody's listener received the local key file's key from `sketchkit generate
@@ -246,13 +240,7 @@ def test_the_local_key_goes_only_to_a_loopback_listener_of_this_user(
         pytest.skip("no /proc/net/tcp: the kernel does not say who listens")
     if owner == "another user" and os.geteuid() != 0:
         pytest.skip("listens as uid nobody: needs root (setpriv)")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, (KEY + "\n").encode())
-    os.close(fd)
-    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
-    monkeypatch.delenv(wire.KEY_ENV, raising=False)
+    key_file_cache(KEY)
     become = (
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if owner == "another user" else []
     )
@@ -318,7 +306,7 @@ def test_a_backend_cache_another_user_can_write_is_refused(
 
 
 def test_another_users_ipv6_listener_beside_the_server_gets_no_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_file_cache
 ) -> None:
     """The server listens on 127.0.0.1 only, so [::1] on its port is free for anyone: gRPC tries
     ::1 first for `localhost` (its own resolver adds it), and a connection to `grpc://localhost:PORT`
@@ -337,13 +325,7 @@ def test_another_users_ipv6_listener_beside_the_server_gets_no_key(
         probe.close()
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    fd = os.open(cache / "server.key", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, (KEY + "\n").encode())
-    os.close(fd)
-    monkeypatch.setenv("SKETCHKIT_CACHE", str(cache))
-    monkeypatch.delenv(wire.KEY_ENV, raising=False)
+    key_file_cache(KEY)
     with socket.socket() as ours:
         ours.bind(("127.0.0.1", 0))
         ours.listen()
