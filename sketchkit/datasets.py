@@ -369,10 +369,12 @@ def normalize_raw(polylines: Sequence[np.ndarray], epsilon: float = 2.0) -> list
     stroke (tests/test_datasets.py)."""
     xy = np.concatenate(polylines)
     lo = xy.min(axis=0)
-    extent = float((xy.max(axis=0) - lo).max()) or 1.0
+    extent = float((xy.max(axis=0) - lo).max())
+    # no extent (one point), or one so small (subnormal) that 255 / extent overflows: a point
+    scale = 255.0 / extent if extent >= 1e-300 else 255.0
     out = []
     for p in polylines:
-        q = strokes.rdp(_resample((p - lo) * (255.0 / extent), 1.0), epsilon)
+        q = strokes.rdp(_resample((p - lo) * scale, 1.0), epsilon)
         if len(q) == 1:  # a tap: Google's RDP returns (first, last) even for one point
             q = np.vstack([q, q])
         out.append(np.rint(q))

@@ -106,6 +106,22 @@ def test_convert_raw_ndjson(sketchkit, tmp_path: Path) -> None:
         assert max(hi_x - lo_x, hi_y - lo_y) <= 255
 
 
+def test_convert_a_drawing_of_subnormal_size(sketchkit, tmp_path: Path) -> None:
+    """A raw drawing (or an SVG) whose extent is a subnormal float converts as the point it is
+    (fails on 2d1e00f: 255 / extent overflowed, and the resampling raised a traceback)."""
+    raw = tmp_path / "tiny.ndjson"
+    raw.write_text(json.dumps({"word": "x", "key_id": "1", "recognized": True, "countrycode": "US",
+                               "timestamp": "2017-01-01 00:00:00.0",
+                               "drawing": [[[0, 1e-320, 2e-320], [0, 1e-320, 0], [0, 1, 2]]]}) + "\n")  # fmt: skip
+    drawing = tmp_path / "tiny.svg"
+    drawing.write_text('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 0 0 Q 1e-320 1e-320 1e-320 0 z"/></svg>')
+    for source in (raw, drawing):
+        code, _, err = sketchkit("data", "convert", source, tmp_path / f"{source.stem}{source.suffix}.npz")
+        assert code == 0, err
+        (sketch,) = datasets.load_npz(tmp_path / f"{source.stem}{source.suffix}.npz").train
+        assert np.all(sketch[:, :2] == 0)
+
+
 def test_info_of_sheep_npz(sketchkit, sheep_npz: Path, sheep) -> None:
     code, stdout, err = sketchkit("data", "info", sheep_npz, "--json")
     assert code == 0, err

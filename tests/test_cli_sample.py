@@ -212,6 +212,7 @@ def test_complete_npz_and_ndjson_with_rescale(run, tiny_uncond, tiny_vae, npz, n
     code, _, err = run("complete", tiny_vae, "--data", ndjson, "--rescale", "none", "-k", 1, "-o", "d.svg")
     assert code == 0 and "rescaled" not in err
     assert "--rescale" in one_error_line(*run("complete", tiny_vae, "--data", ndjson, "--rescale", "big")[::2])
+    assert "--rescale" in one_error_line(*run("complete", tiny_vae, "--data", ndjson, "--rescale", "inf")[::2])
     assert "strokes" in one_error_line(*run("complete", tiny_vae, "--data", ndjson, "--rescale", "none", "--strokes", 3)[::2])
     assert "k must be" in one_error_line(*run("complete", tiny_vae, "--data", ndjson, "-k", 0)[::2])
 

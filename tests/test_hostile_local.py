@@ -498,3 +498,26 @@ def test_docker_compose_passes_the_very_flags_of_serve_start(tmp_path: Path) -> 
     assert KEY not in shown and "X-Sketchkit-Key=hidden" in shown
     done = run("short")
     assert done.returncode == 1 and done.stdout == "" and "error: the server key must be" in one_line(1, done.stderr)
+
+
+@pytest.mark.triton
+def test_the_environment_key_reaches_a_remote_server(
+    served, tiny_uncond: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$SKETCHKIT_SERVER_KEY goes to a server on another machine, whose port nothing on this one
+    listens on (fails on 2d1e00f: the client sent no key there, since this machine's socket tables
+    showed no listener). The remote is the proxy spelled as no loopback name, and this machine's
+    tables as they read for a port that lives elsewhere: empty."""
+    from sketchkit.client import Client
+
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(wire.KEY_ENV, KEY)
+    monkeypatch.setattr(wire, "listener_uids", lambda port: set())
+    name = ModelInfo.load(tiny_uncond).name
+    proxy = LoggingProxy(served.http_url)
+    try:
+        with Client(f"http://127.1:{proxy.port}", retries=0) as client:
+            assert len(client.generate(name, n=1, seed=3)) == 1
+        assert set(proxy.seen) == {KEY}
+    finally:
+        proxy.close()

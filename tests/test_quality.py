@@ -188,6 +188,19 @@ def test_cas_on_three_magenta_classes(quality, magenta_gen_dir, quickdraw_dir) -
     assert cas.cas(gen, real, seed=0) == recall
 
 
+def test_a_set_of_generated_sketches_is_cached_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`zoo.cas`'s cache of generated sets: points and lengths back as they went in, written
+    through a temp file of its own (nothing left beside it)."""
+    from sketchkit.zoo import cas
+
+    sketches = [np.array([[1, 2, 0], [3, -4, 1]], np.float32), np.array([[5, 6, 1]], np.float32)]
+    path = tmp_path / "owl-paper-0123.npz"
+    cas.save_set(path, sketches)
+    back = cas.load_set(path)
+    assert len(back) == 2 and all(np.array_equal(a, b) for a, b in zip(back, sketches, strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 # ---- the command -----------------------------------------------------------------------------
 
 

@@ -177,3 +177,20 @@ def test_the_step_with_the_draw_is_kept_beside_a_cached_model(tiny_uncond, tmp_p
     sketches(model)
     (now,) = model.glob("decoder_step_draw-*.onnx")
     assert now != kept
+
+
+def test_both_draws_of_a_cached_step_are_kept(tiny_uncond, tmp_path, monkeypatch):
+    """The exact draw (CPU) and the fast one (CUDA) are two files of one step: building one does
+    not delete the other, or a machine whose CUDA provider falls back to the CPU (onnxruntime-gpu
+    without a usable GPU) would build both anew in every process."""
+    from sketchkit.runtimes import onnx as onnx_runtime
+
+    monkeypatch.setenv("SKETCHKIT_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "cache" / "models" / "m"
+    copy_model(tiny_uncond, model)
+    step, m = model / "decoder_step.onnx", OnnxRuntime(model).info.dims.num_mixture
+    fast = onnx_runtime._with_draw(step, m, exact_math=False)
+    exact = onnx_runtime._with_draw(step, m, exact_math=True)
+    assert len(list(model.glob("decoder_step_draw-*.onnx"))) == 2
+    assert onnx_runtime._with_draw(step, m, exact_math=False) == fast
+    assert onnx_runtime._with_draw(step, m, exact_math=True) == exact

@@ -257,3 +257,17 @@ def test_ship_writes_weights_samples_and_card(eight_sheep: Path, tmp_path: Path)
     assert json.loads((out / "model.json").read_text())["metrics"]["quality"]["fd"] == q["fd"]
     again = ship(run, out, "tiny", "CC BY-NC 4.0", "eight sheep", "a test machine")  # the score of the one it replaces
     assert again["quality_replaced"]["c2st_auc"] == q["c2st_auc"]
+
+
+def test_resume_is_exact_with_quality_scores(eight_sheep: Path, tmp_path: Path) -> None:
+    """Scoring drawings at each validation (`quality_samples`: a two-sample net trained with its
+    own seed) leaves the run's RNG alone, so resuming stays exact (fails on 2d1e00f: the scoring
+    reseeded torch's global RNG after the resume state was taken)."""
+    kw = dict(cell="layer_norm", recurrent_keep_prob=0.9, eval_every=3, random_scale=0.15, quality_samples=8)
+    train(tiny(eight_sheep, num_steps=6, **kw), tmp_path / "a", progress=False)
+    train(tiny(eight_sheep, num_steps=3, **kw), tmp_path / "b", progress=False)
+    train(tiny(eight_sheep, num_steps=6, **kw), tmp_path / "b", progress=False)
+    a, b = _params(tmp_path / "a" / "last.safetensors"), _params(tmp_path / "b" / "last.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert all("quality" in r for r in _records(tmp_path / "a") if r["split"] == "valid")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from sketchkit.io import atomic_write
 from sketchkit.quality import inputs
 from sketchkit.zoo import sketchnet
 
@@ -61,9 +62,10 @@ def cache_key(model: Path, **what: object) -> str:
 
 
 def save_set(path: Path, sketches: Sequence[np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, points=np.concatenate(sketches).astype(np.float32), lengths=np.array([len(s) for s in sketches]))
-    tmp.replace(path)
+    """Atomically (`sketchkit.io.atomic_write`: a temp file of its own, so two runs filling the
+    same cache never write into one temp file)."""
+    with atomic_write(path) as f:
+        np.savez(f, points=np.concatenate(sketches).astype(np.float32), lengths=np.array([len(s) for s in sketches]))
 
 
 def load_set(path: Path) -> list[np.ndarray]:

@@ -558,7 +558,8 @@ def _quality(model: SketchRNN, valid: Sequence[np.ndarray], hp: Recipe) -> dict[
     gen = torch.Generator().manual_seed(hp.seed + 2)
     n = min(hp.quality_samples, len(valid))
     drawn = sample(model, n, tau=0.5, generator=gen, max_seq_len=hp.max_seq_len)
-    q = quality.compare(drawn, valid[:n], hp.seed)
+    with torch.random.fork_rng(devices=[]):  # the two-sample net seeds torch's CPU RNG: not the run's
+        q = quality.compare(drawn, valid[:n], hp.seed)
     return {"tau": 0.5, "n": q.n, "c2st_auc": q.c2st_auc, "c2st_low": q.c2st_low, "c2st_high": q.c2st_high,
             "fd": q.fd, "unfinished": quality.unfinished(drawn, hp.max_seq_len), "seconds": q.seconds}  # fmt: skip
 

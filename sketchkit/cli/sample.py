@@ -195,8 +195,8 @@ def _rescaled(sketches: list[np.ndarray], reference: Sequence[np.ndarray], resca
             factor = float(rescale)
         except ValueError:
             raise SketchkitError(f"--rescale must be auto, none or a number, got {rescale!r}") from None
-        if not factor > 0:
-            raise SketchkitError(f"--rescale factor must be > 0, got {rescale}")
+        if not 0 < factor < 1e30:  # inf (or a float32 overflow) would turn the sketch into NaN
+            raise SketchkitError(f"--rescale factor must be a number in (0, 1e30), got {rescale}")
     click.echo(f"rescaled input sketches by x{factor:.3g} (model scale_factor {scale_factor:g})", err=True)
     return [s * np.array([factor, factor, 1], np.float32) for s in sketches]
 

@@ -222,9 +222,10 @@ def _check_contract(session: Any, graph: Graph, sizes: dict[str, int], path: Pat
 
 def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
     """decoder_step at `path` with the draw appended, serialised for a session. For a model in the
-    cache (the zoo's), built once and kept beside its step as `decoder_step_draw-<key>.onnx`, the
-    key the SHA-256 of the step's bytes, of the draw's source and of the arguments (a changed
-    step or draw builds anew and the old file is removed): building it took onnx's import, a parse
+    cache (the zoo's), built once and kept beside its step as `decoder_step_draw-<math>-<key>.onnx`
+    (exact or fast math: both may be needed, a CUDA session may fall back to the CPU), the key the
+    SHA-256 of the step's bytes, of the draw's source and of the arguments (a changed step or
+    draw builds anew and the old file of that math is removed): building it took onnx's import, a parse
     and two copies of the step's weights, a fifth of a one-sketch `generate`'s CPU time. Models
     elsewhere (a training run's, a test's) are built in memory each time, leaving nothing behind."""
     import hashlib
@@ -238,7 +239,8 @@ def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
         key = hashlib.sha256(step)
         key.update(Path(draw.__file__).read_bytes())
         key.update(f"{num_mixture} {exact_math}".encode())
-        cached = path.parent / f"decoder_step_draw-{key.hexdigest()[:40]}.onnx"
+        variant = f"decoder_step_draw-{'exact' if exact_math else 'fast'}-"
+        cached = path.parent / f"{variant}{key.hexdigest()[:40]}.onnx"
         try:
             return cached.read_bytes()
         except OSError:
@@ -250,7 +252,7 @@ def _with_draw(path: Path, num_mixture: int, exact_math: bool) -> bytes:
         try:
             with atomic_write(cached) as f:
                 f.write(model)
-            for old in path.parent.glob("decoder_step_draw-*.onnx"):
+            for old in path.parent.glob(f"{variant}*.onnx"):
                 if old != cached:
                     old.unlink(missing_ok=True)
         except OSError as e:  # a read-only cache: no harm, only slower

@@ -285,8 +285,9 @@ class TritonRuntime:
     def _find_key(self) -> None:
         """Without a key given: the local one for a server on loopback that listens as this user
         (`wire.key_for`), asked once one answers and again before each retry; while nothing listens
-        the headers stay (that attempt cannot connect)."""
-        if not self._given_key and wire.listener_uids(self._port) != set():
+        on a loopback port the headers stay (that attempt cannot connect). A remote server's port is
+        not in this machine's tables: $SKETCHKIT_SERVER_KEY goes to it all the same."""
+        if not self._given_key and (not self._loopback or wire.listener_uids(self._port) != set()):
             self._headers = wire.key_headers(self.protocol, self._host, self._port)
 
     def _key_hint(self) -> str:
