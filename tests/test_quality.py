@@ -191,6 +191,7 @@ def test_cas_on_three_magenta_classes(quality, magenta_gen_dir, quickdraw_dir) -
 def test_a_set_of_generated_sketches_is_cached_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`zoo.cas`'s cache of generated sets: points and lengths back as they went in, written
     through a temp file of its own (nothing left beside it)."""
+    pytest.importorskip("torch", reason="zoo.cas is the torch half (pip install 'sketchkit[train]')")
     from sketchkit.zoo import cas
 
     sketches = [np.array([[1, 2, 0], [3, -4, 1]], np.float32), np.array([[5, 6, 1]], np.float32)]
