@@ -45,13 +45,9 @@ def evaluate_samples(
     real = quality.real_sketches(data[0], n, seed)
     runtime = load(model)
     net = sketchnet.load_features()
-    results, rows = [], []
-    for t in taus:
-        gen = quality.generate(runtime, n, t, seed, start_token)
-        q = quality.compare(gen, real, seed, net)
-        q.unfinished, q.tau = quality.unfinished(gen, runtime.info.max_seq_len), t
-        results.append(q)
-        rows.append(gen[:SWEEP_ROW])
+    results = [quality.evaluate_samples(runtime, real, n, t, seed, start_token, net) for t in taus]
+    # a row's sketch depends on (seed, row) alone, so these are the first sketches each score drew
+    rows = [quality.generate(runtime, SWEEP_ROW, t, seed, start_token) for t in taus] if output is not None else []
     seconds = time.perf_counter() - t0
     name = runtime.info.name
     if output is not None:
